@@ -1,0 +1,34 @@
+"""recipeset: recipes as sets of ingredients.
+
+Public API (lazy, so ``import recipeset`` and ``recipeset --help`` stay fast)::
+
+    from recipeset import load_dataset, Vocabulary, load_model
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+__all__ = ["load_dataset", "Vocabulary", "load_model", "RecipesetError", "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from recipeset.data.sources import load_dataset
+    from recipeset.data.vocab import Vocabulary
+    from recipeset.errors import RecipesetError
+    from recipeset.models.io import load_model
+
+_LAZY = {
+    "load_dataset": "recipeset.data.sources",
+    "Vocabulary": "recipeset.data.vocab",
+    "load_model": "recipeset.models.io",
+    "RecipesetError": "recipeset.errors",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'recipeset' has no attribute {name!r}")

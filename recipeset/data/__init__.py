@@ -1,0 +1,1 @@
+"""Data layer: RecipeTable, loaders, vocabulary, splits, orderings, collation."""
