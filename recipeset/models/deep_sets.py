@@ -1,0 +1,141 @@
+"""DeepSets (Zaheer et al. 2017): ρ(Σ φ(x)) — the cheap permutation-invariant reference model.
+
+φ embeds each ingredient (a residual MLP on the input embedding), the set is the *sum* of its elements (so the
+pooled vector still carries the set's size), ρ is a residual MLP, and one vocabulary head gives the
+missing-ingredient logits ``set_logits [B, V]`` (specials and the set's own ids -inf).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recipeset.data.vocab import Vocabulary
+from recipeset.errors import RecipesetError
+from recipeset.models.base import (
+    InputEmbedding,
+    ModelOutput,
+    RecipeModel,
+    append_at_end,
+    inference,
+    mask_ids,
+    placeholder_features,
+    resolve_sizes,
+    sample_from_logits,
+    special_bias,
+)
+
+
+class ResidualMLP(nn.Module):
+    """x + Linear(GELU(Linear(LN(x)))), width 4·D."""
+
+    def __init__(self, d_model: int, dropout: float) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d_model)
+        self.fc = nn.Linear(d_model, 4 * d_model)
+        self.proj = nn.Linear(4 * d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(self.proj(F.gelu(self.fc(self.ln(x)))))
+
+
+@dataclass
+class DeepSetsConfig:
+    vocab_size: int = 0  # len(vocab), specials included; 0 = take it from the vocabulary
+    n_cuisines: int = 0  # cuisine labels; 0 = take it from the vocabulary
+    d_model: int = 128
+    phi_layers: int = 1  # residual MLP blocks applied to each element before pooling
+    rho_layers: int = 2  # residual MLP blocks applied to the pooled sum
+    dropout: float = 0.0
+    cuisine_head: bool = False  # cuisine classifier on the pooled representation
+    cuisine_condition: bool = False  # add a learned cuisine vector to the pooled sum (never with cuisine_head)
+    embedding: str = "learned"  # "learned" table (tied to the output head) | "features" (fixed, projected)
+    n_features: int = 0  # width F of input_features (set automatically for embedding="features")
+    feature_bias: bool = False  # with "features": add a learned per-id vector to the projection
+    stop_threshold: float = 0.5  # complete() adds the best ingredient while its probability is ≥ this
+
+
+class DeepSets(RecipeModel):
+    """Sum-pooled set model with a missing-ingredient head and an optional cuisine head."""
+
+    model_type = "deep-sets"
+
+    def __init__(self, config: DeepSetsConfig, vocab: Vocabulary, input_features: torch.Tensor | None = None) -> None:
+        config = resolve_sizes(config, vocab, input_features)
+        super().__init__(config, vocab)
+        c = config
+        if input_features is None:
+            input_features = placeholder_features(c)
+        self.embed = InputEmbedding(c.vocab_size, c.d_model, c.embedding, input_features, c.feature_bias)
+        self.phi = nn.Sequential(*(ResidualMLP(c.d_model, c.dropout) for _ in range(c.phi_layers)))
+        self.cuisine_embed = nn.Embedding(c.n_cuisines + 1, c.d_model) if c.cuisine_condition else None  # +unknown
+        self.rho = nn.Sequential(*(ResidualMLP(c.d_model, c.dropout) for _ in range(c.rho_layers)))
+        self.ln_f = nn.LayerNorm(c.d_model)
+        self.lm_head = None if c.embedding == "learned" else nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.cuisine_head = nn.Linear(c.d_model, c.n_cuisines) if c.cuisine_head else None
+        self.register_buffer("logit_bias", special_bias(c.vocab_size), persistent=False)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, cuisine: torch.Tensor | None = None,
+                segments: torch.Tensor | None = None) -> ModelOutput:
+        """
+        tokens:  ``[B, T]`` ids (any order), right-padded;  mask: ``[B, T]`` True on real elements
+        cuisine: ``[B]`` cuisine ids (-1 unknown); used only when ``config.cuisine_condition``
+        segments: not supported (DeepSets has no coherence head); must be None
+        returns  ModelOutput with ``hidden [B, T, D]`` (φ of each element), ``pooled [B, D]`` (ρ of the sum),
+                 ``set_logits [B, V]`` (specials and present ids -inf) and ``cuisine_logits`` when configured
+        """
+        if segments is not None:
+            raise RecipesetError("deep-sets has no segment embeddings (no coherence objective)")
+        h = self.phi(self.embed(tokens))
+        s = (h * mask.to(h.dtype)[..., None]).sum(1)  # sum-pool: padding contributes nothing
+        if self.cuisine_embed is not None:
+            s = s + self.cuisine_embed(self._cuisine_index(cuisine, tokens.shape[0], tokens.device))
+        pooled = self.ln_f(self.rho(s))
+        set_logits = self._head_logits(pooled, self.lm_head, self.embed.tied_weight) + self.logit_bias
+        return ModelOutput(
+            hidden=h, pooled=pooled, set_logits=mask_ids(set_logits, tokens, mask),
+            cuisine_logits=None if self.cuisine_head is None else self.cuisine_head(pooled),
+        )
+
+    @inference
+    def completion_scores_ids(self, tokens: torch.Tensor, mask: torch.Tensor, mode: str = "next",
+                              cuisine: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probability ``[B, V]`` of each id being the missing ingredient (softmax of ``set_logits``
+        of the query); ``mode`` is accepted for the protocol ("next" == "joint" here)."""
+        if mode not in ("next", "joint"):
+            raise RecipesetError(f"mode must be 'next' or 'joint', got {mode!r}")
+        tokens, mask = tokens.to(self.device), mask.to(self.device)
+        cuisine = self._check_cuisine(cuisine, tokens.shape[0])
+        return F.log_softmax(self(tokens, mask, cuisine).set_logits.float(), dim=-1)
+
+    @inference
+    def complete_ids(self, tokens: torch.Tensor, mask: torch.Tensor, max_new: int = 20,
+                     cuisine: torch.Tensor | None = None, temperature: float = 0.0, top_k: int | None = None,
+                     generator: torch.Generator | None = None) -> list[list[int]]:
+        """Add ingredients one at a time while the best one's probability is ≥ ``config.stop_threshold``
+        (greedy: that best one; sampling: a draw from the same distribution). No repeats/specials/query ids."""
+        tokens, mask = tokens.to(self.device), mask.to(self.device)
+        B = tokens.shape[0]
+        cuisine = self._check_cuisine(cuisine, B)
+        generated: list[list[int]] = [[] for _ in range(B)]
+        active = torch.ones(B, dtype=torch.bool, device=tokens.device)
+        for _ in range(max_new):
+            logp = F.log_softmax(self(tokens, mask, cuisine).set_logits.float(), dim=-1)
+            best = logp.amax(1)
+            active = active & (best.exp() >= self.config.stop_threshold) & torch.isfinite(best)
+            if not bool(active.any()):
+                break
+            choice = sample_from_logits(logp, temperature, top_k, generator)
+            for b in torch.nonzero(active).squeeze(1).tolist():
+                generated[b].append(int(choice[b]))
+            tokens, mask = append_at_end(tokens, mask, choice, active)
+        return generated

@@ -1,0 +1,105 @@
+"""Save and load models as plain checkpoint directories: never arbitrary pickle.
+
+A checkpoint directory holds::
+
+    config.json   {"format": "recipeset.model/1", "model_type": "decoder", "config": {...dataclass fields...}}
+    vocab.json    the Vocabulary
+    weights.pt    the state dict (``torch.save``), read back with ``torch.load(weights_only=True)``
+
+``weights_only=True`` only rebuilds tensors and plain containers; a file that would run code on load (a
+crafted pickle) is refused with a RecipesetError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from recipeset.data.vocab import Vocabulary
+from recipeset.errors import RecipesetError
+from recipeset.io_utils import atomic_write_dir, atomic_write_text
+from recipeset.models.base import RecipeModel
+
+FORMAT = "recipeset.model/1"
+CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "weights.pt"
+REMOTE_PREFIXES = ("runs:/", "models:/")
+
+
+def save_model(model: RecipeModel, path: str | os.PathLike) -> Path:
+    """Write ``model`` to the checkpoint directory ``path`` atomically (a crash leaves the old one or the new
+    one, never a mixture). Returns the path."""
+    path = Path(path)
+    meta = {"format": FORMAT, "model_type": model.model_type, "config": asdict(model.config)}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+    def fill(tmp: Path) -> None:
+        atomic_write_text(tmp / CONFIG_FILE, json.dumps(meta, indent=1))
+        model.vocab.save(tmp / VOCAB_FILE)
+        torch.save(state, tmp / WEIGHTS_FILE)
+
+    atomic_write_dir(path, fill)
+    return path
+
+
+def _read_config(path: Path) -> tuple[type[RecipeModel], object]:
+    from recipeset.models import CONFIGS, MODELS
+
+    file = path / CONFIG_FILE
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipesetError(f"{file}: missing; is {path} a model directory written by recipeset?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RecipesetError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise RecipesetError(f"{file}: not a recipeset model config (needs 'model_type' and 'config')")
+    model_type = meta.get("model_type")
+    if model_type not in MODELS:
+        raise RecipesetError(f"{file}: unknown model_type {model_type!r}; expected one of {sorted(MODELS)}")
+    config_cls = CONFIGS[model_type]
+    known = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(meta["config"]) - known)
+    if unknown:
+        raise RecipesetError(f"{file}: unknown config key(s) {unknown} for {model_type}; written by a newer "
+                             "recipeset?")
+    return MODELS[model_type], config_cls(**meta["config"])
+
+
+def load_model(path_or_uri: str | os.PathLike, map_location: str | torch.device = "cpu") -> RecipeModel:
+    """Rebuild a model from a checkpoint directory (or an MLflow ``runs:/…``/``models:/…`` URI), in eval mode.
+
+    Raises RecipesetError for a missing directory/file, an unknown model type or config key, weights that do
+    not fit the config, or a weights file that is not a plain tensor state dict (it is never executed).
+    """
+    if isinstance(path_or_uri, str) and path_or_uri.startswith(REMOTE_PREFIXES):
+        from recipeset.tracking import download_model_dir
+
+        path_or_uri = download_model_dir(path_or_uri)
+    path = Path(path_or_uri)
+    if not path.is_dir():
+        raise RecipesetError(f"{path}: model directory not found")
+    cls, config = _read_config(path)
+    if not (path / VOCAB_FILE).is_file():
+        raise RecipesetError(f"{path / VOCAB_FILE}: missing; the model directory is incomplete")
+    vocab = Vocabulary.load(path / VOCAB_FILE)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise RecipesetError(f"{weights}: missing; the model directory is incomplete")
+    try:
+        state = torch.load(weights, map_location=map_location, weights_only=True)
+    except Exception as e:  # UnpicklingError for code-running pickles, RuntimeError/EOFError for corrupt files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecipesetError(f"{weights}: refused to load: not a plain tensor state dict ({first[:200]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RecipesetError(f"{weights}: refused to load: not a state dict of tensors")
+    model = cls(config, vocab)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise RecipesetError(f"{weights}: weights do not fit {CONFIG_FILE} "
+                             f"({str(e).splitlines()[0][:200]})") from None
+    return model.to(map_location).eval()

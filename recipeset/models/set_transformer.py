@@ -1,0 +1,246 @@
+"""SetTransformer: a permutation-equivariant encoder (SAB or ISAB blocks, no positions) with set heads.
+
+Heads (each optional but the MLM head):
+
+* per-element vocabulary logits (MLM; tied to the input table when it is learned), specials -inf but [NULL]:
+  a [MASK] whose target is [NULL] means "nothing is missing", which is the model's learned stop;
+* per-element replaced-token logit (RTD);
+* a pooled PMA(1) vector → cuisine head and coherence head;
+* a slot decoder: PMA with K learned seeds → SAB blocks → K distributions over ingredients ∪ {∅ = [NULL]},
+  trained with the Hungarian (or pooled) loss; conditioned on a partial set by encoding the query.
+
+Cuisine conditioning adds a learned cuisine vector to every element of the input and to the slot seeds
+(an extra "unknown" row serves cuisine -1); it is never combined with the cuisine head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recipeset.data.vocab import MASK, NULL, NUM_SPECIALS, Vocabulary
+from recipeset.errors import RecipesetError
+from recipeset.models.attention import ISAB, PMA, SAB
+from recipeset.models.base import (
+    InputEmbedding,
+    ModelOutput,
+    RecipeModel,
+    append_at_end,
+    inference,
+    mask_ids,
+    placeholder_features,
+    resolve_sizes,
+    sample_from_logits,
+    special_bias,
+)
+
+BLOCKS = ("sab", "isab")
+
+
+@dataclass
+class SetTransformerConfig:
+    vocab_size: int = 0  # len(vocab), specials included; 0 = take it from the vocabulary
+    n_cuisines: int = 0  # cuisine labels; 0 = take it from the vocabulary
+    d_model: int = 128
+    n_heads: int = 4
+    n_layers: int = 2  # encoder blocks
+    block: str = "sab"  # "sab" (full self-attention, O(n²)) | "isab" (through n_inducing points, O(n·m))
+    n_inducing: int = 16
+    dropout: float = 0.0
+    cuisine_head: bool = False  # cuisine classifier on the PMA(1) pooled vector
+    coherence_head: bool = False  # "do these belong together" logit on the pooled vector; adds segment embeddings
+    rtd_head: bool = False  # per-element "this ingredient was replaced" logit
+    n_slots: int = 0  # > 0 adds the slot decoder with this many slots (≥ the largest target set; flavornet: 32)
+    slot_layers: int = 2  # SAB blocks among the slots
+    cuisine_condition: bool = False  # add a learned cuisine vector to the inputs and seeds (never with cuisine_head)
+    embedding: str = "learned"  # "learned" table (tied to the vocabulary heads) | "features" (fixed, projected)
+    n_features: int = 0  # width F of input_features (set automatically for embedding="features")
+    feature_bias: bool = False  # with "features": add a learned per-id vector to the projection
+    stop_threshold: float = 0.0  # MLM completion also stops when the best ingredient's probability is below this
+
+
+class SetTransformer(RecipeModel):
+    """Set Transformer encoder with MLM/RTD/pooled/slot heads. See the module docstring."""
+
+    model_type = "set-transformer"
+
+    def __init__(self, config: SetTransformerConfig, vocab: Vocabulary,
+                 input_features: torch.Tensor | None = None) -> None:
+        config = resolve_sizes(config, vocab, input_features)
+        super().__init__(config, vocab)
+        c = config
+        if c.block not in BLOCKS:
+            raise RecipesetError(f"model.block must be one of {BLOCKS}, got {c.block!r}")
+        if input_features is None:
+            input_features = placeholder_features(c)
+        self.embed = InputEmbedding(c.vocab_size, c.d_model, c.embedding, input_features, c.feature_bias)
+        self.cuisine_embed = nn.Embedding(c.n_cuisines + 1, c.d_model) if c.cuisine_condition else None  # +unknown
+        self.segment = nn.Embedding(2, c.d_model) if c.coherence_head else None
+        self.drop = nn.Dropout(c.dropout)
+        if c.block == "sab":
+            self.blocks = nn.ModuleList(SAB(c.d_model, c.n_heads, c.dropout) for _ in range(c.n_layers))
+        else:
+            self.blocks = nn.ModuleList(ISAB(c.d_model, c.n_heads, c.n_inducing, c.dropout)
+                                        for _ in range(c.n_layers))
+        self.ln_f = nn.LayerNorm(c.d_model)
+        self.lm_head = None if c.embedding == "learned" else nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.rtd_head = nn.Linear(c.d_model, 1) if c.rtd_head else None
+        self.pool = PMA(c.d_model, c.n_heads, 1, c.dropout)
+        self.ln_pool = nn.LayerNorm(c.d_model)
+        self.cuisine_head = nn.Linear(c.d_model, c.n_cuisines) if c.cuisine_head else None
+        self.coherence_head = nn.Linear(c.d_model, 1) if c.coherence_head else None
+        if c.n_slots > 0:
+            self.slot_pool = PMA(c.d_model, c.n_heads, c.n_slots, c.dropout)
+            self.slot_blocks = nn.ModuleList(SAB(c.d_model, c.n_heads, c.dropout) for _ in range(c.slot_layers))
+            self.ln_slots = nn.LayerNorm(c.d_model)
+        # specials are -inf except [NULL] (the MLM "nothing missing" target and the slots' ∅)
+        self.register_buffer("logit_bias", special_bias(c.vocab_size, allow=(NULL,)), persistent=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def has_slots(self) -> bool:
+        return self.config.n_slots > 0
+
+    # ---- forward --------------------------------------------------------------------------------------
+    def encode(self, tokens: torch.Tensor, mask: torch.Tensor, cuisine: torch.Tensor | None = None,
+               segments: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encoder: ``[B, T]`` ids → ``hidden [B, T, D]`` (permutation equivariant) and the conditioning
+        vector ``[B, D]`` (None without cuisine conditioning)."""
+        B = tokens.shape[0]
+        x = self.embed(tokens)
+        cond = None
+        if self.cuisine_embed is not None:
+            cond = self.cuisine_embed(self._cuisine_index(cuisine, B, tokens.device))
+            x = x + cond[:, None, :]
+        if segments is not None:
+            if self.segment is None:
+                raise RecipesetError("segments given but the model has no coherence_head (segment embeddings)")
+            x = x + self.segment(segments)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_f(x), cond
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, cuisine: torch.Tensor | None = None,
+                segments: torch.Tensor | None = None) -> ModelOutput:
+        """
+        tokens:   ``[B, T]`` ids (any order; [MASK] where the MLM objective hides one), right-padded
+        mask:     ``[B, T]`` True on real elements (padding never changes a real element's output)
+        cuisine:  ``[B]`` cuisine ids (-1 unknown); used only when ``config.cuisine_condition``
+        segments: ``[B, T]`` 0/1 segment ids (coherence pairs); needs ``coherence_head``
+        returns   ModelOutput with ``logits [B, T, V]`` (per-element, specials -inf but NULL), ``hidden``,
+                  ``pooled [B, D]`` (PMA(1)), and ``cuisine_logits``/``coherence_logits``/``rtd_logits``/
+                  ``slot_logits [B, K, V]`` for the configured heads
+        """
+        h, cond = self.encode(tokens, mask, cuisine, segments)
+        table = self.embed.tied_weight
+        logits = self._head_logits(h, self.lm_head, table) + self.logit_bias
+        pooled = self.ln_pool(self.pool(h, mask).squeeze(1))
+        slot_logits = None
+        if self.has_slots:
+            s = self.slot_pool(h, mask, seed_shift=cond)
+            for block in self.slot_blocks:
+                s = block(s)
+            slot_logits = self._head_logits(self.ln_slots(s), self.lm_head, table) + self.logit_bias
+        return ModelOutput(
+            logits=logits, hidden=h, pooled=pooled,
+            cuisine_logits=None if self.cuisine_head is None else self.cuisine_head(pooled),
+            coherence_logits=None if self.coherence_head is None else self.coherence_head(pooled).squeeze(-1),
+            rtd_logits=None if self.rtd_head is None else self.rtd_head(h).squeeze(-1),
+            slot_logits=slot_logits,
+        )
+
+    # ---- scorer protocol ------------------------------------------------------------------------------
+    def _candidate_log_probs(self, tokens: torch.Tensor, mask: torch.Tensor,
+                             cuisine: torch.Tensor | None) -> torch.Tensor:
+        """``[B, V]`` log-probabilities over ingredients ∪ {[NULL]} for "what is missing from this set"
+        (query ids -inf; NULL kept so callers can read the stop probability)."""
+        if self.has_slots:
+            slot_logits = self(tokens, mask, cuisine).slot_logits  # [B, K, V]
+            logp = F.log_softmax(slot_logits.float(), dim=-1).amax(1)  # each candidate at its best slot
+        else:
+            lengths = mask.sum(1)
+            t2, m2 = append_at_end(tokens, mask, torch.full_like(lengths, MASK))
+            logits = self(t2, m2, cuisine).logits
+            at_mask = logits[torch.arange(tokens.shape[0], device=tokens.device), lengths]
+            # renormalise without the query's ids (a [MASK] never stands for an ingredient already present)
+            logp = F.log_softmax(mask_ids(at_mask.float(), tokens, mask), dim=-1)
+        return mask_ids(logp, tokens, mask)
+
+    @inference
+    def completion_scores_ids(self, tokens: torch.Tensor, mask: torch.Tensor, mode: str = "next",
+                              cuisine: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probability ``[B, V]`` of each id being the missing ingredient of each query ``[B, T]``.
+
+        Without slots: the MLM head at one [MASK] appended to the query. With slots: the K slot
+        distributions max-pooled over slots. ``mode`` is accepted for the protocol; "next" and "joint" are
+        the same here (an encoder has no order to condition on). -inf on specials and on the query's ids.
+        """
+        if mode not in ("next", "joint"):
+            raise RecipesetError(f"mode must be 'next' or 'joint', got {mode!r}")
+        tokens, mask = tokens.to(self.device), mask.to(self.device)
+        cuisine = self._check_cuisine(cuisine, tokens.shape[0])
+        scores = self._candidate_log_probs(tokens, mask, cuisine)
+        scores[:, :NUM_SPECIALS] = float("-inf")
+        return scores
+
+    @inference
+    def complete_ids(self, tokens: torch.Tensor, mask: torch.Tensor, max_new: int = 20,
+                     cuisine: torch.Tensor | None = None, temperature: float = 0.0, top_k: int | None = None,
+                     generator: torch.Generator | None = None) -> list[list[int]]:
+        """Generate the rest of each query ``[B, T]``; no repeats, no specials, no query ids.
+
+        With slots: every slot whose best choice (among ∅ and the ingredients not in the query) is not ∅
+        emits it; duplicates count once; most confident slots first; at most ``max_new``.
+        Without slots: repeatedly append one [MASK] and add its best ingredient; stop when [NULL] wins (the
+        learned stop: MLM training gives a [MASK] the target [NULL] when nothing is missing), when the best
+        ingredient's probability is below ``config.stop_threshold``, or after ``max_new``.
+        Sampling (``temperature > 0``) draws from the same distributions, [NULL] included.
+        """
+        tokens, mask = tokens.to(self.device), mask.to(self.device)
+        B = tokens.shape[0]
+        cuisine = self._check_cuisine(cuisine, B)
+        if self.has_slots:
+            logits = self(tokens, mask, cuisine).slot_logits.float()  # [B, K, V]
+            K, V = logits.shape[1:]
+            logits = mask_ids(logits.reshape(B * K, V), tokens.repeat_interleave(K, 0),
+                              mask.repeat_interleave(K, 0))
+            choice = sample_from_logits(logits, temperature, top_k, generator).view(B, K)
+            conf = F.log_softmax(logits, -1).gather(1, choice.view(-1, 1)).view(B, K)
+            order = conf.argsort(dim=1, descending=True, stable=True)
+            choice = choice.gather(1, order).tolist()
+            out = []
+            for row in choice:  # dedupe K ≤ a few dozen slots per set
+                ids = [i for i in dict.fromkeys(row) if i >= NUM_SPECIALS]
+                out.append(ids[:max_new])
+            return out
+
+        generated: list[list[int]] = [[] for _ in range(B)]
+        active = torch.ones(B, dtype=torch.bool, device=tokens.device)
+        for _ in range(max_new):
+            logp = self._candidate_log_probs(tokens, mask, cuisine)  # [B, V], NULL included
+            logp[:, :NUM_SPECIALS] = torch.where(
+                torch.arange(NUM_SPECIALS, device=logp.device) == NULL, logp[:, :NUM_SPECIALS], float("-inf"))
+            choice = sample_from_logits(logp, temperature, top_k, generator)
+            best_ingredient = logp[:, NUM_SPECIALS:].amax(1)
+            stop = (choice == NULL) | (best_ingredient.exp() < self.config.stop_threshold)
+            stop |= torch.isinf(best_ingredient)  # nothing left to add
+            active = active & ~stop
+            if not bool(active.any()):
+                break
+            for b in torch.nonzero(active).squeeze(1).tolist():
+                generated[b].append(int(choice[b]))
+            tokens, mask = append_at_end(tokens, mask, choice, active)
+        return generated
