@@ -85,7 +85,7 @@ def _fetch(url: str, dest: Path, expected: str, timeout: float) -> None:
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
             try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (https/file by design)
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
                     while block := resp.read(1 << 16):
                         h.update(block)
                         out.write(block)
