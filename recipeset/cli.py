@@ -44,6 +44,55 @@ def data() -> None:
     """Inspect and fetch datasets."""
 
 
+def _format_stats(d: dict) -> str:
+    s = d["set_size"]
+    lines = [f"{d['name']}: {d['recipes']} recipes, {d['ingredients']} ingredients, {d['cuisines']} cuisines"
+             + (f" ({d['unlabelled']} unlabelled)" if d["unlabelled"] else ""),
+             f"set size: min {s['min']}, mean {s['mean']:.2f}, median {s['median']:g}, max {s['max']}",
+             "size histogram: " + " ".join(f"{k}:{v}" for k, v in s["histogram"].items())]
+    if d["per_cuisine"]:
+        lines.append("per cuisine: " + ", ".join(f"{k} {v}" for k, v in d["per_cuisine"].items()))
+    lines.append("per source: " + ", ".join(f"{k} {v}" for k, v in d["per_source"].items()))
+    lines.append("top ingredients: " + ", ".join(f"{n} {c}" for n, c in d["top_ingredients"][:10]))
+    if d["sha256"]:
+        lines.append(f"sha256: {d['sha256']}")
+    return "\n".join(lines)
+
+
+@data.command("stats")
+@click.argument("dataset")
+@click.option("--path", default=None, help="Dataset directory or file (flavornet: the files' directory).")
+@click.option("--lenient", is_flag=True, help="Skip malformed lines (counted in the report) instead of failing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def data_stats(dataset: str, path: str | None, lenient: bool, as_json: bool) -> None:
+    """Counts, set-size distribution and cleaning report of DATASET (flavornet, whatscooking, synthetic,
+    or a .csv/.jsonl/.json file)."""
+    import json
+
+    from recipeset.data.sources import load_dataset
+
+    table = load_dataset(dataset, path=path, lenient=lenient)
+    d = table.describe()
+    if as_json:
+        click.echo(json.dumps(d))
+    else:
+        click.echo(_format_stats(d))
+        click.echo(str(table.report))
+
+
+@data.command("download")
+@click.argument("dataset", type=click.Choice(["flavornet"]))
+@click.option("--dest", default=None, help="Target directory [default: $RECIPESET_FLAVORNET_DIR or data/flavornet].")
+@click.option("--base-url", default=None, help="Fetch from here instead of the pinned mirrors "
+              "(also $RECIPESET_FLAVORNET_URL).")
+def data_download(dataset: str, dest: str | None, base_url: str | None) -> None:
+    """Download DATASET and verify every file against its pinned SHA-256."""
+    from recipeset.data.sources.flavornet import download_flavornet
+
+    out = download_flavornet(dest, base_url=base_url, progress=click.echo)
+    click.echo(f"{dataset}: ready in {out}")
+
+
 def main() -> None:
     """Console entry point."""
     try:
