@@ -110,12 +110,20 @@ def sample_from_logits(logits: torch.Tensor, temperature: float = 0.0, top_k: in
     from softmax(logits / temperature) restricted to the ``top_k`` best. Never draws a -inf id."""
     if temperature is None or temperature <= 0:
         return logits.argmax(-1)
-    logits = logits / temperature
+    # a row with no allowed id at all (a finished set) would be NaN after softmax: draw from a dummy row
+    dead = ~torch.isfinite(logits).any(-1)
+    logits = torch.where(dead[:, None], torch.zeros_like(logits), logits) / temperature
     if top_k is not None and top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1).masked_fill(dead, PAD)
+
+
+def safe_log_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """log-softmax where a row that is -inf everywhere (nothing left to predict) stays -inf, not NaN."""
+    out = F.log_softmax(logits, dim=dim)
+    return out.masked_fill(torch.isnan(out), float("-inf"))
 
 
 def check_sampling(temperature: float, top_k: int | None) -> None:

@@ -180,7 +180,8 @@ class CausalDecoder(RecipeModel):
         return torch.cat([bos, tokens], 1), torch.cat([mask.new_ones(mask.shape[0], 1), mask], 1)
 
     def _classify_inputs(self, tokens, mask):
-        return self.with_bos(tokens, mask)
+        # the set is fed as in training: [BOS] + ingredients in the training order
+        return self.with_bos(self._ordered(tokens, mask, 0), mask)
 
     # ---- forward --------------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, cuisine: torch.Tensor | None = None,

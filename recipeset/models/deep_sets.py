@@ -24,6 +24,7 @@ from recipeset.models.base import (
     mask_ids,
     placeholder_features,
     resolve_sizes,
+    safe_log_softmax,
     sample_from_logits,
     special_bias,
 )
@@ -115,7 +116,7 @@ class DeepSets(RecipeModel):
             raise RecipesetError(f"mode must be 'next' or 'joint', got {mode!r}")
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         cuisine = self._check_cuisine(cuisine, tokens.shape[0])
-        return F.log_softmax(self(tokens, mask, cuisine).set_logits.float(), dim=-1)
+        return safe_log_softmax(self(tokens, mask, cuisine).set_logits.float())
 
     @inference
     def complete_ids(self, tokens: torch.Tensor, mask: torch.Tensor, max_new: int = 20,
@@ -129,7 +130,7 @@ class DeepSets(RecipeModel):
         generated: list[list[int]] = [[] for _ in range(B)]
         active = torch.ones(B, dtype=torch.bool, device=tokens.device)
         for _ in range(max_new):
-            logp = F.log_softmax(self(tokens, mask, cuisine).set_logits.float(), dim=-1)
+            logp = safe_log_softmax(self(tokens, mask, cuisine).set_logits.float())
             best = logp.amax(1)
             active = active & (best.exp() >= self.config.stop_threshold) & torch.isfinite(best)
             if not bool(active.any()):

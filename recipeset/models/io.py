@@ -29,10 +29,16 @@ CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "weights.pt
 REMOTE_PREFIXES = ("runs:/", "models:/")
 
 
-def save_model(model: RecipeModel, path: str | os.PathLike) -> Path:
+def save_model(model: RecipeModel, path: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
     """Write ``model`` to the checkpoint directory ``path`` atomically (a crash leaves the old one or the new
-    one, never a mixture). Returns the path."""
+    one, never a mixture). ``extra_files`` maps plain file names to text written alongside (e.g. the resolved
+    run config); they may not replace the checkpoint's own files. Returns the path."""
     path = Path(path)
+    extra_files = dict(extra_files or {})
+    for name in extra_files:
+        if name in (CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE) or Path(name).name != name or name.startswith("."):
+            raise RecipesetError(f"save_model: extra file name {name!r} must be a plain name other than "
+                                 f"{CONFIG_FILE}, {VOCAB_FILE}, {WEIGHTS_FILE}")
     meta = {"format": FORMAT, "model_type": model.model_type, "config": asdict(model.config)}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
@@ -40,6 +46,8 @@ def save_model(model: RecipeModel, path: str | os.PathLike) -> Path:
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(meta, indent=1))
         model.vocab.save(tmp / VOCAB_FILE)
         torch.save(state, tmp / WEIGHTS_FILE)
+        for name, text in extra_files.items():
+            atomic_write_text(tmp / name, text)
 
     atomic_write_dir(path, fill)
     return path
