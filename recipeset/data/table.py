@@ -311,7 +311,7 @@ class RecipeTable:
         sets = self.frame["ingredients"]
         lengths = sets.map(len).to_numpy(dtype=np.int64)
         flat = pd.Series([x for r in sets for x in r], dtype=object)
-        ids = flat.map(vocab._ids).to_numpy(dtype=np.float64, na_value=np.nan)
+        ids = flat.map(vocab._ids).to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
         missing = np.isnan(ids)
         if missing.any():
             if unknown == "error":
@@ -338,5 +338,8 @@ class RecipeTable:
         bad = cu.notna() & ids.isna()
         if bad.any() and strict and vocab.num_cuisines:
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            vocab.cuisine_id(cu.iloc[row])  # raises with suggestions
+            try:
+                vocab.cuisine_id(cu.iloc[row])
+            except RecipesetError as e:  # re-raise naming the recipe
+                raise RecipesetError(f"{self.name} recipe {self.frame['recipe_id'].iloc[row]}: {e}") from None
         return ids.fillna(-1).to_numpy(dtype=np.int64)
