@@ -1,0 +1,134 @@
+"""Experiment files: grid expansion, seeds, quick mode, params-hash stability, errors naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recipeset.errors import RecipesetError
+from recipeset.experiments import load_experiment
+
+STUDY = """
+[experiment]
+name = "order_study"
+description = "order vs set training"
+
+[base]
+data.dataset = "flavornet"
+train.max_steps = 3000
+
+[[grid]]
+name = "decoder-ce-frequency"
+"data.order" = "frequency"
+
+[[grid]]
+name = "decoder-ce-shuffle"
+data.order = "shuffle"
+
+[[grid]]
+name = "set-transformer-mlm"
+"model.name" = "set-transformer"
+"model.d_model" = 64
+"objectives.weights" = { mlm = 1.0 }
+
+[seeds]
+values = [0, 1, 2]
+
+[quick]
+variants = ["decoder-ce-frequency", "set-transformer-mlm"]
+seeds = [0]
+overrides = { "train.max_steps" = 50 }
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "order_study.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_grid_expansion(tmp_path):
+    exp = load_experiment(write(tmp_path, STUDY))
+    runs = exp.runs()
+    assert len(runs) == 9
+    assert [r.name for r in runs[:3]] == [f"order_study/decoder-ce-frequency/seed{s}" for s in range(3)]
+    assert {r.variant for r in runs} == {"decoder-ce-frequency", "decoder-ce-shuffle", "set-transformer-mlm"}
+    by_name = {r.name: r for r in runs}
+    st = by_name["order_study/set-transformer-mlm/seed2"].config
+    assert st.model.name == "set-transformer" and st.model.params == {"d_model": 64}
+    assert st.objectives.weights == {"mlm": 1.0}  # replaced, not merged with the default clm
+    assert st.train.seed == 2 and st.data.split_seed == 0  # seeds never move the split
+    assert by_name["order_study/decoder-ce-shuffle/seed0"].config.data.order == "shuffle"  # unquoted dotted key
+    for r in runs:
+        assert r.config.data.dataset == "flavornet" and r.config.train.max_steps == 3000
+        assert r.config.tracking.experiment == "order_study" and r.config.tracking.run_name == r.name
+        assert r.params_hash == r.config.config_hash()
+    assert len({r.params_hash for r in runs}) == 9
+
+
+def test_quick_mode(tmp_path):
+    exp = load_experiment(write(tmp_path, STUDY))
+    quick = exp.runs(quick=True)
+    assert [r.name for r in quick] == ["order_study/decoder-ce-frequency/seed0",
+                                       "order_study/set-transformer-mlm/seed0"]
+    assert all(r.config.train.max_steps == 50 for r in quick)
+    assert all(r.config.tracking.experiment == "order_study-quick" for r in quick)
+    full = {r.name: r.params_hash for r in exp.runs()}
+    assert all(full[r.name] != r.params_hash for r in quick)
+
+
+def test_quick_defaults(tmp_path):
+    text = STUDY.split("[quick]")[0]
+    quick = load_experiment(write(tmp_path, text)).runs(quick=True)
+    assert len(quick) == 3 and all(r.seed == 0 and r.config.train.epochs == 1 for r in quick)
+
+
+def test_params_hash_is_stable_across_loads_and_key_spellings(tmp_path):
+    a = load_experiment(write(tmp_path, STUDY)).runs()
+    # The same file again, in another directory and with the tracking name changed: same hashes.
+    other = STUDY.replace('name = "order_study"', 'name = "renamed"')
+    b = load_experiment(write(tmp_path / "..", other, "renamed.toml")).runs()
+    assert [r.params_hash for r in a] == [r.params_hash for r in b]
+    # [base] as nested sections or dotted keys gives the same configs.
+    nested = STUDY.replace('data.dataset = "flavornet"\ntrain.max_steps = 3000',
+                           '"data" = { dataset = "flavornet" }\n"train.max_steps" = 3000')
+    c = load_experiment(write(tmp_path, nested, "nested.toml")).runs()
+    assert [r.params_hash for r in a] == [r.params_hash for r in c]
+
+
+def test_no_grid_means_one_base_variant(tmp_path):
+    exp = load_experiment(write(tmp_path, '[base]\n"train.epochs" = 1\n', "tiny.toml"))
+    runs = exp.runs()
+    assert exp.name == "tiny" and [r.name for r in runs] == ["tiny/base/seed0"]
+
+
+@pytest.mark.parametrize("text, fragment", [
+    (STUDY.replace('"data.order" = "frequency"', '"data.ordr" = "frequency"'),
+     "[grid 'decoder-ce-frequency']: data.ordr: unknown key (did you mean 'order'?)"),
+    (STUDY.replace('"model.name" = "set-transformer"', '"model.name" = "set-transfomer"'),
+     "did you mean 'set-transformer'?"),
+    (STUDY.replace('variants = ["decoder-ce-frequency", "set-transformer-mlm"]', 'variants = ["decoder-ce-freq"]'),
+     "quick.variants: unknown variant 'decoder-ce-freq' (did you mean 'decoder-ce-frequency'?)"),
+    (STUDY.replace("[seeds]", "[sedes]"), "sedes: unknown key (did you mean 'seeds'?)"),
+    (STUDY.replace("values = [0, 1, 2]", "vals = [0, 1, 2]"), "seeds.vals: unknown key (did you mean 'values'?)"),
+    (STUDY.replace("values = [0, 1, 2]", "values = [0, 0]"), "duplicate seeds"),
+    (STUDY.replace('"train.max_steps" = 50', '"train.max_step" = 50'), "train.max_step: unknown key"),
+    (STUDY.replace('name = "decoder-ce-shuffle"', 'name = "decoder-ce-frequency"'), "duplicate variant name"),
+    (STUDY.replace('name = "decoder-ce-shuffle"', 'name = "has space"'), "grid[1].name"),
+    (STUDY.replace('data.dataset = "flavornet"', 'dta.dataset = "flavornet"'),
+     "base.dta: unknown section (did you mean 'data'?)"),
+    (STUDY.replace("description =", "descr ="), "experiment.descr: unknown key (did you mean 'description'?)"),
+])
+def test_errors_name_file_and_key(tmp_path, text, fragment):
+    p = write(tmp_path, text)
+    with pytest.raises(RecipesetError) as e:
+        load_experiment(p)
+    assert fragment in str(e.value) and str(p) in str(e.value)
+
+
+def test_experiment_files_in_repo_load():
+    files = sorted((Path(__file__).parent.parent / "experiments").glob("*.toml"))
+    for f in files:
+        exp = load_experiment(f)
+        assert exp.runs() and exp.runs(quick=True)
