@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -139,7 +139,7 @@ class InputEmbedding(nn.Module):
     ``kind="features"``: ``features [V, F]`` (e.g. flavor-compound profiles) is a buffer (saved with the
     weights, never trained) projected by a Linear; an ingredient seen rarely or never still gets a meaningful
     input. Specials have no features, so they always get their own learned vectors. ``feature_bias`` adds a
-    learned per-id table (zero-initialised) on top of the projection.
+    learned per-id table on top of the projection (it lets frequent ingredients move away from their features).
     """
 
     def __init__(self, vocab_size: int, d_model: int, kind: str = "learned",
@@ -157,8 +157,6 @@ class InputEmbedding(nn.Module):
             self.proj = nn.Linear(features.shape[1], d_model)
             self.specials = nn.Embedding(NUM_SPECIALS, d_model)
             self.bias = nn.Embedding(vocab_size, d_model) if feature_bias else None
-            if self.bias is not None:
-                nn.init.zeros_(self.bias.weight)
         else:
             raise RecipesetError(f"embedding must be one of {EMBEDDINGS}, got {kind!r}")
 
@@ -180,8 +178,6 @@ class InputEmbedding(nn.Module):
 
 def resolve_sizes(config, vocab: Vocabulary, input_features: torch.Tensor | None):
     """Fill ``vocab_size``/``n_cuisines``/``n_features`` (0 = "from the vocabulary/features") and check them."""
-    from dataclasses import replace
-
     changes = {}
     if config.vocab_size in (0, None):
         changes["vocab_size"] = len(vocab)
