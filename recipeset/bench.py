@@ -42,7 +42,8 @@ class _SlotModel(nn.Module):
 
 
 def _build_model(vocab_size: int, d_model: int, n_slots: int) -> tuple[nn.Module, str]:
-    """The project's SetTransformer with a slot decoder when available, else the fallback slot model."""
+    """The project's SetTransformer with a slot decoder when available, else the fallback slot model (the
+    returned name says which, and why)."""
     try:
         from recipeset.models.set_transformer import SetTransformer, SetTransformerConfig
 
@@ -54,10 +55,10 @@ def _build_model(vocab_size: int, d_model: int, n_slots: int) -> tuple[nn.Module
 
         model.slot_logits_fn = slot_logits  # type: ignore[attr-defined]
         return model, "set-transformer"
-    except Exception:  # the models package is optional here: the benchmark is about the loss
+    except Exception as e:  # the models package is optional here: the benchmark is about the loss
         model = _SlotModel(vocab_size, d_model, n_slots)
         model.slot_logits_fn = model.forward  # type: ignore[attr-defined]
-        return model, "fallback-slot-transformer"
+        return model, f"fallback-slot-transformer ({type(e).__name__}: {e})"
 
 
 def _synthetic_batch(batch_size: int, n_slots: int, vocab_size: int, generator: torch.Generator
@@ -83,7 +84,8 @@ def bench_hungarian_vs_standard(batch_size: int = 64, n_slots: int = 32, vocab_s
 
     Returns a dict: ``standard_step_ms``, ``hungarian_step_ms``, ``hungarian_over_standard_ratio``,
     ``matching_ms`` (the matcher alone, median), ``matching_share`` (matching_ms / hungarian_step_ms),
-    ``model``, ``batch_size``, ``n_slots``, ``vocab_size``, ``d_model``, ``steps``, ``torch_threads``.
+    ``model`` (``set-transformer``, or the fallback and the reason), ``batch_size``, ``n_slots``,
+    ``vocab_size``, ``d_model``, ``steps``, ``torch_threads``.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

@@ -52,7 +52,9 @@ def _smoothing_term(logp: torch.Tensor) -> torch.Tensor:
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
                    weight: torch.Tensor | None = None) -> torch.Tensor:
     """Per-item CE ``[N, V], [N] -> [N]``, 0 where the target is ``IGNORE``; ``weight`` (``[V]``) multiplies
-    each item's loss by the weight of its target class, as ``F.cross_entropy(weight=...)`` does."""
+    each item's loss by the weight of its target class, as ``F.cross_entropy(weight=...)`` does without
+    smoothing. (With smoothing torch weights each class of the smoothing term separately; here the target's
+    weight scales the whole item, so a ∅ slot stays down-weighted as a whole.)"""
     if label_smoothing == 0.0:
         return F.cross_entropy(logits, targets, weight=weight, ignore_index=IGNORE, reduction="none")
     logp = F.log_softmax(logits.float(), dim=-1)
