@@ -207,3 +207,11 @@ def test_coherence_impossible_negatives_stay_positive():
     # a batch of one cannot be swapped either
     single = coherence_pairs(tokens[:1], mask[:1], generator=torch.Generator().manual_seed(0), neg_prob=1.0)
     assert single[3].tolist() == [1.0]
+
+
+def test_empty_batches_of_width_zero():
+    tokens, mask = torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, 0, dtype=torch.bool)
+    out = mlm_mask(tokens, mask, 20, null_prob=1.0)  # empty sets never get a [NULL] position
+    assert out.tokens.shape == (3, 0) and out.labels.shape == (3, 0)
+    assert rtd_corrupt(tokens, mask, 20)[1].shape == (3, 0)
+    assert coherence_pairs(tokens, mask)[3].tolist() == [1.0, 1.0, 1.0]

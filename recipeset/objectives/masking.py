@@ -105,9 +105,10 @@ def mlm_mask(tokens: torch.Tensor, mask: torch.Tensor, vocab_size: int, prob: fl
 
     select = (_rand((B, T), tokens, generator) < prob) & mask
     # At least one per non-empty set: a uniformly random valid position (argmax of random keys).
-    keys = _rand((B, T), tokens, generator).masked_fill(~mask, -1.0)
-    forced = torch.zeros_like(select).scatter_(1, keys.argmax(1, keepdim=True), True)
-    select |= forced & (~select.any(1) & nonempty)[:, None]
+    if T > 0:
+        keys = _rand((B, T), tokens, generator).masked_fill(~mask, -1.0)
+        forced = torch.zeros_like(select).scatter_(1, keys.argmax(1, keepdim=True), True)
+        select |= forced & (~select.any(1) & nonempty)[:, None]
     select &= ~is_null[:, None]
 
     r = _rand((B, T), tokens, generator)
