@@ -340,8 +340,13 @@ def test_csv_bad_input(tmp_path):
     p.write_text("id,ingredients\n1,a\n1,b\n")
     with pytest.raises(RecipesetError, match=r"r.csv:3: duplicate recipe id '1'"):
         load_dataset(p, id_column="id")
-    with pytest.raises(RecipesetError, match="bad loader option"):
+    with pytest.raises(RecipesetError, match=r"r.csv: unknown loader option\(s\) no_such_option; options: "
+                                             r"ingredients_column, delimiter"):
         load_dataset(p, no_such_option=1)
+    with pytest.raises(RecipesetError, match="whatscooking: unknown loader option"):
+        load_dataset("whatscooking", path=p, delimiter=",")
+    with pytest.raises(RecipesetError, match="flavornet: unknown loader option"):
+        load_dataset("flavornet", path=p, min_count=2)
 
 
 def test_jsonl_list_or_string_and_bad_lines(tmp_path):

@@ -6,7 +6,9 @@ no duplicate ingredient inside a recipe, no empty recipe) whose ``report`` says 
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from recipeset.data.table import RecipeTable
@@ -33,30 +35,39 @@ def load_dataset(name_or_path: str | os.PathLike, path: str | os.PathLike | None
     if name == "flavornet":
         from recipeset.data.sources.flavornet import load_flavornet
 
-        return load_flavornet(path, lenient=lenient, **kw)
+        return _call(load_flavornet, name, path, lenient=lenient, **kw)
     if name == "whatscooking":
         if path is None:
             raise RecipesetError("whatscooking needs path=... (--path): the Kaggle What's Cooking train.json")
         from recipeset.data.sources.whatscooking import load_whatscooking
 
-        return load_whatscooking(path, lenient=lenient, **kw)
+        return _call(load_whatscooking, name, path, lenient=lenient, **kw)
     if name == "synthetic":
         from recipeset.data.sources.synthetic import load_synthetic
 
         if path is not None:
             kw["path"] = path
-        return load_synthetic(**kw)
+        return _call(load_synthetic, name, **kw)
     suffix = Path(name).suffix.lower()
     if suffix in FILE_SUFFIXES:
         from recipeset.data.sources import tabular
 
         loader = {".csv": tabular.load_csv, ".jsonl": tabular.load_jsonl, ".json": tabular.load_json}[suffix]
-        try:
-            return loader(name, lenient=lenient, **kw)
-        except TypeError as e:  # an option this format does not take
-            raise RecipesetError(f"{name}: bad loader option ({e})") from None
+        return _call(loader, name, name, lenient=lenient, **kw)
     raise RecipesetError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} "
                          f"or a path ending in {', '.join(FILE_SUFFIXES)}")
+
+
+def _call(loader: Callable[..., RecipeTable], label: str, *args, **kw) -> RecipeTable:
+    """Call ``loader``, turning an option it does not take into a RecipesetError listing the ones it does."""
+    params = inspect.signature(loader).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        bad = [k for k in kw if k not in params]
+        if bad:
+            options = [n for n, q in params.items() if q.kind is not q.VAR_POSITIONAL][len(args):]
+            raise RecipesetError(f"{label}: unknown loader option(s) {', '.join(bad)}; "
+                                 f"options: {', '.join(options) or 'none'}")
+    return loader(*args, **kw)
 
 
 __all__ = ["DATASETS", "load_dataset"]
