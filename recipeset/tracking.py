@@ -286,6 +286,8 @@ class Tracker:
         """
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise RecipesetError(f"log_metrics: step must be a non-negative int, got {step!r}")
+        if self._ended:  # a buffered metric would never be flushed: fail loudly instead of dropping it
+            raise RuntimeError(f"log_metrics after the run {self.run_id} ended")
         from mlflow.entities import Metric
 
         ts = _now_ms()

@@ -144,6 +144,10 @@ def test_failed_on_exception(mlflow_uri):
             raise ValueError("boom")
     run = client(mlflow_uri).get_run(tr.run_id)
     assert run.info.status == "FAILED" and run.data.metrics["loss"] == 1.0  # buffer flushed on failure
+    with pytest.raises(RuntimeError, match="after the run"):
+        tr.log_metrics({"loss": 2.0}, 1)
+    with Tracker.start(CFG) as tr2, pytest.raises(RecipesetError, match="non-negative int"):
+        tr2.log_metrics({"loss": 2.0}, -1)
 
 
 def test_killed_on_keyboard_interrupt_and_sigterm_handler_restored(mlflow_uri):
