@@ -40,6 +40,7 @@ COMPOUND_FILES = ("ingr_info.tsv", "comp_info.tsv", "ingr_comp.tsv")
 REQUIRED = (*RECIPE_FILES, MAP_FILE)
 HINT = ("run `recipeset data download flavornet`, pass --path DIR (path=...) or set RECIPESET_FLAVORNET_DIR "
         "to a directory holding the flavornet files")
+OFFLINE_HINT = "pass --path DIR (path=...) or set RECIPESET_FLAVORNET_DIR to a directory that already holds the files"
 
 
 @functools.cache
@@ -91,13 +92,14 @@ def _fetch(url: str, dest: Path, expected: str, timeout: float) -> None:
                         out.write(block)
             except (urllib.error.URLError, OSError, ValueError) as e:
                 reason = getattr(e, "reason", None) or e
-                raise RecipesetError(f"could not download {url} ({reason}); check the network, or {HINT}") from None
+                raise RecipesetError(f"could not download {url} ({reason}); "
+                                     f"check the network, or {OFFLINE_HINT}") from None
             out.flush()
             os.fsync(out.fileno())
         got = h.hexdigest()
         if got != expected:
             raise RecipesetError(f"{dest.name}: SHA-256 mismatch for {url} (expected {expected}, got {got}); "
-                                 f"the download was discarded — delete any partial copy and retry, or {HINT}")
+                                 f"the download was discarded — delete any partial copy and retry, or {OFFLINE_HINT}")
         os.replace(tmp, dest)
     finally:
         Path(tmp).unlink(missing_ok=True)
