@@ -50,9 +50,8 @@ class Scorer(Protocol):
         """The generated rest of each set: no repeats, no specials, no query ids."""
         ...
 
-    def classify_ids(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``[B, n_cuisines]`` probabilities (only when ``can_classify``)."""
-        ...
+    # Scorers with ``can_classify`` also offer ``classify_ids(tokens, mask) -> [B, n_cuisines]`` probabilities
+    # (not a protocol member, so that ``isinstance(x, Scorer)`` holds for the ones that cannot classify).
 
 
 # ================================================================================================
