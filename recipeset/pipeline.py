@@ -1,0 +1,268 @@
+"""The main job: config -> data -> model -> training -> evaluation, tracked in MLflow.
+
+A run directory (``runs/<run name>/`` by default) holds everything a run needs to be resumed or evaluated::
+
+    config.json     the resolved RunConfig          split.json   the run's own train/val/test split
+    checkpoint/     the latest atomic checkpoint (model/ + trainer_state.pt)
+    best/           the best model on validation     model/       the final model (= best), loadable by
+    eval.json/.csv  the evaluation table                          ``recipeset.load_model``
+    plots/          learning curves, confusion matrix, ingredient-embedding map
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recipeset.config import RunConfig, validate_model_params
+from recipeset.data.prepare import PreparedData, prepare_data
+from recipeset.data.vocab import Vocabulary
+from recipeset.errors import RecipesetError
+from recipeset.io_utils import atomic_write_text
+from recipeset.models.base import RecipeModel
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("config.json", "split.json")
+EVAL_TASK_NAMES = {"completion": "completion", "set-completion": "set", "cuisine": "cuisine",
+                   "order-sensitivity": "order", "likelihood": "nll"}
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    objectives = "+".join(cfg.objectives.weights)
+    return f"{cfg.data.dataset.split('/')[-1]}-{cfg.model.name}-{cfg.loss.name}-{objectives}-" \
+           f"{cfg.data.order}-seed{cfg.train.seed}"
+
+
+# ---- model construction -------------------------------------------------------------------------------------
+def input_features_for(cfg: RunConfig, vocab: Vocabulary) -> torch.Tensor | None:
+    """The fixed input-feature matrix for ``model.embedding = "features"`` (flavornet compound profiles)."""
+    if cfg.model.params.get("embedding", "learned") != "features":
+        return None
+    if cfg.data.dataset != "flavornet":
+        raise RecipesetError("model.embedding='features' uses flavornet's flavor-compound profiles; "
+                             "it needs data.dataset = 'flavornet'")
+    from recipeset.data.sources.flavornet import find_flavornet, flavornet_compound_features
+
+    return torch.from_numpy(flavornet_compound_features(vocab, find_flavornet(cfg.data.path)))
+
+
+def build_model(cfg: RunConfig, vocab: Vocabulary, weights: dict[str, float], max_set: int,
+                input_features: torch.Tensor | None = None) -> RecipeModel:
+    """A fresh model for the run: the user's ``[model]`` params plus the heads the objectives need."""
+    from recipeset.models import CONFIGS, MODELS
+    from recipeset.objectives.tasks import model_heads
+
+    cls, config_cls = MODELS[cfg.model.name], CONFIGS[cfg.model.name]
+    fields = [f.name for f in dataclasses.fields(config_cls)]
+    validate_model_params(cfg.model.name, cfg.model.params, fields)
+    params = {**model_heads(cfg, weights), **cfg.model.params}
+    if "train_order" in fields:
+        params["train_order"] = cfg.data.order
+    if cfg.model.name == "set-transformer" and "set" in weights and not params.get("n_slots"):
+        params["n_slots"] = max_set  # K >= the largest target set
+    if cfg.model.name == "decoder":
+        params.setdefault("max_len", max(64, max_set + 2))
+    return cls(config_cls(**params), vocab, input_features)
+
+
+def load_init_weights(model: RecipeModel, init_from: str) -> list[str]:
+    """Copy matching weights from a trained model (fine-tuning); new heads start fresh. Returns new keys."""
+    from recipeset.models.io import load_model
+
+    source = load_model(init_from)
+    if source.vocab != model.vocab:
+        raise RecipesetError(f"--init-from {init_from}: its vocabulary differs from this run's; fine-tune on the "
+                             "same dataset and data.min_count")
+    if source.model_type != model.model_type:
+        raise RecipesetError(f"--init-from {init_from}: a {source.model_type!r} model cannot initialise a "
+                             f"{model.model_type!r}")
+    own = model.state_dict()
+    loaded = {k: v for k, v in source.state_dict().items() if k in own}
+    bad = [k for k, v in loaded.items() if v.shape != own[k].shape]
+    if bad:
+        raise RecipesetError(f"--init-from {init_from}: shapes differ for {bad[:3]}; use the same model params")
+    model.load_state_dict(loaded, strict=False)
+    return sorted(set(own) - set(loaded))
+
+
+# ---- post-training -------------------------------------------------------------------------------------------
+def tune_stop_threshold(model: RecipeModel, val_eval, seed: int = 0) -> float | None:
+    """Models that stop on a probability threshold (deep-sets; a set transformer without slots) get the
+    threshold with the best set-completion micro-F1 on the validation split."""
+    from recipeset.evaluation import evaluate_set_completion
+
+    if model.model_type == "decoder" or getattr(model, "has_slots", False):
+        return None
+    if not hasattr(model.config, "stop_threshold"):
+        return None
+    best, best_f1 = model.config.stop_threshold, -1.0
+    for th in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5):
+        model.config.stop_threshold = th
+        f1 = evaluate_set_completion(model, val_eval, seed=seed)["micro_f1"]
+        if f1 > best_f1:
+            best, best_f1 = th, f1
+    model.config.stop_threshold = best
+    return best
+
+
+def evaluate_model(model: RecipeModel, sets, cfg: RunConfig) -> dict[str, float]:
+    """The evaluation protocol on ``sets`` (a split encoded with [UNK] for unknown ingredients)."""
+    from recipeset.evaluation import evaluate_all
+
+    tasks = [EVAL_TASK_NAMES.get(t, t) for t in cfg.eval.tasks]
+    modes = ("next", "joint") if model.model_type == "decoder" and cfg.eval.joint else ("next",)
+    if cfg.eval.max_queries is not None and len(sets) > cfg.eval.max_queries:
+        sets = sets.take(np.arange(cfg.eval.max_queries))
+    return evaluate_all(model, sets, tasks=tasks, seed=cfg.eval.seed, modes=modes)
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    run_id: str | None
+    model_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def _plots(tracker, history: dict, model: RecipeModel, data: PreparedData, out_dir: Path) -> None:
+    from recipeset.tracking import plot_confusion, plot_embedding_map, plot_learning_curves
+
+    plots = out_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    figs = {"learning_curves.png": plot_learning_curves({k: v for k, v in history.items() if v})}
+    emb = getattr(getattr(model, "embed", None), "tied_weight", None)
+    if emb is not None:
+        figs["ingredient_map.png"] = plot_embedding_map(emb.detach().cpu().numpy()[8:], data.vocab.ingredients,
+                                                        data.vocab.counts)
+    if model.can_classify and (data.test_eval.cuisine >= 0).any():
+        from recipeset.evaluation import evaluate_cuisine
+
+        cm = evaluate_cuisine(model, data.test_eval)["confusion"]
+        figs["cuisine_confusion.png"] = plot_confusion(np.asarray(cm), data.vocab.cuisines)
+    import matplotlib.pyplot as plt
+
+    for name, fig in figs.items():
+        fig.savefig(plots / name, dpi=110, bbox_inches="tight")
+        if tracker is not None:
+            tracker.log_figure(fig, f"plots/{name}")
+        plt.close(fig)
+
+
+def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
+                 init_from: str | None = None, track: bool = True, parent_run_id: str | None = None,
+                 progress: bool = True, evaluate: bool = True) -> RunResult:
+    """Train (or resume) one run, evaluate it on its own test split, and track everything in MLflow."""
+    from recipeset.objectives.tasks import Objectives, resolve_objectives
+    from recipeset.training import Trainer, seed_all
+
+    started = time.perf_counter()
+    cfg.tracking.run_name = cfg.tracking.run_name or default_run_name(cfg)
+    out_dir = Path(out_dir) if out_dir is not None else Path("runs") / cfg.tracking.run_name
+    state_file = out_dir / "checkpoint" / "trainer_state.pt"
+    if resume:
+        if not state_file.exists():
+            raise RecipesetError(f"{out_dir}: nothing to resume (no checkpoint); run without --resume")
+        from recipeset.config import load_config
+
+        cfg = load_config(out_dir / "config.json")  # resume continues the run as it was configured
+    elif state_file.exists():
+        raise RecipesetError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    weights = resolve_objectives(cfg)
+    cfg.objectives.weights = weights
+    seed_all(cfg.train.seed, cfg.train.deterministic)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    init_vocab = None
+    if init_from is not None:
+        from recipeset.models.io import load_model
+
+        init_vocab = load_model(init_from).vocab
+    data = prepare_data(cfg.data, split_path=out_dir / "split.json" if resume else None, vocab=init_vocab)
+    if not resume:
+        data.split.save(out_dir / "split.json")
+        cfg.save(out_dir / "config.json")
+    max_set = int(max(data.train.lengths.max(initial=1), data.val.lengths.max(initial=1),
+                      data.test.lengths.max(initial=1)))
+    torch.manual_seed(cfg.train.seed)  # initialisation is a function of the seed only
+    model = build_model(cfg, data.vocab, weights, max_set, input_features_for(cfg, data.vocab))
+    if init_from is not None and not resume:
+        fresh = load_init_weights(model, init_from)
+        log.info("initialised from %s; new parameters: %s", init_from, fresh)
+
+    extra = {"run_config.json": json.dumps(cfg.to_dict(), indent=1),
+             "split.json": (out_dir / "split.json").read_text(encoding="utf-8")}
+    tracker = None
+    run_id = None
+    if track:
+        from recipeset.tracking import Tracker
+
+        resume_id = None
+        if resume:
+            meta = out_dir / "mlflow_run_id"
+            resume_id = meta.read_text().strip() if meta.exists() else None
+        tracker = Tracker.start(cfg, parent_run_id=parent_run_id, resume_run_id=resume_id)
+        run_id = tracker.run_id
+        atomic_write_text(out_dir / "mlflow_run_id", run_id)
+    try:
+        if tracker is not None and not resume:
+            tracker.log_dataset(data.table.name, data.table.source_path, data.table.sha256 or "generated",
+                                counts=data.counts())
+            tracker.log_artifact(out_dir / "split.json", "data")
+            tracker.log_dict(data.vocab.to_dict(), "data/vocab.json")
+            tracker.log_dict(data.table.report.to_dict(), "data/cleaning_report.json")
+            tracker.log_params({"model.n_parameters": model.num_parameters})
+        trainer = Trainer(cfg, model, Objectives(cfg, weights), data.train, data.val, out_dir,
+                          log=tracker.log_metrics if tracker is not None else None, progress=progress,
+                          train_weights=data.train_weights, extra_files=extra)
+        state = trainer.fit(resume=resume)
+        result = _finish(cfg, trainer, state, data, out_dir, tracker, evaluate)
+        result.run_id = run_id
+        result.wall_s = time.perf_counter() - started
+        if tracker is not None:
+            tracker.log_metrics({"time/wall_s": result.wall_s, "time/steps": state.step}, state.step)
+            tracker.end("FINISHED")
+        return result
+    except BaseException:
+        if tracker is not None:
+            tracker.__exit__(*__import__("sys").exc_info())
+        raise
+
+
+def _finish(cfg: RunConfig, trainer, state, data: PreparedData, out_dir: Path, tracker,
+            evaluate: bool) -> RunResult:
+    from recipeset.evaluation import metrics_table, save_metrics_table
+    from recipeset.models.io import load_model, save_model
+
+    best_dir = out_dir / "best"
+    model = load_model(best_dir) if best_dir.exists() else trainer.model
+    model.to(trainer.device)
+    tuned = tune_stop_threshold(model, data.val_eval, seed=cfg.eval.seed)
+    model_dir = out_dir / "model"
+    save_model(model, model_dir, extra_files=trainer.extra_files)
+    result = RunResult(out_dir=out_dir, run_id=None, model_dir=model_dir)
+    if evaluate:
+        result.val_metrics = evaluate_model(model, data.val_eval, cfg)
+        result.metrics = evaluate_model(model, data.test_eval, cfg)
+        table = metrics_table({cfg.tracking.run_name: {"test": result.metrics, "val": result.val_metrics}})
+        save_metrics_table(table, out_dir / "eval.csv")
+        save_metrics_table(table, out_dir / "eval.json")
+        if tracker is not None:
+            tracker.log_metrics({f"test/{k}": v for k, v in result.metrics.items()}, state.step)
+            tracker.log_metrics({f"val_eval/{k}": v for k, v in result.val_metrics.items()}, state.step)
+            tracker.log_table(table, "eval")
+    if tracker is not None:
+        if tuned is not None:
+            tracker.log_metrics({"stop_threshold": tuned}, state.step)
+        _plots(tracker, state.history, model, data, out_dir)
+        tracker.log_model_dir(model_dir)
+    return result

@@ -1,0 +1,401 @@
+"""Trainer: data preparation, the optimisation loop, schedules, checkpoints/resume, early stopping.
+
+Determinism and resume: every source of randomness in a step is derived from ``(seed, step)`` or
+``(seed, epoch)`` — the epoch's batch order, the shuffle of ingredient orders, the corruption of the batch and
+dropout (the global torch RNG is re-seeded at the start of every step). A checkpoint therefore only needs the
+weights, the optimizer/scheduler state and the step counter, and a resumed run replays exactly the batches an
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recipeset.config import RunConfig
+from recipeset.data.collate import Batch, collate
+from recipeset.data.sets import EncodedSets
+from recipeset.data.vocab import Vocabulary
+from recipeset.errors import RecipesetError
+from recipeset.io_utils import atomic_write_dir, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+
+
+# ---- seeding --------------------------------------------------------------------------------------------
+def seed_all(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch; ``deterministic`` also asks torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def derived_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (SplitMix64-style mixing)."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, step, 17))
+
+
+# ---- optimisation ---------------------------------------------------------------------------------------
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW; weight decay only on >= 2-D weights (matrices, embeddings), not on biases and norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
+
+
+def lr_multiplier(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Linear warmup to 1, then ``cosine`` (to 10%), ``inverse-sqrt`` or ``constant``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    if schedule == "inverse-sqrt":
+        return math.sqrt(max(warmup, 1) / max(step + 1, 1))
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise RecipesetError(f"unknown train.schedule {schedule!r}; use cosine, inverse-sqrt or constant")
+
+
+# ---- progress -------------------------------------------------------------------------------------------
+class Progress:
+    """A one-line progress bar on a terminal (loss, lr, throughput); periodic log lines otherwise."""
+
+    def __init__(self, total: int, enabled: bool = True, every_s: float = 10.0) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.every_s = every_s
+        self._last = 0.0
+
+    def update(self, step: int, info: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not self.tty and now - self._last < self.every_s and step < self.total:
+            return
+        self._last = now
+        frac = step / max(1, self.total)
+        bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
+        text = " ".join(f"{k}={v:.4g}" for k, v in info.items())
+        line = f"[{bar}] {step}/{self.total} {text}"
+        if self.tty:
+            sys.stderr.write("\r" + line[:160].ljust(160))
+            sys.stderr.flush()
+        else:
+            sys.stderr.write(line + "\n")
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")
+
+
+# ---- batches --------------------------------------------------------------------------------------------
+def curriculum_pool(lengths: np.ndarray, epoch: int, epochs: int, start: float = 0.3) -> np.ndarray:
+    """Competence curriculum by set size: epoch ``e`` draws from the smallest ``c(e)`` fraction of recipes,
+    ``c`` growing linearly from ``start`` to 1 over the first half of training (then all recipes)."""
+    ramp = max(1, epochs // 2)
+    c = min(1.0, start + (1.0 - start) * epoch / ramp)
+    order = np.argsort(lengths, kind="stable")
+    return np.sort(order[: max(1, int(round(c * len(order))))])
+
+
+def epoch_batches(n_or_pool: int | np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The batches of one epoch: a permutation fixed by ``(seed, epoch)``, cut into ``batch_size`` chunks."""
+    pool = np.arange(n_or_pool) if np.isscalar(n_or_pool) else np.asarray(n_or_pool)
+    rng = np.random.default_rng(derived_seed(seed, epoch, 3))
+    perm = pool[rng.permutation(len(pool))]
+    return [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_metric: float = math.inf
+    best_step: int = -1
+    bad_evals: int = 0
+    run_id: str | None = None
+    history: dict[str, list] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: TrainState,
+                    extra_files: dict[str, str] | None = None) -> None:
+    """Write ``model/`` (a loadable checkpoint) + the trainer state atomically as one directory."""
+    from recipeset.models.io import save_model
+
+    def fill(tmp: Path) -> None:
+        save_model(model, tmp / "model", extra_files=extra_files)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "state": json.dumps(state.to_dict())}, tmp / STATE_FILE)
+
+    atomic_write_dir(path, fill)
+
+
+def load_trainer_state(path: Path) -> tuple[dict, dict, TrainState]:
+    try:
+        blob = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RecipesetError(f"{path}: no checkpoint to resume from ({STATE_FILE} missing); "
+                             "run without --resume") from None
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt/unsafe file
+        raise RecipesetError(f"{path / STATE_FILE}: cannot read the checkpoint ({type(e).__name__}); "
+                             "delete it to start over") from None
+    return blob["optimizer"], blob["scheduler"], TrainState(**json.loads(blob["state"]))
+
+
+def write_json(path: Path, obj: object) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16/fp16 autocast on GPU (``auto`` = bf16 where supported); CPU training stays fp32."""
+    if device.type != "cuda" or precision == "fp32":
+        return torch.autocast(device_type=device.type, enabled=False)
+    if precision == "auto" and not torch.cuda.is_bf16_supported():
+        return torch.autocast(device_type="cuda", enabled=False)
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def metric_name(prefix: str, key: str) -> str:
+    """``loss/total`` -> ``<prefix>/loss``; ``loss/clm`` -> ``<prefix>/loss/clm``; ``lr`` -> ``<prefix>/lr``."""
+    return f"{prefix}/loss" if key == "loss/total" else f"{prefix}/{key}"
+
+
+MetricsFn = Callable[[dict[str, float], int], None]
+
+
+class Trainer:
+    """The optimisation loop of one run.
+
+    ``objectives(model, batch, generator) -> {"loss/total": ..., ...}`` gives the losses; ``log(metrics,
+    step)`` receives per-step and validation metrics (the tracker buffers them); checkpoints go to
+    ``out_dir/checkpoint`` (atomically, every ``train.checkpoint_every`` steps) and the best model on the
+    validation metric to ``out_dir/best``.
+    """
+
+    def __init__(self, cfg: RunConfig, model: torch.nn.Module, objectives: Callable, train: EncodedSets,
+                 val: EncodedSets, out_dir: Path, log: MetricsFn | None = None, progress: bool = True,
+                 train_weights: np.ndarray | None = None, extra_files: dict[str, str] | None = None) -> None:
+        self.cfg, self.t = cfg, cfg.train
+        self.model, self.objectives = model, objectives
+        self.vocab: Vocabulary = model.vocab  # type: ignore[assignment]
+        self.val = val
+        self.out_dir = Path(out_dir)
+        self.log = log or (lambda metrics, step: None)
+        self.progress_enabled = progress
+        self.train_weights = train_weights
+        self.extra_files = extra_files or {}
+        self.device = resolve_device(self.t.device)
+        self.model.to(self.device)
+        self.optimizer = make_optimizer(model, self.t.lr, self.t.weight_decay)
+        self._base_train = train
+        self._fixed_order: EncodedSets | None = None
+        n_epoch = len(train) * (cfg.data.k_perms if cfg.data.order == "k-perms" else 1)
+        self.steps_per_epoch = max(1, math.ceil(n_epoch / self.t.batch_size))
+        self.total_steps = self.t.max_steps or self.t.epochs * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_multiplier(s, self.t.warmup_steps, self.total_steps, self.t.schedule))
+        self.state = TrainState()
+
+    # ---- data order ------------------------------------------------------------------------------------
+    def epoch_sets(self, epoch: int) -> EncodedSets:
+        """The training sets of ``epoch`` in the configured ingredient order (a function of seed and epoch)."""
+        from recipeset.data.ordering import expand_k_perms, reorder
+
+        order, seed = self.cfg.data.order, self.t.seed
+        if order == "shuffle":
+            return reorder(self._base_train, "shuffle", self.vocab, seed=seed, epoch=epoch)
+        if self._fixed_order is None:
+            if order == "k-perms":
+                self._fixed_order = expand_k_perms(self._base_train, self.cfg.data.k_perms, seed=seed)[0]
+            else:
+                self._fixed_order = reorder(self._base_train, order, self.vocab, seed=seed)
+        return self._fixed_order
+
+    def epoch_plan(self, epoch: int, sets: EncodedSets) -> list[np.ndarray]:
+        seed, n = self.t.seed, len(sets)
+        if self.train_weights is not None and self.cfg.data.order != "k-perms":
+            rng = np.random.default_rng(derived_seed(seed, epoch, 5))
+            pool = rng.choice(n, size=n, replace=True, p=self.train_weights)
+            return [pool[i:i + self.t.batch_size] for i in range(0, n, self.t.batch_size)]
+        pool: int | np.ndarray = n
+        if self.t.curriculum:
+            pool = curriculum_pool(sets.lengths, epoch, max(1, self.total_steps // self.steps_per_epoch))
+        return epoch_batches(pool, self.t.batch_size, seed, epoch)
+
+    def _loader(self, sets: EncodedSets, batches: list[np.ndarray]):
+        from recipeset.data.collate import SetCollator, SetDataset
+
+        if self.t.num_workers > 0:
+            return torch.utils.data.DataLoader(
+                SetDataset(sets), batch_sampler=[b.tolist() for b in batches], collate_fn=SetCollator(sets),
+                num_workers=self.t.num_workers, pin_memory=self.device.type == "cuda")
+        return (collate(sets, b) for b in batches)
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoint"
+
+    def save(self) -> None:
+        save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.scheduler, self.state,
+                        self.extra_files)
+
+    def restore(self) -> None:
+        """Continue from ``out_dir/checkpoint`` (weights, optimizer, schedule, step counter, run id)."""
+        opt, sched, state = load_trainer_state(self.checkpoint_dir)
+        weights = torch.load(self.checkpoint_dir / "model" / "weights.pt", map_location=self.device,
+                             weights_only=True)
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(opt)
+        self.scheduler.load_state_dict(sched)
+        self.state = state
+
+    # ---- validation --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean validation losses with a fixed corruption seed (comparable across evaluations)."""
+        self.model.eval()
+        gen = step_generator(self.t.seed, -1, self.device)
+        sums: dict[str, float] = {}
+        count = 0
+        order = self.cfg.data.order
+        from recipeset.data.ordering import reorder
+
+        val = reorder(self.val, "random-fixed" if order in ("shuffle", "k-perms") else order, self.vocab,
+                      seed=12345)
+        for start in range(0, len(val), 256):
+            batch = collate(val, np.arange(start, min(start + 256, len(val)))).to(self.device)
+            with autocast_context(self.device, self.t.precision):
+                losses = self.objectives(self.model, batch, gen)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(batch)
+            count += len(batch)
+        self.model.train()
+        return {metric_name("val", k): v / max(count, 1) for k, v in sums.items()}
+
+    def _evaluate_and_select(self) -> bool:
+        """Validate, log, keep the best model; True when early stopping says stop."""
+        from recipeset.models.io import save_model
+
+        metrics = self.validate()
+        key = self.t.early_stopping_metric
+        if key not in metrics:
+            raise RecipesetError(f"train.early_stopping_metric {key!r} is not computed; available: "
+                                 f"{', '.join(sorted(metrics))}")
+        self.log(metrics, self.state.step)
+        for k, v in metrics.items():
+            self.state.history.setdefault(k, []).append((self.state.step, v))
+        value = metrics[key]
+        if value < self.state.best_metric - 1e-6:
+            self.state.best_metric, self.state.best_step, self.state.bad_evals = value, self.state.step, 0
+            save_model(self.model, self.out_dir / "best", extra_files=self.extra_files)
+        else:
+            self.state.bad_evals += 1
+        patience = self.t.early_stopping_patience
+        return patience is not None and self.state.bad_evals >= patience
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainState:
+        if resume:
+            self.restore()
+        model, t = self.model, self.t
+        model.train()
+        progress = Progress(self.total_steps, self.progress_enabled)
+        eval_every = t.eval_every or self.steps_per_epoch
+        stop = False
+        try:
+            while self.state.step < self.total_steps and not stop:
+                epoch = self.state.epoch
+                sets = self.epoch_sets(epoch)
+                batches = self.epoch_plan(epoch, sets)
+                for batch in self._loader(sets, batches[self.state.batch_in_epoch:]):
+                    info = self._step(batch.to(self.device, non_blocking=True))
+                    progress.update(self.state.step, {"loss": info["loss/total"], "lr": info["lr"],
+                                                      "rec/s": info["recipes_per_s"]})
+                    if self.state.step % eval_every == 0 or self.state.step == self.total_steps:
+                        stop = self._evaluate_and_select()
+                    if self.state.step % t.checkpoint_every == 0 or stop or self.state.step == self.total_steps:
+                        self.save()
+                    if stop or self.state.step >= self.total_steps:
+                        break
+                else:
+                    self.state.epoch += 1
+                    self.state.batch_in_epoch = 0
+        finally:
+            progress.close()
+        return self.state
+
+    def _step(self, batch: Batch) -> dict[str, float]:
+        t, state = self.t, self.state
+        started = time.perf_counter()
+        torch.manual_seed(derived_seed(t.seed, state.step, 29))  # dropout: a function of (seed, step)
+        gen = step_generator(t.seed, state.step, self.device)
+        with autocast_context(self.device, t.precision):
+            losses = self.objectives(self.model, batch, gen)
+        total = losses["loss/total"]
+        if not torch.isfinite(total):
+            raise RecipesetError(f"step {state.step}: the loss is {float(total)}; lower train.lr or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip if t.clip > 0 else float("inf"))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        state.step += 1
+        state.batch_in_epoch += 1
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        info = {k: float(v.detach()) for k, v in losses.items()}
+        info.update({"grad_norm": float(grad_norm), "lr": lr, "recipes_per_s": len(batch) / elapsed,
+                     "tokens_per_s": float(batch.lengths.sum()) / elapsed, "epoch": float(state.epoch)})
+        self.log({metric_name("train", k): v for k, v in info.items()}, state.step)
+        state.history.setdefault("train/loss", []).append((state.step, info["loss/total"]))
+        return info
+
+
+__all__ = [
+    "RunConfig", "seed_all", "derived_seed", "step_generator", "make_optimizer", "lr_multiplier",
+    "Progress", "curriculum_pool", "epoch_batches", "TrainState", "save_checkpoint", "load_trainer_state",
+    "Trainer",
+]
