@@ -240,13 +240,15 @@ class ItemKNNBaseline(Baseline):
 
 class RecipeKNNBaseline(Baseline):
     """The ``k`` training recipes most similar to the query (Jaccard) vote for their ingredients, weighted by
-    similarity. Intersections are one sparse product per batch."""
+    similarity. Intersections are one sparse × dense product per chunk of queries (sparse × sparse when the
+    dense train matrix would not fit in ``dense_budget`` floats); the neighbours one ``torch.topk``."""
 
     name = "recipe-knn"
-    grid = ({"k": 10}, {"k": 25}, {"k": 50}, {"k": 100}, {"k": 200})
-    chunk = 256  # query rows per dense [chunk, N_train] similarity block
+    grid = ({"k": 50}, {"k": 100}, {"k": 200}, {"k": 400})
+    chunk = 256  # query rows per [chunk, N_train] similarity block
+    dense_budget = 50_000_000  # float32 entries (200 MB) for a dense transposed train matrix
 
-    def __init__(self, vocab: Vocabulary, k: int = 50, **kw: Any) -> None:
+    def __init__(self, vocab: Vocabulary, k: int = 100, **kw: Any) -> None:
         super().__init__(vocab, **kw)
         self.k = k
 
@@ -255,8 +257,8 @@ class RecipeKNNBaseline(Baseline):
 
     def _fit(self, X: sp.csr_matrix, train: EncodedSets) -> None:
         self.X = X
-        self.XT = X.T.tocsr()
-        self.sizes = np.asarray(X.sum(1), dtype=np.float32).ravel()
+        self.XT = X.T.toarray() if X.shape[0] * X.shape[1] <= self.dense_budget else X.T.tocsr()
+        self.sizes = torch.from_numpy(np.asarray(X.sum(1), dtype=np.float32).ravel())
 
     def _evidence(self, X: sp.csr_matrix) -> np.ndarray:
         out = np.zeros(X.shape, dtype=np.float64)
@@ -264,14 +266,14 @@ class RecipeKNNBaseline(Baseline):
         k = min(self.k, N)
         if k == 0:
             return out
-        qsize = np.asarray(X.sum(1), dtype=np.float32).ravel()
+        qsize = torch.from_numpy(np.asarray(X.sum(1), dtype=np.float32).ravel())
         for s in range(0, X.shape[0], self.chunk):
-            inter = (X[s:s + self.chunk] @ self.XT).toarray()  # [b, N]
-            jac = inter / np.maximum(qsize[s:s + self.chunk, None] + self.sizes[None, :] - inter, 1.0)
-            nn = np.argpartition(-jac, k - 1, axis=1)[:, :k] if k < N else np.tile(np.arange(N), (len(jac), 1))
-            sim = np.take_along_axis(jac, nn, 1)
+            inter = X[s:s + self.chunk] @ self.XT
+            inter = torch.from_numpy(np.asarray(inter.toarray() if sp.issparse(inter) else inter, dtype=np.float32))
+            jac = inter / (qsize[s:s + self.chunk, None] + self.sizes[None, :] - inter).clamp(min=1.0)
+            sim, nn = jac.topk(k, dim=1, sorted=False)
             b = len(jac)
-            A = sp.csr_matrix((sim.ravel(), nn.ravel(), np.arange(0, b * k + 1, k)), shape=(b, N))
+            A = sp.csr_matrix((sim.numpy().ravel(), nn.numpy().ravel(), np.arange(0, b * k + 1, k)), shape=(b, N))
             out[s:s + b] = (A @ self.X).toarray()
         return out
 
