@@ -316,13 +316,17 @@ class SyntheticSpec:
         """Draw ``n`` recipes: ``(template [N], ingredients [N, S])``, ingredient indices with -1 at the end.
 
         The sets come from one random stream and the normal-mode permutations from another, so the same seed
-        gives the same sets in both modes (only the order differs). Drawing the template from the joint
-        P(t) = prior(cuisine)·weight(t | cuisine) is the same distribution as cuisine first, then template.
+        gives the same sets in both modes (only the order differs). Each recipe consumes one row of uniforms,
+        so the first ``m`` recipes of ``sample(n)`` are ``sample(m)`` (``n_recipes`` acts as a prefix cap).
+        Drawing the template from the joint P(t) = prior(cuisine)·weight(t | cuisine) is the same distribution
+        as cuisine first, then template.
         """
         set_ss, order_ss = np.random.SeedSequence(seed).spawn(2)
-        rng = np.random.default_rng(set_ss)
-        t = rng.choice(self.n_templates, size=n, p=self.template_prob / self.template_prob.sum())
-        u = rng.random((n, self.n_steps))
+        draws = np.random.default_rng(set_ss).random((n, self.n_steps + 1))
+        cum_t = np.cumsum(self.template_prob / self.template_prob.sum())
+        cum_t[-1] = 1.0
+        t = np.minimum(np.searchsorted(cum_t, draws[:, 0], side="right"), self.n_templates - 1)
+        u = draws[:, 1:]
         k = (u[:, :, None] >= self.cum[t]).sum(-1)                       # [N, S] item slot drawn per step
         chosen = np.where(k < self.n_items[t],
                           np.take_along_axis(self.items[t], np.minimum(k, self.items.shape[2] - 1)[..., None],
@@ -529,7 +533,8 @@ class SyntheticOracle:
         if self.ordered:  # a query whose order no template allows was reordered: score it order-free
             lost = ~np.isfinite(joint).any(1)
             joint[lost] = _logsumexp(lp[lost, :, None] + L[lost], axis=1)
-        return joint - _logsumexp(joint, axis=1)[:, None]
+        with np.errstate(invalid="ignore"):  # impossible rows become NaN; the caller replaces them
+            return joint - _logsumexp(joint, axis=1)[:, None]
 
     def completion_scores_ids(self, tokens: torch.Tensor, mask: torch.Tensor, mode: str = "next",
                               cuisine: torch.Tensor | None = None) -> torch.Tensor:
@@ -544,7 +549,7 @@ class SyntheticOracle:
         for a in range(0, len(Q), _CHUNK):
             b = slice(a, a + _CHUNK)
             out[b] = self.completion_log_posterior(Q[b], seq[b], None if cu is None else cu[b])
-        bad = foreign | ~np.isfinite(out).any(1)
+        bad = foreign | ~np.isfinite(out).any(1)  # NaN rows (impossible queries) have no finite entry
         if bad.any():
             self.n_fallback += int(bad.sum())
             with np.errstate(divide="ignore"):
