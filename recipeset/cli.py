@@ -7,6 +7,7 @@ Every user-facing error is a :class:`~recipeset.errors.RecipesetError`: one line
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -91,6 +92,281 @@ def data_download(dataset: str, dest: str | None, base_url: str | None) -> None:
 
     out = download_flavornet(dest, base_url=base_url, progress=click.echo)
     click.echo(f"{dataset}: ready in {out}")
+
+
+# ---- train ------------------------------------------------------------------------------------------
+def _parse_overrides(pairs: tuple[str, ...], what: str) -> dict:
+    """``KEY=VALUE`` strings -> dict; values parsed as JSON when they look like JSON, else kept as strings."""
+    import json
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise RecipesetError(f"{what} {pair!r}: expected KEY=VALUE")
+        key, value = pair.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _objective_weights(pairs: tuple[str, ...]) -> dict:
+    weights = {}
+    for pair in pairs:
+        name, _, w = pair.partition("=")
+        try:
+            weights[name.strip()] = float(w) if w else 1.0
+        except ValueError:
+            raise RecipesetError(f"--objective {pair!r}: the weight must be a number (e.g. cls=0.5)") from None
+    return weights
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="A TOML/JSON run config; the options below override it.")
+@click.option("--dataset", default=None, help="synthetic (default), flavornet, whatscooking, or a .csv/.jsonl file.")
+@click.option("--path", default=None, help="Where the dataset's files are (flavornet: their directory).")
+@click.option("--model", type=click.Choice(["decoder", "set-transformer", "deep-sets"]), default=None,
+              help="Model family [default: decoder].")
+@click.option("--loss", default=None, help="standard | hungarian | set-ar | min-perm | pooled [default: standard].")
+@click.option("--objective", "objectives", multiple=True, metavar="NAME[=WEIGHT]",
+              help="Repeatable: clm, mlm, cls, rtd, coherence, set [default: the model's natural objective].")
+@click.option("--order", default=None, help="frequency | alphabetical | random-fixed | shuffle | k-perms.")
+@click.option("--epochs", type=int, default=None, help="Training epochs [default: 10].")
+@click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (wins over --epochs).")
+@click.option("--seed", type=int, default=None, help="Initialisation and data-order seed (not the split).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Any config field by dotted key, e.g. --set model.d_model=64 --set train.lr=3e-4.")
+@click.option("--out", default=None, help="Run directory [default: runs/<run name>].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--init-from", default=None, metavar="MODEL_DIR", help="Start a new run from a trained model.")
+@click.option("--tracking-uri", default=None, help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
+@click.option("--experiment", default=None, help="MLflow experiment name [default: recipeset].")
+@click.option("--no-track", is_flag=True, help="Do not log to MLflow.")
+@click.option("--deterministic", is_flag=True, help="Deterministic torch kernels.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(config_file, dataset, path, model, loss, objectives, order, epochs, max_steps, seed, sets, out, resume,
+          init_from, tracking_uri, experiment, no_track, deterministic, quiet) -> None:
+    """Train a model, evaluate it on its own test split and track the run in MLflow.
+
+    With no options: the default decoder on the embedded synthetic dataset (a few minutes on 2 CPU cores).
+    """
+    from recipeset.config import RunConfig, load_config
+
+    cfg = load_config(config_file) if config_file else RunConfig()
+    over: dict = {}
+    for key, value in (("data.dataset", dataset), ("data.path", path), ("model.name", model),
+                       ("loss.name", loss), ("data.order", order), ("train.epochs", epochs),
+                       ("train.max_steps", max_steps), ("train.seed", seed),
+                       ("tracking.tracking_uri", tracking_uri), ("tracking.experiment", experiment)):
+        if value is not None:
+            over[key] = value
+    if deterministic:
+        over["train.deterministic"] = True
+    if objectives:
+        over["objectives.weights"] = _objective_weights(objectives)
+    over.update(_parse_overrides(sets, "--set"))
+    cfg = cfg.override(over, source="command line")
+
+    from recipeset.pipeline import run_training
+
+    result = run_training(cfg, out_dir=out, resume=resume, init_from=init_from, track=not no_track,
+                          progress=not quiet)
+    click.echo(f"run directory: {result.out_dir}")
+    click.echo(f"model: {result.model_dir}  (recipeset complete {result.model_dir} \"tomato, garlic\")")
+    if result.run_id:
+        click.echo(f"mlflow run: {result.run_id}  (recipeset ui)")
+    _echo_metrics(result.metrics)
+
+
+def _echo_metrics(metrics: dict) -> None:
+    for key, value in metrics.items():
+        click.echo(f"  {key:<34} {value:.4f}" if isinstance(value, float) else f"  {key:<34} {value}")
+
+
+# ---- evaluate / complete / classify ---------------------------------------------------------------------
+@cli.command()
+@click.argument("model_dir")
+@click.option("--dataset", default=None, help="Evaluate on all recipes of another dataset [default: the run's "
+              "own test split].")
+@click.option("--path", default=None, help="Where --dataset's files are.")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", help="Which split of the run's data.")
+@click.option("--max-queries", type=int, default=None, help="Evaluate on the first N recipes only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
+def evaluate(model_dir, dataset, path, split, max_queries, as_json) -> None:
+    """The evaluation table of a trained model (MODEL_DIR or runs:/<id>/model)."""
+    import json
+
+    from recipeset.models.io import load_model
+    from recipeset.pipeline import evaluate_model, run_data
+
+    m = load_model(model_dir)
+    cfg, sets = run_data(m, model_dir, split=split, dataset=dataset, path=path)
+    if max_queries is not None:
+        cfg.eval.max_queries = max_queries
+    metrics = evaluate_model(m, sets, cfg)
+    if as_json:
+        click.echo(json.dumps(metrics))
+    else:
+        _echo_metrics(metrics)
+
+
+def _split_names(text: str) -> list[str]:
+    names = [x.strip() for x in text.replace(";", ",").split(",") if x.strip()]
+    if not names:
+        raise RecipesetError("give at least one ingredient, comma-separated (e.g. \"tomato, basil\")")
+    return names
+
+
+@cli.command()
+@click.argument("model_dir")
+@click.argument("ingredients")
+@click.option("--top", type=int, default=10, help="How many ranked suggestions.")
+@click.option("--generate", is_flag=True, help="Generate the rest of the recipe instead of ranking.")
+@click.option("--max-new", type=int, default=10, help="With --generate: at most this many new ingredients.")
+@click.option("--temperature", type=float, default=0.0, help="With --generate: 0 = greedy.")
+@click.option("--mode", type=click.Choice(["next", "joint"]), default="next", help="Decoder scoring mode.")
+@click.option("--cuisine", default=None, help="Condition on a cuisine (models trained with cuisine conditioning).")
+def complete(model_dir, ingredients, top, generate, max_new, temperature, mode, cuisine) -> None:
+    """Suggest what goes with INGREDIENTS ("tomato, basil"), or --generate the rest of the recipe."""
+    import torch
+
+    from recipeset.models.io import load_model
+
+    m = load_model(model_dir)
+    query = _split_names(ingredients)
+    if generate:
+        out = m.complete([query], max_new=max_new, temperature=temperature, cuisine=cuisine)[0]
+        click.echo(", ".join(out) if out else "(nothing to add)")
+        return
+    scores = m.completion_scores([query], mode=mode, cuisine=cuisine)[0]
+    probs = torch.softmax(scores.float(), -1)
+    k = min(top, int(torch.isfinite(scores).sum()))
+    for rank, i in enumerate(scores.topk(k).indices.tolist(), 1):
+        click.echo(f"{rank:>3}. {m.vocab.token(i):<28} {float(probs[i]):.3f}")
+
+
+@cli.command()
+@click.argument("model_dir")
+@click.argument("ingredients")
+@click.option("--top", type=int, default=3, help="How many cuisines to show.")
+def classify(model_dir, ingredients, top) -> None:
+    """Cuisine probabilities of INGREDIENTS ("soy_sauce, ginger")."""
+    from recipeset.models.io import load_model
+
+    m = load_model(model_dir)
+    if not m.can_classify:
+        raise RecipesetError(f"{model_dir}: this model has no cuisine head; train it with --objective cls")
+    probs = m.classify([_split_names(ingredients)])[0]
+    for i in probs.argsort(descending=True)[:top].tolist():
+        click.echo(f"{m.vocab.cuisine_name(i):<24} {float(probs[i]):.3f}")
+
+
+# ---- baselines ----------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--dataset", default="synthetic", help="Dataset name or file (as for train).")
+@click.option("--path", default=None, help="Where the dataset's files are.")
+@click.option("--name", "names", multiple=True, help="Only these baselines (repeatable) [default: all].")
+@click.option("--seed", type=int, default=0, help="Seed of the baselines' own randomness.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: baseline -> metrics.")
+def baselines(dataset, path, names, seed, as_json) -> None:
+    """The classical baselines, tuned on validation, on the same split and queries as the models."""
+    import json
+
+    from recipeset.baselines import run_baselines
+    from recipeset.config import RunConfig
+    from recipeset.data.prepare import prepare_data
+
+    cfg = RunConfig().override({"data.dataset": dataset, "data.path": path})
+    data = prepare_data(cfg.data)
+    results = run_baselines(data.train, data.val_eval, data.test_eval, data.vocab, names=list(names) or None,
+                            seed=seed)
+    if as_json:
+        click.echo(json.dumps({k: {**v["test"], "params": v["params"]} for k, v in results.items()}, default=str))
+        return
+    for bname, r in results.items():
+        click.echo(f"{bname}  {r['params']}")
+        _echo_metrics(r["test"])
+
+
+# ---- experiments -------------------------------------------------------------------------------------
+@cli.group(cls=RecipesetGroup)
+def experiment() -> None:
+    """Run experiment grids (experiments/*.toml)."""
+
+
+@experiment.command("run")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--quick", is_flag=True, help="The file's [quick] grid: fewer variants/seeds/steps.")
+@click.option("--jobs", type=int, default=1, help="Child runs in parallel (worker processes).")
+@click.option("--tracking-uri", default=None, help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
+@click.option("--out", default="runs", help="Root of the run directories.")
+def experiment_run(file, quick, jobs, tracking_uri, out) -> None:
+    """Run FILE's grid as one parent MLflow run with a child per variant × seed (finished children are skipped,
+    interrupted ones resumed), then log the results tables."""
+    from recipeset.study import run_experiment
+
+    if not Path(file).exists():
+        raise RecipesetError(f"{file}: experiment file not found (see experiments/)")
+    outcomes = run_experiment(file, quick=quick, jobs=jobs, uri=tracking_uri, out_root=out, echo=click.echo)
+    click.echo(f"{sum(o.status == 'finished' for o in outcomes)} run, "
+               f"{sum(o.status == 'skipped' for o in outcomes)} skipped")
+
+
+@cli.command()
+@click.argument("experiment_name")
+@click.option("--metric", default=None, help="Sort the runs by this metric (e.g. test/completion/mrr).")
+@click.option("--tracking-uri", default=None, help="MLflow store.")
+@click.option("--runs", "show_runs", is_flag=True, help="List individual runs instead of the per-variant tables.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def compare(experiment_name, metric, tracking_uri, show_runs, as_json) -> None:
+    """Compare an experiment's runs: per-task tables (mean ± std over seeds), or --runs best first."""
+    from recipeset.study import results_tables, tables_json, tables_markdown
+    from recipeset.tracking import search_runs_table
+
+    if show_runs or metric:
+        table = search_runs_table(experiment_name, tracking_uri, metric=metric)
+        if table.empty:
+            raise RecipesetError(f"experiment {experiment_name!r} has no runs in this store")
+        cols = ["run", "status"] + ([metric.replace("@", "_at_")] if metric else [])
+        cols = [c for c in cols if c in table.columns]
+        click.echo(table[cols].to_json(orient="records") if as_json else table[cols].to_string(index=False))
+        return
+    tables = results_tables(experiment_name, tracking_uri)
+    if not tables:
+        raise RecipesetError(f"experiment {experiment_name!r} has no finished runs in this store")
+    click.echo(tables_json(tables) if as_json else tables_markdown(tables))
+
+
+@cli.command()
+@click.option("--port", type=int, default=5000, help="Port on 127.0.0.1.")
+@click.option("--tracking-uri", default=None, help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
+def ui(port, tracking_uri) -> None:
+    """Start the MLflow UI on 127.0.0.1 for the store."""
+    import subprocess
+
+    from recipeset.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(port)]
+    raise SystemExit(subprocess.call(cmd))
+
+
+@cli.command()
+@click.option("--batch-size", type=int, default=64)
+@click.option("--steps", type=int, default=20, help="Timed steps per loss (interleaved).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def bench(batch_size, steps, as_json) -> None:
+    """Training-step time of the Hungarian loss vs the standard loss on the same model and batch."""
+    import json
+
+    from recipeset.bench import bench_hungarian_vs_standard
+
+    r = bench_hungarian_vs_standard(batch_size=batch_size, steps=steps)
+    click.echo(json.dumps(r) if as_json else "\n".join(f"{k}: {v}" for k, v in r.items()))
 
 
 def main() -> None:

@@ -102,6 +102,7 @@ class DataConfig:
     split_seed: int = 0               # the 80/10/10 group split; study seeds never change it
     max_len: int | None = None        # drop recipes with more ingredients than this
     n_recipes: int | None = None      # synthetic generator size / cap on loaded recipes
+    ordered: bool = False             # synthetic: emit ingredients in cooking order (order carries information)
     lenient: bool = False             # skip malformed rows (with a count) instead of failing
     mix: list[dict] = field(default_factory=list)  # weighted mixing: [{dataset, path, weight}, ...]
 
@@ -161,6 +162,7 @@ class EvalConfig:
     seed: int = 0                     # held-out ingredients and queries (same for every model)
     joint: bool = True                # decoders: also report `joint` scoring
     max_queries: int | None = None    # cap on evaluation queries (None: all)
+    joint_max_queries: int = 500      # decoders' `joint` scoring costs a forward pass per candidate
 
 
 @dataclass

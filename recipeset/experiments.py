@@ -4,6 +4,7 @@
 [experiment]
 name = "order_study"                 # MLflow experiment name (default: the file's stem)
 description = "..."
+baselines = true                     # also run the classical baselines on the base data (one child run)
 
 [base]                               # a RunConfig: the same sections as a config file
 data.dataset = "flavornet"
@@ -85,6 +86,7 @@ class Experiment:
     variants: list[Variant]
     seeds: list[int]
     quick: QuickSpec
+    baselines: bool = False  # also run the classical baselines on the base config's data (one child run)
 
     def tracking_experiment(self, quick: bool = False) -> str:
         """The MLflow experiment the runs go to (``<name>-quick`` for quick runs)."""
@@ -158,7 +160,10 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     head = raw.get("experiment", {})
     if not isinstance(head, Mapping):
         raise RecipesetError(f"{path}: [experiment] must be a table")
-    _check_keys(head, ("name", "description"), f"{path}: experiment")
+    _check_keys(head, ("name", "description", "baselines"), f"{path}: experiment")
+    baselines = head.get("baselines", False)
+    if not isinstance(baselines, bool):
+        raise RecipesetError(f"{path}: experiment.baselines: expected true or false")
     name = head.get("name", path.stem)
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise RecipesetError(f"{path}: experiment.name: {name!r} is not a valid name (letters, digits, . _ + -)")
@@ -217,7 +222,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         quick.overrides = _dotted(quick_raw["overrides"])
 
     exp = Experiment(name=name, description=description, path=path, base=base, variants=variants, seeds=seeds,
-                     quick=quick)
+                     quick=quick, baselines=baselines)
     # Resolve everything now: a typo in any variant fails at load time, not hours into the grid.
     exp.runs(quick=False)
     exp.runs(quick=True)

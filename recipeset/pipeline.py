@@ -113,15 +113,38 @@ def tune_stop_threshold(model: RecipeModel, val_eval, seed: int = 0) -> float | 
     return best
 
 
-def evaluate_model(model: RecipeModel, sets, cfg: RunConfig) -> dict[str, float]:
-    """The evaluation protocol on ``sets`` (a split encoded with [UNK] for unknown ingredients)."""
+def evaluate_model(model, sets, cfg: RunConfig) -> dict[str, float]:
+    """The evaluation protocol on ``sets`` (a split encoded with [UNK] for unknown ingredients).
+
+    Decoders are also scored ``joint`` (on the first ``eval.joint_max_queries`` recipes: it costs one
+    forward pass per candidate). Order sensitivity is measured with ``next`` scoring only.
+    """
     from recipeset.evaluation import evaluate_all
 
     tasks = [EVAL_TASK_NAMES.get(t, t) for t in cfg.eval.tasks]
-    modes = ("next", "joint") if model.model_type == "decoder" and cfg.eval.joint else ("next",)
     if cfg.eval.max_queries is not None and len(sets) > cfg.eval.max_queries:
         sets = sets.take(np.arange(cfg.eval.max_queries))
-    return evaluate_all(model, sets, tasks=tasks, seed=cfg.eval.seed, modes=modes)
+    out = evaluate_all(model, sets, tasks=tasks, seed=cfg.eval.seed, modes=("next",))
+    if getattr(model, "model_type", "") == "decoder" and cfg.eval.joint and "completion" in tasks:
+        n = min(len(sets), cfg.eval.joint_max_queries)
+        joint = evaluate_all(model, sets.take(np.arange(n)), tasks=("completion",), seed=cfg.eval.seed,
+                             modes=("joint",))
+        out.update({k: v for k, v in joint.items() if k.startswith("completion_joint/")})
+    return out
+
+
+def oracle_metrics(cfg: RunConfig, vocab: Vocabulary, sets) -> dict[str, float]:
+    """On the synthetic default: the Bayes-optimal value of each metric from the generator's known
+    probabilities (exact for completion and cuisine; an oracle-probability bound for set F1/IoU)."""
+    from recipeset.data.sources.synthetic import SyntheticOracle
+
+    oracle = SyntheticOracle(vocab, ordered=cfg.data.ordered)
+    tasks = [EVAL_TASK_NAMES.get(t, t) for t in cfg.eval.tasks if t not in ("likelihood", "order-sensitivity")]
+    if cfg.eval.max_queries is not None and len(sets) > cfg.eval.max_queries:
+        sets = sets.take(np.arange(cfg.eval.max_queries))
+    from recipeset.evaluation import evaluate_all
+
+    return evaluate_all(oracle, sets, tasks=tasks, seed=cfg.eval.seed, modes=("next",))
 
 
 @dataclass
@@ -160,7 +183,7 @@ def _plots(tracker, history: dict, model: RecipeModel, data: PreparedData, out_d
 
 def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
                  init_from: str | None = None, track: bool = True, parent_run_id: str | None = None,
-                 progress: bool = True, evaluate: bool = True) -> RunResult:
+                 progress: bool = True, evaluate: bool = True, tags: dict[str, str] | None = None) -> RunResult:
     """Train (or resume) one run, evaluate it on its own test split, and track everything in MLflow."""
     from recipeset.objectives.tasks import Objectives, resolve_objectives
     from recipeset.training import Trainer, seed_all
@@ -210,7 +233,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
         if resume:
             meta = out_dir / "mlflow_run_id"
             resume_id = meta.read_text().strip() if meta.exists() else None
-        tracker = Tracker.start(cfg, parent_run_id=parent_run_id, resume_run_id=resume_id)
+        tracker = Tracker.start(cfg, parent_run_id=parent_run_id, resume_run_id=resume_id, tags=tags)
         run_id = tracker.run_id
         atomic_write_text(out_dir / "mlflow_run_id", run_id)
     try:
@@ -253,6 +276,9 @@ def _finish(cfg: RunConfig, trainer, state, data: PreparedData, out_dir: Path, t
     if evaluate:
         result.val_metrics = evaluate_model(model, data.val_eval, cfg)
         result.metrics = evaluate_model(model, data.test_eval, cfg)
+        if cfg.data.dataset == "synthetic" and not cfg.data.mix:
+            result.metrics.update({f"bayes/{k}": v for k, v in oracle_metrics(cfg, data.vocab,
+                                                                                data.test_eval).items()})
         table = metrics_table({cfg.tracking.run_name: {"test": result.metrics, "val": result.val_metrics}})
         save_metrics_table(table, out_dir / "eval.csv")
         save_metrics_table(table, out_dir / "eval.json")
@@ -266,3 +292,29 @@ def _finish(cfg: RunConfig, trainer, state, data: PreparedData, out_dir: Path, t
         _plots(tracker, state.history, model, data, out_dir)
         tracker.log_model_dir(model_dir)
     return result
+
+
+def run_data(model: RecipeModel, model_dir: str, split: str = "test", dataset: str | None = None,
+             path: str | None = None):
+    """The run config saved with a model and the sets to evaluate it on: the run's own ``split`` (rebuilt from
+    its saved split and vocabulary), or every recipe of ``dataset`` encoded with the model's vocabulary."""
+    from recipeset.config import RunConfig, load_config
+
+    local = Path(model_dir)
+    if "://" in str(model_dir) or str(model_dir).startswith(("runs:", "models:")):
+        from recipeset.tracking import download_model_dir
+
+        local = Path(download_model_dir(str(model_dir)))
+    run_cfg = local / "run_config.json"
+    cfg = load_config(run_cfg) if run_cfg.exists() else RunConfig()
+    if dataset is not None:
+        from recipeset.data.prepare import _cap_length
+        from recipeset.data.sources import load_dataset
+
+        table = load_dataset(dataset, path=path)
+        return cfg, _cap_length(table, None).encode(model.vocab, unknown="unk")
+    if not (local / "split.json").exists():
+        raise RecipesetError(f"{model_dir}: no split.json saved with this model; pass --dataset to evaluate on "
+                             "another dataset")
+    data = prepare_data(cfg.data, split_path=local / "split.json", vocab=model.vocab)
+    return cfg, data.test_eval if split == "test" else data.val_eval

@@ -48,6 +48,9 @@ def load_table(cfg: DataConfig) -> RecipeTable:
     if cfg.dataset == "synthetic":
         if cfg.n_recipes is not None:
             kw["n_recipes"] = cfg.n_recipes
+        kw["ordered"] = cfg.ordered
+    elif cfg.ordered:
+        raise RecipesetError("data.ordered only applies to the synthetic dataset")
     table = load_dataset(cfg.dataset, path=cfg.path, lenient=cfg.lenient, **kw)
     if cfg.dataset != "synthetic" and cfg.n_recipes is not None:
         table = table.subset(np.arange(min(cfg.n_recipes, len(table))))

@@ -1,0 +1,200 @@
+"""Running experiment grids and turning their runs into results tables.
+
+``run_experiment`` runs every (variant, seed) of an experiment file as a child of one parent MLflow run,
+skipping children that already finished with the same config hash and resuming interrupted ones from their
+checkpoint — so re-running the same command finishes a grid. ``results_table`` aggregates the children into
+mean ± std over seeds per variant (the README's tables), with the baselines beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recipeset.experiments import Experiment, PlannedRun, load_experiment
+
+log = logging.getLogger(__name__)
+
+# The headline metrics of each table (MLflow names: '@' is logged as '_at_').
+TABLES: dict[str, list[str]] = {
+    "completion": ["test/completion/recall_at_1", "test/completion/recall_at_10", "test/completion/mrr",
+                   "test/completion/mean_rank", "test/completion_joint/recall_at_10", "test/completion_joint/mrr"],
+    "set_completion": ["test/set/micro_f1", "test/set/micro_iou", "test/set/mean_f1", "test/set/pred_size",
+                       "test/set/true_size"],
+    "cuisine": ["test/cuisine/accuracy", "test/cuisine/macro_f1"],
+    "order_sensitivity": ["test/order/tv", "test/order/recall_at_10_spread"],
+    "training_cost": ["time/wall_s", "time/steps", "model.n_parameters"],
+}
+
+
+@dataclass
+class ChildOutcome:
+    name: str
+    status: str          # finished | skipped | failed
+    run_id: str | None
+    wall_s: float = 0.0
+    error: str = ""
+
+
+def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str, threads: int) -> ChildOutcome:
+    """One grid child (in a worker process or inline)."""
+    import torch
+
+    from recipeset.pipeline import run_training
+
+    torch.set_num_threads(threads)
+    out_dir = Path(out_root) / run.name
+    resume = (out_dir / "checkpoint" / "trainer_state.pt").exists()
+    cfg = run.config
+    cfg.tracking.tracking_uri = uri
+    started = time.perf_counter()
+    result = run_training(cfg, out_dir=out_dir, resume=resume, parent_run_id=parent_id, progress=False,
+                          tags={"variant": run.variant, "experiment_file": run.name.split("/")[0],
+                                "params_hash": run.params_hash})
+    return ChildOutcome(run.name, "finished", result.run_id, time.perf_counter() - started)
+
+
+def baselines_hash(planned: PlannedRun) -> str:
+    """The config hash that identifies the baselines child (distinct from every neural child's)."""
+    import hashlib
+
+    return hashlib.sha256(f"baselines:{planned.config.data}".encode()).hexdigest()
+
+
+def _run_baselines_child(exp: Experiment, planned: PlannedRun, parent_id: str, uri: str) -> ChildOutcome:
+    """The classical baselines on the base config's data and split, as one child run."""
+    from recipeset.baselines import run_baselines
+    from recipeset.data.prepare import prepare_data
+    from recipeset.tracking import Tracker
+
+    cfg = planned.config
+    name = f"{exp.name}/baselines"
+    started = time.perf_counter()
+    with Tracker.start(cfg, run_name=name, experiment=cfg.tracking.experiment, uri=uri, parent_run_id=parent_id,
+                       tags={"variant": "baselines", "run_kind": "baselines",
+                             "config_hash": baselines_hash(planned)}) as tracker:
+        data = prepare_data(cfg.data)
+        results = run_baselines(data.train, data.val_eval, data.test_eval, data.vocab, seed=0)
+        tracker.log_dict({k: {kk: vv for kk, vv in v.items()} for k, v in results.items()}, "baselines.json")
+        for bname, r in results.items():
+            tracker.log_metrics({f"{bname}/test/{k}": v for k, v in r["test"].items()
+                                 if isinstance(v, int | float)}, 0)
+    return ChildOutcome(name, "finished", tracker.run_id, time.perf_counter() - started)
+
+
+def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, uri: str | None = None,
+                   out_root: str | os.PathLike = "runs", echo=print) -> list[ChildOutcome]:
+    """Run an experiment grid (parent run + child runs). ``jobs`` > 1 runs children in worker processes."""
+    from recipeset.tracking import ensure_experiment, find_finished_run, resolve_tracking_uri, start_parent_run
+
+    exp = load_experiment(path)
+    uri = resolve_tracking_uri(uri)
+    experiment = exp.tracking_experiment(quick)
+    # Create the store and experiment here, before any worker (SQLite's schema migration races otherwise).
+    ensure_experiment(experiment, uri, exp.description)
+    planned = exp.runs(quick=quick)
+    outcomes: list[ChildOutcome] = []
+    started = time.perf_counter()
+    with start_parent_run(experiment, f"{experiment}/grid", uri, tags={"quick": str(quick)},
+                          description=exp.description) as parent:
+        todo = []
+        for run in planned:
+            done = find_finished_run(experiment, run.params_hash, uri)
+            if done is not None:
+                echo(f"skip {run.name}: finished as run {done}")
+                outcomes.append(ChildOutcome(run.name, "skipped", done))
+            else:
+                todo.append(run)
+        threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+        if jobs <= 1:
+            for run in todo:
+                echo(f"run {run.name}")
+                outcomes.append(_run_child(run, str(out_root), parent.run_id, uri, threads))
+                echo(f"  done in {outcomes[-1].wall_s:.0f}s")
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(_run_child, run, str(out_root), parent.run_id, uri, threads): run
+                           for run in todo}
+                for fut, run in futures.items():
+                    outcomes.append(fut.result())
+                    echo(f"done {run.name} in {outcomes[-1].wall_s:.0f}s")
+        if exp.baselines and planned:
+            if find_finished_run(experiment, baselines_hash(planned[0]), uri) is None:
+                echo("run baselines")
+                outcomes.append(_run_baselines_child(exp, planned[0], parent.run_id, uri))
+        parent.log_metrics({"grid/wall_s": time.perf_counter() - started,
+                            "grid/children": float(len(planned))}, 0)
+        tables = results_tables(experiment, uri)
+        for name, table in tables.items():
+            parent.log_table(table, f"results/{name}")
+    return outcomes
+
+
+# ---- results tables ---------------------------------------------------------------------------------------------
+def _mean_std(values: pd.Series) -> str:
+    v = values.dropna().astype(float)
+    if v.empty:
+        return ""
+    if len(v) == 1:
+        return f"{v.iloc[0]:.4g}"
+    return f"{v.mean():.4g} ± {v.std(ddof=1):.2g}"
+
+
+def results_tables(experiment: str, uri: str | None = None) -> dict[str, pd.DataFrame]:
+    """Per-task tables: one row per variant (mean ± std over seeds, n seeds), baselines beside them."""
+    from recipeset.tracking import _client, search_runs_table
+
+    runs = search_runs_table(experiment, uri)
+    out: dict[str, pd.DataFrame] = {}
+    if runs.empty:
+        return out
+    client = _client(uri)
+    variants = {rid: client.get_run(rid).data.tags.get("variant", "") for rid in runs["run_id"]}
+    runs = runs.assign(variant=runs["run_id"].map(variants))
+    neural = runs[(runs["variant"] != "baselines") & (runs["status"] == "FINISHED")]
+    base_runs = runs[runs["variant"] == "baselines"]
+    for table, metrics in TABLES.items():
+        rows = {}
+        cols = [m for m in metrics if m in neural.columns]
+        for variant, group in neural.groupby("variant", sort=False):
+            rows[variant] = {"seeds": len(group), **{m: _mean_std(group[m]) for m in cols}}
+        if not base_runs.empty and table != "training_cost":
+            row = base_runs.iloc[0]
+            for col in base_runs.columns:
+                if "/test/" in col and not col.startswith("test/"):
+                    bname, metric = col.split("/test/", 1)
+                    key = f"test/{metric}"
+                    if key in metrics and not (isinstance(row[col], float) and math.isnan(row[col])):
+                        rows.setdefault(f"baseline:{bname}", {"seeds": 1})[key] = f"{row[col]:.4g}"
+        if rows:
+            out[table] = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
+    return out
+
+
+def tables_markdown(tables: dict[str, pd.DataFrame]) -> str:
+    parts = []
+    for name, df in tables.items():
+        df = df.fillna("")
+        header = "| variant | " + " | ".join(str(c).replace("test/", "") for c in df.columns) + " |"
+        sep = "|" + "---|" * (len(df.columns) + 1)
+        lines = [f"| {idx} | " + " | ".join(str(v) for v in row) + " |" for idx, row in df.iterrows()]
+        parts.append(f"### {name}\n\n" + "\n".join([header, sep, *lines]))
+    return "\n\n".join(parts)
+
+
+def tables_json(tables: dict[str, pd.DataFrame]) -> str:
+    return json.dumps({k: json.loads(v.to_json(orient="index")) for k, v in tables.items()}, indent=1)
+
+
+__all__ = ["run_experiment", "results_tables", "tables_markdown", "tables_json", "TABLES", "np"]
