@@ -1,0 +1,253 @@
+"""The objectives glue (recipeset/objectives/tasks.py): every valid model × objective × loss trains a step,
+gradients go where they should (and not through a detached encoder), alpha combination, invalid combinations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recipeset.config import RunConfig
+from recipeset.data.collate import collate
+from recipeset.data.prepare import prepare_data
+from recipeset.errors import RecipesetError
+from recipeset.objectives.tasks import Objectives, default_objectives, resolve_objectives
+from recipeset.pipeline import build_model
+from recipeset.training import make_optimizer
+
+TINY = {"data.n_recipes": 300, "model.d_model": 16}
+
+
+def num(t: torch.Tensor) -> float:
+    return float(t.detach())
+
+
+def make_cfg(model: str, loss: str = "standard", weights: dict | None = None, **extra) -> RunConfig:
+    over = {**TINY, "model.name": model, "loss.name": loss, **extra}
+    if model != "deep-sets":
+        over["model.n_layers"] = 1
+    if weights is not None:
+        over["objectives.weights"] = weights
+    return RunConfig().override(over, source="test")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return prepare_data(RunConfig().override({"data.n_recipes": 300}, source="test").data)
+
+
+def build(cfg: RunConfig, data):
+    weights = resolve_objectives(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, data.vocab, weights, int(data.train.lengths.max()))
+    return model, Objectives(cfg, weights), weights
+
+
+def batch_of(data, n: int = 16):
+    return collate(data.train, np.arange(n))
+
+
+# Every combination "What runs with what" allows (model, loss, objective weights).
+VALID = [
+    ("decoder", "standard", {"clm": 1.0}),
+    ("decoder", "standard", {"clm": 1.0, "cls": 0.5}),
+    ("decoder", "standard", {"cls": 1.0}),
+    ("decoder", "standard", {"coherence": 1.0}),
+    ("decoder", "standard", {"set": 1.0}),
+    ("decoder", "set-ar", {"set": 1.0}),
+    ("decoder", "min-perm", {"set": 1.0}),
+    ("decoder", "pooled", {"set": 1.0}),
+    ("set-transformer", "standard", {"mlm": 1.0}),
+    ("set-transformer", "standard", {"rtd": 1.0}),
+    ("set-transformer", "standard", {"cls": 1.0}),
+    ("set-transformer", "standard", {"coherence": 1.0}),
+    ("set-transformer", "standard", {"mlm": 1.0, "rtd": 1.0, "cls": 1.0, "coherence": 1.0}),
+    ("set-transformer", "hungarian", {"set": 1.0}),
+    ("set-transformer", "pooled", {"set": 1.0}),
+    ("set-transformer", "hungarian", {"set": 1.0, "mlm": 0.5, "cls": 0.5}),
+    ("deep-sets", "standard", {"mlm": 1.0}),
+    ("deep-sets", "standard", {"cls": 1.0}),
+    ("deep-sets", "standard", {"mlm": 1.0, "cls": 1.0}),
+]
+
+
+def unused_ok(model_name: str, weights: dict) -> tuple[str, ...]:
+    """Parameter prefixes that legitimately get no gradient: the Set Transformer's PMA(1) pooling only feeds
+    the pooled heads (cls, coherence)."""
+    if model_name == "set-transformer" and not {"cls", "coherence"} & set(weights):
+        return ("pool.", "ln_pool.")
+    return ()
+
+
+@pytest.mark.parametrize("model_name,loss,weights", VALID, ids=lambda v: str(v))
+def test_every_valid_combination_trains_one_step(data, model_name, loss, weights):
+    cfg = make_cfg(model_name, loss, weights)
+    model, objectives, resolved = build(cfg, data)
+    assert resolved == weights
+    model.train()
+    out = objectives(model, batch_of(data), torch.Generator().manual_seed(1))
+    assert set(out) >= {f"loss/{k}" for k in weights} | {"loss/total"}
+    for k, v in out.items():
+        assert torch.isfinite(v).all(), k
+    assert num(out["loss/total"]) > 0
+    assert num(out["loss/total"]) == pytest.approx(sum(w * num(out[f"loss/{k}"]) for k, w in weights.items()),
+                                                     rel=1e-5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = make_optimizer(model, lr=1e-2, weight_decay=0.0)
+    opt.zero_grad()
+    out["loss/total"].backward()
+    allowed = unused_ok(model_name, weights)
+    for name, p in model.named_parameters():
+        if name.startswith(allowed):
+            continue
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, f"no gradient reaches {name}"
+    opt.step()
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert changed, "an optimizer step changed nothing"
+
+
+@pytest.mark.parametrize("model_name", ["decoder", "set-transformer", "deep-sets"])
+def test_cls_gradient_reaches_head_and_encoder(data, model_name):
+    lm = {"decoder": "clm", "set-transformer": "mlm", "deep-sets": "mlm"}[model_name]
+    cfg = make_cfg(model_name, "standard", {lm: 1.0, "cls": 1.0})
+    model, objectives, _ = build(cfg, data)
+    out = objectives(model, batch_of(data), torch.Generator().manual_seed(0))
+    out["loss/cls"].backward()  # the cls loss alone
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(grads[n] is not None and grads[n].abs().sum() > 0 for n in ("cuisine_head.weight", "embed.table.weight"))
+
+
+@pytest.mark.parametrize("model_name", ["decoder", "set-transformer", "deep-sets"])
+def test_detached_cls_trains_only_the_head(data, model_name):
+    lm = {"decoder": "clm", "set-transformer": "mlm", "deep-sets": "mlm"}[model_name]
+    cfg = make_cfg(model_name, "standard", {lm: 1.0, "cls": 1.0}, **{"objectives.detach": True})
+    model, objectives, _ = build(cfg, data)
+    out = objectives(model, batch_of(data), torch.Generator().manual_seed(0))
+    out["loss/cls"].backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad == {"cuisine_head.weight", "cuisine_head.bias"}
+    # ... while the LM objective still trains the encoder
+    model.zero_grad()
+    out = objectives(model, batch_of(data), torch.Generator().manual_seed(0))
+    out["loss/total"].backward()
+    assert model.embed.table.weight.grad is not None and model.embed.table.weight.grad.abs().sum() > 0
+
+
+def test_detached_cls_only_run_leaves_the_encoder_untouched(data):
+    cfg = make_cfg("decoder", "standard", {"cls": 1.0}, **{"objectives.detach": True})
+    model, objectives, _ = build(cfg, data)
+    out = objectives(model, batch_of(data), torch.Generator().manual_seed(0))
+    out["loss/total"].backward()
+    for name, p in model.named_parameters():
+        has = p.grad is not None and bool(p.grad.abs().sum() > 0)
+        assert has == name.startswith("cuisine_head."), name
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_alpha_combination_matches_hand_combined(data, alpha):
+    weights = {"clm": 1.0, "coherence": 0.5, "cls": 2.0}
+    cfg = make_cfg("decoder", "standard", weights, **{"objectives.alpha": alpha})
+    model, objectives, _ = build(cfg, data)
+    model.eval()  # no dropout: three forward passes must agree
+    b = batch_of(data)
+    out = objectives(model, b, torch.Generator().manual_seed(3))
+    separate = {}
+    for name in weights:  # each objective alone, same generator seed, plain weighted sum
+        single = Objectives(make_cfg("decoder", "standard", {name: 1.0}), {name: 1.0})
+        separate[name] = num(single(model, b, torch.Generator().manual_seed(3))[f"loss/{name}"])
+    # clm and cls draw nothing from the generator, so coherence sees the same draw alone as combined
+    for name in weights:
+        assert num(out[f"loss/{name}"]) == pytest.approx(separate[name], rel=1e-6)
+    task = 2.0 * separate["cls"]
+    lm = 1.0 * separate["clm"] + 0.5 * separate["coherence"]
+    assert num(out["loss/total"]) == pytest.approx(alpha * task + (1 - alpha) * lm, rel=1e-6)
+
+
+def test_alpha_gradient_is_the_combined_gradient(data):
+    cfg = make_cfg("decoder", "standard", {"clm": 1.0, "cls": 1.0}, **{"objectives.alpha": 0.25})
+    model, objectives, _ = build(cfg, data)
+    model.eval()
+    b = batch_of(data)
+    objectives(model, b, torch.Generator().manual_seed(0))["loss/total"].backward()
+    g_total = model.embed.table.weight.grad.clone()
+    grads = {}
+    for name in ("clm", "cls"):
+        model.zero_grad()
+        objectives(model, b, torch.Generator().manual_seed(0))[f"loss/{name}"].backward()
+        grads[name] = model.embed.table.weight.grad.clone()
+    torch.testing.assert_close(g_total, 0.25 * grads["cls"] + 0.75 * grads["clm"], rtol=1e-5, atol=1e-7)
+
+
+def test_perplexity_is_exp_of_the_lm_loss(data):
+    model, objectives, _ = build(make_cfg("decoder", "standard", {"clm": 1.0}), data)
+    out = objectives(model, batch_of(data), torch.Generator().manual_seed(0))
+    assert num(out["ppl/clm"]) == pytest.approx(math.exp(num(out["loss/clm"])), rel=1e-5)
+
+
+def test_set_ar_is_at_most_standard_ce_on_the_same_batch(data):
+    """DESIGN: set-ar ≤ the standard CE of the same order (same model, same fed order)."""
+    model, set_ar, _ = build(make_cfg("decoder", "set-ar", {"set": 1.0}), data)
+    model.eval()
+    standard = Objectives(make_cfg("decoder", "standard", {"clm": 1.0}), {"clm": 1.0})
+    b = batch_of(data, 32)
+    g = torch.Generator().manual_seed(0)
+    assert num(set_ar(model, b, g)["loss/set"]) <= num(standard(model, b, g)["loss/clm"]) + 1e-6
+
+
+# ---- invalid combinations --------------------------------------------------------------------------------
+@pytest.mark.parametrize("model_name,loss,weights,needle", [
+    ("decoder", "hungarian", {"set": 1.0}, "hungarian"),
+    ("decoder", "standard", {"mlm": 1.0}, "mlm"),
+    ("decoder", "standard", {"rtd": 1.0}, "rtd"),
+    ("deep-sets", "standard", {"set": 1.0}, "deep-sets"),
+    ("deep-sets", "standard", {"coherence": 1.0}, "coherence"),
+    ("set-transformer", "standard", {"clm": 1.0, "cls": 1.0}, "clm"),
+    ("set-transformer", "set-ar", {"set": 1.0}, "set-ar"),
+    ("decoder", "set-ar", {"clm": 1.0, "cls": 0.5}, "set"),          # a set loss without the set objective
+    ("set-transformer", "hungarian", {"mlm": 1.0}, "set"),
+])
+def test_invalid_combinations_raise_one_line(model_name, loss, weights, needle):
+    cfg = make_cfg(model_name, loss, weights)
+    with pytest.raises(RecipesetError) as e:
+        resolve_objectives(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and needle in msg
+
+
+def test_alpha_needs_cls_and_an_lm_objective():
+    with pytest.raises(RecipesetError, match="alpha"):
+        resolve_objectives(make_cfg("decoder", "standard", {"clm": 1.0}, **{"objectives.alpha": 0.5}))
+    with pytest.raises(RecipesetError, match="alpha"):
+        resolve_objectives(make_cfg("decoder", "standard", {"cls": 1.0}, **{"objectives.alpha": 0.5}))
+    assert resolve_objectives(make_cfg("decoder", "standard", {"clm": 1.0, "cls": 1.0},
+                                       **{"objectives.alpha": 0.5})) == {"clm": 1.0, "cls": 1.0}
+
+
+@pytest.mark.parametrize("model_name,loss,expected", [
+    ("decoder", "standard", {"clm": 1.0}),
+    ("decoder", "set-ar", {"set": 1.0}),
+    ("decoder", "min-perm", {"set": 1.0}),
+    ("decoder", "pooled", {"set": 1.0}),
+    ("set-transformer", "standard", {"mlm": 1.0}),
+    ("set-transformer", "hungarian", {"set": 1.0}),
+    ("set-transformer", "pooled", {"set": 1.0}),
+    ("deep-sets", "standard", {"mlm": 1.0}),
+])
+def test_resolve_objectives_defaults(model_name, loss, expected):
+    cfg = make_cfg(model_name, loss)  # objectives left at the default {"clm": 1}
+    assert resolve_objectives(cfg) == expected
+    assert default_objectives(model_name, loss) == expected or model_name == "decoder" and loss == "standard"
+
+
+def test_explicit_objectives_are_kept():
+    cfg = make_cfg("set-transformer", "standard", {"mlm": 1.0, "cls": 0.3})
+    assert resolve_objectives(cfg) == {"mlm": 1.0, "cls": 0.3}
+
+
+def test_set_transformer_set_needs_slots_larger_than_the_targets(data):
+    cfg = make_cfg("set-transformer", "hungarian", {"set": 1.0}, **{"model.n_slots": 2})
+    model, objectives, _ = build(cfg, data)
+    with pytest.raises(RecipesetError, match="n_slots"):
+        objectives(model, batch_of(data), torch.Generator().manual_seed(0))
