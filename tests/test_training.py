@@ -1,0 +1,263 @@
+"""The Trainer (recipeset/training.py): schedules, AdamW groups, atomic checkpoints, in-process resume,
+early stopping, the curriculum and dataset mixing."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recipeset.config import RunConfig
+from recipeset.data.prepare import prepare_data
+from recipeset.errors import RecipesetError
+from recipeset.objectives.tasks import Objectives, resolve_objectives
+from recipeset.pipeline import build_model
+from recipeset.training import (
+    STATE_FILE,
+    Trainer,
+    curriculum_pool,
+    epoch_batches,
+    load_trainer_state,
+    lr_multiplier,
+    make_optimizer,
+    seed_all,
+)
+
+TINY = {"data.n_recipes": 300, "model.d_model": 16, "model.n_layers": 1, "train.batch_size": 32,
+        "train.warmup_steps": 2, "train.device": "cpu", "eval.max_queries": 30}
+
+
+def make_trainer(out: Path, log=None, data=None, **over) -> Trainer:
+    cfg = RunConfig().override({**TINY, **over}, source="test")
+    weights = resolve_objectives(cfg)
+    cfg.objectives.weights = weights
+    data = data or prepare_data(cfg.data)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, data.vocab, weights, int(data.train.lengths.max()))
+    return Trainer(cfg, model, Objectives(cfg, weights), data.train, data.val, out, log=log, progress=False,
+                   train_weights=data.train_weights)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return prepare_data(RunConfig().override(TINY, source="test").data)
+
+
+@pytest.fixture
+def deterministic():
+    seed_all(0, deterministic=True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+# ---- schedules -----------------------------------------------------------------------------------------
+def test_warmup_is_linear_to_one():
+    assert [lr_multiplier(s, 4, 20, "cosine") for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert [lr_multiplier(s, 4, 20, "inverse-sqrt") for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_cosine_decays_to_a_ten_percent_floor():
+    # warmup 4, total 20: progress = (s - 4) / 16
+    assert lr_multiplier(4, 4, 20, "cosine") == pytest.approx(1.0)
+    assert lr_multiplier(12, 4, 20, "cosine") == pytest.approx(0.1 + 0.9 * 0.5)  # half way: cos(pi/2) = 0
+    assert lr_multiplier(8, 4, 20, "cosine") == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 4)))
+    assert lr_multiplier(20, 4, 20, "cosine") == pytest.approx(0.1)
+    assert lr_multiplier(500, 4, 20, "cosine") == pytest.approx(0.1)  # never below the floor
+    values = [lr_multiplier(s, 4, 20, "cosine") for s in range(4, 21)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_inverse_sqrt_and_constant():
+    assert lr_multiplier(15, 4, 100, "inverse-sqrt") == pytest.approx(0.5)       # sqrt(4 / 16)
+    assert lr_multiplier(99, 4, 100, "inverse-sqrt") == pytest.approx(0.2)       # sqrt(4 / 100)
+    assert lr_multiplier(8, 0, 100, "inverse-sqrt") == pytest.approx(1 / 3)      # no warmup: sqrt(1 / 9)
+    assert lr_multiplier(0, 0, 100, "constant") == 1.0
+    assert lr_multiplier(77, 10, 100, "constant") == 1.0
+    with pytest.raises(RecipesetError, match="schedule"):
+        lr_multiplier(10, 0, 100, "linear")
+
+
+def test_trainer_applies_the_schedule_step_by_step(tmp_path, data):
+    logged: dict[int, float] = {}
+    trainer = make_trainer(tmp_path, data=data, log=lambda m, s: logged.update({s: m["train/lr"]} if "train/lr" in m
+                                                                               else {}),
+                           **{"train.max_steps": 8, "train.warmup_steps": 3, "train.lr": 0.01})
+    trainer.fit()
+    # the lr used by the optimizer at step s (logged at s + 1) is lr · multiplier(s)
+    assert [logged[s + 1] for s in range(8)] == pytest.approx([0.01 * lr_multiplier(s, 3, 8, "cosine")
+                                                               for s in range(8)])
+
+
+# ---- AdamW -------------------------------------------------------------------------------------------------
+def test_adamw_decays_only_matrices(data):
+    cfg = RunConfig().override(TINY, source="test")
+    model = build_model(cfg, data.vocab, {"clm": 1.0}, 20)
+    opt = make_optimizer(model, lr=0.1, weight_decay=0.5)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.5 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(p) for p in model.parameters() if p.dim() >= 2}
+    assert {id(p) for p in no_decay["params"]} == {id(p) for p in model.parameters() if p.dim() < 2}
+    assert any(p.dim() == 1 for p in no_decay["params"])
+    # with zero gradients Adam's update is 0: only the decoupled decay p ← p·(1 − lr·wd) acts
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        expected = before[n] * (1 - 0.1 * 0.5) if p.dim() >= 2 else before[n]
+        torch.testing.assert_close(p.detach(), expected, msg=n)
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------------
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_checkpoint_is_atomic_when_saving_fails(tmp_path, data, monkeypatch):
+    trainer = make_trainer(tmp_path, data=data, **{"train.max_steps": 2, "train.checkpoint_every": 1})
+    trainer.fit()
+    ckpt = trainer.checkpoint_dir
+    old = _snapshot(ckpt)
+    assert {"model/weights.pt", STATE_FILE} <= set(old)
+    # change the weights, then fail midway: the model files are written, the trainer state is not
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)
+    real_save = torch.save
+
+    def failing_save(obj, f, *a, **kw):
+        if str(f).endswith(STATE_FILE):
+            raise OSError("disk full")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save()
+    assert _snapshot(ckpt) == old                       # the previous checkpoint is intact
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []                              # no partial temporary directory left behind
+    monkeypatch.setattr(torch, "save", real_save)
+    opt, sched, state = load_trainer_state(ckpt)
+    assert state.step == 2
+
+
+def test_corrupt_or_missing_trainer_state_is_a_clear_error(tmp_path):
+    with pytest.raises(RecipesetError, match="without --resume"):
+        load_trainer_state(tmp_path)
+    (tmp_path / STATE_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(RecipesetError, match="cannot read the checkpoint"):
+        load_trainer_state(tmp_path)
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("order", ["shuffle", "frequency"])
+def test_resume_in_process_gives_identical_weights(tmp_path, data, deterministic, order):
+    over = {"train.max_steps": 13, "train.checkpoint_every": 5, "data.order": order, "train.deterministic": True,
+            "train.eval_every": 4, "model.dropout": 0.1}
+    straight = make_trainer(tmp_path / "a", data=data, **over)
+    straight.fit()
+
+    def crash_after_checkpoint(metrics, step):
+        if step == 7 and "train/loss" in metrics:  # after the step-5 checkpoint, mid-way in epoch 0 (8 steps)
+            raise Crash()
+
+    first = make_trainer(tmp_path / "b", data=data, log=crash_after_checkpoint, **over)
+    with pytest.raises(Crash):
+        first.fit()
+    assert load_trainer_state(first.checkpoint_dir)[2].step == 5
+    resumed = make_trainer(tmp_path / "b", data=data, **over)
+    state = resumed.fit(resume=True)
+    assert state.step == 13 and state.epoch == straight.state.epoch
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert [tuple(x) for x in state.history["train/loss"]] == straight.state.history["train/loss"]
+    assert state.best_step == straight.state.best_step and state.best_metric == straight.state.best_metric
+
+
+def test_early_stopping_stops_after_patience(tmp_path, data):
+    # a learning rate this small leaves the validation loss unchanged (within 1e-6): no evaluation improves
+    logged = []
+    trainer = make_trainer(tmp_path, data=data, log=lambda m, s: logged.append(s) if "val/loss" in m else None,
+                           **{"train.max_steps": 50, "train.lr": 1e-12, "train.eval_every": 2,
+                              "train.early_stopping_patience": 3})
+    state = trainer.fit()
+    assert logged == [2, 4, 6, 8]        # the first evaluation sets the best, then 3 without improvement
+    assert state.step == 8 and state.best_step == 2 and state.bad_evals == 3
+    assert (tmp_path / "best" / "weights.pt").exists()
+    assert load_trainer_state(trainer.checkpoint_dir)[2].step == 8  # the stop is checkpointed
+
+
+def test_early_stopping_metric_must_exist(tmp_path, data):
+    trainer = make_trainer(tmp_path, data=data, **{"train.max_steps": 2, "train.early_stopping_metric": "val/nope"})
+    with pytest.raises(RecipesetError, match="val/nope"):
+        trainer.fit()
+
+
+# ---- curriculum and batches -------------------------------------------------------------------------------
+def test_curriculum_pool_grows_from_the_smallest_sets():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 20, size=200)
+    pools = [curriculum_pool(lengths, e, epochs=10, start=0.3) for e in range(10)]
+    sizes = [len(p) for p in pools]
+    assert sizes[0] == 60 and sizes[-1] == 200
+    assert all(a <= b for a, b in zip(sizes, sizes[1:], strict=False)) and sizes[0] < sizes[3] < sizes[5]
+    assert sizes[5:] == [200] * 5                       # the ramp covers the first half of training
+    for p in pools:                                     # every pool is a prefix in size order
+        assert lengths[p].max() <= np.sort(lengths)[len(p) - 1]
+        assert len(set(p.tolist())) == len(p)
+
+
+def test_trainer_curriculum_feeds_small_recipes_first(tmp_path, data):
+    trainer = make_trainer(tmp_path, data=data, **{"train.curriculum": True, "train.epochs": 6})
+    sets = trainer.epoch_sets(0)
+    first = np.concatenate(trainer.epoch_plan(0, sets))
+    last = np.concatenate(trainer.epoch_plan(5, sets))
+    assert len(first) < len(last) == len(sets)
+    assert sets.lengths[first].max() <= np.median(sets.lengths) + 1
+    assert sets.lengths[first].mean() < sets.lengths[last].mean()
+
+
+def test_epoch_batches_are_a_seeded_permutation():
+    a = epoch_batches(100, 32, seed=1, epoch=0)
+    assert [len(b) for b in a] == [32, 32, 32, 4]
+    assert sorted(np.concatenate(a).tolist()) == list(range(100))
+    assert all(np.array_equal(x, y) for x, y in zip(a, epoch_batches(100, 32, seed=1, epoch=0), strict=True))
+    assert not np.array_equal(np.concatenate(a), np.concatenate(epoch_batches(100, 32, seed=1, epoch=1)))
+
+
+# ---- mixing -------------------------------------------------------------------------------------------------
+def _write_csv(path: Path, prefix: str, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rows = ["ingredients,cuisine"]
+    for _ in range(n):
+        k = int(rng.integers(2, 6))
+        items = rng.choice(12, size=k, replace=False)
+        rows.append(";".join(f"{prefix}_{i}" for i in items) + f",{prefix}cuisine")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def test_mixing_samples_datasets_in_proportion_to_their_weights(tmp_path):
+    _write_csv(tmp_path / "alpha.csv", "a", 400, 0)
+    _write_csv(tmp_path / "beta.csv", "b", 100, 1)
+    mix = [{"dataset": str(tmp_path / "alpha.csv"), "weight": 1.0},
+           {"dataset": str(tmp_path / "beta.csv"), "weight": 3.0}]
+    cfg = RunConfig().override({**TINY, "data.mix": mix, "data.n_recipes": None}, source="test")
+    data = prepare_data(cfg.data)
+    # a shared vocabulary from both files
+    names = data.vocab.ingredients
+    assert any(n.startswith("a_") for n in names) and any(n.startswith("b_") for n in names)
+    w = data.train_weights
+    assert w is not None and len(w) == len(data.train) and w.sum() == pytest.approx(1.0)
+    from_beta = np.array([data.vocab.token(int(data.train.values[o])).startswith("b_")
+                          for o in data.train.offsets[:-1]])
+    assert from_beta.sum() < (~from_beta).sum()          # beta is the smaller file ...
+    assert w[from_beta].sum() == pytest.approx(0.75)     # ... but gets 3/4 of the draws
+    trainer = make_trainer(tmp_path / "run", data=data, **{"data.mix": mix, "data.n_recipes": None})
+    drawn = np.concatenate([np.concatenate(trainer.epoch_plan(e, data.train)) for e in range(20)])
+    assert from_beta[drawn].mean() == pytest.approx(0.75, abs=0.03)
