@@ -302,14 +302,21 @@ def experiment() -> None:
 @click.option("--jobs", type=int, default=1, help="Child runs in parallel (worker processes).")
 @click.option("--tracking-uri", default=None, help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
 @click.option("--out", default="runs", help="Root of the run directories.")
-def experiment_run(file, quick, jobs, tracking_uri, out) -> None:
+@click.option("--seeds", default=None, help="Only these seeds, comma-separated (e.g. 0,1) [default: the file's].")
+@click.option("--variant", "variants", multiple=True, help="Only this variant (repeatable) [default: all].")
+def experiment_run(file, quick, jobs, tracking_uri, out, seeds, variants) -> None:
     """Run FILE's grid as one parent MLflow run with a child per variant × seed (finished children are skipped,
     interrupted ones resumed), then log the results tables."""
     from recipeset.study import run_experiment
 
     if not Path(file).exists():
         raise RecipesetError(f"{file}: experiment file not found (see experiments/)")
-    outcomes = run_experiment(file, quick=quick, jobs=jobs, uri=tracking_uri, out_root=out, echo=click.echo)
+    try:
+        seed_list = [int(x) for x in seeds.split(",")] if seeds else None
+    except ValueError:
+        raise RecipesetError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1") from None
+    outcomes = run_experiment(file, quick=quick, jobs=jobs, uri=tracking_uri, out_root=out, echo=click.echo,
+                              seeds=seed_list, variants=list(variants) or None)
     click.echo(f"{sum(o.status == 'finished' for o in outcomes)} run, "
                f"{sum(o.status == 'skipped' for o in outcomes)} skipped")
 

@@ -92,8 +92,10 @@ def _run_baselines_child(exp: Experiment, planned: PlannedRun, parent_id: str, u
 
 
 def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, uri: str | None = None,
-                   out_root: str | os.PathLike = "runs", echo=print) -> list[ChildOutcome]:
-    """Run an experiment grid (parent run + child runs). ``jobs`` > 1 runs children in worker processes."""
+                   out_root: str | os.PathLike = "runs", echo=print, seeds: list[int] | None = None,
+                   variants: list[str] | None = None) -> list[ChildOutcome]:
+    """Run an experiment grid (parent run + child runs). ``jobs`` > 1 runs children in worker processes;
+    ``seeds``/``variants`` restrict the grid (the rest can be run later into the same parent)."""
     from recipeset.tracking import ensure_experiment, find_finished_run, resolve_tracking_uri, start_parent_run
 
     exp = load_experiment(path)
@@ -102,6 +104,15 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
     # Create the store and experiment here, before any worker (SQLite's schema migration races otherwise).
     ensure_experiment(experiment, uri, exp.description)
     planned = exp.runs(quick=quick)
+    if seeds is not None:
+        planned = [r for r in planned if r.seed in seeds]
+    if variants is not None:
+        unknown = set(variants) - {r.variant for r in exp.runs(quick=quick)}
+        if unknown:
+            from recipeset.errors import RecipesetError
+
+            raise RecipesetError(f"{path}: unknown variant(s) {sorted(unknown)}")
+        planned = [r for r in planned if r.variant in variants]
     outcomes: list[ChildOutcome] = []
     started = time.perf_counter()
     with start_parent_run(experiment, f"{experiment}/grid", uri, tags={"quick": str(quick)},
