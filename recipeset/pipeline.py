@@ -243,7 +243,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
             tracker.log_artifact(out_dir / "split.json", "data")
             tracker.log_dict(data.vocab.to_dict(), "data/vocab.json")
             tracker.log_dict(data.table.report.to_dict(), "data/cleaning_report.json")
-            tracker.log_params({"model.n_parameters": model.num_parameters})
+            tracker.log_params({"model.n_parameters": model.num_parameters()})
         trainer = Trainer(cfg, model, Objectives(cfg, weights), data.train, data.val, out_dir,
                           log=tracker.log_metrics if tracker is not None else None, progress=progress,
                           train_weights=data.train_weights, extra_files=extra)
