@@ -1,0 +1,275 @@
+"""The ``recipeset`` command line end to end (click's CliRunner, plus real subprocesses for --help)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from recipeset.cli import cli
+
+TINY_SETTINGS = ["data.n_recipes=400", "model.d_model=16", "model.n_layers=1", "train.batch_size=32",
+                 "train.warmup_steps=2", "eval.max_queries=30", "eval.joint_max_queries=10", "train.device=cpu"]
+
+
+def tiny_args(skip: tuple[str, ...] = ()) -> list[str]:
+    return [x for kv in TINY_SETTINGS if kv.split("=")[0] not in skip for x in ("--set", kv)]
+
+
+TINY = tiny_args()
+SPECIALS = ("[PAD]", "[MASK]", "[BOS]", "[EOS]", "[SEP]", "[CLS]", "[UNK]", "[NULL]")
+VENV_BIN = Path(sys.executable).parent
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=True)
+
+
+def ok(*args: str):
+    result = invoke(*args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def one_line_error(result, *needles: str) -> str:
+    """A failed command: non-zero exit, one 'Error: ...' line, no traceback."""
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not an escaped exception
+    text = result.output.strip()
+    assert "Traceback" not in text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), text
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def store(mlflow_template_db: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("cli")
+    shutil.copy(mlflow_template_db, root / "mlflow.db")
+    return root, f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.fixture
+def in_store(store, monkeypatch):
+    root, uri = store
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return root, uri
+
+
+@pytest.fixture(scope="module")
+def trained(store):
+    """A tracked CLI run with a cuisine head (clm + cls), shared by the commands that read a model."""
+    root, uri = store
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        result = ok("train", *TINY, "--objective", "clm", "--objective", "cls=0.5", "--max-steps", "20",
+                    "--set", "train.lr=3e-3", "--experiment", "cli-test", "--out", "run", "--quiet")
+    run_id = next(line.split()[2] for line in result.output.splitlines() if line.startswith("mlflow run:"))
+    return {"root": root, "uri": uri, "model": str(root / "run" / "model"), "run_id": run_id,
+            "output": result.output}
+
+
+# ---- train -------------------------------------------------------------------------------------------------
+def test_train_tracked_leaves_a_finished_run(trained):
+    from mlflow import MlflowClient
+
+    assert "run directory:" in trained["output"] and "completion/mrr" in trained["output"]
+    run = MlflowClient(trained["uri"]).get_run(trained["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["objectives.weights.cls"] == "0.5" and run.data.params["model.d_model"] == "16"
+    assert (Path(trained["root"]) / "run" / "mlflow_run_id").read_text().strip() == trained["run_id"]
+
+
+def test_train_no_track_with_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = ok("train", *tiny_args(skip=("model.n_layers",)), "--model", "deep-sets", "--set", "model.phi_layers=1",
+                "--set", "model.rho_layers=1", "--max-steps", "3", "--seed", "7", "--no-track", "--out", "r", "--quiet")
+    assert "mlflow run" not in result.output
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["model"]["name"] == "deep-sets" and cfg["model"]["d_model"] == 16 and cfg["train"]["seed"] == 7
+    assert cfg["objectives"]["weights"] == {"mlm": 1.0}  # the model's natural objective
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "r" / "mlflow_run_id").exists()
+    assert (tmp_path / "r" / "model" / "weights.pt").exists()
+
+
+def test_train_from_a_config_file_with_options_winning(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.toml").write_text('[data]\nn_recipes = 300\n[model]\nname = "decoder"\nd_model = 32\n'
+                                       'n_layers = 1\n[train]\nmax_steps = 2\nwarmup_steps = 1\n'
+                                       '[eval]\nmax_queries = 10\njoint = false\n')
+    ok("train", "--config", "run.toml", "--set", "model.d_model=16", "--order", "shuffle", "--no-track",
+       "--out", "r", "--quiet")
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["model"]["d_model"] == 16 and cfg["data"]["order"] == "shuffle" and cfg["train"]["max_steps"] == 2
+
+
+# ---- complete / classify / evaluate --------------------------------------------------------------------------
+def _vocab(model_dir: str) -> list[str]:
+    import recipeset
+
+    return recipeset.load_model(model_dir).vocab.ingredients
+
+
+def test_complete_ranked(trained):
+    result = ok("complete", trained["model"], "tomato, garlic", "--top", "5")
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 5
+    names = [line.split()[1] for line in lines]
+    assert [int(line.split(".")[0]) for line in lines] == [1, 2, 3, 4, 5]
+    probs = [float(line.split()[2]) for line in lines]
+    assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
+    vocab = set(_vocab(trained["model"]))
+    assert set(names) <= vocab and not {"tomato", "garlic"} & set(names)
+    assert len(set(names)) == 5
+
+
+def test_complete_generate_has_no_repeats_and_no_specials(trained):
+    result = ok("complete", trained["model"], "tomato, garlic", "--generate", "--max-new", "6")
+    out = result.output.strip()
+    names = [x.strip() for x in out.split(",")] if out != "(nothing to add)" else []
+    assert len(names) <= 6 and len(names) == len(set(names))
+    assert not {"tomato", "garlic"} & set(names)
+    assert not any(s in out for s in SPECIALS)
+    assert set(names) <= set(_vocab(trained["model"]))
+    again = ok("complete", trained["model"], "tomato, garlic", "--generate", "--max-new", "6")
+    assert again.output == result.output  # greedy generation is deterministic
+
+
+def test_classify_on_a_cls_trained_model(trained):
+    result = ok("classify", trained["model"], "soy_sauce, ginger", "--top", "3")
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 3
+    probs = [float(line.split()[-1]) for line in lines]
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-3
+
+
+def test_evaluate_json_matches_the_run(trained):
+    result = ok("evaluate", trained["model"], "--json")
+    metrics = json.loads(result.output)
+    assert {"completion/mrr", "completion/recall@10", "set/micro_f1", "cuisine/accuracy"} <= set(metrics)
+    saved = json.loads((Path(trained["root"]) / "run" / "eval.json").read_text())
+    assert str(metrics["completion/mrr"])[:8] in json.dumps(saved)
+    text = ok("evaluate", trained["model"], "--max-queries", "10").output
+    assert "completion/mrr" in text
+
+
+def test_evaluate_a_logged_model_by_uri(trained, in_store):
+    local = json.loads(ok("evaluate", trained["model"], "--json").output)
+    remote = json.loads(ok("evaluate", f"runs:/{trained['run_id']}/model", "--json").output)
+    assert local == remote
+
+
+def test_compare_json_and_runs(trained, in_store):
+    tables = json.loads(ok("compare", "cli-test", "--json").output)
+    assert "completion" in tables and len(tables["completion"]) == 1
+    row = next(iter(tables["completion"].values()))
+    assert row["seeds"] == 1 and "test/completion/mrr" in row
+    runs = json.loads(ok("compare", "cli-test", "--metric", "test/completion/mrr", "--json").output)
+    assert runs[0]["status"] == "FINISHED" and "test/completion/mrr" in runs[0]
+
+
+# ---- bad input: one line, non-zero exit ------------------------------------------------------------------------
+def test_misspelled_loss_suggests_the_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(invoke("train", "--loss", "hungrian", "--no-track"), "hungrian", "did you mean 'hungarian'")
+
+
+def test_unknown_ingredient_suggests_close_names(trained):
+    one_line_error(invoke("complete", trained["model"], "tomatoe, garlic"), "tomatoe", "tomato")
+    one_line_error(invoke("classify", trained["model"], "garlik"), "garlik", "garlic")
+
+
+def test_missing_model_dir(tmp_path):
+    for cmd in ("complete", "classify"):
+        one_line_error(invoke(cmd, str(tmp_path / "nope"), "tomato"), "nope")
+    one_line_error(invoke("evaluate", str(tmp_path / "nope")), "nope")
+
+
+def test_unknown_set_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(invoke("train", "--set", "train.lrr=1", "--no-track"), "train.lrr", "train.lr")
+    one_line_error(invoke("train", "--set", "trian.lr=1", "--no-track"), "trian")
+    one_line_error(invoke("train", "--set", "model.d_modl=8", "--no-track"), "d_modl", "d_model")
+    one_line_error(invoke("train", "--set", "novalue", "--no-track"), "KEY=VALUE")
+
+
+def test_missing_dataset_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(invoke("train", "--dataset", "flavornet", "--path", "/nonexistent", "--no-track"), "/nonexistent")
+    one_line_error(invoke("train", "--dataset", str(tmp_path / "missing.csv"), "--no-track"), "missing.csv")
+
+
+def test_resume_without_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(invoke("train", "--resume", "--out", str(tmp_path / "none"), "--no-track"), "resume")
+
+
+def test_train_into_an_existing_run_dir_needs_resume(trained):
+    one_line_error(invoke("train", *TINY, "--out", str(Path(trained["root"]) / "run"), "--no-track"), "--resume")
+
+
+def test_invalid_combination_and_bad_objective_weight(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(invoke("train", "--loss", "hungarian", "--no-track"), "hungarian", "decoder")
+    one_line_error(invoke("train", "--objective", "mlm", "--no-track"), "mlm")
+    one_line_error(invoke("train", "--objective", "cls=lots", "--no-track"), "cls=lots")
+
+
+def test_classify_without_a_cuisine_head(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ok("train", *TINY, "--max-steps", "2", "--no-track", "--out", "r", "--quiet", "--set", "eval.tasks=[\"cuisine\"]")
+    one_line_error(invoke("classify", str(tmp_path / "r" / "model"), "tomato"), "no cuisine head", "--objective cls")
+
+
+def test_compare_unknown_experiment(in_store):
+    one_line_error(invoke("compare", "no-such-experiment"), "no-such-experiment")
+
+
+def test_experiment_file_missing(tmp_path):
+    one_line_error(invoke("experiment", "run", str(tmp_path / "none.toml")), "none.toml")
+
+
+def test_unknown_option_exits_2():
+    result = invoke("train", "--frobnicate")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+# ---- real subprocesses -------------------------------------------------------------------------------------------
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def test_module_and_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "recipeset.cli", "--help"], capture_output=True, text=True,
+                         timeout=60, env=_env())
+    assert out.returncode == 0 and "train" in out.stdout and "experiment" in out.stdout
+    script = VENV_BIN / "recipeset"
+    if script.exists():
+        out = subprocess.run([str(script), "train", "--help"], capture_output=True, text=True, timeout=60,
+                             env=_env())
+        assert out.returncode == 0 and "--resume" in out.stdout and "--init-from" in out.stdout
+
+
+def test_help_does_not_import_torch_or_mlflow():
+    code = ("import sys\nfrom recipeset.cli import main\nsys.argv = ['recipeset', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'mlflow', 'pandas', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=_env())
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout
+    # and the same through -X importtime of the real entry point
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "recipeset.cli", "--help"], capture_output=True,
+                         text=True, timeout=60, env=_env())
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    assert not {"torch", "mlflow"} & imported
