@@ -132,7 +132,7 @@ def _objective_weights(pairs: tuple[str, ...]) -> dict:
 @click.option("--loss", default=None, help="standard | hungarian | set-ar | min-perm | pooled [default: standard].")
 @click.option("--objective", "objectives", multiple=True, metavar="NAME[=WEIGHT]",
               help="Repeatable: clm, mlm, cls, rtd, coherence, set [default: the model's natural objective].")
-@click.option("--order", default=None, help="frequency | alphabetical | random-fixed | shuffle | k-perms.")
+@click.option("--order", default=None, help="frequency | alphabetical | random-fixed | shuffle | k-perms | given.")
 @click.option("--epochs", type=int, default=None, help="Training epochs [default: 10].")
 @click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (wins over --epochs).")
 @click.option("--seed", type=int, default=None, help="Initialisation and data-order seed (not the split).")

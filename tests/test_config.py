@@ -28,7 +28,7 @@ def test_names_match_the_design():
     assert MODELS == ("decoder", "set-transformer", "deep-sets")
     assert LOSSES == ("standard", "hungarian", "set-ar", "min-perm", "pooled")
     assert OBJECTIVES == ("clm", "mlm", "cls", "rtd", "coherence", "set")
-    assert ORDERS == ("frequency", "alphabetical", "random-fixed", "shuffle", "k-perms")
+    assert ORDERS == ("frequency", "alphabetical", "random-fixed", "shuffle", "k-perms", "given")
 
 
 def test_ordering_module_agrees_on_order_names():

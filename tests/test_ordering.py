@@ -32,7 +32,7 @@ def big_sets(n: int = 200, seed: int = 0) -> EncodedSets:
 
 
 def test_orders_names():
-    assert ORDERS == ("frequency", "alphabetical", "random-fixed", "shuffle", "k-perms")
+    assert ORDERS == ("frequency", "alphabetical", "random-fixed", "shuffle", "k-perms", "given")
 
 
 @settings(max_examples=80, deadline=None)

@@ -7,6 +7,10 @@
 - ``shuffle``: a fresh random order per (seed, epoch) — the "CE + shuffle augmentation" baseline.
 - ``k-perms``: k fixed random orders per recipe, made by :func:`expand_k_perms` (k copies of each recipe);
   :func:`reorder` then keeps a fixed order per copy (positional, seeded, independent of the epoch).
+- ``given``: keep the dataset's own order (an extension of DESIGN.md's names). Only meaningful for data whose
+  order means something — the synthetic generator's ordered mode (``data.ordered = true``) lists each recipe
+  in its cooking sequence; on real recipe files the listed order is arbitrary and ``given`` is just one more
+  fixed order.
 
 All of :func:`reorder` is one ``np.lexsort`` on (segment id, key): no Python loop over recipes.
 """
@@ -21,7 +25,7 @@ from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
 from recipeset.errors import RecipesetError
 
-ORDERS = ("frequency", "alphabetical", "random-fixed", "shuffle", "k-perms")
+ORDERS = ("frequency", "alphabetical", "random-fixed", "shuffle", "k-perms", "given")
 
 
 def _check(strategy: str) -> None:
@@ -39,9 +43,12 @@ def alphabetical_rank(vocab: Vocabulary) -> np.ndarray:
 
 def order_ids(ids: Sequence[int], strategy: str, vocab: Vocabulary,
               rng: np.random.Generator | None = None) -> list[int]:
-    """One set in the order of ``strategy``; the random orders draw from ``rng`` (default: seed 0)."""
+    """One set in the order of ``strategy``; the random orders draw from ``rng`` (default: seed 0);
+    ``given`` returns the ids as they came."""
     _check(strategy)
     ids = [int(i) for i in ids]
+    if strategy == "given":
+        return ids
     if strategy == "frequency":
         return sorted(ids)
     if strategy == "alphabetical":
@@ -78,10 +85,12 @@ def _sort_within(sets: EncodedSets, key: np.ndarray) -> EncodedSets:
 
 def reorder(sets: EncodedSets, strategy: str, vocab: Vocabulary, seed: int = 0, epoch: int = 0) -> EncodedSets:
     """Every set of ``sets`` in the order of ``strategy`` (same layout, same cuisines; values permuted
-    inside each set). ``epoch`` matters only for ``shuffle``."""
+    inside each set). ``epoch`` matters only for ``shuffle``; ``given`` returns ``sets`` unchanged."""
     _check(strategy)
     if sets.values.size and (sets.values.min() < 0 or sets.values.max() >= len(vocab)):
         raise RecipesetError(f"reorder: ids outside the vocabulary (0..{len(vocab) - 1}); encode with this vocab")
+    if strategy == "given":
+        return sets
     if strategy == "frequency":
         key = sets.values
     elif strategy == "alphabetical":

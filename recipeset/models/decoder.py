@@ -7,6 +7,10 @@ distribution (a set never repeats), and so is every special except [EOS].
 
 Right padding plus the causal mask means a padded position never reaches a real one, so attention needs no
 padding mask and keeps the fused ``is_causal`` kernel.
+
+``train_order = "given"`` (data whose order means something, e.g. the synthetic generator's ordered mode): a
+query is fed as it came, and ``joint`` scoring does not know where the missing ingredient belonged, so it
+marginalises over every insertion slot (see :meth:`CausalDecoder._joint_scores_given`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from recipeset.models.base import (
 )
 
 RANDOM_ORDERS = ("random-fixed", "shuffle", "k-perms")
+GIVEN_ORDER = "given"  # the data's own order: queries are never reordered
 
 
 class CausalSelfAttention(nn.Module):
@@ -142,9 +147,10 @@ class CausalDecoder(RecipeModel):
         """``[K, V]`` rank of every id in each order used at inference (specials rank last).
 
         A canonical order (frequency, alphabetical) is a total order of the vocabulary, so one rank table
-        sorts any set exactly as ``order_ids`` would. For random orders, K fixed random total orders
-        (seed 0): restricted to any set, each is a uniformly random permutation of it, and scoring stays
-        deterministic and independent of batch composition and of the order the query was given in.
+        sorts any set exactly as ``order_ids`` would (``given`` never sorts: :meth:`_ordered` skips the table).
+        For random orders, K fixed random total orders (seed 0): restricted to any set, each is a uniformly
+        random permutation of it, and scoring stays deterministic and independent of batch composition and of
+        the order the query was given in.
         """
         from recipeset.data.ordering import ORDERS, order_ids
 
@@ -168,8 +174,15 @@ class CausalDecoder(RecipeModel):
     def random_order(self) -> bool:
         return self.config.train_order in RANDOM_ORDERS
 
+    @property
+    def given_order(self) -> bool:
+        return self.config.train_order == GIVEN_ORDER
+
     def _ordered(self, tokens: torch.Tensor, mask: torch.Tensor, k: int = 0) -> torch.Tensor:
-        """Sort each right-padded set ``[B, T]`` into order ``k`` (padding stays last)."""
+        """Sort each right-padded set ``[B, T]`` into order ``k`` (padding stays last); ``given``: as given."""
+        if self.given_order:
+            key = (~mask).long()  # only moves padding last; real ingredients keep their relative order
+            return tokens.gather(1, key.argsort(dim=1, stable=True))
         key = self.order_ranks[k][tokens].masked_fill(~mask, self.config.vocab_size + 1)
         return tokens.gather(1, key.argsort(dim=1, stable=True))
 
@@ -239,7 +252,8 @@ class CausalDecoder(RecipeModel):
         ``next``: the next-ingredient distribution after ``[BOS] + query`` in the training order.
         ``joint``: log p(query ∪ {y} + [EOS]) in the training order, for every candidate y.
         With a random training order both average (log-mean-exp) over ``next_orders``/``joint_orders`` fixed
-        random orders. -inf on specials and on the query's own ids.
+        random orders. With ``given``, ``next`` feeds the query as given and ``joint`` marginalises over the
+        slot y was taken from (:meth:`_joint_scores_given`). -inf on specials and on the query's own ids.
         """
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         B = tokens.shape[0]
@@ -247,6 +261,9 @@ class CausalDecoder(RecipeModel):
         if mode == "next":
             n_orders = self.config.next_orders if self.random_order else 1
             scores = torch.stack([self._next_scores(tokens, mask, cuisine, k) for k in range(n_orders)])
+        elif mode == "joint" and self.given_order:
+            n_orders = 1
+            scores = self._joint_scores_given(tokens, mask, cuisine)[None]
         elif mode == "joint":
             n_orders = self.config.joint_orders if self.random_order else 1
             scores = torch.stack([self._joint_scores(tokens, mask, cuisine, k) for k in range(n_orders)])
@@ -277,16 +294,56 @@ class CausalDecoder(RecipeModel):
             cand = torch.cat([tokens[b], y[:, None]], 1)  # y after the padding: sorting moves it into place
             cmask = torch.cat([mask[b], mask.new_ones(len(n), 1)], 1)
             seq = self._ordered(cand, cmask, k)
-            inp, m = self.with_bos(seq, cmask)  # [N, T+2]
-            lengths = cmask.sum(1)  # ingredients per sequence; [EOS] is predicted at position `lengths`
-            target = torch.cat([seq, seq.new_full((len(n), 1), PAD)], 1)
-            target = target.scatter(1, lengths[:, None], EOS)
-            valid = torch.arange(T + 2, device=tokens.device)[None, :] <= lengths[:, None]
-            logits = self(inp, m, None if cuisine is None else cuisine[b]).logits.float()
-            # log p(target) = logit[target] - logsumexp(logits): no second [N, T, V] tensor
-            logp = logits.gather(-1, target[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
-            flat[b * V + y] = torch.where(valid, logp, torch.zeros_like(logp)).sum(1)
+            flat[b * V + y] = self._sequence_log_probs(seq, cmask, None if cuisine is None else cuisine[b])
         return out
+
+    def _joint_scores_given(self, tokens, mask, cuisine, budget: int = 1 << 24) -> torch.Tensor:
+        """``[B, V]`` log Σ_i (1/(n+1)) p(q[:i] + [y] + q[i:] + [EOS]) for queries in the given order.
+
+        A leave-one-out query hides where y was, so every insertion slot i = 0..n (n = |q|) is a hypothesis with
+        a uniform prior. The (query, slot, candidate) sequences run in chunks of ~``budget`` logits; only slots
+        inside each query are built (a short query in a padded batch costs no extra passes).
+        """
+        B, T = tokens.shape
+        V = self.config.vocab_size
+        n_cand = V - NUM_SPECIALS
+        dev = tokens.device
+        lengths = mask.sum(1)  # [B]
+        slot = torch.arange(T + 1, device=dev)
+        qb, qi = torch.nonzero(slot[None, :] <= lengths[:, None], as_tuple=True)  # (query, slot) pairs [P]
+        total = len(qb) * n_cand
+        chunk = max(1, budget // ((T + 2) * V))
+        per_slot = torch.empty(total, device=dev)
+        pos = torch.arange(T + 1, device=dev)[None, :]
+        pad_col = tokens.new_full((B, 1), PAD)
+        before, after = torch.cat([tokens, pad_col], 1), torch.cat([pad_col, tokens], 1)  # [B, T+1]: j, j-1
+        for start in range(0, total, chunk):
+            n = torch.arange(start, min(start + chunk, total), device=dev)
+            p, y = n // n_cand, n % n_cand + NUM_SPECIALS
+            b, i = qb[p], qi[p]
+            seq = torch.where(pos < i[:, None], before[b], torch.where(pos == i[:, None], y[:, None], after[b]))
+            cmask = pos <= lengths[b][:, None]  # n + 1 ingredients
+            per_slot[n] = self._sequence_log_probs(seq, cmask, None if cuisine is None else cuisine[b])
+        # log-sum-exp over each query's slots: scatter into [B, T+1, n_cand] with -inf on slots past the query
+        grid = torch.full((B, T + 1, n_cand), float("-inf"), device=dev)
+        grid[qb, qi] = per_slot.view(-1, n_cand)
+        out = torch.full((B, V), float("-inf"), device=dev)
+        out[:, NUM_SPECIALS:] = torch.logsumexp(grid, 1) - torch.log1p(lengths.float())[:, None]
+        return out
+
+    def _sequence_log_probs(self, seq: torch.Tensor, cmask: torch.Tensor,
+                            cuisine: torch.Tensor | None) -> torch.Tensor:
+        """``[N]`` log p(seq + [EOS]) of right-padded ingredient sequences ``seq [N, L]`` (``cmask`` True on real)."""
+        N, L = seq.shape
+        inp, m = self.with_bos(seq, cmask)  # [N, L+1]
+        lengths = cmask.sum(1)  # ingredients per sequence; [EOS] is predicted at position `lengths`
+        target = torch.cat([seq, seq.new_full((N, 1), PAD)], 1)
+        target = target.scatter(1, lengths[:, None], EOS)
+        valid = torch.arange(L + 1, device=seq.device)[None, :] <= lengths[:, None]
+        logits = self(inp, m, cuisine).logits.float()
+        # log p(target) = logit[target] - logsumexp(logits): no second [N, T, V] tensor
+        logp = logits.gather(-1, target[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
+        return torch.where(valid, logp, torch.zeros_like(logp)).sum(1)
 
     @inference
     def complete_ids(self, tokens: torch.Tensor, mask: torch.Tensor, max_new: int = 20,
@@ -294,8 +351,9 @@ class CausalDecoder(RecipeModel):
                      generator: torch.Generator | None = None) -> list[list[int]]:
         """Generate the rest of each query ``[B, T]`` until [EOS] or ``max_new`` ingredients.
 
-        The query is fed in the training order. Greedy (deterministic) when ``temperature == 0``; never
-        repeats, never emits a special or a query id (they are -inf in every step's distribution).
+        The query is fed in the training order (``given``: as given; the rest is appended after it).
+        Greedy (deterministic) when ``temperature == 0``; never repeats, never emits a special or a query id
+        (they are -inf in every step's distribution).
         """
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         B = tokens.shape[0]
