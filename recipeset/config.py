@@ -51,7 +51,7 @@ from recipeset.io_utils import atomic_write_text
 MODELS = ("decoder", "set-transformer", "deep-sets")
 LOSSES = ("standard", "hungarian", "set-ar", "min-perm", "pooled")
 OBJECTIVES = ("clm", "mlm", "cls", "rtd", "coherence", "set")
-ORDERS = ("frequency", "alphabetical", "random-fixed", "shuffle", "k-perms")
+ORDERS = ("frequency", "alphabetical", "random-fixed", "shuffle", "k-perms", "given")  # given: the data's own
 SCHEDULES = ("cosine", "inverse-sqrt", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 EVAL_TASKS = ("completion", "set-completion", "cuisine", "order-sensitivity", "likelihood")
@@ -154,6 +154,8 @@ class TrainConfig:
     num_workers: int = 0              # DataLoader workers
     device: str = "auto"              # auto, cpu, cuda, cuda:N, mps
     precision: str = "auto"           # PRECISIONS (bf16/fp16 autocast only on GPU)
+    init_from: str | None = None      # fine-tuning: a model dir (relative to the cwd) to start from; "{seed}" in
+    #                                   it becomes train.seed (grid variants); the CLI's --init-from wins
 
 
 @dataclass
