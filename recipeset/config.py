@@ -165,6 +165,7 @@ class EvalConfig:
     joint: bool = True                # decoders: also report `joint` scoring
     max_queries: int | None = None    # cap on evaluation queries (None: all)
     joint_max_queries: int = 500      # decoders' `joint` scoring costs a forward pass per candidate
+    val_max_queries: int | None = 2000  # the validation evaluation (model selection) on this many recipes
 
 
 @dataclass

@@ -283,7 +283,10 @@ def _finish(cfg: RunConfig, trainer, state, data: PreparedData, out_dir: Path, t
     save_model(model, model_dir, extra_files=trainer.extra_files)
     result = RunResult(out_dir=out_dir, run_id=None, model_dir=model_dir)
     if evaluate:
-        result.val_metrics = evaluate_model(model, data.val_eval, cfg)
+        val = data.val_eval
+        if cfg.eval.val_max_queries is not None and len(val) > cfg.eval.val_max_queries:
+            val = val.take(np.arange(cfg.eval.val_max_queries))
+        result.val_metrics = evaluate_model(model, val, cfg)
         result.metrics = evaluate_model(model, data.test_eval, cfg)
         if cfg.data.dataset == "synthetic" and not cfg.data.mix:
             result.metrics.update({f"bayes/{k}": v for k, v in oracle_metrics(cfg, data.vocab,
