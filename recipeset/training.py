@@ -173,7 +173,11 @@ def load_trainer_state(path: Path) -> tuple[dict, dict, TrainState]:
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt/unsafe file
         raise RecipesetError(f"{path / STATE_FILE}: cannot read the checkpoint ({type(e).__name__}); "
                              "delete it to start over") from None
-    return blob["optimizer"], blob["scheduler"], TrainState(**json.loads(blob["state"]))
+    state = TrainState(**json.loads(blob["state"]))
+    # JSON turned the (step, value) tuples into lists; the resumed run appends tuples to the same lists, and a
+    # mixture cannot be sorted (the learning-curve plot at the end of a resumed run failed on it).
+    state.history = {k: [tuple(p) for p in v] for k, v in state.history.items()}
+    return blob["optimizer"], blob["scheduler"], state
 
 
 def write_json(path: Path, obj: object) -> None:
