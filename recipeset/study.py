@@ -45,6 +45,19 @@ class ChildOutcome:
     error: str = ""
 
 
+def run_hash(run: PlannedRun) -> str:
+    """The config hash the child's MLflow run is tagged with: ``run_training`` resolves the objectives (a
+    set-transformer left at the default ``{clm: 1}`` trains ``{mlm: 1}``) before it starts the run, so the
+    planned config's own hash would never match a finished child of such a variant."""
+    import copy
+
+    from recipeset.objectives.tasks import resolve_objectives
+
+    cfg = copy.deepcopy(run.config)
+    cfg.objectives.weights = resolve_objectives(cfg)
+    return cfg.config_hash()
+
+
 def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str, threads: int) -> ChildOutcome:
     """One grid child (in a worker process or inline)."""
     import torch
@@ -119,7 +132,7 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
                           description=exp.description) as parent:
         todo = []
         for run in planned:
-            done = find_finished_run(experiment, run.params_hash, uri)
+            done = find_finished_run(experiment, run_hash(run), uri)
             if done is not None:
                 echo(f"skip {run.name}: finished as run {done}")
                 outcomes.append(ChildOutcome(run.name, "skipped", done))
