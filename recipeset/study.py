@@ -95,8 +95,16 @@ def _run_baselines_child(exp: Experiment, planned: PlannedRun, parent_id: str, u
     with Tracker.start(cfg, run_name=name, experiment=cfg.tracking.experiment, uri=uri, parent_run_id=parent_id,
                        tags={"variant": "baselines", "run_kind": "baselines",
                              "config_hash": baselines_hash(planned)}) as tracker:
+        from recipeset.pipeline import EVAL_TASK_NAMES
+
         data = prepare_data(cfg.data)
-        results = run_baselines(data.train, data.val_eval, data.test_eval, data.vocab, seed=0)
+        # The same test queries, seed and tasks as the neural children's evaluate_model (which caps the split to
+        # its first eval.max_queries recipes): otherwise the tables would compare different query sets.
+        test = data.test_eval
+        if cfg.eval.max_queries is not None and len(test) > cfg.eval.max_queries:
+            test = test.take(np.arange(cfg.eval.max_queries))
+        results = run_baselines(data.train, data.val_eval, test, data.vocab, seed=0, eval_seed=cfg.eval.seed,
+                                tasks=[EVAL_TASK_NAMES.get(t, t) for t in cfg.eval.tasks])
         tracker.log_dict({k: {kk: vv for kk, vv in v.items()} for k, v in results.items()}, "baselines.json")
         for bname, r in results.items():
             tracker.log_metrics({f"{bname}/test/{k}": v for k, v in r["test"].items()
@@ -167,7 +175,7 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
 
 # ---- results tables ---------------------------------------------------------------------------------------------
 def _mean_std(values: pd.Series) -> str:
-    v = values.dropna().astype(float)
+    v = pd.to_numeric(values, errors="coerce").dropna()  # params (model.n_parameters) arrive as strings
     if v.empty:
         return ""
     if len(v) == 1:
