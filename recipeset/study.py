@@ -32,7 +32,7 @@ TABLES: dict[str, list[str]] = {
                        "test/set/true_size"],
     "cuisine": ["test/cuisine/accuracy", "test/cuisine/macro_f1"],
     "order_sensitivity": ["test/order/tv", "test/order/recall_at_10_spread"],
-    "training_cost": ["time/wall_s", "time/steps", "model.n_parameters"],
+    "training_cost": ["time/wall_s", "time/steps", "train/recipes_per_s", "model.n_parameters"],
 }
 
 
