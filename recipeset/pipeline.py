@@ -113,21 +113,29 @@ def tune_stop_threshold(model: RecipeModel, val_eval, seed: int = 0) -> float | 
     return best
 
 
+def eval_subset(sets, n: int | None, seed: int = 0):
+    """A seeded random subset of ``n`` recipes (in their original order), the same for every model; all of
+    them when ``n`` is None. (Splits list recipes grouped by source and cuisine, so a prefix would be biased.)"""
+    if n is None or len(sets) <= n:
+        return sets
+    rng = np.random.default_rng([seed, 0xE7A1])
+    return sets.take(np.sort(rng.choice(len(sets), size=n, replace=False)))
+
+
 def evaluate_model(model, sets, cfg: RunConfig) -> dict[str, float]:
     """The evaluation protocol on ``sets`` (a split encoded with [UNK] for unknown ingredients).
 
-    Decoders are also scored ``joint`` (on the first ``eval.joint_max_queries`` recipes: it costs one
+    Decoders are also scored ``joint`` (on a seeded subset of ``eval.joint_max_queries`` recipes: it costs one
     forward pass per candidate). Order sensitivity is measured with ``next`` scoring only.
     """
     from recipeset.evaluation import evaluate_all
 
     tasks = [EVAL_TASK_NAMES.get(t, t) for t in cfg.eval.tasks]
-    if cfg.eval.max_queries is not None and len(sets) > cfg.eval.max_queries:
-        sets = sets.take(np.arange(cfg.eval.max_queries))
+    sets = eval_subset(sets, cfg.eval.max_queries, cfg.eval.seed)
     out = evaluate_all(model, sets, tasks=tasks, seed=cfg.eval.seed, modes=("next",))
     if getattr(model, "model_type", "") == "decoder" and cfg.eval.joint and "completion" in tasks:
-        n = min(len(sets), cfg.eval.joint_max_queries)
-        joint = evaluate_all(model, sets.take(np.arange(n)), tasks=("completion",), seed=cfg.eval.seed,
+        subset = eval_subset(sets, cfg.eval.joint_max_queries, cfg.eval.seed)
+        joint = evaluate_all(model, subset, tasks=("completion",), seed=cfg.eval.seed,
                              modes=("joint",))
         out.update({k: v for k, v in joint.items() if k.startswith("completion_joint/")})
     return out
@@ -143,8 +151,7 @@ def oracle_metrics(cfg: RunConfig, vocab: Vocabulary, sets, ordered: bool | None
 
     oracle = SyntheticOracle(vocab, ordered=cfg.data.ordered if ordered is None else ordered)
     tasks = [EVAL_TASK_NAMES.get(t, t) for t in cfg.eval.tasks if t not in ("likelihood", "order-sensitivity")]
-    if cfg.eval.max_queries is not None and len(sets) > cfg.eval.max_queries:
-        sets = sets.take(np.arange(cfg.eval.max_queries))
+    sets = eval_subset(sets, cfg.eval.max_queries, cfg.eval.seed)
     from recipeset.evaluation import evaluate_all
 
     return evaluate_all(oracle, sets, tasks=tasks, seed=cfg.eval.seed, modes=("next",))
@@ -284,8 +291,7 @@ def _finish(cfg: RunConfig, trainer, state, data: PreparedData, out_dir: Path, t
     result = RunResult(out_dir=out_dir, run_id=None, model_dir=model_dir)
     if evaluate:
         val = data.val_eval
-        if cfg.eval.val_max_queries is not None and len(val) > cfg.eval.val_max_queries:
-            val = val.take(np.arange(cfg.eval.val_max_queries))
+        val = eval_subset(val, cfg.eval.val_max_queries, cfg.eval.seed)
         result.val_metrics = evaluate_model(model, val, cfg)
         result.metrics = evaluate_model(model, data.test_eval, cfg)
         if cfg.data.dataset == "synthetic" and not cfg.data.mix:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recipeset.errors import RecipesetError
 from recipeset.experiments import Experiment, PlannedRun, load_experiment
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ TABLES: dict[str, list[str]] = {
     "order_sensitivity": ["test/order/tv", "test/order/recall_at_10_spread"],
     "training_cost": ["time/wall_s", "time/steps", "train/recipes_per_s", "model.n_parameters"],
 }
+
+
+# --quick runs the cheap baselines only (recipe-kNN and NMF take about a minute each on flavornet).
+QUICK_BASELINES = ["popularity", "cooccurrence", "item-knn", "logistic-cuisine"]
 
 
 @dataclass
@@ -58,6 +63,23 @@ def run_hash(run: PlannedRun) -> str:
     return cfg.config_hash()
 
 
+def check_planned(planned: list[PlannedRun]) -> None:
+    """Fail before any training on a variant that cannot run: unknown model parameters (only the model registry
+    knows them) and invalid model × objective × loss combinations (``run_hash`` resolves the objectives)."""
+    import dataclasses
+
+    from recipeset.config import validate_model_params
+    from recipeset.models import CONFIGS
+
+    for run in planned:
+        fields = [f.name for f in dataclasses.fields(CONFIGS[run.config.model.name])]
+        try:
+            validate_model_params(run.config.model.name, run.config.model.params, fields, source=run.name)
+            run_hash(run)
+        except RecipesetError as e:
+            raise RecipesetError(f"{run.name}: {e}" if not str(e).startswith(run.name) else str(e)) from None
+
+
 def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str, threads: int) -> ChildOutcome:
     """One grid child (in a worker process or inline)."""
     import torch
@@ -65,7 +87,8 @@ def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str, threads
     from recipeset.pipeline import run_training
 
     torch.set_num_threads(threads)
-    out_dir = Path(out_root) / run.name
+    # quick runs get their own directories (a full run must never resume a quick run's checkpoint)
+    out_dir = Path(out_root) / run.config.tracking.experiment / run.variant / f"seed{run.seed}"
     resume = (out_dir / "checkpoint" / "trainer_state.pt").exists()
     cfg = run.config
     cfg.tracking.tracking_uri = uri
@@ -83,7 +106,8 @@ def baselines_hash(planned: PlannedRun) -> str:
     return hashlib.sha256(f"baselines:{planned.config.data}".encode()).hexdigest()
 
 
-def _run_baselines_child(exp: Experiment, planned: PlannedRun, parent_id: str, uri: str) -> ChildOutcome:
+def _run_baselines_child(exp: Experiment, planned: PlannedRun, parent_id: str, uri: str,
+                         quick: bool = False) -> ChildOutcome:
     """The classical baselines on the base config's data and split, as one child run."""
     from recipeset.baselines import run_baselines
     from recipeset.data.prepare import prepare_data
@@ -125,6 +149,7 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
     # Create the store and experiment here, before any worker (SQLite's schema migration races otherwise).
     ensure_experiment(experiment, uri, exp.description)
     planned = exp.runs(quick=quick)
+    check_planned(planned)
     if seeds is not None:
         planned = [r for r in planned if r.seed in seeds]
     if variants is not None:
@@ -164,7 +189,7 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
         if exp.baselines and planned:
             if find_finished_run(experiment, baselines_hash(planned[0]), uri) is None:
                 echo("run baselines")
-                outcomes.append(_run_baselines_child(exp, planned[0], parent.run_id, uri))
+                outcomes.append(_run_baselines_child(exp, planned[0], parent.run_id, uri, quick))
         parent.log_metrics({"grid/wall_s": time.perf_counter() - started,
                             "grid/children": float(len(planned))}, 0)
         tables = results_tables(experiment, uri)
@@ -201,6 +226,14 @@ def results_tables(experiment: str, uri: str | None = None) -> dict[str, pd.Data
         cols = [m for m in metrics if m in neural.columns]
         for variant, group in neural.groupby("variant", sort=False):
             rows[variant] = {"seeds": len(group), **{m: _mean_std(group[m]) for m in cols}}
+        for prefix, label in (("test/bayes/", "bayes-optimal (generator)"),
+                              ("test/bayes_unordered/", "bayes-optimal, order ignored")):
+            oracle_cols = {m: m.replace("test/", prefix, 1) for m in metrics if m.startswith("test/")}
+            have = {m: c for m, c in oracle_cols.items() if c in neural.columns}
+            if have and table != "training_cost":
+                first = neural.dropna(subset=list(have.values()), how="all")
+                if not first.empty:
+                    rows[label] = {"seeds": 1, **{m: f"{first.iloc[0][c]:.4g}" for m, c in have.items()}}
         if not base_runs.empty and table != "training_cost":
             row = base_runs.iloc[0]
             for col in base_runs.columns:
