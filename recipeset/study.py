@@ -119,14 +119,12 @@ def _run_baselines_child(exp: Experiment, planned: PlannedRun, parent_id: str, u
     with Tracker.start(cfg, run_name=name, experiment=cfg.tracking.experiment, uri=uri, parent_run_id=parent_id,
                        tags={"variant": "baselines", "run_kind": "baselines",
                              "config_hash": baselines_hash(planned)}) as tracker:
-        from recipeset.pipeline import EVAL_TASK_NAMES
+        from recipeset.pipeline import EVAL_TASK_NAMES, eval_subset
 
         data = prepare_data(cfg.data)
-        # The same test queries, seed and tasks as the neural children's evaluate_model (which caps the split to
-        # its first eval.max_queries recipes): otherwise the tables would compare different query sets.
-        test = data.test_eval
-        if cfg.eval.max_queries is not None and len(test) > cfg.eval.max_queries:
-            test = test.take(np.arange(cfg.eval.max_queries))
+        # The same test queries, seed and tasks as the neural children's evaluate_model (the same seeded subset
+        # of eval.max_queries recipes): otherwise the tables would compare different query sets.
+        test = eval_subset(data.test_eval, cfg.eval.max_queries, cfg.eval.seed)
         results = run_baselines(data.train, data.val_eval, test, data.vocab, seed=0, eval_seed=cfg.eval.seed,
                                 tasks=[EVAL_TASK_NAMES.get(t, t) for t in cfg.eval.tasks])
         tracker.log_dict({k: {kk: vv for kk, vv in v.items()} for k, v in results.items()}, "baselines.json")
