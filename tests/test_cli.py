@@ -172,8 +172,9 @@ def test_evaluate_a_logged_model_by_uri(trained, in_store):
 
 def test_compare_json_and_runs(trained, in_store):
     tables = json.loads(ok("compare", "cli-test", "--json").output)
-    assert "completion" in tables and len(tables["completion"]) == 1
-    row = next(iter(tables["completion"].values()))
+    rows = {k: v for k, v in tables["completion"].items() if not k.startswith("bayes-optimal")}
+    assert len(rows) == 1  # one (unnamed) variant; the synthetic Bayes ceiling is a row of its own
+    row = next(iter(rows.values()))
     assert row["seeds"] == 1 and "test/completion/mrr" in row
     runs = json.loads(ok("compare", "cli-test", "--metric", "test/completion/mrr", "--json").output)
     assert runs[0]["status"] == "FINISHED" and "test/completion/mrr" in runs[0]
@@ -273,3 +274,105 @@ def test_help_does_not_import_torch_or_mlflow():
                          text=True, timeout=60, env=_env())
     imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
     assert not {"torch", "mlflow"} & imported
+
+
+# ---- experiment grids -----------------------------------------------------------------------------------------
+GRID_TOML = """
+[experiment]
+name = "{name}"
+description = "two tiny variants"
+baselines = {baselines}
+
+[base]
+"data.n_recipes" = 300
+"model.d_model" = 16
+"model.n_layers" = 1
+"train.max_steps" = 2
+"train.warmup_steps" = 1
+"train.batch_size" = 32
+"train.device" = "cpu"
+"eval.max_queries" = 10
+"eval.joint_max_queries" = 5
+
+[[grid]]
+name = "dec"
+
+[[grid]]
+name = "st"
+"model.name" = "set-transformer"    # default objectives: resolved to mlm by the pipeline
+
+[seeds]
+values = [0]
+"""
+
+
+def write_grid(directory: Path, name: str, baselines: bool = False) -> Path:
+    path = directory / f"{name}.toml"
+    path.write_text(GRID_TOML.format(name=name, baselines=str(baselines).lower()), encoding="utf-8")
+    return path
+
+
+def test_experiment_run_parent_children_skip_and_compare(mlflow_uri, tmp_path):
+    from mlflow import MlflowClient
+
+    path = write_grid(tmp_path, "tiny-grid")
+    first = ok("experiment", "run", str(path), "--out", "runs")
+    assert "2 run, 0 skipped" in first.output
+    c = MlflowClient(mlflow_uri)
+    exp = c.get_experiment_by_name("tiny-grid")
+    assert exp.tags.get("mlflow.note.content") == "two tiny variants"
+    runs = c.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("run_kind") == "parent"]
+    children = [r for r in runs if r.data.tags.get("run_kind") == "run"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == ["tiny-grid/dec/seed0", "tiny-grid/st/seed0"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert {r.data.tags["variant"] for r in children} == {"dec", "st"}
+    assert (tmp_path / "runs" / "tiny-grid" / "st" / "seed0" / "model" / "weights.pt").exists()
+    assert any(a.path.startswith("results") for a in c.list_artifacts(parents[0].info.run_id))
+
+    again = ok("experiment", "run", str(path), "--out", "runs")
+    assert "0 run, 2 skipped" in again.output
+    assert again.output.count("skip tiny-grid/") == 2
+    children_after = [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("run_kind") == "run"]
+    assert sorted(r.info.run_id for r in children_after) == sorted(r.info.run_id for r in children)
+    assert all(r.info.end_time == next(x for x in children if x.info.run_id == r.info.run_id).info.end_time
+               for r in children_after)  # the finished children were not re-opened
+
+    tables = json.loads(ok("compare", "tiny-grid", "--json").output)
+    assert set(tables["completion"]) == {"dec", "st", "bayes-optimal (generator)"}
+    assert all(row["seeds"] == 1 and row["test/completion/mrr"] != "" for row in tables["completion"].values())
+    assert tables["completion"]["dec"]["test/completion_joint/mrr"] != ""   # joint scoring: decoders only
+    assert int(float(tables["training_cost"]["st"]["model.n_parameters"])) > 0
+    markdown = ok("compare", "tiny-grid").output
+    assert "| dec |" in markdown and "| st |" in markdown
+    best_first = json.loads(ok("compare", "tiny-grid", "--metric", "test/completion/mean_rank", "--json").output)
+    ranks = [r["test/completion/mean_rank"] for r in best_first]
+    assert ranks == sorted(ranks)  # lower is better for ranks
+
+
+def test_experiment_run_rejects_a_bad_grid(mlflow_uri, tmp_path):
+    path = write_grid(tmp_path, "bad-grid")
+    path.write_text(path.read_text().replace('"model.name" = "set-transformer"', '"model.nam" = "set-transformer"'))
+    # fails before any child trains (one line, no "run ..." progress before it)
+    one_line_error(invoke("experiment", "run", str(path)), "bad-grid/st/seed0", "model.nam")
+    path.write_text(GRID_TOML.format(name="bad-grid", baselines="false").replace(
+        'name = "dec"', 'name = "dec"\n"loss.name" = "hungarian"'))
+    one_line_error(invoke("experiment", "run", str(path)), "bad-grid/dec/seed0", "hungarian")
+
+
+@pytest.mark.slow
+def test_experiment_baselines_share_the_children_queries(mlflow_uri, tmp_path):
+    from mlflow import MlflowClient
+
+    path = write_grid(tmp_path, "grid-with-baselines", baselines=True)
+    ok("experiment", "run", str(path), "--out", "runs")
+    c = MlflowClient(mlflow_uri)
+    exp = c.get_experiment_by_name("grid-with-baselines")
+    runs = {r.data.tags.get("variant"): r for r in c.search_runs([exp.experiment_id])}
+    assert runs["baselines"].data.metrics["popularity/test/completion/n"] == 10  # eval.max_queries, like the models
+    assert runs["dec"].data.metrics["test/completion/n"] == 10
+    tables = json.loads(ok("compare", "grid-with-baselines", "--json").output)
+    assert "baseline:popularity" in tables["completion"]
+    assert "0 run, 3 skipped" not in ok("experiment", "run", str(path), "--out", "runs").output
