@@ -1,0 +1,146 @@
+"""The MLflow UI started by ``recipeset ui`` shows a finished grid's runs (headless Chromium; slow).
+
+``test_ui_runs_view_in_chromium`` needs /usr/bin/chromium and is skipped without it;
+``test_ui_server_lists_the_grid_runs`` checks the same server through its REST API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+GRID = """
+[experiment]
+name = "browser-grid"
+description = "a tiny grid for the UI test"
+
+[base]
+"data.n_recipes" = 300
+"model.d_model" = 16
+"model.n_layers" = 1
+"train.max_steps" = 2
+"train.warmup_steps" = 1
+"train.batch_size" = 32
+"train.device" = "cpu"
+"eval.max_queries" = 10
+"eval.joint_max_queries" = 5
+
+[[grid]]
+name = "frequency"
+"data.order" = "frequency"
+
+[[grid]]
+name = "shuffle"
+"data.order" = "shuffle"
+
+[seeds]
+values = [0]
+"""
+RUN_NAMES = ("browser-grid/frequency/seed0", "browser-grid/shuffle/seed0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "recipeset.cli", *args]
+
+
+@pytest.fixture(scope="module")
+def ui(mlflow_template_db: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A finished tiny grid in a fresh store, and `recipeset ui` serving it on a free loopback port."""
+    root = tmp_path_factory.mktemp("browser")
+    shutil.copy(mlflow_template_db, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
+    (root / "grid.toml").write_text(GRID, encoding="utf-8")
+    done = subprocess.run(cli("experiment", "run", "grid.toml"), cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 run, 0 skipped" in done.stdout
+
+    port = free_port()
+    # its own session: `recipeset ui` starts `mlflow ui`, which starts server workers; stop the whole group
+    server = subprocess.Popen(cli("ui", "--port", str(port)), cwd=root, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"recipeset ui exited with {server.returncode}: {server.stdout.read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("the MLflow UI did not come up within 90 s")
+            time.sleep(0.5)
+        yield {"base": base, "root": root}
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def experiment_id(base: str) -> str:
+    with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=browser-grid",
+                                timeout=10) as r:
+        return json.loads(r.read())["experiment"]["experiment_id"]
+
+
+def test_ui_server_lists_the_grid_runs(ui):
+    exp_id = experiment_id(ui["base"])
+    runs = _post(f"{ui['base']}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
+    names = {r["info"]["run_name"]: r["info"]["status"] for r in runs}
+    for name in RUN_NAMES:
+        assert names.get(name) == "FINISHED", names
+    assert "browser-grid/grid" in names  # the parent run
+    with urllib.request.urlopen(ui["base"] + "/", timeout=10) as r:
+        assert r.status == 200 and b"<html" in r.read().lower()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium")
+def test_ui_runs_view_in_chromium(ui, tmp_path):
+    exp_id = experiment_id(ui["base"])
+    url = f"{ui['base']}/#/experiments/{exp_id}/runs"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+           f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=20000", "--dump-dom", url]
+    dom = ""
+    for _ in range(3):  # the single-page app renders the runs table after its API calls: allow a slow first load
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        dom = out.stdout
+        if all(name in dom for name in RUN_NAMES):
+            break
+    missing = [name for name in RUN_NAMES if name not in dom]
+    assert not missing, f"runs not in the rendered runs view: {missing} (DOM: {len(dom)} chars)"
