@@ -202,6 +202,9 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
     cfg.tracking.run_name = cfg.tracking.run_name or default_run_name(cfg)
     out_dir = Path(out_dir) if out_dir is not None else Path("runs") / cfg.tracking.run_name
     state_file = out_dir / "checkpoint" / "trainer_state.pt"
+    from recipeset.training import recover_checkpoint
+
+    recover_checkpoint(out_dir / "checkpoint")  # a kill during the checkpoint swap left it aside
     if resume:
         if not state_file.exists():
             raise RecipesetError(f"{out_dir}: nothing to resume (no checkpoint); run without --resume")

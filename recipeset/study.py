@@ -89,6 +89,9 @@ def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str, threads
     torch.set_num_threads(threads)
     # quick runs get their own directories (a full run must never resume a quick run's checkpoint)
     out_dir = Path(out_root) / run.config.tracking.experiment / run.variant / f"seed{run.seed}"
+    from recipeset.training import recover_checkpoint
+
+    recover_checkpoint(out_dir / "checkpoint")
     resume = (out_dir / "checkpoint" / "trainer_state.pt").exists()
     cfg = run.config
     cfg.tracking.tracking_uri = uri

@@ -164,6 +164,19 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     atomic_write_dir(path, fill)
 
 
+def recover_checkpoint(path: Path) -> bool:
+    """Put back the previous checkpoint if a kill hit ``atomic_write_dir``'s swap (old directory moved aside to
+    ``.<name>.old``, new one not yet renamed in); True when it did. Without this, ``--resume`` after such a kill
+    found no checkpoint at all."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if path.exists() or not (old / STATE_FILE).exists():
+        return False
+    os.replace(old, path)
+    log.warning("recovered %s from %s (the process was killed while replacing it)", path, old)
+    return True
+
+
 def load_trainer_state(path: Path) -> tuple[dict, dict, TrainState]:
     try:
         blob = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
@@ -401,5 +414,6 @@ class Trainer:
 __all__ = [
     "RunConfig", "seed_all", "derived_seed", "step_generator", "make_optimizer", "lr_multiplier",
     "Progress", "curriculum_pool", "epoch_batches", "TrainState", "save_checkpoint", "load_trainer_state",
+    "recover_checkpoint",
     "Trainer",
 ]

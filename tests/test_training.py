@@ -261,3 +261,40 @@ def test_mixing_samples_datasets_in_proportion_to_their_weights(tmp_path):
     trainer = make_trainer(tmp_path / "run", data=data, **{"data.mix": mix, "data.n_recipes": None})
     drawn = np.concatenate([np.concatenate(trainer.epoch_plan(e, data.train)) for e in range(20)])
     assert from_beta[drawn].mean() == pytest.approx(0.75, abs=0.03)
+
+
+def test_kill_during_the_checkpoint_swap_is_recovered(tmp_path, data, monkeypatch):
+    """atomic_write_dir moves the old checkpoint aside before renaming the new one in; a kill between the two
+    renames leaves only ``.checkpoint.old``. ``recover_checkpoint`` (called before every resume) puts it back."""
+    import os
+
+    import recipeset.io_utils as io_utils
+    from recipeset.pipeline import run_training
+    from recipeset.training import recover_checkpoint
+
+    trainer = make_trainer(tmp_path, data=data, **{"train.max_steps": 2, "train.checkpoint_every": 1})
+    trainer.fit()
+    old = _snapshot(trainer.checkpoint_dir)
+    real_replace = os.replace
+
+    def killed_mid_swap(src, dst):
+        if Path(dst) == trainer.checkpoint_dir:  # the new directory's rename: the process "dies" here
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io_utils.os, "replace", killed_mid_swap)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save()
+    monkeypatch.setattr(io_utils.os, "replace", real_replace)
+    assert not trainer.checkpoint_dir.exists() and (tmp_path / ".checkpoint.old").exists()
+    assert recover_checkpoint(trainer.checkpoint_dir)
+    assert _snapshot(trainer.checkpoint_dir) == old and not (tmp_path / ".checkpoint.old").exists()
+    assert not recover_checkpoint(trainer.checkpoint_dir)  # nothing to do the second time
+    # through the pipeline: a run directory in that state resumes instead of reporting "nothing to resume"
+    cfg = RunConfig().override({**TINY, "train.max_steps": 3, "train.checkpoint_every": 1,
+                                "eval.tasks": ["completion"]}, source="test")
+    first = run_training(cfg, out_dir=tmp_path / "run", track=False, progress=False)
+    ckpt = first.out_dir / "checkpoint"
+    real_replace(ckpt, first.out_dir / ".checkpoint.old")
+    resumed = run_training(cfg, out_dir=first.out_dir, resume=True, track=False, progress=False)
+    assert resumed.metrics == first.metrics
