@@ -167,6 +167,8 @@ def train(config_file, dataset, path, model, loss, objectives, order, epochs, ma
     if objectives:
         over["objectives.weights"] = _objective_weights(objectives)
     over.update(_parse_overrides(sets, "--set"))
+    if resume:
+        _check_resume_options(out, config_file, over)
     cfg = cfg.override(over, source="command line")
 
     from recipeset.pipeline import run_training
@@ -178,6 +180,25 @@ def train(config_file, dataset, path, model, loss, objectives, order, epochs, ma
     if result.run_id:
         click.echo(f"mlflow run: {result.run_id}  (recipeset ui)")
     _echo_metrics(result.metrics)
+
+
+def _check_resume_options(out: str | None, config_file: str | None, over: dict) -> None:
+    """``--resume`` continues a run with its saved config.json: options that would change it are an error
+    (they used to be ignored silently, e.g. a larger --max-steps); repeating the original options is fine."""
+    from recipeset.config import load_config
+    from recipeset.objectives.tasks import resolve_objectives
+
+    saved_file = Path(out) / "config.json" if out is not None else None
+    if saved_file is None or not saved_file.exists():
+        return  # run_training reports the missing run/checkpoint
+    saved = load_config(saved_file)
+    asked = (load_config(config_file) if config_file else saved).override(over, source="command line")
+    asked.objectives.weights = resolve_objectives(asked)
+    a, s = asked.flatten(), saved.flatten()
+    changed = sorted(k for k in a.keys() | s.keys() if not k.startswith("tracking.") and a.get(k) != s.get(k))
+    if changed:
+        raise RecipesetError(f"--resume continues {out} as saved in its config.json, but these options differ: "
+                             f"{', '.join(changed[:6])}; drop them, or start a new run with --init-from {out}/model")
 
 
 def _echo_metrics(metrics: dict) -> None:

@@ -376,3 +376,14 @@ def test_experiment_baselines_share_the_children_queries(mlflow_uri, tmp_path):
     tables = json.loads(ok("compare", "grid-with-baselines", "--json").output)
     assert "baseline:popularity" in tables["completion"]
     assert "0 run, 3 skipped" not in ok("experiment", "run", str(path), "--out", "runs").output
+
+
+def test_resume_refuses_changed_options_but_accepts_the_same_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY, "--max-steps", "2", "--set", "eval.tasks=[\"completion\"]", "--no-track", "--quiet"]
+    ok("train", *args, "--out", "r")
+    one_line_error(invoke("train", *args, "--out", "r", "--resume", "--max-steps", "50"), "train.max_steps")
+    one_line_error(invoke("train", "--out", "r", "--resume", "--set", "model.d_model=32", "--no-track"),
+                   "model.d_model")
+    ok("train", *args, "--out", "r", "--resume")            # the same options: continues (here: already done)
+    ok("train", "--out", "r", "--resume", "--no-track", "--quiet")  # no options: the saved config
