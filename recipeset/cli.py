@@ -213,7 +213,7 @@ def _echo_metrics(metrics: dict) -> None:
               "own test split].")
 @click.option("--path", default=None, help="Where --dataset's files are.")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", help="Which split of the run's data.")
-@click.option("--max-queries", type=int, default=None, help="Evaluate on the first N recipes only.")
+@click.option("--max-queries", type=click.IntRange(min=1), default=None, help="Evaluate on the first N recipes only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 def evaluate(model_dir, dataset, path, split, max_queries, as_json) -> None:
     """The evaluation table of a trained model (MODEL_DIR or runs:/<id>/model)."""
@@ -243,9 +243,10 @@ def _split_names(text: str) -> list[str]:
 @cli.command()
 @click.argument("model_dir")
 @click.argument("ingredients")
-@click.option("--top", type=int, default=10, help="How many ranked suggestions.")
+@click.option("--top", type=click.IntRange(min=1), default=10, help="How many ranked suggestions.")
 @click.option("--generate", is_flag=True, help="Generate the rest of the recipe instead of ranking.")
-@click.option("--max-new", type=int, default=10, help="With --generate: at most this many new ingredients.")
+@click.option("--max-new", type=click.IntRange(min=1), default=10,
+              help="With --generate: at most this many new ingredients.")
 @click.option("--temperature", type=float, default=0.0, help="With --generate: 0 = greedy.")
 @click.option("--mode", type=click.Choice(["next", "joint"]), default="next", help="Decoder scoring mode.")
 @click.option("--cuisine", default=None, help="Condition on a cuisine (models trained with cuisine conditioning).")
@@ -271,7 +272,7 @@ def complete(model_dir, ingredients, top, generate, max_new, temperature, mode, 
 @cli.command()
 @click.argument("model_dir")
 @click.argument("ingredients")
-@click.option("--top", type=int, default=3, help="How many cuisines to show.")
+@click.option("--top", type=click.IntRange(min=1), default=3, help="How many cuisines to show.")
 def classify(model_dir, ingredients, top) -> None:
     """Cuisine probabilities of INGREDIENTS ("soy_sauce, ginger")."""
     from recipeset.models.io import load_model

@@ -387,3 +387,12 @@ def test_resume_refuses_changed_options_but_accepts_the_same_ones(tmp_path, monk
                    "model.d_model")
     ok("train", *args, "--out", "r", "--resume")            # the same options: continues (here: already done)
     ok("train", "--out", "r", "--resume", "--no-track", "--quiet")  # no options: the saved config
+
+
+@pytest.mark.parametrize("args", [("complete", "--top", "0"), ("complete", "--generate", "--max-new", "-1"),
+                                  ("classify", "--top", "0"), ("evaluate", "--max-queries", "0")])
+def test_counts_must_be_positive(trained, args):
+    cmd, *opts = args
+    positional = [trained["model"]] + (["tomato"] if cmd != "evaluate" else [])
+    result = invoke(cmd, *positional, *opts)
+    assert result.exit_code == 2 and "Traceback" not in result.output and "x>=1" in result.output
