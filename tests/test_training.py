@@ -298,3 +298,15 @@ def test_kill_during_the_checkpoint_swap_is_recovered(tmp_path, data, monkeypatc
     real_replace(ckpt, first.out_dir / ".checkpoint.old")
     resumed = run_training(cfg, out_dir=first.out_dir, resume=True, track=False, progress=False)
     assert resumed.metrics == first.metrics
+
+
+def test_mixing_two_files_with_the_same_name_is_an_error(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    _write_csv(tmp_path / "x" / "recipes.csv", "a", 50, 0)
+    _write_csv(tmp_path / "y" / "recipes.csv", "b", 50, 1)
+    mix = [{"dataset": str(tmp_path / "x" / "recipes.csv"), "weight": 1.0},
+           {"dataset": str(tmp_path / "y" / "recipes.csv"), "weight": 3.0}]
+    cfg = RunConfig().override({**TINY, "data.mix": mix, "data.n_recipes": None}, source="test")
+    with pytest.raises(RecipesetError, match="distinct"):
+        prepare_data(cfg.data)

@@ -80,6 +80,9 @@ def _mixed_table(cfg: DataConfig) -> RecipeTable:
             raise RecipesetError(f"data.mix[{i}]: entries need 'dataset' and may have 'path', 'weight' "
                                  f"(unknown keys: {sorted(unknown)})")
         t = load_dataset(entry["dataset"], path=entry.get("path"), lenient=cfg.lenient)
+        if t.name in names:  # recipe ids and mix_weights tell the datasets apart by name
+            raise RecipesetError(f"data.mix[{i}]: a second dataset named {t.name!r}; mixed datasets need distinct "
+                                 "names (rename one of the files)")
         f = t.frame.copy()
         f["recipe_id"] = f"{t.name}/" + f["recipe_id"].astype(str)
         f["source"] = f"{t.name}:" + f["source"].astype(str)
