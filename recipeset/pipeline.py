@@ -36,7 +36,11 @@ EVAL_TASK_NAMES = {"completion": "completion", "set-completion": "set", "cuisine
 
 
 def default_run_name(cfg: RunConfig) -> str:
-    objectives = "+".join(cfg.objectives.weights)
+    """``<dataset>-<model>-<loss>-<objectives>-<order>-seed<seed>``, with the objectives the run really trains
+    (a set-transformer left at the default ``{clm: 1}`` trains mlm and must not be named "clm")."""
+    from recipeset.objectives.tasks import resolve_objectives
+
+    objectives = "+".join(resolve_objectives(cfg))
     return f"{cfg.data.dataset.split('/')[-1]}-{cfg.model.name}-{cfg.loss.name}-{objectives}-" \
            f"{cfg.data.order}-seed{cfg.train.seed}"
 

@@ -222,3 +222,14 @@ def test_untracked_run_is_deterministic(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert json.loads((a.out_dir / "split.json").read_text()) == json.loads((b.out_dir / "split.json").read_text())
     assert np.isfinite(list(a.metrics.values())).all()
+
+
+def test_default_run_name_names_the_objectives_really_trained():
+    from recipeset.pipeline import default_run_name
+
+    assert default_run_name(tiny(**{"model.name": "set-transformer"})) == \
+        "synthetic-set-transformer-standard-mlm-frequency-seed0"
+    assert default_run_name(tiny(**{"loss.name": "set-ar", "train.seed": 3})) == \
+        "synthetic-decoder-set-ar-set-frequency-seed3"
+    assert default_run_name(tiny(**{"objectives.weights": {"clm": 1.0, "cls": 0.5}})) == \
+        "synthetic-decoder-standard-clm+cls-frequency-seed0"
