@@ -126,6 +126,13 @@ def eval_subset(sets, n: int | None, seed: int = 0):
     return sets.take(np.sort(rng.choice(len(sets), size=n, replace=False)))
 
 
+def val_subset(val_eval, cfg: RunConfig):
+    """The validation queries a model (or baseline) is selected on: ``eval.val_max_queries`` seeded recipes of
+    the validation split, then capped at ``eval.max_queries`` like every evaluation."""
+    val = eval_subset(val_eval, cfg.eval.val_max_queries, cfg.eval.seed)
+    return eval_subset(val, cfg.eval.max_queries, cfg.eval.seed)
+
+
 def evaluate_model(model, sets, cfg: RunConfig) -> dict[str, float]:
     """The evaluation protocol on ``sets`` (a split encoded with [UNK] for unknown ingredients).
 
@@ -297,9 +304,7 @@ def _finish(cfg: RunConfig, trainer, state, data: PreparedData, out_dir: Path, t
     save_model(model, model_dir, extra_files=trainer.extra_files)
     result = RunResult(out_dir=out_dir, run_id=None, model_dir=model_dir)
     if evaluate:
-        val = data.val_eval
-        val = eval_subset(val, cfg.eval.val_max_queries, cfg.eval.seed)
-        result.val_metrics = evaluate_model(model, val, cfg)
+        result.val_metrics = evaluate_model(model, val_subset(data.val_eval, cfg), cfg)
         result.metrics = evaluate_model(model, data.test_eval, cfg)
         if cfg.data.dataset == "synthetic" and not cfg.data.mix:
             result.metrics.update({f"bayes/{k}": v for k, v in oracle_metrics(cfg, data.vocab,

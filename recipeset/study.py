@@ -122,18 +122,22 @@ def _run_baselines_child(exp: Experiment, planned: PlannedRun, parent_id: str, u
     with Tracker.start(cfg, run_name=name, experiment=cfg.tracking.experiment, uri=uri, parent_run_id=parent_id,
                        tags={"variant": "baselines", "run_kind": "baselines",
                              "config_hash": baselines_hash(planned)}) as tracker:
-        from recipeset.pipeline import EVAL_TASK_NAMES, eval_subset
+        from recipeset.pipeline import EVAL_TASK_NAMES, eval_subset, val_subset
 
         data = prepare_data(cfg.data)
         # The same test queries, seed and tasks as the neural children's evaluate_model (the same seeded subset
         # of eval.max_queries recipes): otherwise the tables would compare different query sets.
+        # Validation: the same seeded subset the neural children are selected on (``val_eval/``).
         test = eval_subset(data.test_eval, cfg.eval.max_queries, cfg.eval.seed)
-        results = run_baselines(data.train, data.val_eval, test, data.vocab, seed=0, eval_seed=cfg.eval.seed,
+        val = val_subset(data.val_eval, cfg)
+        results = run_baselines(data.train, val, test, data.vocab, seed=0, eval_seed=cfg.eval.seed,
+                                names=QUICK_BASELINES if quick else None,
                                 tasks=[EVAL_TASK_NAMES.get(t, t) for t in cfg.eval.tasks])
         tracker.log_dict({k: {kk: vv for kk, vv in v.items()} for k, v in results.items()}, "baselines.json")
         for bname, r in results.items():
-            tracker.log_metrics({f"{bname}/test/{k}": v for k, v in r["test"].items()
-                                 if isinstance(v, int | float)}, 0)
+            for split, prefix in (("test", "test"), ("val", "val_eval")):
+                tracker.log_metrics({f"{bname}/{prefix}/{k}": v for k, v in r[split].items()
+                                     if isinstance(v, int | float)}, 0)
     return ChildOutcome(name, "finished", tracker.run_id, time.perf_counter() - started)
 
 
@@ -172,6 +176,8 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
                 outcomes.append(ChildOutcome(run.name, "skipped", done))
             else:
                 todo.append(run)
+        # seed-major: an interrupted grid has every variant at its first seeds, not some variants at all seeds
+        todo.sort(key=lambda r: r.seed)
         threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
         if jobs <= 1:
             for run in todo:

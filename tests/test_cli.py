@@ -373,6 +373,9 @@ def test_experiment_baselines_share_the_children_queries(mlflow_uri, tmp_path):
     runs = {r.data.tags.get("variant"): r for r in c.search_runs([exp.experiment_id])}
     assert runs["baselines"].data.metrics["popularity/test/completion/n"] == 10  # eval.max_queries, like the models
     assert runs["dec"].data.metrics["test/completion/n"] == 10
+    # validation (model selection) on the same seeded val subset as the children's val_eval/
+    assert (runs["baselines"].data.metrics["popularity/val_eval/completion/n"]
+            == runs["dec"].data.metrics["val_eval/completion/n"])
     tables = json.loads(ok("compare", "grid-with-baselines", "--json").output)
     assert "baseline:popularity" in tables["completion"]
     assert "0 run, 3 skipped" not in ok("experiment", "run", str(path), "--out", "runs").output
