@@ -349,9 +349,11 @@ def experiment_run(file, quick, jobs, tracking_uri, out, seeds, variants) -> Non
 @click.option("--tracking-uri", default=None, help="MLflow store.")
 @click.option("--runs", "show_runs", is_flag=True, help="List individual runs instead of the per-variant tables.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
-def compare(experiment_name, metric, tracking_uri, show_runs, as_json) -> None:
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None,
+              help="Also save the study's figures (completion.png, learning_curves.png) into this directory.")
+def compare(experiment_name, metric, tracking_uri, show_runs, as_json, plots_dir) -> None:
     """Compare an experiment's runs: per-task tables (mean ± std over seeds), or --runs best first."""
-    from recipeset.study import results_tables, tables_json, tables_markdown
+    from recipeset.study import results_tables, study_figures, tables_json, tables_markdown
     from recipeset.tracking import search_runs_table
 
     if show_runs or metric:
@@ -366,6 +368,12 @@ def compare(experiment_name, metric, tracking_uri, show_runs, as_json) -> None:
     if not tables:
         raise RecipesetError(f"experiment {experiment_name!r} has no finished runs in this store")
     click.echo(tables_json(tables) if as_json else tables_markdown(tables))
+    if plots_dir:
+        out = Path(plots_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, fig in study_figures(experiment_name, tracking_uri).items():
+            fig.savefig(out / name, dpi=110)
+            click.echo(f"saved {out / name}", err=True)
 
 
 @cli.command()

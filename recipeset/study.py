@@ -80,13 +80,15 @@ def check_planned(planned: list[PlannedRun]) -> None:
             raise RecipesetError(f"{run.name}: {e}" if not str(e).startswith(run.name) else str(e)) from None
 
 
-def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str, threads: int) -> ChildOutcome:
-    """One grid child (in a worker process or inline)."""
+def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str, threads: int | None) -> ChildOutcome:
+    """One grid child (in a worker process, which gets ``threads`` torch threads, or inline, which keeps the
+    calling process's setting)."""
     import torch
 
     from recipeset.pipeline import run_training
 
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     # quick runs get their own directories (a full run must never resume a quick run's checkpoint)
     out_dir = Path(out_root) / run.config.tracking.experiment / run.variant / f"seed{run.seed}"
     from recipeset.training import recover_checkpoint
@@ -182,7 +184,7 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
         if jobs <= 1:
             for run in todo:
                 echo(f"run {run.name}")
-                outcomes.append(_run_child(run, str(out_root), parent.run_id, uri, threads))
+                outcomes.append(_run_child(run, str(out_root), parent.run_id, uri, None))
                 echo(f"  done in {outcomes[-1].wall_s:.0f}s")
         else:
             import multiprocessing as mp
@@ -199,10 +201,20 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
                 outcomes.append(_run_baselines_child(exp, planned[0], parent.run_id, uri, quick))
         parent.log_metrics({"grid/wall_s": time.perf_counter() - started,
                             "grid/children": float(len(planned))}, 0)
-        tables = results_tables(experiment, uri)
-        for name, table in tables.items():
-            parent.log_table(table, f"results/{name}")
+        log_results(parent, experiment, uri)
     return outcomes
+
+
+def log_results(parent, experiment: str, uri: str) -> None:
+    """The results tables (CSV/JSON with their row labels, and all of them as Markdown) and the study's figures,
+    as artifacts of the grid's parent run."""
+    tables = results_tables(experiment, uri)
+    for name, table in tables.items():
+        parent.log_table(table.reset_index(), f"results/{name}")
+    if tables:
+        parent.log_text(tables_markdown(tables), "results/tables.md")
+    for name, fig in study_figures(experiment, uri).items():
+        parent.log_figure(fig, f"results/{name}")
 
 
 # ---- results tables ---------------------------------------------------------------------------------------------
@@ -251,7 +263,114 @@ def results_tables(experiment: str, uri: str | None = None) -> dict[str, pd.Data
                         rows.setdefault(f"baseline:{bname}", {"seeds": 1})[key] = f"{row[col]:.4g}"
         if rows:
             out[table] = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
+    selection = selection_table(neural, base_runs)
+    if not selection.empty:
+        out["best_on_validation"] = selection
     return out
+
+
+# The targets: (task, selection metric on validation, test metrics reported, required margin over the best
+# baseline on every reported metric).
+SELECTION: list[tuple[str, str, list[str], float]] = [
+    ("completion", "completion/recall_at_10", ["completion/recall_at_10", "completion/mrr"], 0.02),
+    ("set_completion", "set/micro_f1", ["set/micro_f1"], 0.0),
+    ("cuisine", "cuisine/macro_f1", ["cuisine/macro_f1"], 0.0),
+]
+
+
+def selection_table(neural: pd.DataFrame, base_runs: pd.DataFrame) -> pd.DataFrame:
+    """"Best" as the protocol defines it: the neural variant and the baseline with the best *validation* score
+    (mean over seeds), both reported on *test*, with the difference and whether the target margin is met."""
+    rows = {}
+    for task, select, report, margin in SELECTION:
+        val_col = f"val_eval/{select}"
+        if val_col not in neural.columns or neural[val_col].isna().all():
+            continue
+        means = neural.groupby("variant")[val_col].mean().dropna()
+        best = means.idxmax()
+        group = neural[neural["variant"] == best]
+        row = {"model (best on val)": best, "seeds": len(group), f"val {select}": f"{means[best]:.4g}"}
+        base = None
+        if not base_runs.empty:
+            brow = base_runs.iloc[0]
+            cands = {c.split("/val_eval/", 1)[0]: brow[c] for c in base_runs.columns
+                     if c.endswith(f"/val_eval/{select}") and not pd.isna(brow[c])}
+            if cands:
+                base = max(cands, key=cands.get)
+                row["baseline (best on val)"] = base
+        met = base is not None
+        for metric in report:
+            test_col = f"test/{metric}"
+            value = pd.to_numeric(group.get(test_col), errors="coerce").dropna()
+            row[f"model {metric}"] = _mean_std(group[test_col]) if test_col in group else ""
+            if base is None:
+                continue
+            bval = base_runs.iloc[0].get(f"{base}/test/{metric}")
+            row[f"baseline {metric}"] = f"{bval:.4g}"
+            diff = value.mean() - bval if not value.empty else float("nan")
+            row[f"difference {metric}"] = f"{diff:+.4f}"
+            # "beats by at least `margin`" (a plain "beats" when the margin is 0), on the printed precision
+            met = met and (round(diff, 4) >= margin if margin else round(diff, 4) > 0)
+        if base is not None:
+            row["target"] = ("met" if met else "not met") + (f" (margin {margin:+.2f})" if margin else "")
+        rows[task] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("task") if rows else pd.DataFrame()
+
+
+def study_figures(experiment: str, uri: str | None = None) -> dict[str, object]:
+    """The study's figures (matplotlib Figures): ``completion.png`` — test Recall@10 and MRR per variant (mean
+    and std over seeds) against the best baseline; ``learning_curves.png`` — train and validation loss per
+    variant (mean over seeds) against the optimizer step."""
+    from recipeset.tracking import _client, _new_figure, search_runs_table
+
+    runs = search_runs_table(experiment, uri)
+    if runs.empty:
+        return {}
+    client = _client(uri)
+    tags = {rid: client.get_run(rid).data.tags for rid in runs["run_id"]}
+    runs = runs.assign(variant=runs["run_id"].map(lambda r: tags[r].get("variant", "")))
+    neural = runs[(runs["variant"] != "baselines") & (runs["status"] == "FINISHED")]
+    base_runs = runs[runs["variant"] == "baselines"]
+    figs: dict[str, object] = {}
+    metrics = [m for m in ("test/completion/recall_at_10", "test/completion/mrr") if m in neural.columns]
+    if metrics and not neural.empty:
+        fig, axes = _new_figure(1, len(metrics), size=(5.5, 0.35 * neural["variant"].nunique() + 1.5))
+        for ax, metric in zip(axes.flat, metrics, strict=False):
+            stats = neural.groupby("variant", sort=False)[metric].agg(["mean", "std"]).iloc[::-1]
+            ax.barh(stats.index, stats["mean"], xerr=stats["std"].fillna(0), color="tab:blue", alpha=0.8)
+            if not base_runs.empty:
+                brow = base_runs.iloc[0]
+                key = metric.replace("test/", "/test/", 1)
+                base = {c.split("/test/")[0]: brow[c] for c in base_runs.columns
+                        if c.endswith(key) and not pd.isna(brow[c])}
+                if base:
+                    name = max(base, key=base.get)
+                    ax.axvline(base[name], color="tab:red", ls="--", label=f"best baseline ({name})")
+                    ax.legend(fontsize="small", loc="lower right")
+            ax.set_title(metric.replace("test/", "test ").replace("_at_", "@"))
+            ax.grid(axis="x", alpha=0.3)
+        figs["completion.png"] = fig
+    variants = list(dict.fromkeys(neural["variant"]))
+    if variants:
+        ncols = min(4, len(variants))
+        fig, axes = _new_figure(math.ceil(len(variants) / ncols), ncols, size=(3.6, 2.8))
+        for ax, variant in zip(axes.flat, variants, strict=False):
+            for metric, color in (("train/loss", "tab:blue"), ("val/loss", "tab:orange")):
+                curves = [pd.Series({m.step: m.value for m in client.get_metric_history(rid, metric)})
+                          for rid in neural.loc[neural["variant"] == variant, "run_id"]]
+                curves = [c for c in curves if not c.empty]
+                if curves:
+                    mean = pd.concat(curves, axis=1).sort_index().mean(axis=1)
+                    ax.plot(mean.index, mean.values, color=color, label=metric,
+                            marker="." if len(mean) < 30 else None)
+            ax.set_title(variant, fontsize="small")
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="x-small")
+        for ax in list(axes.flat)[len(variants):]:
+            ax.set_visible(False)
+        figs["learning_curves.png"] = fig
+    return figs
 
 
 def tables_markdown(tables: dict[str, pd.DataFrame]) -> str:
@@ -269,4 +388,5 @@ def tables_json(tables: dict[str, pd.DataFrame]) -> str:
     return json.dumps({k: json.loads(v.to_json(orient="index")) for k, v in tables.items()}, indent=1)
 
 
-__all__ = ["run_experiment", "results_tables", "tables_markdown", "tables_json", "TABLES", "np"]
+__all__ = ["run_experiment", "results_tables", "selection_table", "study_figures", "log_results", "tables_markdown",
+           "tables_json", "TABLES", "np"]

@@ -330,7 +330,11 @@ def test_experiment_run_parent_children_skip_and_compare(mlflow_uri, tmp_path):
     assert all(r.info.status == "FINISHED" for r in children)
     assert {r.data.tags["variant"] for r in children} == {"dec", "st"}
     assert (tmp_path / "runs" / "tiny-grid" / "st" / "seed0" / "model" / "weights.pt").exists()
-    assert any(a.path.startswith("results") for a in c.list_artifacts(parents[0].info.run_id))
+    results = {a.path for a in c.list_artifacts(parents[0].info.run_id, "results")}
+    assert {"results/completion.csv", "results/tables.md", "results/completion.png",
+            "results/learning_curves.png"} <= results
+    csv = Path(c.download_artifacts(parents[0].info.run_id, "results/completion.csv", str(tmp_path))).read_text()
+    assert csv.startswith("variant,") and "\ndec," in csv and "\nst," in csv  # rows keep their variant names
 
     again = ok("experiment", "run", str(path), "--out", "runs")
     assert "0 run, 2 skipped" in again.output
@@ -345,7 +349,9 @@ def test_experiment_run_parent_children_skip_and_compare(mlflow_uri, tmp_path):
     assert all(row["seeds"] == 1 and row["test/completion/mrr"] != "" for row in tables["completion"].values())
     assert tables["completion"]["dec"]["test/completion_joint/mrr"] != ""   # joint scoring: decoders only
     assert int(float(tables["training_cost"]["st"]["model.n_parameters"])) > 0
-    markdown = ok("compare", "tiny-grid").output
+    markdown = ok("compare", "tiny-grid", "--plots", "figs").output
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["completion.png", "learning_curves.png"]
+    assert (tmp_path / "figs" / "completion.png").read_bytes()[:4] == b"\x89PNG"
     assert "| dec |" in markdown and "| st |" in markdown
     best_first = json.loads(ok("compare", "tiny-grid", "--metric", "test/completion/mean_rank", "--json").output)
     ranks = [r["test/completion/mean_rank"] for r in best_first]
@@ -378,6 +384,9 @@ def test_experiment_baselines_share_the_children_queries(mlflow_uri, tmp_path):
             == runs["dec"].data.metrics["val_eval/completion/n"])
     tables = json.loads(ok("compare", "grid-with-baselines", "--json").output)
     assert "baseline:popularity" in tables["completion"]
+    best = tables["best_on_validation"]["completion"]
+    assert best["model (best on val)"] in {"dec", "st"} and best["baseline (best on val)"]
+    assert best["target"].split(" (")[0] in {"met", "not met"}
     assert "0 run, 3 skipped" not in ok("experiment", "run", str(path), "--out", "runs").output
 
 

@@ -132,3 +132,44 @@ def test_experiment_files_in_repo_load():
     for f in files:
         exp = load_experiment(f)
         assert exp.runs() and exp.runs(quick=True)
+
+
+# ---- "best" = best on validation, reported on test ---------------------------------------------------------------
+def test_selection_picks_on_validation_and_reports_test():
+    import pandas as pd
+
+    from recipeset.study import selection_table
+
+    # variant "a" is better on validation, "b" on test: the protocol must pick "a"
+    neural = pd.DataFrame({
+        "variant": ["a", "a", "b", "b"],
+        "val_eval/completion/recall_at_10": [0.70, 0.72, 0.60, 0.62],
+        "test/completion/recall_at_10": [0.68, 0.70, 0.90, 0.90],
+        "test/completion/mrr": [0.44, 0.45, 0.50, 0.50],
+        "val_eval/cuisine/macro_f1": [0.30, 0.30, 0.50, 0.52],
+        "test/cuisine/macro_f1": [0.31, 0.33, 0.40, 0.42],
+    })
+    base = pd.DataFrame([{
+        "pop/val_eval/completion/recall_at_10": 0.40, "pop/test/completion/recall_at_10": 0.95,
+        "pop/test/completion/mrr": 0.10,
+        "knn/val_eval/completion/recall_at_10": 0.65, "knn/test/completion/recall_at_10": 0.66,
+        "knn/test/completion/mrr": 0.43,
+        "logistic/val_eval/cuisine/macro_f1": 0.45, "logistic/test/cuisine/macro_f1": 0.44,
+    }])
+    table = selection_table(neural, base)
+    comp = table.loc["completion"]
+    assert comp["model (best on val)"] == "a" and comp["baseline (best on val)"] == "knn"
+    assert comp["seeds"] == 2 and comp["val completion/recall_at_10"] == "0.71"
+    assert comp["difference completion/recall_at_10"] == "+0.0300"   # 0.69 - 0.66
+    assert comp["difference completion/mrr"] == "+0.0150"            # 0.445 - 0.43: under the 0.02 margin
+    assert comp["target"].startswith("not met")
+    base.loc[0, "knn/test/completion/mrr"] = 0.425                     # exactly 0.02: "at least 0.02" is met
+    assert selection_table(neural, base).loc["completion", "target"] == "met (margin +0.02)"
+    cuisine = table.loc["cuisine"]
+    assert cuisine["model (best on val)"] == "b" and cuisine["difference cuisine/macro_f1"] == "-0.0300"
+    assert cuisine["target"] == "not met"
+    base.loc[0, "logistic/test/cuisine/macro_f1"] = 0.40
+    assert selection_table(neural, base).loc["cuisine", "target"] == "met"
+    # no baselines: the model side alone, no verdict
+    alone = selection_table(neural, pd.DataFrame())
+    assert "target" not in alone.columns and alone.loc["completion", "model (best on val)"] == "a"
