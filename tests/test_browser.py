@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -132,7 +133,11 @@ def test_ui_server_lists_the_grid_runs(ui):
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium")
 def test_ui_runs_view_in_chromium(ui, tmp_path):
     exp_id = experiment_id(ui["base"])
-    url = f"{ui['base']}/#/experiments/{exp_id}/runs"
+    # The runs view nests a grid's children under their (collapsed) parent run unless the table is filtered
+    # and sorted by something other than the start time: filter on the child runs, sort by name.
+    query = urllib.parse.urlencode({"searchFilter": "tags.run_kind = 'run'", "orderByKey": "attributes.run_name",
+                                    "orderByAsc": "true"}, quote_via=urllib.parse.quote)
+    url = f"{ui['base']}/#/experiments/{exp_id}/runs?{query}"
     cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
            f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=20000", "--dump-dom", url]
