@@ -162,8 +162,6 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
     if variants is not None:
         unknown = set(variants) - {r.variant for r in exp.runs(quick=quick)}
         if unknown:
-            from recipeset.errors import RecipesetError
-
             raise RecipesetError(f"{path}: unknown variant(s) {sorted(unknown)}")
         planned = [r for r in planned if r.variant in variants]
     outcomes: list[ChildOutcome] = []
@@ -184,7 +182,11 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
         if jobs <= 1:
             for run in todo:
                 echo(f"run {run.name}")
-                outcomes.append(_run_child(run, str(out_root), parent.run_id, uri, None))
+                try:
+                    outcomes.append(_run_child(run, str(out_root), parent.run_id, uri, None))
+                except Exception as e:  # noqa: BLE001 - record it, finish the others
+                    outcomes.append(_failed(run, e, echo))
+                    continue
                 echo(f"  done in {outcomes[-1].wall_s:.0f}s")
         else:
             import multiprocessing as mp
@@ -193,7 +195,11 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
                 futures = {pool.submit(_run_child, run, str(out_root), parent.run_id, uri, threads): run
                            for run in todo}
                 for fut, run in futures.items():
-                    outcomes.append(fut.result())
+                    try:
+                        outcomes.append(fut.result())
+                    except Exception as e:  # noqa: BLE001 - a worker's error: record it, finish the others
+                        outcomes.append(_failed(run, e, echo))
+                        continue
                     echo(f"done {run.name} in {outcomes[-1].wall_s:.0f}s")
         if exp.baselines and planned:
             if find_finished_run(experiment, baselines_hash(planned[0]), uri) is None:
@@ -202,7 +208,22 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
         parent.log_metrics({"grid/wall_s": time.perf_counter() - started,
                             "grid/children": float(len(planned))}, 0)
         log_results(parent, experiment, uri)
+        failed = [o for o in outcomes if o.status == "failed"]
+        if failed:  # the parent ends FAILED, so re-running the command continues it
+            parent.set_tags({"failed_children": ", ".join(o.name for o in failed)})
+            raise RecipesetError(f"{path}: {len(failed)} of {len(planned)} runs failed ({failed[0].name}: "
+                                 f"{failed[0].error}); the others finished — re-run the same command to retry "
+                                 "the failed ones")
     return outcomes
+
+
+def _failed(run: PlannedRun, error: BaseException, echo) -> ChildOutcome:
+    """A child that raised: its one-line error (the full traceback goes to the log), the grid goes on."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if not isinstance(error, RecipesetError):
+        log.error("%s failed", run.name, exc_info=error)
+    echo(f"FAILED {run.name}: {message}")
+    return ChildOutcome(run.name, "failed", None, error=message)
 
 
 def log_results(parent, experiment: str, uri: str) -> None:

@@ -337,7 +337,17 @@ class Tracker:
         ds = MetaDataset(source=source, name=name, digest=sha256[:32])
         input_tags = [InputTag("mlflow.data.context", context), InputTag("sha256", sha256)]
         input_tags += [InputTag(str(k), str(v)) for k, v in (counts or {}).items()]
-        self._client.log_inputs(self.run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), input_tags)])
+        inputs = [DatasetInput(ds._to_mlflow_entity(), input_tags)]
+        for attempt in range(5):
+            try:
+                self._client.log_inputs(self.run_id, datasets=inputs)
+                break
+            except Exception as e:  # noqa: BLE001 - only the insert race below is retried
+                # Two runs of one experiment logging the same new dataset at once (parallel grid children):
+                # both insert it and the store's unique key rejects the second; on retry it finds the row.
+                if "UNIQUE constraint failed: datasets" not in str(e) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
         self._datasets.append((name, sha256))
         self.set_tags({"dataset": "+".join(n for n, _ in self._datasets),
                        "dataset_sha256": "+".join(s for _, s in self._datasets)})

@@ -368,6 +368,42 @@ def test_experiment_run_rejects_a_bad_grid(mlflow_uri, tmp_path):
     one_line_error(invoke("experiment", "run", str(path)), "bad-grid/dec/seed0", "hungarian")
 
 
+def test_experiment_child_failure_finishes_the_others_and_rerun_continues(mlflow_uri, tmp_path):
+    """A child that fails while training (here: its pre-trained model is missing) is reported in one line;
+    the other children finish; the parent ends FAILED and re-running the command continues the same parent."""
+    from mlflow import MlflowClient
+
+    path = write_grid(tmp_path, "failing-grid")
+    path.write_text(path.read_text().replace(
+        '"model.name" = "set-transformer"',
+        '"model.name" = "set-transformer"\n"train.init_from" = "pretrained/seed{seed}/model"'))
+    result = invoke("experiment", "run", str(path), "--out", "runs")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert "FAILED failing-grid/st/seed0" in result.output
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith("Error:") and "1 of 2 runs failed" in error and "init_from" in error
+    c = MlflowClient(mlflow_uri)
+    exp = c.get_experiment_by_name("failing-grid")
+    runs = c.search_runs([exp.experiment_id])
+    status = {r.info.run_name: r.info.status for r in runs}
+    assert status["failing-grid/dec/seed0"] == "FINISHED" and status["failing-grid/grid"] == "FAILED"
+    parent = next(r for r in runs if r.info.run_name == "failing-grid/grid")
+    assert parent.data.tags["failed_children"] == "failing-grid/st/seed0"
+
+    # provide the pre-trained model and re-run: the finished child is skipped, the failed one runs, same parent
+    ok("train", "--no-track", "--set", "data.n_recipes=300", "--model", "set-transformer", "--set",
+       "model.d_model=16", "--set", "model.n_layers=1", "--max-steps", "2", "--out", "pretrained/seed0")
+    again = ok("experiment", "run", str(path), "--out", "runs")
+    assert "1 run, 1 skipped" in again.output
+    runs = c.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("run_kind") == "parent"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.info.run_name == "failing-grid/st/seed0"]
+    assert any(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+               for r in children)
+
+
 @pytest.mark.slow
 def test_experiment_baselines_share_the_children_queries(mlflow_uri, tmp_path):
     from mlflow import MlflowClient

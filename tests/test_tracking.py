@@ -361,3 +361,33 @@ def test_plots():
     counts = list(range(50))
     fig = plot_embedding_map(rng.normal(size=(50, 8)), names, counts=counts, n_labels=3)
     assert [t.get_text() for t in fig.axes[0].texts] == ["ing49", "ing48", "ing47"]
+
+
+def test_log_dataset_retries_the_parallel_insert_race(mlflow_uri, monkeypatch):
+    """Two grid children logging the same new dataset at once: the store's unique key rejects the second
+    insert; the tracker retries (the row then exists) instead of failing the child. Other errors propagate."""
+    from mlflow.exceptions import MlflowException
+
+    with Tracker.start(CFG) as tr:
+        real = tr._client.log_inputs
+        calls = []
+
+        def racing(run_id, datasets=None, models=None):
+            calls.append(run_id)
+            if len(calls) == 1:
+                raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                      "datasets.name, datasets.digest")
+            return real(run_id, datasets=datasets)
+
+        monkeypatch.setattr(tr._client, "log_inputs", racing)
+        tr.log_dataset("synthetic", None, "ef" * 32)
+        assert len(calls) == 2
+
+        def broken(run_id, datasets=None, models=None):
+            raise MlflowException("database is locked")
+
+        monkeypatch.setattr(tr._client, "log_inputs", broken)
+        with pytest.raises(MlflowException, match="locked"):
+            tr.log_dataset("other", None, "01" * 32)
+    run = client(mlflow_uri).get_run(tr.run_id)
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["synthetic"]
