@@ -301,8 +301,9 @@ SELECTION: list[tuple[str, str, list[str], float]] = [
 
 def selection_table(neural: pd.DataFrame, base_runs: pd.DataFrame) -> pd.DataFrame:
     """"Best" as the protocol defines it: the neural variant and the baseline with the best *validation* score
-    (mean over seeds), both reported on *test*, with the difference and whether the target margin is met."""
-    rows = {}
+    (mean over seeds), both reported on *test*; one row per (task, reported metric) with the difference and
+    whether it meets the target (beat the baseline by at least the margin; a plain "beat" when it is 0)."""
+    rows = []
     for task, select, report, margin in SELECTION:
         val_col = f"val_eval/{select}"
         if val_col not in neural.columns or neural[val_col].isna().all():
@@ -310,32 +311,30 @@ def selection_table(neural: pd.DataFrame, base_runs: pd.DataFrame) -> pd.DataFra
         means = neural.groupby("variant")[val_col].mean().dropna()
         best = means.idxmax()
         group = neural[neural["variant"] == best]
-        row = {"model (best on val)": best, "seeds": len(group), f"val {select}": f"{means[best]:.4g}"}
-        base = None
+        base, base_val = None, None
         if not base_runs.empty:
             brow = base_runs.iloc[0]
             cands = {c.split("/val_eval/", 1)[0]: brow[c] for c in base_runs.columns
                      if c.endswith(f"/val_eval/{select}") and not pd.isna(brow[c])}
             if cands:
                 base = max(cands, key=cands.get)
-                row["baseline (best on val)"] = base
-        met = base is not None
+                base_val = cands[base]
         for metric in report:
             test_col = f"test/{metric}"
-            value = pd.to_numeric(group.get(test_col), errors="coerce").dropna()
-            row[f"model {metric}"] = _mean_std(group[test_col]) if test_col in group else ""
-            if base is None:
-                continue
-            bval = base_runs.iloc[0].get(f"{base}/test/{metric}")
-            row[f"baseline {metric}"] = f"{bval:.4g}"
-            diff = value.mean() - bval if not value.empty else float("nan")
-            row[f"difference {metric}"] = f"{diff:+.4f}"
-            # "beats by at least `margin`" (a plain "beats" when the margin is 0), on the printed precision
-            met = met and (round(diff, 4) >= margin if margin else round(diff, 4) > 0)
-        if base is not None:
-            row["target"] = ("met" if met else "not met") + (f" (margin {margin:+.2f})" if margin else "")
-        rows[task] = row
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("task") if rows else pd.DataFrame()
+            row = {"task": task, "metric": metric, "model (best on val)": best, "seeds": len(group),
+                   "model val": f"{means[best]:.4g}" if metric == select else "",
+                   "model test": _mean_std(group[test_col]) if test_col in group else ""}
+            if base is not None:
+                bval = base_runs.iloc[0].get(f"{base}/test/{metric}")
+                value = pd.to_numeric(group.get(test_col), errors="coerce").dropna()
+                diff = value.mean() - bval if not value.empty else float("nan")
+                met = round(diff, 4) >= margin if margin else round(diff, 4) > 0
+                row.update({"baseline (best on val)": base,
+                            "baseline val": f"{base_val:.4g}" if metric == select else "",
+                            "baseline test": f"{bval:.4g}", "difference": f"{diff:+.4f}",
+                            "target": ("met" if met else "not met") + (f" (≥ {margin:+.2f})" if margin else " (> 0)")})
+            rows.append(row)
+    return pd.DataFrame(rows).set_index("task") if rows else pd.DataFrame()
 
 
 def study_figures(experiment: str, uri: str | None = None) -> dict[str, object]:
@@ -398,7 +397,7 @@ def tables_markdown(tables: dict[str, pd.DataFrame]) -> str:
     parts = []
     for name, df in tables.items():
         df = df.fillna("")
-        header = "| variant | " + " | ".join(str(c).replace("test/", "") for c in df.columns) + " |"
+        header = f"| {df.index.name or ''} | " + " | ".join(str(c).replace("test/", "") for c in df.columns) + " |"
         sep = "|" + "---|" * (len(df.columns) + 1)
         lines = [f"| {idx} | " + " | ".join(str(v) for v in row) + " |" for idx, row in df.iterrows()]
         parts.append(f"### {name}\n\n" + "\n".join([header, sep, *lines]))
@@ -406,7 +405,14 @@ def tables_markdown(tables: dict[str, pd.DataFrame]) -> str:
 
 
 def tables_json(tables: dict[str, pd.DataFrame]) -> str:
-    return json.dumps({k: json.loads(v.to_json(orient="index")) for k, v in tables.items()}, indent=1)
+    """``{table: {row label: {column: value}}}``; a table whose row labels repeat (``best_on_validation``: one
+    row per task and metric) is a list of records with the label as a column."""
+    def one(df: pd.DataFrame):
+        if df.index.is_unique:
+            return json.loads(df.to_json(orient="index"))
+        return json.loads(df.reset_index().to_json(orient="records"))
+
+    return json.dumps({k: one(v) for k, v in tables.items()}, indent=1)
 
 
 __all__ = ["run_experiment", "results_tables", "selection_table", "study_figures", "log_results", "tables_markdown",

@@ -420,9 +420,11 @@ def test_experiment_baselines_share_the_children_queries(mlflow_uri, tmp_path):
             == runs["dec"].data.metrics["val_eval/completion/n"])
     tables = json.loads(ok("compare", "grid-with-baselines", "--json").output)
     assert "baseline:popularity" in tables["completion"]
-    best = tables["best_on_validation"]["completion"]
-    assert best["model (best on val)"] in {"dec", "st"} and best["baseline (best on val)"]
-    assert best["target"].split(" (")[0] in {"met", "not met"}
+    best = tables["best_on_validation"]
+    assert [(r["task"], r["metric"]) for r in best][:2] == [("completion", "completion/recall_at_10"),
+                                                            ("completion", "completion/mrr")]
+    assert best[0]["model (best on val)"] in {"dec", "st"} and best[0]["baseline (best on val)"]
+    assert best[0]["target"].split(" (")[0] in {"met", "not met"}
     assert "0 run, 3 skipped" not in ok("experiment", "run", str(path), "--out", "runs").output
 
 

@@ -156,20 +156,24 @@ def test_selection_picks_on_validation_and_reports_test():
         "knn/test/completion/mrr": 0.43,
         "logistic/val_eval/cuisine/macro_f1": 0.45, "logistic/test/cuisine/macro_f1": 0.44,
     }])
-    table = selection_table(neural, base)
-    comp = table.loc["completion"]
-    assert comp["model (best on val)"] == "a" and comp["baseline (best on val)"] == "knn"
-    assert comp["seeds"] == 2 and comp["val completion/recall_at_10"] == "0.71"
-    assert comp["difference completion/recall_at_10"] == "+0.0300"   # 0.69 - 0.66
-    assert comp["difference completion/mrr"] == "+0.0150"            # 0.445 - 0.43: under the 0.02 margin
-    assert comp["target"].startswith("not met")
+    table = selection_table(neural, base).reset_index()
+    comp = table[table["task"] == "completion"].set_index("metric")
+    assert list(comp.index) == ["completion/recall_at_10", "completion/mrr"]
+    assert set(comp["model (best on val)"]) == {"a"} and set(comp["baseline (best on val)"]) == {"knn"}
+    r10, mrr = comp.loc["completion/recall_at_10"], comp.loc["completion/mrr"]
+    assert r10["seeds"] == 2 and r10["model val"] == "0.71" and r10["baseline val"] == "0.65"
+    assert r10["model test"] == "0.69 ± 0.014" and r10["baseline test"] == "0.66"
+    assert r10["difference"] == "+0.0300" and r10["target"] == "met (≥ +0.02)"       # 0.69 - 0.66
+    assert mrr["difference"] == "+0.0150" and mrr["target"] == "not met (≥ +0.02)"   # 0.445 - 0.43
     base.loc[0, "knn/test/completion/mrr"] = 0.425                     # exactly 0.02: "at least 0.02" is met
-    assert selection_table(neural, base).loc["completion", "target"] == "met (margin +0.02)"
-    cuisine = table.loc["cuisine"]
-    assert cuisine["model (best on val)"] == "b" and cuisine["difference cuisine/macro_f1"] == "-0.0300"
-    assert cuisine["target"] == "not met"
+    table = selection_table(neural, base).reset_index().set_index("metric")
+    assert table.loc["completion/mrr", "target"] == "met (≥ +0.02)"
+    cuisine = table.loc["cuisine/macro_f1"]
+    assert cuisine["model (best on val)"] == "b" and cuisine["difference"] == "-0.0300"
+    assert cuisine["target"] == "not met (> 0)"
     base.loc[0, "logistic/test/cuisine/macro_f1"] = 0.40
-    assert selection_table(neural, base).loc["cuisine", "target"] == "met"
+    assert selection_table(neural, base).reset_index().set_index("metric").loc["cuisine/macro_f1",
+                                                                                 "target"] == "met (> 0)"
     # no baselines: the model side alone, no verdict
     alone = selection_table(neural, pd.DataFrame())
-    assert "target" not in alone.columns and alone.loc["completion", "model (best on val)"] == "a"
+    assert "target" not in alone.columns and set(alone.loc["completion", "model (best on val)"]) == {"a"}
