@@ -191,7 +191,8 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
         else:
             import multiprocessing as mp
 
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+            try:
                 futures = {pool.submit(_run_child, run, str(out_root), parent.run_id, uri, threads): run
                            for run in todo}
                 for fut, run in futures.items():
@@ -201,6 +202,14 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
                         outcomes.append(_failed(run, e, echo))
                         continue
                     echo(f"done {run.name} in {outcomes[-1].wall_s:.0f}s")
+            except BaseException:
+                # Ctrl-C / SIGTERM of the grid: stop the workers too (each ends its child run KILLED, resumable
+                # from its last checkpoint) instead of waiting for every queued child to finish.
+                for proc in list(getattr(pool, "_processes", {}).values()):
+                    proc.terminate()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
         if exp.baselines and planned:
             if find_finished_run(experiment, baselines_hash(planned[0]), uri) is None:
                 echo("run baselines")

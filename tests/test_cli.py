@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -402,6 +405,44 @@ def test_experiment_child_failure_finishes_the_others_and_rerun_continues(mlflow
     children = [r for r in runs if r.info.run_name == "failing-grid/st/seed0"]
     assert any(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
                for r in children)
+
+
+def test_sigterm_to_a_parallel_grid_stops_its_workers(mlflow_uri, tmp_path):
+    """`kill` of a --jobs 2 grid ends promptly: the workers are stopped too (not left to finish every queued
+    child), the running children and the parent end KILLED, and no worker process is left behind."""
+    from mlflow import MlflowClient
+
+    path = write_grid(tmp_path, "long-grid")
+    path.write_text(path.read_text().replace('"train.max_steps" = 2', '"train.max_steps" = 100000'))
+    proc = subprocess.Popen([sys.executable, "-m", "recipeset.cli", "experiment", "run", str(path), "--jobs", "2"],
+                            cwd=tmp_path, env={**_env(), "MLFLOW_TRACKING_URI": mlflow_uri},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    c = MlflowClient(mlflow_uri)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    try:
+        while True:  # both children started (their runs exist)
+            exp = c.get_experiment_by_name("long-grid")
+            runs = c.search_runs([exp.experiment_id]) if exp else []
+            if sum(r.data.tags.get("run_kind") == "run" for r in runs) == 2:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-2000:]
+            time.sleep(0.5)
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                 text=True).stdout.split()]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:  # never leave a 100000-step grid running on a shared machine
+            for pid in [proc.pid, *workers]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert workers and not [p for p in workers if Path(f"/proc/{p}").exists()
+                            and "zombie" not in Path(f"/proc/{p}/status").read_text()]
+    status = {r.info.run_name: r.info.status for r in c.search_runs([exp.experiment_id])}
+    assert status == {"long-grid/grid": "KILLED", "long-grid/dec/seed0": "KILLED", "long-grid/st/seed0": "KILLED"}
 
 
 @pytest.mark.slow
