@@ -83,6 +83,8 @@ def test_tracked_run_is_finished_with_params_metrics_and_artifacts(in_store):
     for key in ("train/lr", "train/grad_norm", "train/recipes_per_s", "train/tokens_per_s", "train/ppl/clm",
                 "test/completion/mrr", "test/completion_joint/mrr", "val_eval/completion/mrr", "time/wall_s"):
         assert key in run.data.metrics, key
+    # selection runs on `next` scoring; the costly joint scoring is a test-only report
+    assert not any(k.startswith("val_eval/completion_joint/") for k in run.data.metrics)
     arts = artifact_paths(c, result.run_id)
     assert {"config.json", "data/split.json", "data/vocab.json", "eval.csv", "eval.json",
             "model/weights.pt", "model/config.json", "model/vocab.json", "model/split.json",
@@ -133,7 +135,7 @@ def test_evaluate_on_the_runs_own_split_reproduces_its_test_metrics(in_store):
         expected = {k: v for k, v in result.metrics.items() if not k.startswith("bayes/")}
         assert again == expected, source
     _, val_sets = run_data(model, str(result.model_dir), split="val")
-    assert evaluate_model(model, val_sets, cfg) == result.val_metrics
+    assert evaluate_model(model, val_sets, cfg, joint=False) == result.val_metrics  # selection: next scoring
 
 
 def test_run_data_on_another_dataset_file(in_store, tmp_path):
