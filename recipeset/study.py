@@ -98,9 +98,16 @@ def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str, threads
     cfg = run.config
     cfg.tracking.tracking_uri = uri
     started = time.perf_counter()
-    result = run_training(cfg, out_dir=out_dir, resume=resume, parent_run_id=parent_id, progress=False,
-                          tags={"variant": run.variant, "experiment_file": run.name.split("/")[0],
-                                "params_hash": run.params_hash})
+    try:
+        result = run_training(cfg, out_dir=out_dir, resume=resume, parent_run_id=parent_id, progress=False,
+                              tags={"variant": run.variant, "experiment_file": run.name.split("/")[0],
+                                    "params_hash": run.params_hash})
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (RunTerminated): the child run has already ended KILLED
+        if threads is not None:
+            # In a pool worker: leave. A worker that returned the exception would take the next queued child
+            # and train it, so a stopped grid would go on (and its parent wait for it).
+            os._exit(130)
+        raise
     return ChildOutcome(run.name, "finished", result.run_id, time.perf_counter() - started)
 
 

@@ -420,7 +420,9 @@ def test_sigterm_to_a_parallel_grid_stops_its_workers(mlflow_uri, tmp_path):
     from mlflow import MlflowClient
 
     path = write_grid(tmp_path, "long-grid")
-    path.write_text(path.read_text().replace('"train.max_steps" = 2', '"train.max_steps" = 100000'))
+    # two seeds: two children run and two wait in the pool's queue — a stopped worker must not take one up
+    path.write_text(path.read_text().replace('"train.max_steps" = 2', '"train.max_steps" = 100000')
+                    .replace("values = [0]", "values = [0, 1]"))
     proc = subprocess.Popen([sys.executable, "-m", "recipeset.cli", "experiment", "run", str(path), "--jobs", "2"],
                             cwd=tmp_path, env={**_env(), "MLFLOW_TRACKING_URI": mlflow_uri},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -458,6 +460,7 @@ def test_sigterm_to_a_parallel_grid_stops_its_workers(mlflow_uri, tmp_path):
     assert not alive, [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for p in alive]
     status = {r.info.run_name: r.info.status for r in c.search_runs([exp.experiment_id])}
     assert status == {"long-grid/grid": "KILLED", "long-grid/dec/seed0": "KILLED", "long-grid/st/seed0": "KILLED"}
+    assert not (tmp_path / "runs" / "long-grid" / "dec" / "seed1").exists()  # the queued children never started
 
 
 @pytest.mark.slow
