@@ -212,8 +212,14 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
             except BaseException:
                 # Ctrl-C / SIGTERM of the grid: stop the workers too (each ends its child run KILLED, resumable
                 # from its last checkpoint) instead of waiting for every queued child to finish.
-                for proc in list(getattr(pool, "_processes", {}).values()):
+                procs = list(getattr(pool, "_processes", {}).values())
+                for proc in procs:
                     proc.terminate()
+                for proc in procs:  # each unwinds its run (KILLED) and exits; one that does not is killed
+                    proc.join(timeout=30)
+                    if proc.is_alive():
+                        proc.kill()
+                        proc.join(timeout=10)
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
             pool.shutdown(wait=True)

@@ -61,6 +61,24 @@ class RunTerminated(KeyboardInterrupt):
     """Raised by the SIGTERM handler a :class:`Tracker` installs, so ``kill`` ends the run as KILLED."""
 
 
+def _raise_run_terminated(signum, frame):
+    raise RunTerminated(f"received signal {signum}")
+
+
+def _install_sigterm() -> Any:
+    """Make SIGTERM raise :class:`RunTerminated` (Python's default action kills the process without unwinding,
+    leaving a run RUNNING forever); returns the previous handler, None off the main thread (where handlers
+    cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_run_terminated)
+
+
+def _restore_sigterm(old: Any) -> None:
+    if old is not None:
+        signal.signal(signal.SIGTERM, old)
+
+
 # ---- store and experiments ---------------------------------------------------------------------------------
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """The tracking URI: ``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``.
@@ -191,38 +209,45 @@ class Tracker:
         chash = config.config_hash()
         kwargs = {"flush_interval_s": flush_interval_s, "flush_every_steps": flush_every_steps}
 
-        if resume_run_id is not None:
-            run = _get_run(client, resume_run_id)
-            if run.info.experiment_id != experiment_id:
-                raise RecipesetError(f"run {resume_run_id} belongs to another experiment than '{experiment}'")
-            old_hash = run.data.tags.get("config_hash")
-            if old_hash is not None and old_hash != chash:
-                raise RecipesetError(f"cannot resume run {resume_run_id}: its config differs from this one "
-                                     "(params cannot change) — start a new run, e.g. with --init-from")
-            # The last step already stored per metric: after a kill, the trainer replays steps from its
-            # checkpoint, and those must not appear twice in the history.
-            skip = {key: max(m.step for m in client.get_metric_history(resume_run_id, key))
-                    for key in run.data.metrics}
-            client.update_run(resume_run_id, status="RUNNING")
-            client.set_tag(resume_run_id, "resumed_at", str(_now_ms()))
-            tracker = cls(client, resume_run_id, experiment_id, uri, skip_until=skip, **kwargs)
-        else:
-            all_tags = _default_tags()
-            all_tags.update({"seed": str(config.train.seed), "config_hash": chash, "run_kind": "run",
-                             "dataset": config.data.dataset})
-            if parent_run_id is not None:
-                _get_run(client, parent_run_id)
-                all_tags[PARENT_RUN_TAG] = parent_run_id
-            all_tags.update({k: str(v) for k, v in (tags or {}).items()})
-            run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
-            tracker = cls(client, run.info.run_id, experiment_id, uri, **kwargs)
-            try:
+        # SIGTERM is turned into RunTerminated *before* the run exists: a kill that lands while the run is being
+        # created (params, config) must end it KILLED too, not leave it RUNNING forever.
+        old_sigterm = _install_sigterm()
+        run_id: str | None = None
+        try:
+            if resume_run_id is not None:
+                run = _get_run(client, resume_run_id)
+                if run.info.experiment_id != experiment_id:
+                    raise RecipesetError(f"run {resume_run_id} belongs to another experiment than '{experiment}'")
+                old_hash = run.data.tags.get("config_hash")
+                if old_hash is not None and old_hash != chash:
+                    raise RecipesetError(f"cannot resume run {resume_run_id}: its config differs from this one "
+                                         "(params cannot change) — start a new run, e.g. with --init-from")
+                # The last step already stored per metric: after a kill, the trainer replays steps from its
+                # checkpoint, and those must not appear twice in the history.
+                skip = {key: max(m.step for m in client.get_metric_history(resume_run_id, key))
+                        for key in run.data.metrics}
+                client.update_run(resume_run_id, status="RUNNING")
+                client.set_tag(resume_run_id, "resumed_at", str(_now_ms()))
+                run_id = resume_run_id
+                tracker = cls(client, resume_run_id, experiment_id, uri, skip_until=skip, **kwargs)
+            else:
+                all_tags = _default_tags()
+                all_tags.update({"seed": str(config.train.seed), "config_hash": chash, "run_kind": "run",
+                                 "dataset": config.data.dataset})
+                if parent_run_id is not None:
+                    _get_run(client, parent_run_id)
+                    all_tags[PARENT_RUN_TAG] = parent_run_id
+                all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+                run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+                tracker = cls(client, run_id, experiment_id, uri, **kwargs)
                 tracker.log_params(config.flatten())
-                client.log_dict(run.info.run_id, config.to_dict(), "config.json")
-            except BaseException:
-                client.set_terminated(run.info.run_id, status="FAILED")
-                raise
-        tracker._install_sigterm()
+                client.log_dict(run_id, config.to_dict(), "config.json")
+        except BaseException as e:
+            if run_id is not None:
+                client.set_terminated(run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            _restore_sigterm(old_sigterm)
+            raise
+        tracker._old_sigterm = old_sigterm
         return tracker
 
     def __enter__(self) -> Tracker:
@@ -247,21 +272,9 @@ class Tracker:
             self._restore_sigterm()
             self._client.set_terminated(self.run_id, status=status)
 
-    def _install_sigterm(self) -> None:
-        # Python's default SIGTERM action kills the process without unwinding, leaving the run RUNNING forever;
-        # raising turns `kill` into a KILLED run. Signal handlers can only be set from the main thread.
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def handler(signum, frame):
-            raise RunTerminated(f"received signal {signum}")
-
-        self._old_sigterm = signal.signal(signal.SIGTERM, handler)
-
     def _restore_sigterm(self) -> None:
-        if self._old_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._old_sigterm)
-            self._old_sigterm = None
+        _restore_sigterm(self._old_sigterm)
+        self._old_sigterm = None
 
     # ---- params, tags, metrics ---------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -428,19 +441,26 @@ def start_parent_run(experiment: str, run_name: str, uri: str | None = None,
     experiment_id = ensure_experiment(experiment, uri, description)
     client = _client(uri)
     run_id = None
-    if reuse:
-        escaped = run_name.replace("'", "\\'")
-        found = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=1,
-                                   filter_string=f"tags.run_kind = 'parent' and attributes.run_name = '{escaped}' "
-                                                 "and attributes.status != 'FINISHED'")
-        if found:
-            run_id = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-    if run_id is None:
-        all_tags = {**_default_tags(), "run_kind": "parent", **{k: str(v) for k, v in (tags or {}).items()}}
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+    old_sigterm = _install_sigterm()  # before the run exists, as in Tracker.start
+    try:
+        if reuse:
+            escaped = run_name.replace("'", "\\'")
+            found = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=1,
+                                       filter_string=f"tags.run_kind = 'parent' and attributes.run_name = '{escaped}' "
+                                                     "and attributes.status != 'FINISHED'")
+            if found:
+                run_id = found[0].info.run_id
+                client.update_run(run_id, status="RUNNING")
+        if run_id is None:
+            all_tags = {**_default_tags(), "run_kind": "parent", **{k: str(v) for k, v in (tags or {}).items()}}
+            run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+    except BaseException as e:
+        if run_id is not None:
+            client.set_terminated(run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        _restore_sigterm(old_sigterm)
+        raise
     tracker = Tracker(client, run_id, experiment_id, uri)
-    tracker._install_sigterm()
+    tracker._old_sigterm = old_sigterm
     return tracker
 
 
