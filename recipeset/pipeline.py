@@ -148,9 +148,8 @@ def evaluate_model(model, sets, cfg: RunConfig, joint: bool | None = None) -> di
     joint = cfg.eval.joint if joint is None else joint
     if getattr(model, "model_type", "") == "decoder" and joint and "completion" in tasks:
         subset = eval_subset(sets, cfg.eval.joint_max_queries, cfg.eval.seed)
-        joint = evaluate_all(model, subset, tasks=("completion",), seed=cfg.eval.seed,
-                             modes=("joint",))
-        out.update({k: v for k, v in joint.items() if k.startswith("completion_joint/")})
+        scored = evaluate_all(model, subset, tasks=("completion",), seed=cfg.eval.seed, modes=("joint",))
+        out.update({k: v for k, v in scored.items() if k.startswith("completion_joint/")})
     return out
 
 

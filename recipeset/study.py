@@ -103,7 +103,9 @@ def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str, threads
                               tags={"variant": run.variant, "experiment_file": run.name.split("/")[0],
                                     "params_hash": run.params_hash})
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (RunTerminated): the child run has already ended KILLED
-        if threads is not None:
+        import multiprocessing as mp
+
+        if mp.parent_process() is not None:
             # In a pool worker: leave. A worker that returned the exception would take the next queued child
             # and train it, so a stopped grid would go on (and its parent wait for it).
             os._exit(130)

@@ -23,6 +23,7 @@ Metric names: MLflow forbids ``@``, so ``recall@10`` is logged as ``recall_at_10
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import math
@@ -77,6 +78,22 @@ def _install_sigterm() -> Any:
 def _restore_sigterm(old: Any) -> None:
     if old is not None:
         signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def _creating_run(client: MlflowClient):
+    """Create or continue a run with SIGTERM already raising :class:`RunTerminated`, so a kill that lands while
+    the run is being created (params, config) ends it KILLED instead of leaving it RUNNING forever. The body
+    sets ``state["run_id"]`` as soon as the run exists; if it raises, that run ends KILLED (Ctrl-C / SIGTERM) or
+    FAILED and the old handler is back. ``state["old_sigterm"]`` goes to the new Tracker, which restores it."""
+    state: dict[str, Any] = {"run_id": None, "old_sigterm": _install_sigterm()}
+    try:
+        yield state
+    except BaseException as e:
+        if state["run_id"] is not None:
+            client.set_terminated(state["run_id"], status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        _restore_sigterm(state["old_sigterm"])
+        raise
 
 
 # ---- store and experiments ---------------------------------------------------------------------------------
@@ -209,11 +226,7 @@ class Tracker:
         chash = config.config_hash()
         kwargs = {"flush_interval_s": flush_interval_s, "flush_every_steps": flush_every_steps}
 
-        # SIGTERM is turned into RunTerminated *before* the run exists: a kill that lands while the run is being
-        # created (params, config) must end it KILLED too, not leave it RUNNING forever.
-        old_sigterm = _install_sigterm()
-        run_id: str | None = None
-        try:
+        with _creating_run(client) as creating:
             if resume_run_id is not None:
                 run = _get_run(client, resume_run_id)
                 if run.info.experiment_id != experiment_id:
@@ -228,7 +241,7 @@ class Tracker:
                         for key in run.data.metrics}
                 client.update_run(resume_run_id, status="RUNNING")
                 client.set_tag(resume_run_id, "resumed_at", str(_now_ms()))
-                run_id = resume_run_id
+                creating["run_id"] = resume_run_id
                 tracker = cls(client, resume_run_id, experiment_id, uri, skip_until=skip, **kwargs)
             else:
                 all_tags = _default_tags()
@@ -239,15 +252,11 @@ class Tracker:
                     all_tags[PARENT_RUN_TAG] = parent_run_id
                 all_tags.update({k: str(v) for k, v in (tags or {}).items()})
                 run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+                creating["run_id"] = run_id
                 tracker = cls(client, run_id, experiment_id, uri, **kwargs)
                 tracker.log_params(config.flatten())
                 client.log_dict(run_id, config.to_dict(), "config.json")
-        except BaseException as e:
-            if run_id is not None:
-                client.set_terminated(run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-            _restore_sigterm(old_sigterm)
-            raise
-        tracker._old_sigterm = old_sigterm
+        tracker._old_sigterm = creating["old_sigterm"]
         return tracker
 
     def __enter__(self) -> Tracker:
@@ -441,26 +450,21 @@ def start_parent_run(experiment: str, run_name: str, uri: str | None = None,
     experiment_id = ensure_experiment(experiment, uri, description)
     client = _client(uri)
     run_id = None
-    old_sigterm = _install_sigterm()  # before the run exists, as in Tracker.start
-    try:
+    with _creating_run(client) as creating:
         if reuse:
             escaped = run_name.replace("'", "\\'")
             found = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=1,
                                        filter_string=f"tags.run_kind = 'parent' and attributes.run_name = '{escaped}' "
                                                      "and attributes.status != 'FINISHED'")
             if found:
-                run_id = found[0].info.run_id
+                run_id = creating["run_id"] = found[0].info.run_id
                 client.update_run(run_id, status="RUNNING")
         if run_id is None:
             all_tags = {**_default_tags(), "run_kind": "parent", **{k: str(v) for k, v in (tags or {}).items()}}
-            run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
-    except BaseException as e:
-        if run_id is not None:
-            client.set_terminated(run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        _restore_sigterm(old_sigterm)
-        raise
+            run_id = creating["run_id"] = client.create_run(experiment_id, run_name=run_name,
+                                                            tags=all_tags).info.run_id
     tracker = Tracker(client, run_id, experiment_id, uri)
-    tracker._old_sigterm = old_sigterm
+    tracker._old_sigterm = creating["old_sigterm"]
     return tracker
 
 
