@@ -54,6 +54,7 @@ OBJECTIVES = ("clm", "mlm", "cls", "rtd", "coherence", "set")
 ORDERS = ("frequency", "alphabetical", "random-fixed", "shuffle", "k-perms", "given")  # given: the data's own
 SCHEDULES = ("cosine", "inverse-sqrt", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CLASS_WEIGHTS = ("none", "balanced")  # balanced: w_c = N / (C · n_c) over the training split, as scikit-learn's
 EVAL_TASKS = ("completion", "set-completion", "cuisine", "order-sensitivity", "likelihood")
 
 
@@ -132,6 +133,7 @@ class ObjectivesConfig:
     mlm_prob: float = 0.15            # MLM: fraction of each set masked (at least one)
     rtd_prob: float = 0.15            # RTD: fraction of each set replaced
     null_prob: float = 0.1            # MLM on an encoder: chance of a [MASK] slot whose target is [NULL]
+    cls_class_weight: str = "none"    # CLASS_WEIGHTS: the cuisine loss's per-class weights
 
 
 @dataclass
@@ -304,6 +306,7 @@ class RunConfig:
         check_name("loss", lo.name, LOSSES, "loss.name", source)
         check_name("schedule", t.schedule, SCHEDULES, "train.schedule", source)
         check_name("precision", t.precision, PRECISIONS, "train.precision", source)
+        check_name("class weighting", ob.cls_class_weight, CLASS_WEIGHTS, "objectives.cls_class_weight", source)
         if not isinstance(d.dataset, str) or not d.dataset:
             raise _fail(source, "data.dataset", "expected a dataset name or a file path")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device):
@@ -384,14 +387,21 @@ class RunConfig:
         return flat
 
     def config_hash(self) -> str:
-        """SHA-256 of the canonical JSON of everything but the ``tracking`` section (where results go)."""
-        d = self.to_dict()
+        """SHA-256 of the canonical JSON of the fields that differ from their defaults, ``tracking`` (where
+        results go) left out. Leaving out defaults keeps a config's hash when a later version adds a field, so
+        the finished children of a grid are still recognised (and skipped) after an upgrade."""
+        d, default = self.to_dict(), RunConfig().to_dict()
         d.pop("tracking")
-        return hashlib.sha256(canonical_json(d).encode("utf-8")).hexdigest()
+        changed = {section: {k: v for k, v in values.items() if default[section].get(k, _MISSING) != v}
+                   for section, values in d.items()}
+        return hashlib.sha256(canonical_json(changed).encode("utf-8")).hexdigest()
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the resolved config as JSON (atomically); ``load_config`` reads it back."""
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+_MISSING = object()
 
 
 def canonical_json(obj: Any) -> str:

@@ -207,7 +207,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
                  init_from: str | None = None, track: bool = True, parent_run_id: str | None = None,
                  progress: bool = True, evaluate: bool = True, tags: dict[str, str] | None = None) -> RunResult:
     """Train (or resume) one run, evaluate it on its own test split, and track everything in MLflow."""
-    from recipeset.objectives.tasks import Objectives, resolve_objectives
+    from recipeset.objectives.tasks import Objectives, cuisine_class_weights, resolve_objectives
     from recipeset.training import Trainer, seed_all
 
     started = time.perf_counter()
@@ -255,6 +255,10 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
 
     extra = {"run_config.json": json.dumps(cfg.to_dict(), indent=1),
              "split.json": (out_dir / "split.json").read_text(encoding="utf-8")}
+    class_weights = (cuisine_class_weights(cfg.objectives.cls_class_weight, data.train.cuisine,
+                                           data.vocab.num_cuisines, data.train_weights)
+                     if "cls" in weights else None)
+    objectives = Objectives(cfg, weights, class_weights=class_weights)
     tracker = None
     run_id = None
     if track:
@@ -275,7 +279,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
             tracker.log_dict(data.vocab.to_dict(), "data/vocab.json")
             tracker.log_dict(data.table.report.to_dict(), "data/cleaning_report.json")
             tracker.log_params({"model.n_parameters": model.num_parameters()})
-        trainer = Trainer(cfg, model, Objectives(cfg, weights), data.train, data.val, out_dir,
+        trainer = Trainer(cfg, model, objectives, data.train, data.val, out_dir,
                           log=tracker.log_metrics if tracker is not None else None, progress=progress,
                           train_weights=data.train_weights, extra_files=extra)
         state = trainer.fit(resume=resume)

@@ -155,6 +155,24 @@ def test_config_hash_is_stable_and_ignores_tracking():
     assert a.override({"train.seed": 1}).config_hash() != a.config_hash()
 
 
+def test_config_hash_covers_only_the_fields_off_their_defaults():
+    # so a field added with a default in a later version leaves every existing hash (and grid resume) alone
+    import hashlib
+
+    from recipeset.config import canonical_json
+
+    c = RunConfig().override({"train.seed": 1, "model.d_model": 32}, source="test")
+    sections = {s: {} for s in c.to_dict() if s != "tracking"}
+    sections["train"], sections["model"] = {"seed": 1}, {"d_model": 32}
+    assert c.config_hash() == hashlib.sha256(canonical_json(sections).encode()).hexdigest()
+    assert c.override({"train.lr": RunConfig().train.lr}).config_hash() == c.config_hash()
+
+
+def test_unknown_class_weighting_is_a_one_line_error():
+    with pytest.raises(RecipesetError, match=r"objectives.cls_class_weight.*balanced"):
+        RunConfig().override({"objectives.cls_class_weight": "balance"}, source="test")
+
+
 def test_validate_model_params_hook():
     validate_model_params("decoder", {"d_model": 64}, ["d_model", "n_layer"])
     with pytest.raises(RecipesetError) as e:

@@ -13,7 +13,7 @@ from recipeset.config import RunConfig
 from recipeset.data.collate import collate
 from recipeset.data.prepare import prepare_data
 from recipeset.errors import RecipesetError
-from recipeset.objectives.tasks import Objectives, default_objectives, resolve_objectives
+from recipeset.objectives.tasks import Objectives, cuisine_class_weights, default_objectives, resolve_objectives
 from recipeset.pipeline import build_model
 from recipeset.training import make_optimizer
 
@@ -251,3 +251,41 @@ def test_set_transformer_set_needs_slots_larger_than_the_targets(data):
     model, objectives, _ = build(cfg, data)
     with pytest.raises(RecipesetError, match="n_slots"):
         objectives(model, batch_of(data), torch.Generator().manual_seed(0))
+
+
+def test_balanced_class_weights_by_hand():
+    # 4 labelled recipes (one unlabelled), 2 of 3 classes occur: w_c = 4 / (2 · n_c); absent class counts as 1
+    w = cuisine_class_weights("balanced", np.array([0, 0, 0, 1, -1]), 3)
+    assert w.tolist() == pytest.approx([4 / 6, 2.0, 2.0])
+    assert cuisine_class_weights("none", np.array([0, 1]), 2) is None
+    # sampling weights count like repeated recipes: [0 (x3), 1] weighted == [0, 0, 0, 1] unweighted
+    sw = cuisine_class_weights("balanced", np.array([0, 1]), 2, sample_weights=np.array([3.0, 1.0]))
+    assert sw.tolist() == pytest.approx(cuisine_class_weights("balanced", np.array([0, 0, 0, 1]), 2).tolist())
+    with pytest.raises(RecipesetError, match="no cuisine labels"):
+        cuisine_class_weights("balanced", np.array([-1, -1]), 2)
+
+
+def test_balanced_cls_loss_is_the_weighted_mean_of_the_per_recipe_losses(data):
+    cfg = make_cfg("deep-sets", "standard", {"cls": 1.0}, **{"objectives.cls_class_weight": "balanced"})
+    weights = resolve_objectives(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, data.vocab, weights, int(data.train.lengths.max()))
+    cw = cuisine_class_weights("balanced", data.train.cuisine, data.vocab.num_cuisines)
+    batch = batch_of(data, 32)
+    got = num(Objectives(cfg, weights, class_weights=cw)(model, batch, torch.Generator().manual_seed(0))["loss/cls"])
+    with torch.no_grad():
+        logp = torch.log_softmax(model.cuisine_head(model(batch.tokens, batch.mask).pooled), -1).numpy()
+    y = batch.cuisine.numpy()
+    keep = y >= 0
+    per = -logp[keep, y[keep]]
+    wy = cw.numpy()[y[keep]]
+    assert len(set(y[keep])) > 1 and got == pytest.approx(float((wy * per).sum() / wy.sum()), rel=1e-5)
+    plain = num(Objectives(make_cfg("deep-sets", "standard", {"cls": 1.0}), weights)(
+        model, batch, torch.Generator().manual_seed(0))["loss/cls"])
+    assert plain == pytest.approx(float(per.mean()), rel=1e-5) and abs(plain - got) > 1e-4
+
+
+def test_balanced_cls_without_the_training_labels_is_a_clear_error():
+    cfg = make_cfg("deep-sets", "standard", {"cls": 1.0}, **{"objectives.cls_class_weight": "balanced"})
+    with pytest.raises(RecipesetError, match="cls_class_weight"):
+        Objectives(cfg, resolve_objectives(cfg))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -104,6 +105,33 @@ def model_heads(cfg: RunConfig, weights: dict[str, float]) -> dict[str, object]:
     return heads
 
 
+def cuisine_class_weights(mode: str, labels: np.ndarray, n_classes: int,
+                          sample_weights: np.ndarray | None = None) -> torch.Tensor | None:
+    """Per-class weights of the cuisine loss from the training labels (``-1``: unlabelled, ignored).
+
+    ``"none"`` gives ``None`` (plain cross-entropy); ``"balanced"`` gives ``w_c = N / (C · n_c)`` with ``N``
+    labelled recipes and ``C`` classes that occur — scikit-learn's ``class_weight="balanced"``, so the neural
+    head and the logistic-regression baseline can be weighted alike. ``n_c`` counts ``sample_weights`` when the
+    training set is sampled with weights (mixed datasets); a class absent from training gets the rarest class's
+    weight.
+    """
+    if mode == "none":
+        return None
+    if mode != "balanced":
+        raise RecipesetError(f"objectives.cls_class_weight = {mode!r}: valid: none, balanced")
+    labels = np.asarray(labels)
+    keep = labels >= 0
+    if not keep.any():
+        raise RecipesetError("objectives.cls_class_weight = 'balanced': the training split has no cuisine labels")
+    sw = None if sample_weights is None else np.asarray(sample_weights, dtype=np.float64)[keep]
+    counts = np.bincount(labels[keep], weights=sw, minlength=n_classes).astype(np.float64)
+    seen = counts > 0
+    if not seen.any():
+        raise RecipesetError("objectives.cls_class_weight = 'balanced': every training recipe has weight 0")
+    w = counts[seen].sum() / (int(seen.sum()) * np.where(seen, counts, counts[seen].min()))
+    return torch.tensor(w, dtype=torch.float32)
+
+
 def _bce(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
     if smoothing:
         labels = labels * (1 - smoothing) + 0.5 * smoothing
@@ -134,9 +162,13 @@ class Objectives:
     """
 
     def __init__(self, cfg: RunConfig, weights: dict[str, float] | None = None,
-                 cooccurrence: torch.Tensor | None = None) -> None:
+                 cooccurrence: torch.Tensor | None = None, class_weights: torch.Tensor | None = None) -> None:
         self.cfg = cfg
         self.weights = weights if weights is not None else resolve_objectives(cfg)
+        if class_weights is None and cfg.objectives.cls_class_weight != "none" and "cls" in self.weights:
+            raise RecipesetError(f"objectives.cls_class_weight = {cfg.objectives.cls_class_weight!r} needs the "
+                                 "training labels: pass class_weights=cuisine_class_weights(...)")
+        self.class_weights = class_weights
         self.loss = cfg.loss
         self.obj = cfg.objectives
         self.ls = cfg.loss.label_smoothing
@@ -242,7 +274,8 @@ class Objectives:
         labels = batch.cuisine
         if bool((labels >= 0).sum() == 0):
             return logits.sum() * 0.0  # no labelled recipe in this batch
-        return F.cross_entropy(logits.float(), labels, ignore_index=-1, label_smoothing=self.ls)
+        w = None if self.class_weights is None else self.class_weights.to(logits.device, torch.float32)
+        return F.cross_entropy(logits.float(), labels, weight=w, ignore_index=-1, label_smoothing=self.ls)
 
     @staticmethod
     def _multi_hot(tokens: torch.Tensor, mask: torch.Tensor, V: int) -> torch.Tensor:
