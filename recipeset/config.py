@@ -49,7 +49,7 @@ from recipeset.io_utils import atomic_write_text
 
 # The names shared by the CLI, config files, MLflow params and code (DESIGN.md, "Names").
 MODELS = ("decoder", "set-transformer", "deep-sets")
-LOSSES = ("standard", "hungarian", "set-ar", "min-perm", "pooled")
+LOSSES = ("standard", "hungarian", "set-ar", "min-perm", "pooled", "multilabel")
 OBJECTIVES = ("clm", "mlm", "cls", "rtd", "coherence", "set")
 ORDERS = ("frequency", "alphabetical", "random-fixed", "shuffle", "k-perms", "given")  # given: the data's own
 SCHEDULES = ("cosine", "inverse-sqrt", "constant")

@@ -108,7 +108,7 @@ def tune_stop_threshold(model: RecipeModel, val_eval, seed: int = 0) -> float | 
     if not hasattr(model.config, "stop_threshold"):
         return None
     best, best_f1 = model.config.stop_threshold, -1.0
-    for th in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5):
+    for th in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5):
         model.config.stop_threshold = th
         f1 = evaluate_set_completion(model, val_eval, seed=seed)["micro_f1"]
         if f1 > best_f1:

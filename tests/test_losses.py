@@ -311,3 +311,19 @@ def test_every_loss_passes_gradients_to_logits():
         assert loss.requires_grad, name
         loss.backward()
         assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0, name
+
+
+def test_multilabel_loss_by_hand():
+    from recipeset.objectives.losses import multilabel_loss
+
+    inf = float("-inf")
+    logits = torch.tensor([[inf, 0.0, math.log(3.0), inf], [inf, 0.0, 0.0, 0.0]])
+    target = torch.tensor([[0, 1, 0, 0], [0, 1, 1, 0]])
+    # row 0: −log σ(0) − log(1 − σ(ln 3)) = ln 2 + ln 4 (the two -inf ids left out); row 1: 3 ln 2
+    per = multilabel_loss(logits, target, reduction="none")
+    torch.testing.assert_close(per, torch.tensor([math.log(2) + math.log(4), 3 * math.log(2)]))
+    assert float(multilabel_loss(logits, target)) == pytest.approx(float(per.mean()))
+    smoothed = multilabel_loss(logits[1:], target[1:], label_smoothing=0.2)
+    assert float(smoothed) == pytest.approx(3 * math.log(2))  # σ(0) = ½ whatever the target
+    with pytest.raises(RecipesetError, match="-inf"):
+        multilabel_loss(logits, torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0]]))

@@ -54,6 +54,7 @@ ST = {
 }
 DECODER = _randomize(_build(CausalDecoder, cuisine_head=True))
 DEEPSETS = _randomize(_build(DeepSets, cuisine_head=True, stop_threshold=0.0))
+DEEPSETS_ML = _randomize(_build(DeepSets, cuisine_head=True, multilabel=True, stop_threshold=0.3), seed=4)
 
 ids_set = st.lists(st.integers(NUM_SPECIALS, V - 1), min_size=1, max_size=7, unique=True)
 
@@ -88,7 +89,7 @@ def test_completion_and_classify_invariant_to_query_order(ids, data):
     perm = data.draw(st.permutations(range(len(ids))))
     t, m = _one(ids)
     tp, mp = _one([ids[i] for i in perm])
-    for model in [*ST.values(), DEEPSETS, DECODER]:
+    for model in [*ST.values(), DEEPSETS, DEEPSETS_ML, DECODER]:
         a, b = model.completion_scores_ids(t, m), model.completion_scores_ids(tp, mp)
         assert torch.equal(torch.isinf(a), torch.isinf(b))
         torch.testing.assert_close(a, b, **ATOL)
@@ -112,7 +113,7 @@ def test_extra_padding_columns_change_nothing():
 def test_batch_equals_items_alone_and_empty_sets_are_finite():
     sets = [[8, 12, 9], [], [20, 10]]
     t, m = pad_ids(sets)
-    for model in [*ST.values(), DEEPSETS, DECODER]:
+    for model in [*ST.values(), DEEPSETS, DEEPSETS_ML, DECODER]:
         batch = model.completion_scores_ids(t, m)
         for i, s in enumerate(sets):
             torch.testing.assert_close(batch[i:i + 1], model.completion_scores_ids(*pad_ids([s])), **ATOL)
@@ -289,7 +290,7 @@ def test_cuisine_argument_on_unconditioned_model_is_refused():
 
 # ---- completion rules, all models -----------------------------------------------------------------------
 ALL = {"decoder": DECODER, "st-mlm": _randomize(_build(SetTransformer), seed=3), "st-slots": ST["slots"],
-       "deep-sets": DEEPSETS}
+       "deep-sets": DEEPSETS, "deep-sets-multilabel": DEEPSETS_ML}
 
 
 @pytest.mark.parametrize("name", list(ALL))
@@ -353,6 +354,25 @@ def test_deep_sets_threshold_and_set_logits():
     out = model(t, m)
     assert out.set_logits.shape == (2, V)
     assert torch.isinf(out.set_logits[0, [9, 14]]).all() and torch.isinf(out.set_logits[:, :NUM_SPECIALS]).all()
+
+
+def test_multilabel_deep_sets_completes_every_ingredient_over_the_threshold_at_once():
+    model = DEEPSETS_ML
+    sets = [[9, 14], [], [20, 8, 11]]
+    t, m = pad_ids(sets)
+    with torch.no_grad():
+        p = torch.sigmoid(model(t, m).set_logits)
+    out = model.complete_ids(t, m, max_new=50)
+    for b, q in enumerate(sets):
+        expected = sorted((i for i in range(NUM_SPECIALS, V) if i not in q and p[b, i] >= 0.3),
+                          key=lambda i: -float(p[b, i]))
+        assert out[b] == expected
+    assert any(len(g) > 1 for g in out) and any(len(g) < V - NUM_SPECIALS - 3 for g in out)  # the rule bites
+    assert [len(g) for g in model.complete_ids(t, m, max_new=2)] == [min(2, len(g)) for g in out]
+    # scores: the sigmoids normalised to one distribution over the missing ingredient
+    scores = model.completion_scores_ids(t, m).exp()
+    ref = torch.where(torch.isfinite(model(t, m).set_logits), p, 0.0)
+    torch.testing.assert_close(scores, ref / ref.sum(1, keepdim=True), **ATOL)
 
 
 # ---- string API, embeddings, config checks --------------------------------------------------------------

@@ -70,6 +70,8 @@ VALID = [
     ("deep-sets", "standard", {"mlm": 1.0}),
     ("deep-sets", "standard", {"cls": 1.0}),
     ("deep-sets", "standard", {"mlm": 1.0, "cls": 1.0}),
+    ("deep-sets", "multilabel", {"set": 1.0}),
+    ("deep-sets", "multilabel", {"set": 1.0, "cls": 0.5}),
 ]
 
 
@@ -234,6 +236,7 @@ def test_alpha_needs_cls_and_an_lm_objective():
     ("set-transformer", "hungarian", {"set": 1.0}),
     ("set-transformer", "pooled", {"set": 1.0}),
     ("deep-sets", "standard", {"mlm": 1.0}),
+    ("deep-sets", "multilabel", {"set": 1.0}),
 ])
 def test_resolve_objectives_defaults(model_name, loss, expected):
     cfg = make_cfg(model_name, loss)  # objectives left at the default {"clm": 1}
@@ -289,3 +292,34 @@ def test_balanced_cls_without_the_training_labels_is_a_clear_error():
     cfg = make_cfg("deep-sets", "standard", {"cls": 1.0}, **{"objectives.cls_class_weight": "balanced"})
     with pytest.raises(RecipesetError, match="cls_class_weight"):
         Objectives(cfg, resolve_objectives(cfg))
+
+
+def test_deep_sets_trains_one_head_mlm_or_multilabel_set():
+    with pytest.raises(RecipesetError, match="not both"):
+        resolve_objectives(make_cfg("deep-sets", "multilabel", {"mlm": 1.0, "set": 1.0}))
+    with pytest.raises(RecipesetError, match="loss 'pooled' does not run with model 'deep-sets'"):
+        resolve_objectives(make_cfg("deep-sets", "pooled", {"set": 1.0}))
+
+
+def test_multilabel_set_objective_is_the_bce_of_the_hidden_part(data):
+    from recipeset.objectives.tasks import _split_query
+
+    cfg = make_cfg("deep-sets", "multilabel")
+    model, objectives, _ = build(cfg, data)
+    assert model.config.multilabel
+    batch = batch_of(data)
+    got = num(objectives(model, batch, torch.Generator().manual_seed(3))["loss/set"])
+    q, qm, targets = _split_query(batch, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits = model(q, qm).set_logits
+    total = 0.0
+    for b in range(len(targets)):
+        hidden = {int(i) for i in targets[b] if i >= 0}
+        for v in range(logits.shape[1]):
+            x = float(logits[b, v])
+            if math.isfinite(x):
+                p = 1 / (1 + math.exp(-x))
+                total += -math.log(p) if v in hidden else -math.log(1 - p)
+            else:
+                assert v not in hidden
+    assert got == pytest.approx(total / len(targets), rel=1e-4)

@@ -198,6 +198,7 @@ def test_init_from_starts_from_the_trained_weights_and_adds_a_cuisine_head(in_st
 # ---- the other model families through the pipeline ------------------------------------------------------------
 @pytest.mark.parametrize("over", [
     {"model.name": "deep-sets"},
+    {"model.name": "deep-sets", "loss.name": "multilabel"},
     {"model.name": "set-transformer", "loss.name": "hungarian"},
 ])
 def test_other_families_run_and_evaluate(tmp_path, over):
@@ -210,7 +211,7 @@ def test_other_families_run_and_evaluate(tmp_path, over):
     out = model.complete([[model.vocab.token(8)]], max_new=5)[0]
     assert len(out) == len(set(out)) <= 5 and model.vocab.token(8) not in out
     if over["model.name"] == "deep-sets":  # the stop threshold is tuned on validation and saved
-        assert model.config.stop_threshold in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+        assert model.config.stop_threshold in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def test_untracked_run_is_deterministic(tmp_path):

@@ -2,7 +2,8 @@
 
 φ embeds each ingredient (a residual MLP on the input embedding), the set is the *sum* of its elements (so the
 pooled vector still carries the set's size), ρ is a residual MLP, and one vocabulary head gives the
-missing-ingredient logits ``set_logits [B, V]`` (specials and the set's own ids -inf).
+missing-ingredient logits ``set_logits [B, V]`` (specials and the set's own ids -inf): a softmax over the one
+missing ingredient (``mlm``), or with ``multilabel`` one sigmoid per ingredient, P(v is missing | set) (``set``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class DeepSetsConfig:
     n_features: int = 0  # width F of input_features (set automatically for embedding="features")
     feature_bias: bool = False  # with "features": add a learned per-id vector to the projection
     stop_threshold: float = 0.5  # complete() adds the best ingredient while its probability is ≥ this
+    multilabel: bool = False  # set_logits are independent per-ingredient logits (the `set` objective, BCE);
+    #                           complete() then adds at once every ingredient with σ(logit) ≥ stop_threshold
 
 
 class DeepSets(RecipeModel):
@@ -111,22 +114,29 @@ class DeepSets(RecipeModel):
     def completion_scores_ids(self, tokens: torch.Tensor, mask: torch.Tensor, mode: str = "next",
                               cuisine: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probability ``[B, V]`` of each id being the missing ingredient (softmax of ``set_logits``
-        of the query); ``mode`` is accepted for the protocol ("next" == "joint" here)."""
+        of the query; with ``multilabel`` the sigmoids normalised to sum to one); ``mode`` is accepted for the
+        protocol ("next" == "joint" here)."""
         if mode not in ("next", "joint"):
             raise RecipesetError(f"mode must be 'next' or 'joint', got {mode!r}")
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         cuisine = self._check_cuisine(cuisine, tokens.shape[0])
-        return safe_log_softmax(self(tokens, mask, cuisine).set_logits.float())
+        logits = self(tokens, mask, cuisine).set_logits.float()
+        return safe_log_softmax(F.logsigmoid(logits) if self.config.multilabel else logits)
 
     @inference
     def complete_ids(self, tokens: torch.Tensor, mask: torch.Tensor, max_new: int = 20,
                      cuisine: torch.Tensor | None = None, temperature: float = 0.0, top_k: int | None = None,
                      generator: torch.Generator | None = None) -> list[list[int]]:
         """Add ingredients one at a time while the best one's probability is ≥ ``config.stop_threshold``
-        (greedy: that best one; sampling: a draw from the same distribution). No repeats/specials/query ids."""
+        (greedy: that best one; sampling: a draw from the same distribution). No repeats/specials/query ids.
+        With ``multilabel``: in one pass, every candidate with σ(logit) ≥ ``stop_threshold``, most probable
+        first, at most ``max_new`` (sampling: each candidate is drawn independently with σ(logit/temperature),
+        among the ``top_k`` most probable when given)."""
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         B = tokens.shape[0]
         cuisine = self._check_cuisine(cuisine, B)
+        if self.config.multilabel:
+            return self._complete_multilabel(tokens, mask, max_new, cuisine, temperature, top_k, generator)
         generated: list[list[int]] = [[] for _ in range(B)]
         active = torch.ones(B, dtype=torch.bool, device=tokens.device)
         for _ in range(max_new):
@@ -140,3 +150,21 @@ class DeepSets(RecipeModel):
                 generated[b].append(int(choice[b]))
             tokens, mask = append_at_end(tokens, mask, choice, active)
         return generated
+
+    def _complete_multilabel(self, tokens: torch.Tensor, mask: torch.Tensor, max_new: int,
+                             cuisine: torch.Tensor | None, temperature: float, top_k: int | None,
+                             generator: torch.Generator | None) -> list[list[int]]:
+        logits = self(tokens, mask, cuisine).set_logits.float()
+        if temperature > 0:
+            p = torch.sigmoid(logits / temperature)
+            if top_k is not None and top_k < p.shape[1]:
+                p = p.masked_fill(p < p.topk(top_k, dim=1).values[:, -1:], 0.0)
+            u = torch.rand(p.shape, generator=generator, device=p.device if generator is None else generator.device)
+            chosen = u.to(p.device) < p
+        else:
+            p = torch.sigmoid(logits)
+            chosen = p >= self.config.stop_threshold
+        chosen &= torch.isfinite(logits)  # never a special or a query ingredient
+        order = p.masked_fill(~chosen, -1.0).argsort(1, descending=True)[:, :max_new]
+        counts = chosen.sum(1).clamp(max=max_new).tolist()
+        return [order[b, :counts[b]].tolist() for b in range(tokens.shape[0])]

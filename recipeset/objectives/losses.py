@@ -317,3 +317,28 @@ def mlm_set_loss(logits: torch.Tensor, labels: torch.Tensor, masked_with_token: 
         nll = (1.0 - label_smoothing) * nll + label_smoothing * _smoothing_term(logp)
     loss = torch.where(labelled, nll, 0.0)
     return loss.sum() / labelled.sum().clamp_min(1)
+
+
+# ---- independent per-ingredient probabilities (binary relevance) --------------------------------------------
+def multilabel_loss(logits: torch.Tensor, targets_multi_hot: torch.Tensor, label_smoothing: float = 0.0,
+                    reduction: str = "mean") -> torch.Tensor:
+    """Binary relevance: each candidate ingredient is in the hidden part or not, independently.
+
+    logits ``[B, V]`` — one logit per id; ``-inf`` marks an id that is not a candidate (specials, the query's
+    own ingredients) and is left out. targets_multi_hot ``[B, V]`` (bool or 0/1): the hidden ingredients (every
+    one of them must be a candidate). ℓ_b = Σ_{v candidate} BCE(σ(x_bv), t_bv) — a sum over the candidates, so
+    each recipe's hidden ingredients weigh the same whatever the vocabulary size; ``mean`` averages ℓ_b over
+    the batch, ``none`` returns ``[B]``. With label smoothing ε the targets are t(1−ε) + ε/2.
+    σ(x_bv) is then a calibrated estimate of P(v hidden | query), the quantity a threshold rule needs.
+    """
+    _check_reduction(reduction)
+    cand = torch.isfinite(logits)
+    target = targets_multi_hot.to(torch.float32)
+    if bool((target.bool() & ~cand).any()):
+        raise RecipesetError("multilabel_loss: a target ingredient has logit -inf (it is in the query or special)")
+    if label_smoothing:
+        target = target * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    x = torch.where(cand, logits.float(), 0.0)
+    bce = F.binary_cross_entropy_with_logits(x, target, reduction="none")
+    per = torch.where(cand, bce, 0.0).sum(1)
+    return per if reduction == "none" else per.mean()

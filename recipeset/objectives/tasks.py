@@ -7,14 +7,16 @@ model               objectives                                   loss of the ``s
 ==================  ===========================================  ====================================
 decoder             clm, cls, coherence, set                     standard, set-ar, min-perm, pooled
 set-transformer     mlm, rtd, cls, coherence, set (slot decoder)  hungarian, pooled
-deep-sets           mlm (one mask), cls                          —
+deep-sets           mlm (one mask), cls, set                     multilabel
 ==================  ===========================================  ====================================
 
 On the decoder ``clm`` is always the standard next-ingredient CE; ``set`` predicts the same set from
 ``[BOS]`` with the configured loss (every prefix is a partial set, so conditioning on a partial set is
 the decoder's prefix). On the Set Transformer ``set`` hides a random part of each recipe (possibly all of
-it) and decodes the hidden part with the K slots. ``cls`` is the task objective: with ``detach`` its head
-sees detached features, and with ``alpha`` the total is ``α·L_cls + (1−α)·Σ_other w·L``.
+it) and decodes the hidden part with the K slots. On Deep Sets ``set`` hides a random part the same way and
+scores every candidate independently (``multilabel``: binary relevance, one sigmoid per ingredient).
+``cls`` is the task objective: with ``detach`` its head sees detached features, and with ``alpha`` the total
+is ``α·L_cls + (1−α)·Σ_other w·L``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from recipeset.objectives.losses import (
     hungarian_loss,
     min_perm_loss,
     mlm_set_loss,
+    multilabel_loss,
     next_token_targets,
     pooled_loss,
     set_ar_loss,
@@ -48,7 +51,7 @@ COMPATIBLE: dict[str, dict[str, tuple[str, ...]]] = {
                 "losses": ("standard", "set-ar", "min-perm", "pooled")},
     "set-transformer": {"objectives": ("mlm", "rtd", "cls", "coherence", "set"),
                         "losses": ("hungarian", "pooled")},
-    "deep-sets": {"objectives": ("mlm", "cls"), "losses": ()},
+    "deep-sets": {"objectives": ("mlm", "cls", "set"), "losses": ("multilabel",)},
 }
 TASK_OBJECTIVES = ("cls",)
 # Objectives that make a model generate; at least one is needed for completion metrics.
@@ -61,7 +64,7 @@ def default_objectives(model: str, loss: str, n_slots: int = 0) -> dict[str, flo
         return {"clm": 1.0} if loss == "standard" else {"set": 1.0}
     if model == "set-transformer":
         return {"set": 1.0} if loss in ("hungarian", "pooled") or n_slots > 0 else {"mlm": 1.0}
-    return {"mlm": 1.0}
+    return {"set": 1.0} if loss == "multilabel" else {"mlm": 1.0}
 
 
 def resolve_objectives(cfg: RunConfig) -> dict[str, float]:
@@ -81,6 +84,9 @@ def resolve_objectives(cfg: RunConfig) -> dict[str, float]:
     if uses_loss and loss not in allowed["losses"]:
         raise RecipesetError(f"loss {loss!r} does not run with model {model!r}; "
                              f"valid: {', '.join(allowed['losses']) or 'none'}")
+    if model == "deep-sets" and uses_loss and "mlm" in weights:
+        raise RecipesetError("deep-sets trains one head: 'mlm' (a softmax over the one missing ingredient) or "
+                             "'set' (multilabel: a sigmoid per ingredient), not both")
     if not uses_loss and loss != "standard":
         raise RecipesetError(f"loss {loss!r} is only used by the 'set' objective; add --objective set "
                              f"(objectives now: {', '.join(weights)})")
@@ -102,6 +108,8 @@ def model_heads(cfg: RunConfig, weights: dict[str, float]) -> dict[str, object]:
         heads["coherence_head"] = True
     if "rtd" in weights:
         heads["rtd_head"] = True
+    if cfg.model.name == "deep-sets" and "set" in weights:
+        heads["multilabel"] = True
     return heads
 
 
@@ -214,6 +222,12 @@ class Objectives:
                 return pooled_loss(logits, self._multi_hot(tokens, mask, logits.shape[-1]), steps,
                                    stop_weight=self.loss.stop_weight,
                                    cardinality_weight=self.loss.cardinality_weight, stop_targets="position")
+        if model.model_type == "deep-sets":  # multilabel
+            q_tokens, q_mask, targets = _split_query(batch, gen)
+            out = model(q_tokens, q_mask, batch.cuisine if model.config.cuisine_condition else None)
+            tmask = targets != IGNORE
+            return multilabel_loss(out.set_logits, self._multi_hot(targets.clamp_min(0), tmask,
+                                                                   out.set_logits.shape[-1]), self.ls)
         # set-transformer slot decoder
         if not getattr(model, "has_slots", False):
             raise RecipesetError("the 'set' objective on a set-transformer needs the slot decoder: set model.n_slots")
