@@ -147,10 +147,17 @@ def evaluate_model(model, sets, cfg: RunConfig, joint: bool | None = None) -> di
     out = evaluate_all(model, sets, tasks=tasks, seed=cfg.eval.seed, modes=("next",))
     joint = cfg.eval.joint if joint is None else joint
     if getattr(model, "model_type", "") == "decoder" and joint and "completion" in tasks:
-        subset = eval_subset(sets, cfg.eval.joint_max_queries, cfg.eval.seed)
-        scored = evaluate_all(model, subset, tasks=("completion",), seed=cfg.eval.seed, modes=("joint",))
+        scored = evaluate_all(model, joint_subset(sets, cfg), tasks=("completion",), seed=cfg.eval.seed,
+                              modes=("joint",))
         out.update({k: v for k, v in scored.items() if k.startswith("completion_joint/")})
     return out
+
+
+def joint_subset(sets, cfg: RunConfig):
+    """The queries decoders are scored ``joint`` on: ``eval.joint_max_queries`` seeded recipes of the
+    evaluated ones (``eval.max_queries``)."""
+    return eval_subset(eval_subset(sets, cfg.eval.max_queries, cfg.eval.seed), cfg.eval.joint_max_queries,
+                       cfg.eval.seed)
 
 
 def oracle_metrics(cfg: RunConfig, vocab: Vocabulary, sets, ordered: bool | None = None) -> dict[str, float]:
@@ -167,6 +174,22 @@ def oracle_metrics(cfg: RunConfig, vocab: Vocabulary, sets, ordered: bool | None
     from recipeset.evaluation import evaluate_all
 
     return evaluate_all(oracle, sets, tasks=tasks, seed=cfg.eval.seed, modes=("next",))
+
+
+def joint_subset_oracle_metrics(cfg: RunConfig, vocab: Vocabulary, sets) -> dict[str, float]:
+    """``bayes/completion_joint/*`` (and ``bayes_unordered/...`` on ordered data): the Bayes ceilings of
+    completion on exactly the queries decoders are scored ``joint`` on, so the two compare query for query."""
+    from dataclasses import replace
+
+    only = replace(cfg, eval=replace(cfg.eval, tasks=["completion"], max_queries=None))
+    subset = joint_subset(sets, cfg)
+    out: dict[str, float] = {}
+    for prefix, ordered in (("bayes", None), ("bayes_unordered", False)):
+        if ordered is False and not cfg.data.ordered:
+            continue
+        for k, v in oracle_metrics(only, vocab, subset, ordered=ordered).items():
+            out[f"{prefix}/{k.replace('completion/', 'completion_joint/', 1)}"] = v
+    return out
 
 
 @dataclass
@@ -319,6 +342,8 @@ def _finish(cfg: RunConfig, trainer, state, data: PreparedData, out_dir: Path, t
             if cfg.data.ordered:  # the ceiling with and without the order's information, side by side
                 unordered = oracle_metrics(cfg, data.vocab, data.test_eval, ordered=False)
                 result.metrics.update({f"bayes_unordered/{k}": v for k, v in unordered.items()})
+            if "completion_joint/n" in result.metrics:  # the ceilings on the joint-scored queries too
+                result.metrics.update(joint_subset_oracle_metrics(cfg, data.vocab, data.test_eval))
         table = metrics_table({cfg.tracking.run_name: {"test": result.metrics, "val": result.val_metrics}})
         save_metrics_table(table, out_dir / "eval.csv")
         save_metrics_table(table, out_dir / "eval.json")

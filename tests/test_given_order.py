@@ -224,3 +224,21 @@ def test_trained_given_decoder_is_order_sensitive_frequency_is_not(ordered_data,
     tv_freq = evaluate_order_sensitivity(freq_model, sets, n_perms=3, max_queries=60)["tv"]
     assert tv_given > 1e-3
     assert tv_freq < 1e-5
+
+
+def test_bayes_ceilings_are_also_reported_on_the_joint_scored_queries(ordered_data, tmp_path):
+    from recipeset.pipeline import joint_subset, oracle_metrics, run_training
+
+    over = {**ORDERED, "train.max_steps": 4, "train.checkpoint_every": 1000, "eval.tasks": ["completion"],
+            "eval.max_queries": 30, "eval.joint_max_queries": 12}
+    cfg = RunConfig().override(over, source="test")
+    m = run_training(cfg, out_dir=tmp_path / "run", track=False, progress=False).metrics
+    assert m["completion_joint/n"] == m["bayes/completion_joint/n"] == m["bayes_unordered/completion_joint/n"] == 12
+    assert m["bayes/completion/n"] == 30 < len(ordered_data.test_eval)
+    subset = joint_subset(ordered_data.test_eval, cfg)
+    only = RunConfig().override({**over, "eval.max_queries": 1000}, source="test")
+    for prefix, ordered in (("bayes", True), ("bayes_unordered", False)):
+        ref = oracle_metrics(only, ordered_data.vocab, subset, ordered=ordered)
+        assert m[f"{prefix}/completion_joint/mrr"] == pytest.approx(ref["completion/mrr"])
+    # on the same 12 queries the ceiling that reads the order is at least the order-free one
+    assert m["bayes/completion_joint/mrr"] >= m["bayes_unordered/completion_joint/mrr"]
