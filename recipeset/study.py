@@ -223,6 +223,7 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
                         proc.kill()
                         proc.join(timeout=10)
                 pool.shutdown(wait=True, cancel_futures=True)
+                parent.end_running_children("KILLED")  # a worker killed before it ended its own run
                 raise
             pool.shutdown(wait=True)
         if exp.baselines and planned:

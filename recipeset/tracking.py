@@ -281,6 +281,18 @@ class Tracker:
             self._restore_sigterm()
             self._client.set_terminated(self.run_id, status=status)
 
+    def end_running_children(self, status: str = "KILLED") -> list[str]:
+        """Set every child run of this (parent) run that is still RUNNING to ``status``; returns their ids.
+
+        For a stopped grid: a worker that is killed before it could end its own run (it did not exit in time)
+        would otherwise leave that run RUNNING for good. Call it only once the workers are gone."""
+        found = self._client.search_runs([self.experiment_id], max_results=1000,
+                                         filter_string=f"tags.`mlflow.parentRunId` = '{self.run_id}' "
+                                                       "and attributes.status = 'RUNNING'")
+        for run in found:
+            self._client.set_terminated(run.info.run_id, status=status)
+        return [run.info.run_id for run in found]
+
     def _restore_sigterm(self) -> None:
         _restore_sigterm(self._old_sigterm)
         self._old_sigterm = None

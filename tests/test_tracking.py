@@ -333,6 +333,27 @@ def test_grid_parent_children_find_finished_and_table(mlflow_uri):
         search_runs_table("gird")
 
 
+def test_a_stopped_grid_ends_the_children_its_killed_workers_left_running(mlflow_uri):
+    def in_grid(seed: int):
+        return CFG.override({"train.seed": seed, "tracking.experiment": "grid"})
+
+    c = client(mlflow_uri)
+    with start_parent_run("grid", "orphans") as parent:
+        done = Tracker.start(in_grid(0), run_name="g/a", parent_run_id=parent.run_id)
+        done.end("FINISHED")
+        # a worker SIGKILLed mid-run: its Tracker never ends the run
+        orphan = Tracker.start(in_grid(1), run_name="g/b", parent_run_id=parent.run_id)
+        orphan._restore_sigterm()
+        with start_parent_run("grid", "other") as other:  # another grid's running child is not touched
+            bystander = Tracker.start(in_grid(2), run_name="g/c", parent_run_id=other.run_id)
+            assert parent.end_running_children("KILLED") == [orphan.run_id]
+            assert c.get_run(bystander.run_id).info.status == "RUNNING"
+            bystander.end("FINISHED")
+    assert c.get_run(orphan.run_id).info.status == "KILLED"
+    assert c.get_run(done.run_id).info.status == "FINISHED"
+    assert parent.end_running_children() == []
+
+
 def test_killed_parent_is_reused_on_grid_resume(mlflow_uri):
     with pytest.raises(KeyboardInterrupt):
         with start_parent_run("grid", "p") as parent:
