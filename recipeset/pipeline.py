@@ -176,20 +176,23 @@ def oracle_metrics(cfg: RunConfig, vocab: Vocabulary, sets, ordered: bool | None
     return evaluate_all(oracle, sets, tasks=tasks, seed=cfg.eval.seed, modes=("next",))
 
 
+def oracle_references(cfg: RunConfig, vocab: Vocabulary, sets) -> dict[str, float]:
+    """``bayes/*`` and, on ordered data, ``bayes_unordered/*``: the generator's ceilings with and without the
+    order's information, side by side, on ``sets``."""
+    out = {f"bayes/{k}": v for k, v in oracle_metrics(cfg, vocab, sets).items()}
+    if cfg.data.ordered:
+        out.update({f"bayes_unordered/{k}": v for k, v in oracle_metrics(cfg, vocab, sets, ordered=False).items()})
+    return out
+
+
 def joint_subset_oracle_metrics(cfg: RunConfig, vocab: Vocabulary, sets) -> dict[str, float]:
     """``bayes/completion_joint/*`` (and ``bayes_unordered/...`` on ordered data): the Bayes ceilings of
     completion on exactly the queries decoders are scored ``joint`` on, so the two compare query for query."""
     from dataclasses import replace
 
     only = replace(cfg, eval=replace(cfg.eval, tasks=["completion"], max_queries=None))
-    subset = joint_subset(sets, cfg)
-    out: dict[str, float] = {}
-    for prefix, ordered in (("bayes", None), ("bayes_unordered", False)):
-        if ordered is False and not cfg.data.ordered:
-            continue
-        for k, v in oracle_metrics(only, vocab, subset, ordered=ordered).items():
-            out[f"{prefix}/{k.replace('completion/', 'completion_joint/', 1)}"] = v
-    return out
+    return {k.replace("/completion/", "/completion_joint/", 1): v
+            for k, v in oracle_references(only, vocab, joint_subset(sets, cfg)).items()}
 
 
 @dataclass
@@ -337,11 +340,7 @@ def _finish(cfg: RunConfig, trainer, state, data: PreparedData, out_dir: Path, t
         result.val_metrics = evaluate_model(model, val_subset(data.val_eval, cfg), cfg, joint=False)
         result.metrics = evaluate_model(model, data.test_eval, cfg)
         if cfg.data.dataset == "synthetic" and not cfg.data.mix:
-            result.metrics.update({f"bayes/{k}": v for k, v in oracle_metrics(cfg, data.vocab,
-                                                                                data.test_eval).items()})
-            if cfg.data.ordered:  # the ceiling with and without the order's information, side by side
-                unordered = oracle_metrics(cfg, data.vocab, data.test_eval, ordered=False)
-                result.metrics.update({f"bayes_unordered/{k}": v for k, v in unordered.items()})
+            result.metrics.update(oracle_references(cfg, data.vocab, data.test_eval))
             if "completion_joint/n" in result.metrics:  # the ceilings on the joint-scored queries too
                 result.metrics.update(joint_subset_oracle_metrics(cfg, data.vocab, data.test_eval))
         table = metrics_table({cfg.tracking.run_name: {"test": result.metrics, "val": result.val_metrics}})
