@@ -103,9 +103,7 @@ def tune_stop_threshold(model: RecipeModel, val_eval, seed: int = 0) -> float | 
     threshold with the best set-completion micro-F1 on the validation split."""
     from recipeset.evaluation import evaluate_set_completion
 
-    if model.model_type == "decoder" or getattr(model, "has_slots", False):
-        return None
-    if not hasattr(model.config, "stop_threshold"):
+    if not model.tunes_stop_threshold:
         return None
     best, best_f1 = model.config.stop_threshold, -1.0
     for th in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5):
@@ -146,7 +144,7 @@ def evaluate_model(model, sets, cfg: RunConfig, joint: bool | None = None) -> di
     sets = eval_subset(sets, cfg.eval.max_queries, cfg.eval.seed)
     out = evaluate_all(model, sets, tasks=tasks, seed=cfg.eval.seed, modes=("next",))
     joint = cfg.eval.joint if joint is None else joint
-    if getattr(model, "model_type", "") == "decoder" and joint and "completion" in tasks:
+    if "joint" in getattr(model, "scoring_modes", ()) and joint and "completion" in tasks:
         scored = evaluate_all(model, joint_subset(sets, cfg), tasks=("completion",), seed=cfg.eval.seed,
                               modes=("joint",))
         out.update({k: v for k, v in scored.items() if k.startswith("completion_joint/")})

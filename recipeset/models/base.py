@@ -236,6 +236,8 @@ class RecipeModel(nn.Module):
     """
 
     model_type: ClassVar[str] = ""
+    #: the completion scoring modes the evaluation reports for this model ("joint" costs a pass per candidate)
+    scoring_modes: ClassVar[tuple[str, ...]] = ("next",)
 
     def __init__(self, config, vocab: Vocabulary) -> None:
         super().__init__()
@@ -255,6 +257,11 @@ class RecipeModel(nn.Module):
     def accepts_cuisine(self) -> bool:
         """True when the model can be conditioned on a cuisine (``cuisine=`` in completion)."""
         return bool(getattr(self.config, "cuisine_condition", False))
+
+    @property
+    def tunes_stop_threshold(self) -> bool:
+        """True when ``complete`` stops on ``config.stop_threshold``, which a run tunes on validation."""
+        return hasattr(self.config, "stop_threshold")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

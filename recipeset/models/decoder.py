@@ -107,6 +107,7 @@ class CausalDecoder(RecipeModel):
     """GPT-style decoder over ingredient ids. See the module docstring."""
 
     model_type = "decoder"
+    scoring_modes = ("next", "joint")
 
     def __init__(self, config: DecoderConfig, vocab: Vocabulary, input_features: torch.Tensor | None = None) -> None:
         config = resolve_sizes(config, vocab, input_features)

@@ -113,6 +113,10 @@ class SetTransformer(RecipeModel):
     def has_slots(self) -> bool:
         return self.config.n_slots > 0
 
+    @property
+    def tunes_stop_threshold(self) -> bool:
+        return not self.has_slots  # the slot decoder stops where slots predict ∅
+
     # ---- forward --------------------------------------------------------------------------------------
     def encode(self, tokens: torch.Tensor, mask: torch.Tensor, cuisine: torch.Tensor | None = None,
                segments: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
