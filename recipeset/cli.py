@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from recipeset.errors import RecipesetError
+from recipeset.registry import DATASETS, LOSSES, MODELS, OBJECTIVES, ORDERS, Registry
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -21,6 +22,40 @@ class UserError(click.ClickException):
 
     def format_message(self) -> str:
         return self.message
+
+
+class RegistryChoice(click.Choice):
+    """A choice among a registry's names, read when the option is shown or parsed (so entries registered after
+    import — plug-ins, tests — are offered and accepted)."""
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__(())
+        self.registry = registry
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return self.registry.names()
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns it; the registry is the source
+        pass
+
+    def convert(self, value, param, ctx):
+        # one line with a suggestion, like a config file's mistake (not click's usage block)
+        return self.registry.get(value, f"--{param.name}") and value
+
+
+class LazyHelpOption(click.Option):
+    """An option whose help text is a function of the registries, evaluated when help is shown."""
+
+    def __init__(self, *args, help_fn=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.help_fn = help_fn
+
+    def get_help_record(self, ctx: click.Context):
+        if self.help_fn is not None:
+            self.help = self.help_fn()
+        return super().get_help_record(ctx)
 
 
 class RecipesetGroup(click.Group):
@@ -125,14 +160,17 @@ def _objective_weights(pairs: tuple[str, ...]) -> dict:
 @cli.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="A TOML/JSON run config; the options below override it.")
-@click.option("--dataset", default=None, help="synthetic (default), flavornet, whatscooking, or a .csv/.jsonl file.")
+@click.option("--dataset", default=None, cls=LazyHelpOption,
+              help_fn=lambda: f"{' | '.join(DATASETS.names())} [default: synthetic], or a .csv/.jsonl file.")
 @click.option("--path", default=None, help="Where the dataset's files are (flavornet: their directory).")
-@click.option("--model", type=click.Choice(["decoder", "set-transformer", "deep-sets"]), default=None,
-              help="Model family [default: decoder].")
-@click.option("--loss", default=None, help="standard | hungarian | set-ar | min-perm | pooled [default: standard].")
-@click.option("--objective", "objectives", multiple=True, metavar="NAME[=WEIGHT]",
-              help="Repeatable: clm, mlm, cls, rtd, coherence, set [default: the model's natural objective].")
-@click.option("--order", default=None, help="frequency | alphabetical | random-fixed | shuffle | k-perms | given.")
+@click.option("--model", type=RegistryChoice(MODELS), default=None, help="Model family [default: decoder].")
+@click.option("--loss", type=RegistryChoice(LOSSES), default=None,
+              help="Loss of the set objective [default: standard].")
+@click.option("--objective", "objectives", multiple=True, metavar="NAME[=WEIGHT]", cls=LazyHelpOption,
+              help_fn=lambda: f"Repeatable: {', '.join(OBJECTIVES.names())} [default: the model's natural "
+                              "objective].")
+@click.option("--order", type=RegistryChoice(ORDERS), default=None,
+              help="Ingredient order fed to sequence models [default: frequency].")
 @click.option("--epochs", type=int, default=None, help="Training epochs [default: 10].")
 @click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (wins over --epochs).")
 @click.option("--seed", type=int, default=None, help="Initialisation and data-order seed (not the split).")
@@ -185,8 +223,7 @@ def train(config_file, dataset, path, model, loss, objectives, order, epochs, ma
 def _check_resume_options(out: str | None, config_file: str | None, over: dict) -> None:
     """``--resume`` continues a run with its saved config.json: options that would change it are an error
     (they used to be ignored silently, e.g. a larger --max-steps); repeating the original options is fine."""
-    from recipeset.config import load_config
-    from recipeset.objectives.tasks import resolve_objectives
+    from recipeset.config import load_config, resolve_objectives
 
     saved_file = Path(out) / "config.json" if out is not None else None
     if saved_file is None or not saved_file.exists():

@@ -30,66 +30,29 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import hashlib
 import json
-import math
 import os
 import re
 import tomllib
-import types
 import typing
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from recipeset.errors import RecipesetError
+from recipeset.fields import check_fields, check_params, check_value, coerce, fail, spec
 from recipeset.io_utils import atomic_write_text
+from recipeset.registry import EVAL_TASKS, LOSSES, MODELS, OBJECTIVES, ORDERS, losses_for, suggest
 
-# The names shared by the CLI, config files, MLflow params and code (DESIGN.md, "Names").
-MODELS = ("decoder", "set-transformer", "deep-sets")
-LOSSES = ("standard", "hungarian", "set-ar", "min-perm", "pooled", "multilabel")
-OBJECTIVES = ("clm", "mlm", "cls", "rtd", "coherence", "set")
-ORDERS = ("frequency", "alphabetical", "random-fixed", "shuffle", "k-perms", "given")  # given: the data's own
+# The config's own names; models, losses, objectives, orders, datasets and evaluation tasks live in their
+# registries (recipeset.registry), which the fields below name as their choices.
 SCHEDULES = ("cosine", "inverse-sqrt", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLASS_WEIGHTS = ("none", "balanced")  # balanced: w_c = N / (C · n_c) over the training split, as scikit-learn's
-EVAL_TASKS = ("completion", "set-completion", "cuisine", "order-sensitivity", "likelihood")
-
-
-# ---- error helpers --------------------------------------------------------------------------------------
-def suggest(word: str, valid: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest valid name, or an empty string."""
-    close = difflib.get_close_matches(str(word), [str(v) for v in valid], n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _fail(source: str, key: str, message: str) -> RecipesetError:
-    where = f"{source}: {key}" if key else source
-    return RecipesetError(f"{where}: {message}")
-
-
-def check_name(kind: str, value: Any, valid: Iterable[str], key: str = "", source: str = "config") -> str:
-    """Return ``value`` if it is one of ``valid``, else raise "unknown <kind> 'x' (did you mean 'y'?) — valid: ..."."""
-    valid = tuple(valid)
-    if value not in valid:
-        raise _fail(source, key, f"unknown {kind} {value!r}{suggest(value, valid)} — valid: {', '.join(valid)}")
-    return value
-
-
-def validate_model_params(name: str, params: Mapping[str, Any], known_fields: Iterable[str],
-                          source: str = "config") -> None:
-    """Raise if ``params`` (the ``[model]`` section minus ``name``) has a key the model's config lacks.
-
-    The model registry calls this with the field names of the model's config dataclass, e.g.
-    ``validate_model_params("decoder", cfg.model.params, [f.name for f in dataclasses.fields(DecoderConfig)])``.
-    """
-    known = tuple(known_fields)
-    for key in params:
-        if key not in known:
-            raise _fail(source, f"model.{key}", f"unknown parameter for model '{name}'{suggest(key, known)}"
-                        f" — valid: {', '.join(sorted(known))}")
+DEFAULT_OBJECTIVES = {"clm": 1.0}     # left as is, a run trains its model's natural objective (resolve_objectives)
+DEFAULT_LOSS = "standard"             # the loss of plain next-ingredient training; any other is a `set` loss
 
 
 # ---- sections --------------------------------------------------------------------------------------------
@@ -97,77 +60,73 @@ def validate_model_params(name: str, params: Mapping[str, Any], known_fields: It
 class DataConfig:
     dataset: str = "synthetic"        # a dataset name (synthetic, flavornet, whatscooking) or a .csv/.jsonl path
     path: str | None = None           # where the dataset's files are (None: the default data directory)
-    order: str = "frequency"          # ingredient order fed to sequence models (ORDERS)
-    k_perms: int = 4                  # permutations per recipe for order = "k-perms"
-    min_count: int = 1                # vocabulary: minimum training count of an ingredient
+    order: str = spec("frequency", choices=ORDERS)  # ingredient order fed to sequence models
+    k_perms: int = spec(4, ge=1)      # permutations per recipe for order = "k-perms"
+    min_count: int = spec(1, ge=1)    # vocabulary: minimum training count of an ingredient
     split_seed: int = 0               # the 80/10/10 group split; study seeds never change it
-    max_len: int | None = None        # drop recipes with more ingredients than this
-    n_recipes: int | None = None      # synthetic generator size / cap on loaded recipes
+    max_len: int | None = spec(None, ge=1)     # drop recipes with more ingredients than this
+    n_recipes: int | None = spec(None, ge=1)   # synthetic generator size / cap on loaded recipes
     ordered: bool = False             # synthetic: emit ingredients in cooking order (order carries information)
     lenient: bool = False             # skip malformed rows (with a count) instead of failing
-    mix: list[dict] = field(default_factory=list)  # weighted mixing: [{dataset, path, weight}, ...]
+    mix: list[dict] = spec(factory=list)  # weighted mixing: [{dataset, path, weight}, ...]
 
 
 @dataclass
 class ModelConfig:
-    name: str = "decoder"             # MODELS
-    params: dict = field(default_factory=dict)  # the model config dataclass's fields (checked by the registry)
+    name: str = spec("decoder", choices=MODELS)
+    params: dict = spec(factory=dict)  # the model's config_class fields (checked against it by validate)
 
 
 @dataclass
 class LossConfig:
-    name: str = "standard"            # LOSSES
-    null_weight: float = 0.1          # hungarian: down-weight of the ∅ class (DETR's eos_coef)
-    k: int = 4                        # min-perm: sampled orders per recipe
-    label_smoothing: float = 0.0      # for every cross-entropy
-    truncate_logp: float | None = None  # hungarian: OAXE-style truncation of low-probability matches
-    stop_weight: float = 1.0          # pooled: weight of the class-balanced stop loss
-    cardinality_weight: float = 0.0   # pooled: weight of the set-size penalty
+    name: str = spec(DEFAULT_LOSS, choices=LOSSES)
+    label_smoothing: float = spec(0.0, ge=0, lt=1)  # for every cross-entropy
+    params: dict = spec(factory=dict)  # the loss's own fields (its registry entry's params dataclass)
 
 
 @dataclass
 class ObjectivesConfig:
-    weights: dict = field(default_factory=lambda: {"clm": 1.0})  # objective name -> loss weight
+    weights: dict = spec(factory=lambda: dict(DEFAULT_OBJECTIVES))  # objective name -> loss weight
     detach: bool = False              # train the task heads on detached features ("detach_CLS")
-    alpha: float | None = None        # fine-tuning: L = α·L_task + (1−α)·L_LM (None: plain weighted sum)
-    mlm_prob: float = 0.15            # MLM: fraction of each set masked (at least one)
-    rtd_prob: float = 0.15            # RTD: fraction of each set replaced
-    null_prob: float = 0.1            # MLM on an encoder: chance of a [MASK] slot whose target is [NULL]
-    cls_class_weight: str = "none"    # CLASS_WEIGHTS: the cuisine loss's per-class weights
+    alpha: float | None = spec(None, ge=0, le=1)  # fine-tuning: L = α·L_task + (1−α)·L_LM (None: weighted sum)
+    mlm_prob: float = spec(0.15, gt=0, le=1)  # MLM: fraction of each set masked (at least one)
+    rtd_prob: float = spec(0.15, gt=0, le=1)  # RTD: fraction of each set replaced
+    null_prob: float = spec(0.1, ge=0, le=1)  # MLM on an encoder: chance of a [MASK] slot whose target is [NULL]
+    cls_class_weight: str = spec("none", choices=CLASS_WEIGHTS, kind="class weighting")  # cuisine loss weights
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    max_steps: int | None = None      # stop after this many optimizer steps (matched compute); wins over epochs
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01        # AdamW, only on >= 2-D weights
-    warmup_steps: int = 100
-    schedule: str = "cosine"          # SCHEDULES
-    clip: float = 1.0                 # gradient-norm clipping (0: off)
+    epochs: int = spec(10, ge=1)
+    max_steps: int | None = spec(None, ge=1)  # stop after this many optimizer steps (matched compute); wins
+    batch_size: int = spec(64, ge=1)
+    lr: float = spec(1e-3, gt=0)
+    weight_decay: float = spec(0.01, ge=0)  # AdamW, only on >= 2-D weights
+    warmup_steps: int = spec(100, ge=0)
+    schedule: str = spec("cosine", choices=SCHEDULES, kind="schedule")
+    clip: float = spec(1.0, ge=0)      # gradient-norm clipping (0: off)
     seed: int = 0                     # initialisation and data order (not the split)
     deterministic: bool = False       # torch deterministic kernels
-    eval_every: int | None = None     # validation every N steps (None: every epoch)
-    checkpoint_every: int = 200       # atomic checkpoint every N steps
-    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    eval_every: int | None = spec(None, ge=1)  # validation every N steps (None: every epoch)
+    checkpoint_every: int = spec(200, ge=1)  # atomic checkpoint every N steps
+    early_stopping_patience: int | None = spec(None, ge=1)  # evaluations without improvement before stopping
     early_stopping_metric: str = "val/loss"
     curriculum: bool = False          # small sets first
-    num_workers: int = 0              # DataLoader workers
+    num_workers: int = spec(0, ge=0)  # DataLoader workers
     device: str = "auto"              # auto, cpu, cuda, cuda:N, mps
-    precision: str = "auto"           # PRECISIONS (bf16/fp16 autocast only on GPU)
+    precision: str = spec("auto", choices=PRECISIONS, kind="precision")  # bf16/fp16 autocast only on GPU
     init_from: str | None = None      # fine-tuning: a model dir (relative to the cwd) to start from; "{seed}" in
     #                                   it becomes train.seed (grid variants); the CLI's --init-from wins
 
 
 @dataclass
 class EvalConfig:
-    tasks: list[str] = field(default_factory=lambda: list(EVAL_TASKS))
+    tasks: list[str] = spec(factory=lambda: list(EVAL_TASKS.names()))  # evaluation tasks (registry names)
     seed: int = 0                     # held-out ingredients and queries (same for every model)
     joint: bool = True                # decoders: also report `joint` scoring
-    max_queries: int | None = None    # cap on evaluation queries (None: all)
-    joint_max_queries: int = 500      # decoders' `joint` scoring costs a forward pass per candidate
-    val_max_queries: int | None = 2000  # the validation evaluation (model selection) on this many recipes
+    max_queries: int | None = spec(None, ge=1)  # cap on evaluation queries (None: all)
+    joint_max_queries: int = spec(500, ge=1)  # decoders' `joint` scoring costs a forward pass per candidate
+    val_max_queries: int | None = spec(2000, ge=1)  # the validation evaluation (model selection) on this many
 
 
 @dataclass
@@ -181,47 +140,8 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "loss": LossConfig, "objectives": ObjectivesConfig,
     "train": TrainConfig, "eval": EvalConfig, "tracking": TrackingConfig,
 }
-
-
-# ---- type checking of values ------------------------------------------------------------------------------
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (int, float, bool, str, list, dict, X | None)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, source)
-    base = origin or tp
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, int | float) and not isinstance(value, bool),
-        str: isinstance(value, str),
-        list: isinstance(value, list | tuple),
-        dict: isinstance(value, Mapping),
-    }[base]
-    if not ok:
-        raise _fail(source, key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if base is float:
-        value = float(value)
-        if math.isnan(value):
-            raise _fail(source, key, "NaN is not a valid value")
-    elif base is list:
-        value = list(value)
-    elif base is dict:
-        value = dict(value)
-    return value
-
-
 _HINTS: dict[type, dict[str, Any]] = {cls: typing.get_type_hints(cls) for cls in SECTIONS.values()}
+_NAMED = {"model": "name", "loss": "name"}  # sections whose other keys are the named entry's own parameters
 
 
 # ---- the run config ----------------------------------------------------------------------------------------
@@ -229,27 +149,27 @@ _HINTS: dict[type, dict[str, Any]] = {cls: typing.get_type_hints(cls) for cls in
 class RunConfig:
     """Everything a run needs; see the section dataclasses for the fields and defaults."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    objectives: ObjectivesConfig = dataclasses.field(default_factory=ObjectivesConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 
     # ---- construction ----------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> RunConfig:
         """Build and validate from nested sections (``{"model": {"name": ..., "d_model": ...}, ...}``)."""
         if not isinstance(d, Mapping):
-            raise _fail(source, "", f"expected a table of sections, got {type(d).__name__}")
+            raise fail(source, "", f"expected a table of sections, got {type(d).__name__}")
         cfg = cls()
         for section, values in d.items():
             if section not in SECTIONS:
-                raise _fail(source, str(section), f"unknown section{suggest(section, SECTIONS)}"
+                raise fail(source, str(section), f"unknown section{suggest(section, SECTIONS)}"
                             f" — valid: {', '.join(SECTIONS)}")
             if not isinstance(values, Mapping):
-                raise _fail(source, section, f"expected a table, got {type(values).__name__} {values!r}")
+                raise fail(source, section, f"expected a table, got {type(values).__name__} {values!r}")
             for key, value in values.items():
                 cfg._set(f"{section}.{key}", value, source)
         cfg.validate(source)
@@ -271,102 +191,93 @@ class RunConfig:
         parts = dotted.split(".")
         section = parts[0]
         if section not in SECTIONS:
-            raise _fail(source, dotted, f"unknown section '{section}'{suggest(section, SECTIONS)}"
-                        f" — valid: {', '.join(SECTIONS)}")
+            raise fail(source, dotted, f"unknown section '{section}'{suggest(section, SECTIONS)}"
+                       f" — valid: {', '.join(SECTIONS)}")
         if len(parts) < 2 or not all(parts):
-            raise _fail(source, dotted, "expected a dotted key like 'section.field'")
+            raise fail(source, dotted, "expected a dotted key like 'section.field'")
         obj = getattr(self, section)
         name = parts[1]
-        if section == "model" and name != "name":
-            # Every model key but `name` is a model parameter; the model registry checks it against the model's
-            # config dataclass (validate_model_params). `model.params.x` is accepted as a long spelling.
-            if name == "params" and len(parts) == 2:
-                obj.params = _coerce(value, dict, dotted, source)
-                return
-            param = ".".join(parts[2:] if name == "params" else parts[1:])
-            obj.params[param] = value
-            return
         hints = _HINTS[type(obj)]
+        if section in _NAMED and (name not in hints or name == "params"):
+            # Any other key of [model] / [loss] is a parameter of the named model / loss; validate() checks it
+            # against that entry's dataclass. `model.params.x` is accepted as a long spelling.
+            if name == "params" and len(parts) == 2:
+                obj.params = coerce(value, dict, dotted, source)
+                return
+            obj.params[".".join(parts[2:] if name == "params" else parts[1:])] = value
+            return
         if name not in hints:
-            valid = list(hints) + (["<model parameter>"] if section == "model" else [])
-            raise _fail(source, dotted, f"unknown key{suggest(name, hints)} — valid: {', '.join(valid)}")
+            raise fail(source, dotted, f"unknown key{suggest(name, hints)} — valid: {', '.join(hints)}")
         if len(parts) == 2:
-            setattr(obj, name, _coerce(value, hints[name], dotted, source))
+            setattr(obj, name, coerce(value, hints[name], dotted, source))
         elif len(parts) == 3 and typing.get_origin(hints[name]) is None and hints[name] is dict:
             getattr(obj, name)[parts[2]] = value  # one entry of a dict field (objectives.weights.cls)
         else:
-            raise _fail(source, dotted, f"'{section}.{name}' has no sub-keys")
+            raise fail(source, dotted, f"'{section}.{name}' has no sub-keys")
 
-    # ---- validation --------------------------------------------------------------------------------------
+    # ---- validation: the one place a run config is checked ------------------------------------------------
     def validate(self, source: str = "config") -> RunConfig:
-        """Check names and ranges; raise RecipesetError naming ``source`` and the dotted key."""
-        d, m, lo, ob, t, ev = self.data, self.model, self.loss, self.objectives, self.train, self.eval
-        check_name("order", d.order, ORDERS, "data.order", source)
-        check_name("model", m.name, MODELS, "model.name", source)
-        check_name("loss", lo.name, LOSSES, "loss.name", source)
-        check_name("schedule", t.schedule, SCHEDULES, "train.schedule", source)
-        check_name("precision", t.precision, PRECISIONS, "train.precision", source)
-        check_name("class weighting", ob.cls_class_weight, CLASS_WEIGHTS, "objectives.cls_class_weight", source)
+        """Check every field (types, ranges, names from the registries), the named model's and loss's own
+        parameters, and what runs with what; raise RecipesetError naming ``source`` and the dotted key."""
+        for section in SECTIONS:
+            check_fields(getattr(self, section), section, source, skip=("params", "weights", "mix", "tasks"))
+        d, t = self.data, self.train
         if not isinstance(d.dataset, str) or not d.dataset:
-            raise _fail(source, "data.dataset", "expected a dataset name or a file path")
+            raise fail(source, "data.dataset", "expected a dataset name or a file path")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device):
-            raise _fail(source, "train.device", f"unknown device {t.device!r} — valid: auto, cpu, cuda, cuda:N, mps")
-        for i, task in enumerate(ev.tasks):
-            check_name("evaluation task", task, EVAL_TASKS, f"eval.tasks[{i}]", source)
-        for name, w in ob.weights.items():
-            check_name("objective", name, OBJECTIVES, f"objectives.weights.{name}", source)
-            w = _coerce(w, float, f"objectives.weights.{name}", source)
-            if w < 0:
-                raise _fail(source, f"objectives.weights.{name}", f"weight must be >= 0, got {w}")
-            ob.weights[name] = w
-        if not any(w > 0 for w in ob.weights.values()):
-            raise _fail(source, "objectives.weights", "at least one objective needs a positive weight")
-        for key, value in m.params.items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                raise _fail(source, f"model.{key}", "a model parameter name must be an identifier")
-            if value is None or isinstance(value, Mapping):
-                raise _fail(source, f"model.{key}", f"expected a number, string, bool or list, got {value!r}")
+            raise fail(source, "train.device", f"unknown device {t.device!r} — valid: auto, cpu, cuda, cuda:N, mps")
+        for i, task in enumerate(self.eval.tasks):
+            EVAL_TASKS.get(task, f"eval.tasks[{i}]", source)
         for i, entry in enumerate(d.mix):
             d.mix[i] = _check_mix_entry(entry, f"data.mix[{i}]", source)
-        ranges = [  # (dotted key, value, lower bound, inclusive, upper bound)
-            ("data.k_perms", d.k_perms, 1, True, None), ("data.min_count", d.min_count, 1, True, None),
-            ("data.max_len", d.max_len, 1, True, None), ("data.n_recipes", d.n_recipes, 1, True, None),
-            ("loss.null_weight", lo.null_weight, 0, True, None), ("loss.k", lo.k, 1, True, None),
-            ("loss.label_smoothing", lo.label_smoothing, 0, True, 1),
-            ("loss.stop_weight", lo.stop_weight, 0, True, None),
-            ("loss.cardinality_weight", lo.cardinality_weight, 0, True, None),
-            ("objectives.alpha", ob.alpha, 0, True, 1), ("objectives.mlm_prob", ob.mlm_prob, 0, False, 1),
-            ("objectives.rtd_prob", ob.rtd_prob, 0, False, 1), ("objectives.null_prob", ob.null_prob, 0, True, 1),
-            ("train.epochs", t.epochs, 1, True, None), ("train.max_steps", t.max_steps, 1, True, None),
-            ("train.batch_size", t.batch_size, 1, True, None), ("train.lr", t.lr, 0, False, None),
-            ("train.weight_decay", t.weight_decay, 0, True, None),
-            ("train.warmup_steps", t.warmup_steps, 0, True, None), ("train.clip", t.clip, 0, True, None),
-            ("train.eval_every", t.eval_every, 1, True, None),
-            ("train.checkpoint_every", t.checkpoint_every, 1, True, None),
-            ("train.early_stopping_patience", t.early_stopping_patience, 1, True, None),
-            ("train.num_workers", t.num_workers, 0, True, None),
-            ("eval.max_queries", ev.max_queries, 1, True, None),
-        ]
-        for key, value, lo_bound, inclusive, hi in ranges:
-            if value is None:
-                continue
-            bad = value < lo_bound if inclusive else value <= lo_bound
-            if bad or (hi is not None and value > hi):
-                rel = ">=" if inclusive else ">"
-                bound = f"{rel} {lo_bound}" + (f" and <= {hi}" if hi is not None else "")
-                raise _fail(source, key, f"must be {bound}, got {value}")
-        if lo.label_smoothing >= 1:
-            raise _fail(source, "loss.label_smoothing", f"must be < 1, got {lo.label_smoothing}")
+        model_cls = MODELS.get(self.model.name)
+        self.model.params = check_params(self.model.params, model_cls.config_class, "model",
+                                         f"model '{self.model.name}'", source)
+        try:
+            model_cls.check_config(model_cls.config_class(**self.model.params))
+        except RecipesetError as e:
+            raise fail(source, "model", str(e)) from None
+        self.loss.params = self._loss_params(source)
+        self._check_weights(source)
+        resolve_objectives(self, source)
         return self
+
+    def _loss_params(self, source: str) -> dict[str, Any]:
+        entry = LOSSES.get(self.loss.name)
+        own = list(entry.defaults())
+        for key in self.loss.params:
+            if key not in own:
+                valid = [*(k for k in _HINTS[LossConfig] if k != "params"), *own]
+                others = [n for n, e in LOSSES.items() if key in e.defaults()]
+                hint = f" ('{key}' is a parameter of loss {', '.join(repr(n) for n in others)})" if others else ""
+                raise fail(source, f"loss.{key}", f"unknown key for loss '{self.loss.name}'{suggest(key, valid)}"
+                           f"{hint} — valid: {', '.join(valid)}")
+        return check_params(self.loss.params, entry.params, "loss", f"loss '{self.loss.name}'", source)
+
+    def _check_weights(self, source: str) -> None:
+        ob = self.objectives
+        for name, w in ob.weights.items():
+            OBJECTIVES.get(name, f"objectives.weights.{name}", source)
+            w = coerce(w, float, f"objectives.weights.{name}", source)
+            check_value(w, {"ge": 0}, f"objectives.weights.{name}", source)
+            ob.weights[name] = w
+        if not any(w > 0 for w in ob.weights.values()):
+            raise fail(source, "objectives.weights", "at least one objective needs a positive weight")
+
+    def loss_params(self) -> Any:
+        """The loss's own parameters as its dataclass (defaults filled in), or None for a loss without any."""
+        entry = LOSSES.get(self.loss.name)
+        return None if entry.params is None else entry.params(**self.loss.params)
 
     # ---- views ---------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Nested plain dict in the file format (model params inline in ``model``); ``from_dict`` inverts it."""
+        """Nested plain dict in the file format (model/loss params inline in their section); ``from_dict``
+        inverts it."""
         out = {}
         for section in SECTIONS:
             values = dataclasses.asdict(getattr(self, section))
-            if section == "model":
-                values = {"name": values["name"], **values["params"]}
+            if section in _NAMED:
+                values = {**{k: v for k, v in values.items() if k != "params"}, **values["params"]}
             out[section] = values
         return out
 
@@ -389,9 +300,11 @@ class RunConfig:
     def config_hash(self) -> str:
         """SHA-256 of the canonical JSON of the fields that differ from their defaults, ``tracking`` (where
         results go) left out. Leaving out defaults keeps a config's hash when a later version adds a field, so
-        the finished children of a grid are still recognised (and skipped) after an upgrade."""
+        the finished children of a grid are still recognised (and skipped) after an upgrade. A loss parameter
+        counts as a default when it equals its loss's declared default (model parameters always count)."""
         d, default = self.to_dict(), RunConfig().to_dict()
         d.pop("tracking")
+        default["loss"].update(LOSSES.get(self.loss.name).defaults())
         changed = {section: {k: v for k, v in values.items() if default[section].get(k, _MISSING) != v}
                    for section, values in d.items()}
         return hashlib.sha256(canonical_json(changed).encode("utf-8")).hexdigest()
@@ -409,21 +322,56 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
+def resolve_objectives(cfg: RunConfig, source: str = "") -> dict[str, float]:
+    """The objective weights a run trains, checked against its model and loss (one clear error otherwise).
+
+    Left at the default ``{clm: 1}``, a run trains its model's natural objective for the loss (a decoder with
+    ``set-ar`` trains ``set``; a set transformer ``mlm``). Every objective must be one the model trains with;
+    the ``set`` objective's loss must train the model's set head.
+    """
+    model_cls = MODELS.get(cfg.model.name, "model.name", source)
+    model, loss = cfg.model.name, cfg.loss.name
+    weights = dict(cfg.objectives.weights)
+    if weights == DEFAULT_OBJECTIVES:
+        weights = model_cls.natural_objectives(loss != DEFAULT_LOSS, cfg.model.params)
+    for name in weights:
+        if name not in model_cls.objectives:
+            raise fail(source, "", f"objective {name!r} does not run with model {model!r}; "
+                       f"valid: {', '.join(model_cls.objectives)} (see README, 'What runs with what')")
+    uses_loss = "set" in weights
+    losses = losses_for(model_cls)
+    if uses_loss and loss not in losses:
+        raise fail(source, "", f"loss {loss!r} does not run with model {model!r}; "
+                   f"valid: {', '.join(losses) or 'none'}")
+    if not uses_loss and loss != DEFAULT_LOSS:
+        raise fail(source, "", f"loss {loss!r} is only used by the 'set' objective; add --objective set "
+                   f"(objectives now: {', '.join(weights)})")
+    try:
+        model_cls.check_objectives(weights)
+    except RecipesetError as e:
+        raise fail(source, "", str(e)) from None
+    if cfg.objectives.alpha is not None:
+        tasks = [n for n in weights if OBJECTIVES.get(n).task]
+        if not tasks or len(tasks) == len(weights):
+            raise fail(source, "", "objectives.alpha needs a task objective (cls) and at least one LM objective")
+    return weights
+
+
 def _check_mix_entry(entry: Any, key: str, source: str) -> dict:
     if not isinstance(entry, Mapping):
-        raise _fail(source, key, f"expected a table {{dataset, path, weight}}, got {entry!r}")
+        raise fail(source, key, f"expected a table {{dataset, path, weight}}, got {entry!r}")
     valid = ("dataset", "path", "weight")
     for k in entry:
         if k not in valid:
-            raise _fail(source, f"{key}.{k}", f"unknown key{suggest(k, valid)} — valid: {', '.join(valid)}")
+            raise fail(source, f"{key}.{k}", f"unknown key{suggest(k, valid)} — valid: {', '.join(valid)}")
     if not isinstance(entry.get("dataset"), str) or not entry["dataset"]:
-        raise _fail(source, f"{key}.dataset", "every mix entry needs a dataset name or path")
+        raise fail(source, f"{key}.dataset", "every mix entry needs a dataset name or path")
     out = {"dataset": entry["dataset"], "path": entry.get("path"), "weight": entry.get("weight", 1.0)}
     if out["path"] is not None and not isinstance(out["path"], str):
-        raise _fail(source, f"{key}.path", f"expected str, got {out['path']!r}")
-    out["weight"] = _coerce(out["weight"], float, f"{key}.weight", source)
+        raise fail(source, f"{key}.path", f"expected str, got {out['path']!r}")
+    out["weight"] = coerce(out["weight"], float, f"{key}.weight", source)
     if out["weight"] <= 0:
-        raise _fail(source, f"{key}.weight", f"must be > 0, got {out['weight']}")
+        raise fail(source, f"{key}.weight", f"must be > 0, got {out['weight']}")
     return out
 
 

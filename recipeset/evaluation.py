@@ -18,6 +18,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -28,9 +29,9 @@ import torch
 from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import NUM_SPECIALS, PAD, Vocabulary
 from recipeset.errors import RecipesetError
+from recipeset.registry import EVAL_TASKS, EvalTaskEntry
 
-TASKS = ("completion", "set", "cuisine", "order", "nll")
-DEFAULT_TASKS = ("completion", "set", "cuisine", "order")
+DEFAULT_TASKS = ("completion", "set", "cuisine", "order")  # evaluate_all's default (nll needs a likelihood)
 
 
 @runtime_checkable
@@ -456,10 +457,78 @@ def evaluate_nll(order_log_likelihood: Callable[[torch.Tensor, torch.Tensor], to
             "nll_order_ingredient": float(-o.sum()) / total, "n": int(len(sub))}
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """What :func:`evaluate_all` passes to every task."""
+
+    seed: int = 0
+    modes: Sequence[str] = ("next",)
+    batch_size: int = 512
+    max_new: int | None = None
+    order_queries: int | None = 1000
+    nll_orders: int = 8
+
+
+def _mode_suffix(mode: str) -> str:
+    return "" if mode == "next" else f"_{mode}"
+
+
+def _task(name: str, help: str, oracle: bool = True):
+    """Register an evaluation task: ``run(scorer, sets, options) -> {"<prefix>/<metric>": value}``."""
+    def deco(run):
+        EVAL_TASKS.register(name, EvalTaskEntry(name, run, oracle, help))
+        return run
+
+    return deco
+
+
+def _prefixed(prefix: str, metrics: Mapping) -> dict[str, float]:
+    return {f"{prefix}/{k}": v for k, v in metrics.items() if np.isscalar(v)}
+
+
+@_task("completion", "leave-one-out: Recall@1/10, MRR, mean rank (decoders also `joint`)")
+def _completion_task(scorer: Scorer, sets: EncodedSets, o: EvalOptions) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for mode in o.modes:
+        out.update(_prefixed(f"completion{_mode_suffix(mode)}",
+                             evaluate_completion(scorer, sets, mode, o.seed, o.batch_size)))
+    return out
+
+
+@_task("set", "set completion from half: micro-F1/IoU, predicted vs true size")
+def _set_task(scorer: Scorer, sets: EncodedSets, o: EvalOptions) -> dict[str, float]:
+    return _prefixed("set", evaluate_set_completion(scorer, sets, o.seed, o.max_new, o.batch_size))
+
+
+@_task("cuisine", "cuisine accuracy and macro-F1 (scorers that classify)")
+def _cuisine_task(scorer: Scorer, sets: EncodedSets, o: EvalOptions) -> dict[str, float]:
+    if getattr(scorer, "can_classify", False) and (sets.cuisine >= 0).any():
+        return _prefixed("cuisine", evaluate_cuisine(scorer, sets, o.batch_size))
+    return {}
+
+
+@_task("order", "order sensitivity: total variation over query permutations", oracle=False)
+def _order_task(scorer: Scorer, sets: EncodedSets, o: EvalOptions) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for mode in o.modes:
+        out.update(_prefixed(f"order{_mode_suffix(mode)}", evaluate_order_sensitivity(
+            scorer, sets, seed=o.seed, max_queries=o.order_queries, mode=mode, batch_size=o.batch_size)))
+    return out
+
+
+@_task("nll", "set NLL over sampled orders (scorers with order_log_likelihood)", oracle=False)
+def _nll_task(scorer: Scorer, sets: EncodedSets, o: EvalOptions) -> dict[str, float]:
+    fn = getattr(scorer, "order_log_likelihood", None)
+    if not callable(fn):
+        return {}
+    return _prefixed("nll", evaluate_nll(fn, sets, k=o.nll_orders, seed=o.seed, batch_size=o.batch_size))
+
+
 def evaluate_all(scorer: Scorer, sets: EncodedSets, tasks: Sequence[str] = DEFAULT_TASKS, seed: int = 0,
                  modes: Sequence[str] = ("next",), batch_size: int = 512, max_new: int | None = None,
                  order_queries: int | None = 1000, nll_orders: int = 8) -> dict[str, float]:
-    """Every requested task on ``sets``: a flat ``{"task/metric": value}`` dict.
+    """Every requested task (:data:`recipeset.registry.EVAL_TASKS` names) on ``sets``: a flat
+    ``{"task/metric": value}`` dict.
 
     Keys: ``completion/recall@1|recall@10|mrr|mean_rank|n`` (mode ``next``; other modes as
     ``completion_<mode>/...``), ``set/micro_iou|micro_f1|mean_f1|pred_size|true_size|...``,
@@ -467,34 +536,11 @@ def evaluate_all(scorer: Scorer, sets: EncodedSets, tasks: Sequence[str] = DEFAU
     the confusion matrix is in :func:`evaluate_cuisine`), ``order/tv|recall@10_spread|...`` (and
     ``order_<mode>/...``), ``nll/...`` (only for scorers with an ``order_log_likelihood(tokens, mask)`` method).
     """
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise RecipesetError(f"unknown evaluation task(s) {unknown}; choose from {', '.join(TASKS)}")
+    entries = [EVAL_TASKS.get(t) for t in tasks]
+    options = EvalOptions(seed, tuple(modes), batch_size, max_new, order_queries, nll_orders)
     out: dict[str, float] = {}
-
-    def put(prefix: str, metrics: Mapping) -> None:
-        out.update({f"{prefix}/{k}": v for k, v in metrics.items() if np.isscalar(v)})
-
-    def suffix(mode: str) -> str:
-        return "" if mode == "next" else f"_{mode}"
-
-    for task in tasks:
-        if task == "completion":
-            for mode in modes:
-                put(f"completion{suffix(mode)}", evaluate_completion(scorer, sets, mode, seed, batch_size))
-        elif task == "set":
-            put("set", evaluate_set_completion(scorer, sets, seed, max_new, batch_size))
-        elif task == "cuisine":
-            if getattr(scorer, "can_classify", False) and (sets.cuisine >= 0).any():
-                put("cuisine", evaluate_cuisine(scorer, sets, batch_size))
-        elif task == "order":
-            for mode in modes:
-                put(f"order{suffix(mode)}", evaluate_order_sensitivity(
-                    scorer, sets, seed=seed, max_queries=order_queries, mode=mode, batch_size=batch_size))
-        elif task == "nll":
-            fn = getattr(scorer, "order_log_likelihood", None)
-            if callable(fn):
-                put("nll", evaluate_nll(fn, sets, k=nll_orders, seed=seed, batch_size=batch_size))
+    for entry in entries:
+        out.update(entry.run(scorer, sets, options))
     return out
 
 

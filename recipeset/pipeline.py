@@ -11,7 +11,6 @@ A run directory (``runs/<run name>/`` by default) holds everything a run needs t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -21,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recipeset.config import RunConfig, validate_model_params
+from recipeset.config import RunConfig, resolve_objectives
 from recipeset.data.prepare import PreparedData, prepare_data
 from recipeset.data.vocab import Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.io_utils import atomic_write_text
 from recipeset.models.base import RecipeModel
+from recipeset.registry import MODELS, OBJECTIVES
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,6 @@ EVAL_TASK_NAMES = {"completion": "completion", "set-completion": "set", "cuisine
 def default_run_name(cfg: RunConfig) -> str:
     """``<dataset>-<model>-<loss>-<objectives>-<order>-seed<seed>``, with the objectives the run really trains
     (a set-transformer left at the default ``{clm: 1}`` trains mlm and must not be named "clm")."""
-    from recipeset.objectives.tasks import resolve_objectives
-
     objectives = "+".join(resolve_objectives(cfg))
     return f"{cfg.data.dataset.split('/')[-1]}-{cfg.model.name}-{cfg.loss.name}-{objectives}-" \
            f"{cfg.data.order}-seed{cfg.train.seed}"
@@ -60,21 +58,12 @@ def input_features_for(cfg: RunConfig, vocab: Vocabulary) -> torch.Tensor | None
 
 def build_model(cfg: RunConfig, vocab: Vocabulary, weights: dict[str, float], max_set: int,
                 input_features: torch.Tensor | None = None) -> RecipeModel:
-    """A fresh model for the run: the user's ``[model]`` params plus the heads the objectives need."""
-    from recipeset.models import CONFIGS, MODELS
-    from recipeset.objectives.tasks import model_heads
-
-    cls, config_cls = MODELS[cfg.model.name], CONFIGS[cfg.model.name]
-    fields = [f.name for f in dataclasses.fields(config_cls)]
-    validate_model_params(cfg.model.name, cfg.model.params, fields)
-    params = {**model_heads(cfg, weights), **cfg.model.params}
-    if "train_order" in fields:
-        params["train_order"] = cfg.data.order
-    if cfg.model.name == "set-transformer" and "set" in weights and not params.get("n_slots"):
-        params["n_slots"] = max_set  # K >= the largest target set
-    if cfg.model.name == "decoder":
-        params.setdefault("max_len", max(64, max_set + 2))
-    return cls(config_cls(**params), vocab, input_features)
+    """A fresh model for the run: the user's ``[model]`` params, the heads its objectives need, and what the
+    model class fills in from the run (:meth:`~recipeset.models.base.RecipeModel.configure`)."""
+    cls = MODELS.get(cfg.model.name, "model.name")
+    heads = {OBJECTIVES.get(name).head: True for name in weights if OBJECTIVES.get(name).head}
+    params = cls.configure({**heads, **cfg.model.params}, weights, cfg.data.order, max_set)
+    return cls(cls.config_class(**params), vocab, input_features)
 
 
 def load_init_weights(model: RecipeModel, init_from: str) -> list[str]:
@@ -231,7 +220,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
                  init_from: str | None = None, track: bool = True, parent_run_id: str | None = None,
                  progress: bool = True, evaluate: bool = True, tags: dict[str, str] | None = None) -> RunResult:
     """Train (or resume) one run, evaluate it on its own test split, and track everything in MLflow."""
-    from recipeset.objectives.tasks import Objectives, cuisine_class_weights, resolve_objectives
+    from recipeset.objectives.tasks import Objectives, cuisine_class_weights
     from recipeset.training import Trainer, seed_all
 
     started = time.perf_counter()

@@ -29,6 +29,7 @@ from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.io_utils import atomic_write_dir, atomic_write_text
+from recipeset.registry import ORDERS
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,8 @@ class Trainer:
         self.optimizer = make_optimizer(model, self.t.lr, self.t.weight_decay)
         self._base_train = train
         self._fixed_order: EncodedSets | None = None
-        n_epoch = len(train) * (cfg.data.k_perms if cfg.data.order == "k-perms" else 1)
+        self.order = ORDERS.get(cfg.data.order, "data.order")
+        n_epoch = len(train) * (cfg.data.k_perms if self.order.copies else 1)
         self.steps_per_epoch = max(1, math.ceil(n_epoch / self.t.batch_size))
         self.total_steps = self.t.max_steps or self.t.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -259,19 +261,19 @@ class Trainer:
         """The training sets of ``epoch`` in the configured ingredient order (a function of seed and epoch)."""
         from recipeset.data.ordering import expand_k_perms, reorder
 
-        order, seed = self.cfg.data.order, self.t.seed
-        if order == "shuffle":
-            return reorder(self._base_train, "shuffle", self.vocab, seed=seed, epoch=epoch)
+        order, seed = self.order, self.t.seed
+        if order.per_epoch:
+            return reorder(self._base_train, order.name, self.vocab, seed=seed, epoch=epoch)
         if self._fixed_order is None:
-            if order == "k-perms":
+            if order.copies:
                 self._fixed_order = expand_k_perms(self._base_train, self.cfg.data.k_perms, seed=seed)[0]
             else:
-                self._fixed_order = reorder(self._base_train, order, self.vocab, seed=seed)
+                self._fixed_order = reorder(self._base_train, order.name, self.vocab, seed=seed)
         return self._fixed_order
 
     def epoch_plan(self, epoch: int, sets: EncodedSets) -> list[np.ndarray]:
         seed, n = self.t.seed, len(sets)
-        if self.train_weights is not None and self.cfg.data.order != "k-perms":
+        if self.train_weights is not None and not self.order.copies:
             rng = np.random.default_rng(derived_seed(seed, epoch, 5))
             pool = rng.choice(n, size=n, replace=True, p=self.train_weights)
             return [pool[i:i + self.t.batch_size] for i in range(0, n, self.t.batch_size)]
@@ -316,11 +318,11 @@ class Trainer:
         gen = step_generator(self.t.seed, -1, self.device)
         sums: dict[str, float] = {}
         count = 0
-        order = self.cfg.data.order
         from recipeset.data.ordering import reorder
 
-        val = reorder(self.val, "random-fixed" if order in ("shuffle", "k-perms") else order, self.vocab,
-                      seed=12345)
+        # per-epoch and k-copy orders are validated in one fixed random order per recipe
+        fixed = "random-fixed" if self.order.per_epoch or self.order.copies else self.order.name
+        val = reorder(self.val, fixed, self.vocab, seed=12345)
         for start in range(0, len(val), 256):
             batch = collate(val, np.arange(start, min(start + 256, len(val)))).to(self.device)
             with autocast_context(self.device, self.t.precision):

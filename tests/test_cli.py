@@ -368,10 +368,10 @@ def test_experiment_run_rejects_a_bad_grid(mlflow_uri, tmp_path):
     path = write_grid(tmp_path, "bad-grid")
     path.write_text(path.read_text().replace('"model.name" = "set-transformer"', '"model.nam" = "set-transformer"'))
     # fails before any child trains (one line, no "run ..." progress before it)
-    one_line_error(invoke("experiment", "run", str(path)), "bad-grid/st/seed0", "model.nam")
+    one_line_error(invoke("experiment", "run", str(path)), "bad-grid.toml [grid 'st']", "model.nam")
     path.write_text(GRID_TOML.format(name="bad-grid", baselines="false").replace(
         'name = "dec"', 'name = "dec"\n"loss.name" = "hungarian"'))
-    one_line_error(invoke("experiment", "run", str(path)), "bad-grid/dec/seed0", "hungarian")
+    one_line_error(invoke("experiment", "run", str(path)), "bad-grid.toml [grid 'dec']", "hungarian")
 
 
 def test_experiment_child_failure_finishes_the_others_and_rerun_continues(mlflow_uri, tmp_path):

@@ -6,16 +6,9 @@ import json
 
 import pytest
 
-from recipeset.config import (
-    LOSSES,
-    MODELS,
-    OBJECTIVES,
-    ORDERS,
-    RunConfig,
-    load_config,
-    validate_model_params,
-)
+from recipeset.config import RunConfig, load_config
 from recipeset.errors import RecipesetError
+from recipeset.registry import LOSSES, MODELS, OBJECTIVES, ORDERS
 
 
 def write(tmp_path, name, text):
@@ -25,16 +18,11 @@ def write(tmp_path, name, text):
 
 
 def test_names_match_the_design():
-    assert MODELS == ("decoder", "set-transformer", "deep-sets")
+    assert set(MODELS.names()) == {"decoder", "set-transformer", "deep-sets"}
     # DESIGN.md's five losses, plus multilabel for Deep Sets (README, design notes)
-    assert LOSSES == ("standard", "hungarian", "set-ar", "min-perm", "pooled", "multilabel")
-    assert OBJECTIVES == ("clm", "mlm", "cls", "rtd", "coherence", "set")
-    assert ORDERS == ("frequency", "alphabetical", "random-fixed", "shuffle", "k-perms", "given")
-
-
-def test_ordering_module_agrees_on_order_names():
-    ordering = pytest.importorskip("recipeset.data.ordering")
-    assert tuple(ordering.ORDERS) == ORDERS
+    assert LOSSES.names() == ("standard", "hungarian", "set-ar", "min-perm", "pooled", "multilabel")
+    assert OBJECTIVES.names() == ("clm", "mlm", "cls", "rtd", "coherence", "set")
+    assert ORDERS.names() == ("frequency", "alphabetical", "random-fixed", "shuffle", "k-perms", "given")
 
 
 def test_defaults():
@@ -57,20 +45,20 @@ n_slots = 32
 [loss]
 name = "hungarian"
 [objectives]
-weights = { mlm = 1.0, cls = 0.5 }
+weights = { set = 1.0, cls = 0.5 }
 [train]
 epochs = 2
 lr = 1
 """)
     c = load_config(p)
     assert c.data.order == "shuffle" and c.model.params == {"d_model": 64, "n_slots": 32}
-    assert c.loss.name == "hungarian" and c.objectives.weights == {"mlm": 1.0, "cls": 0.5}
+    assert c.loss.name == "hungarian" and c.objectives.weights == {"set": 1.0, "cls": 0.5}
     assert c.train.lr == 1.0 and isinstance(c.train.lr, float)  # ints are accepted for floats
     assert c.data.mix == [{"dataset": "whatscooking", "path": None, "weight": 2.0}]
 
 
 def test_json_round_trip_via_save(tmp_path):
-    c = RunConfig().override({"model.d_model": 32, "loss.name": "set-ar", "objectives.weights.cls": 0.5})
+    c = RunConfig().override({"model.d_model": 32, "loss.name": "set-ar", "objectives.weights": {"set": 1, "cls": 0.5}})
     c.save(tmp_path / "c.json")
     back = load_config(tmp_path / "c.json")
     assert back == c and back.config_hash() == c.config_hash()
@@ -121,19 +109,24 @@ def test_missing_file_and_unknown_format(tmp_path):
 
 def test_override_returns_a_validated_copy():
     base = RunConfig()
-    c = base.override({"model.d_model": 64, "loss.name": "hungarian", "train.epochs": 2})
-    assert (c.model.params, c.loss.name, c.train.epochs) == ({"d_model": 64}, "hungarian", 2)
+    c = base.override({"model.d_model": 64, "loss.name": "pooled", "train.epochs": 2})
+    assert (c.model.params, c.loss.name, c.train.epochs) == ({"d_model": 64}, "pooled", 2)
+    with pytest.raises(RecipesetError, match="loss 'hungarian' does not run with model 'decoder'"):
+        base.override({"loss.name": "hungarian"})  # what runs with what is checked with the config
     assert base.model.params == {} and base.train.epochs == 10
     with pytest.raises(RecipesetError, match="overrides: train.epochs: expected int"):
         base.override({"train.epochs": 2.5})
-    with pytest.raises(RecipesetError, match="loss.nmae: unknown key \\(did you mean 'name'\\?\\)"):
+    with pytest.raises(RecipesetError, match="loss.nmae: unknown key for loss 'standard' \\(did you mean 'name'\\?\\)"):
         base.override({"loss.nmae": "x"})
+    with pytest.raises(RecipesetError, match="loss.k: unknown key for loss 'standard' \\('k' is a parameter of loss "
+                                             "'min-perm'\\)"):
+        base.override({"loss.k": 8})
     with pytest.raises(RecipesetError, match="'train.epochs' has no sub-keys"):
         base.override({"train.epochs.x": 1})
 
 
 def test_objective_weights_replace_or_set_one_entry():
-    c = RunConfig().override({"objectives.weights": {"mlm": 1.0}})
+    c = RunConfig().override({"model.name": "set-transformer", "objectives.weights": {"mlm": 1.0}})
     assert c.objectives.weights == {"mlm": 1.0}
     c = c.override({"objectives.weights.cls": 1})
     assert c.objectives.weights == {"mlm": 1.0, "cls": 1.0}
@@ -174,8 +167,31 @@ def test_unknown_class_weighting_is_a_one_line_error():
         RunConfig().override({"objectives.cls_class_weight": "balance"}, source="test")
 
 
-def test_validate_model_params_hook():
-    validate_model_params("decoder", {"d_model": 64}, ["d_model", "n_layer"])
+def test_model_params_are_checked_against_the_model_config():
+    assert RunConfig().override({"model.d_model": 64}).model.params == {"d_model": 64}
     with pytest.raises(RecipesetError) as e:
-        validate_model_params("decoder", {"d_modle": 64}, ["d_model", "n_layer"], source="run.toml")
+        RunConfig().override({"model.d_modle": 64}, source="run.toml")
     assert "run.toml: model.d_modle: unknown parameter for model 'decoder' (did you mean 'd_model'?)" in str(e.value)
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("model.d_model", 0, "model.d_model: must be >= 1, got 0"),
+    ("model.d_model", "ten", "model.d_model: expected int, got str 'ten'"),
+    ("model.dropout", 1.5, "model.dropout: must be >= 0 and < 1, got 1.5"),
+    ("model.n_layers", 0, "model.n_layers: must be >= 1, got 0"),
+    ("model.embedding", "learnt", "unknown embedding 'learnt' (did you mean 'learned'?)"),
+    ("model.n_heads", 3, "model: model.d_model=128 must be divisible by n_heads=3"),
+    ("loss.label_smoothing", 1.0, "loss.label_smoothing: must be >= 0 and < 1, got 1.0"),
+])
+def test_model_and_loss_fields_have_ranges(key, value, fragment):
+    with pytest.raises(RecipesetError) as e:
+        RunConfig().override({key: value}, source="cli")
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_loss_params_belong_to_their_loss_and_keep_the_hash_of_defaults():
+    c = RunConfig().override({"loss.name": "min-perm", "loss.k": 6})
+    assert c.loss_params().k == 6 and c.flatten()["loss.k"] == 6
+    # a loss parameter left at its declared default does not change the hash (as before the registry)
+    assert RunConfig().override({"loss.name": "min-perm", "loss.k": 4}).config_hash() == \
+        RunConfig().override({"loss.name": "min-perm"}).config_hash()

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from recipeset.config import RunConfig
+from recipeset.config import RunConfig, resolve_objectives
 from recipeset.data.collate import collate
 from recipeset.data.prepare import prepare_data
 from recipeset.errors import RecipesetError
-from recipeset.objectives.tasks import Objectives, cuisine_class_weights, default_objectives, resolve_objectives
+from recipeset.objectives.tasks import Objectives, cuisine_class_weights, split_query
 from recipeset.pipeline import build_model
+from recipeset.registry import MODELS
 from recipeset.training import make_optimizer
 
 TINY = {"data.n_recipes": 300, "model.d_model": 16}
@@ -211,18 +212,17 @@ def test_set_ar_is_at_most_standard_ce_on_the_same_batch(data):
     ("set-transformer", "hungarian", {"mlm": 1.0}, "set"),
 ])
 def test_invalid_combinations_raise_one_line(model_name, loss, weights, needle):
-    cfg = make_cfg(model_name, loss, weights)
-    with pytest.raises(RecipesetError) as e:
-        resolve_objectives(cfg)
+    with pytest.raises(RecipesetError) as e:  # what runs with what is checked with the config
+        make_cfg(model_name, loss, weights)
     msg = str(e.value)
     assert "\n" not in msg and needle in msg
 
 
 def test_alpha_needs_cls_and_an_lm_objective():
     with pytest.raises(RecipesetError, match="alpha"):
-        resolve_objectives(make_cfg("decoder", "standard", {"clm": 1.0}, **{"objectives.alpha": 0.5}))
+        make_cfg("decoder", "standard", {"clm": 1.0}, **{"objectives.alpha": 0.5})
     with pytest.raises(RecipesetError, match="alpha"):
-        resolve_objectives(make_cfg("decoder", "standard", {"cls": 1.0}, **{"objectives.alpha": 0.5}))
+        make_cfg("decoder", "standard", {"cls": 1.0}, **{"objectives.alpha": 0.5})
     assert resolve_objectives(make_cfg("decoder", "standard", {"clm": 1.0, "cls": 1.0},
                                        **{"objectives.alpha": 0.5})) == {"clm": 1.0, "cls": 1.0}
 
@@ -241,7 +241,7 @@ def test_alpha_needs_cls_and_an_lm_objective():
 def test_resolve_objectives_defaults(model_name, loss, expected):
     cfg = make_cfg(model_name, loss)  # objectives left at the default {"clm": 1}
     assert resolve_objectives(cfg) == expected
-    assert default_objectives(model_name, loss) == expected or model_name == "decoder" and loss == "standard"
+    assert MODELS.get(model_name).natural_objectives(loss != "standard", {}) == expected
 
 
 def test_explicit_objectives_are_kept():
@@ -296,20 +296,18 @@ def test_balanced_cls_without_the_training_labels_is_a_clear_error():
 
 def test_deep_sets_trains_one_head_mlm_or_multilabel_set():
     with pytest.raises(RecipesetError, match="not both"):
-        resolve_objectives(make_cfg("deep-sets", "multilabel", {"mlm": 1.0, "set": 1.0}))
+        make_cfg("deep-sets", "multilabel", {"mlm": 1.0, "set": 1.0})
     with pytest.raises(RecipesetError, match="loss 'pooled' does not run with model 'deep-sets'"):
-        resolve_objectives(make_cfg("deep-sets", "pooled", {"set": 1.0}))
+        make_cfg("deep-sets", "pooled", {"set": 1.0})
 
 
 def test_multilabel_set_objective_is_the_bce_of_the_hidden_part(data):
-    from recipeset.objectives.tasks import _split_query
-
     cfg = make_cfg("deep-sets", "multilabel")
     model, objectives, _ = build(cfg, data)
     assert model.config.multilabel
     batch = batch_of(data)
     got = num(objectives(model, batch, torch.Generator().manual_seed(3))["loss/set"])
-    q, qm, targets = _split_query(batch, torch.Generator().manual_seed(3))
+    q, qm, targets = split_query(batch, torch.Generator().manual_seed(3))
     with torch.no_grad():
         logits = model(q, qm).set_logits
     total = 0.0

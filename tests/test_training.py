@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from recipeset.config import RunConfig
+from recipeset.config import RunConfig, resolve_objectives
 from recipeset.data.prepare import prepare_data
 from recipeset.errors import RecipesetError
-from recipeset.objectives.tasks import Objectives, resolve_objectives
+from recipeset.objectives.tasks import Objectives
 from recipeset.pipeline import build_model
 from recipeset.training import (
     STATE_FILE,

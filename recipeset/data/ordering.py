@@ -24,13 +24,11 @@ import numpy as np
 from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
 from recipeset.errors import RecipesetError
+from recipeset.registry import ORDERS, OrderEntry
 
-ORDERS = ("frequency", "alphabetical", "random-fixed", "shuffle", "k-perms", "given")
 
-
-def _check(strategy: str) -> None:
-    if strategy not in ORDERS:
-        raise RecipesetError(f"unknown order {strategy!r}; use one of {', '.join(ORDERS)}")
+def _check(strategy: str) -> OrderEntry:
+    return ORDERS.get(strategy)
 
 
 def alphabetical_rank(vocab: Vocabulary) -> np.ndarray:
@@ -45,16 +43,14 @@ def order_ids(ids: Sequence[int], strategy: str, vocab: Vocabulary,
               rng: np.random.Generator | None = None) -> list[int]:
     """One set in the order of ``strategy``; the random orders draw from ``rng`` (default: seed 0);
     ``given`` returns the ids as they came."""
-    _check(strategy)
+    entry = _check(strategy)
     ids = [int(i) for i in ids]
-    if strategy == "given":
-        return ids
-    if strategy == "frequency":
-        return sorted(ids)
-    if strategy == "alphabetical":
-        return sorted(ids, key=lambda i: (vocab.token(i) if i >= NUM_SPECIALS else "", i))
-    rng = rng if rng is not None else np.random.default_rng(0)
-    return [ids[j] for j in rng.permutation(len(ids))]
+    if entry.kind == "random":
+        rng = rng if rng is not None else np.random.default_rng(0)
+        return [ids[j] for j in rng.permutation(len(ids))]
+    one = EncodedSets.from_lengths(np.asarray(ids, dtype=np.int64), np.array([len(ids)]), np.full(1, -1))
+    key = entry.key(one, vocab, 0, 0)
+    return ids if key is None else [ids[j] for j in np.argsort(key, kind="stable")]
 
 
 # splitmix64 finaliser: a cheap, well-mixed 64-bit hash, vectorised over uint64 arrays (wrap-around intended).
@@ -86,22 +82,51 @@ def _sort_within(sets: EncodedSets, key: np.ndarray) -> EncodedSets:
 def reorder(sets: EncodedSets, strategy: str, vocab: Vocabulary, seed: int = 0, epoch: int = 0) -> EncodedSets:
     """Every set of ``sets`` in the order of ``strategy`` (same layout, same cuisines; values permuted
     inside each set). ``epoch`` matters only for ``shuffle``; ``given`` returns ``sets`` unchanged."""
-    _check(strategy)
+    entry = _check(strategy)
     if sets.values.size and (sets.values.min() < 0 or sets.values.max() >= len(vocab)):
         raise RecipesetError(f"reorder: ids outside the vocabulary (0..{len(vocab) - 1}); encode with this vocab")
-    if strategy == "given":
-        return sets
-    if strategy == "frequency":
-        key = sets.values
-    elif strategy == "alphabetical":
-        key = alphabetical_rank(vocab)[sets.values]
-    elif strategy == "random-fixed":
-        key = _set_keys(sets, seed)
-    elif strategy == "shuffle":
-        key = np.random.default_rng([seed, epoch]).random(len(sets.values))
-    else:  # k-perms: copies from expand_k_perms each keep one fixed order (positional, epoch-independent)
-        key = np.random.default_rng([seed, 0x6B]).random(len(sets.values))
-    return _sort_within(sets, key)
+    key = entry.key(sets, vocab, seed, epoch)
+    return sets if key is None else _sort_within(sets, key)
+
+
+# ---- the orders: a sort key per ingredient position, ``key(sets, vocab, seed, epoch) -> [total] | None`` ------
+def _register(name: str, kind: str, help: str, per_epoch: bool = False, copies: bool = False):
+    def deco(key):
+        ORDERS.register(name, OrderEntry(name, key, kind, per_epoch, copies, help))
+        return key
+
+    return deco
+
+
+@_register("frequency", "canonical", "ascending id = descending training frequency")
+def _frequency_key(sets, vocab, seed, epoch):
+    return sets.values
+
+
+@_register("alphabetical", "canonical", "by ingredient name")
+def _alphabetical_key(sets, vocab, seed, epoch):
+    return alphabetical_rank(vocab)[sets.values]
+
+
+@_register("random-fixed", "random", "one random order per recipe, fixed by (seed, the set)")
+def _random_fixed_key(sets, vocab, seed, epoch):
+    return _set_keys(sets, seed)
+
+
+@_register("shuffle", "random", "a fresh random order every epoch (shuffle augmentation)", per_epoch=True)
+def _shuffle_key(sets, vocab, seed, epoch):
+    return np.random.default_rng([seed, epoch]).random(len(sets.values))
+
+
+@_register("k-perms", "random", "data.k_perms fixed random orders per recipe (k copies)", copies=True)
+def _k_perms_key(sets, vocab, seed, epoch):
+    # copies from expand_k_perms each keep one fixed order (positional, epoch-independent)
+    return np.random.default_rng([seed, 0x6B]).random(len(sets.values))
+
+
+@_register("given", "given", "the dataset's own order (meaningful for ordered data only)")
+def _given_key(sets, vocab, seed, epoch):
+    return None
 
 
 def expand_k_perms(sets: EncodedSets, k: int, seed: int = 0) -> tuple[EncodedSets, np.ndarray]:

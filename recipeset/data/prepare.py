@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from recipeset.config import DataConfig
 from recipeset.data.sets import EncodedSets
+from recipeset.data.sources import dataset_label, load_dataset
 from recipeset.data.splits import Split, split_table
 from recipeset.data.table import RecipeTable
 from recipeset.data.vocab import UNK, Vocabulary
@@ -40,8 +42,6 @@ class PreparedData:
 
 def load_table(cfg: DataConfig) -> RecipeTable:
     """The cleaned table of the run (one dataset, or several mixed with weights)."""
-    from recipeset.data.sources import load_dataset
-
     if cfg.mix:
         return _mixed_table(cfg)
     kw = {}
@@ -69,16 +69,8 @@ def _cap_length(table: RecipeTable, max_len: int | None) -> RecipeTable:
 
 
 def _mixed_table(cfg: DataConfig) -> RecipeTable:
-    import pandas as pd
-
-    from recipeset.data.sources import load_dataset
-
     frames, names = [], []
-    for i, entry in enumerate(cfg.mix):
-        unknown = set(entry) - {"dataset", "path", "weight"}
-        if unknown or "dataset" not in entry:
-            raise RecipesetError(f"data.mix[{i}]: entries need 'dataset' and may have 'path', 'weight' "
-                                 f"(unknown keys: {sorted(unknown)})")
+    for i, entry in enumerate(cfg.mix):  # entries are checked by RunConfig.validate
         t = load_dataset(entry["dataset"], path=entry.get("path"), lenient=cfg.lenient)
         if t.name in names:  # recipe ids and mix_weights tell the datasets apart by name
             raise RecipesetError(f"data.mix[{i}]: a second dataset named {t.name!r}; mixed datasets need distinct "
@@ -99,9 +91,7 @@ def mix_weights(table: RecipeTable, cfg: DataConfig, rows: np.ndarray) -> np.nda
     names = table.frame["recipe_id"].iloc[rows].str.split("/", n=1).str[0].to_numpy()
     w = np.zeros(len(rows))
     for entry in cfg.mix:
-        name = str(entry["dataset"]) if entry["dataset"] in ("flavornet", "whatscooking", "synthetic") \
-            else Path(str(entry["dataset"])).stem
-        sel = names == name
+        sel = names == dataset_label(str(entry["dataset"]))
         if sel.any():
             w[sel] = float(entry.get("weight", 1.0)) / sel.sum()
     if w.sum() <= 0:

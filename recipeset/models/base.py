@@ -11,9 +11,9 @@ A model implements the tensor-level scorer protocol (``completion_scores_ids``, 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from torch import nn
 
 from recipeset.data.vocab import NUM_SPECIALS, PAD, Vocabulary
 from recipeset.errors import RecipesetError
+from recipeset.fields import check_fields
 
 EMBEDDINGS = ("learned", "features")
 
@@ -191,17 +192,22 @@ def resolve_sizes(config, vocab: Vocabulary, input_features: torch.Tensor | None
     if config.embedding == "features" and input_features is not None:
         changes["n_features"] = int(input_features.shape[1])
     config = replace(config, **changes)
-    if config.embedding not in EMBEDDINGS:
-        raise RecipesetError(f"model.embedding must be one of {EMBEDDINGS}, got {config.embedding!r}")
-    n_heads = getattr(config, "n_heads", 1)
-    if config.d_model % n_heads:
-        raise RecipesetError(f"model.d_model={config.d_model} must be divisible by n_heads={config.n_heads}")
-    if config.cuisine_condition and config.cuisine_head:
-        raise RecipesetError("model: cuisine_condition and cuisine_head are exclusive "
-                             "(a run never both conditions on the cuisine and predicts it)")
+    check_config(config)
     if (config.cuisine_head or config.cuisine_condition) and config.n_cuisines == 0:
         raise RecipesetError("model: cuisine_head/cuisine_condition need a vocabulary with cuisine labels")
     return config
+
+
+def check_config(config) -> None:
+    """Check a model config: every field against its range / valid names (``recipeset.fields.spec``), then
+    what spans fields."""
+    check_fields(config, "model", "")
+    n_heads = getattr(config, "n_heads", 1)
+    if config.d_model % n_heads:
+        raise RecipesetError(f"model.d_model={config.d_model} must be divisible by n_heads={n_heads}")
+    if getattr(config, "cuisine_condition", False) and getattr(config, "cuisine_head", False):
+        raise RecipesetError("model: cuisine_condition and cuisine_head are exclusive "
+                             "(a run never both conditions on the cuisine and predicts it)")
 
 
 def placeholder_features(config) -> torch.Tensor | None:
@@ -209,6 +215,16 @@ def placeholder_features(config) -> torch.Tensor | None:
     if config.embedding == "features" and config.n_features > 0:
         return torch.zeros(config.vocab_size, config.n_features)
     return None
+
+
+def init_weights(module: nn.Module) -> None:
+    """GPT-2 initialisation of one module: N(0, 0.02) weights for Linear and Embedding, zero Linear biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
 
 def inference(method):
@@ -231,18 +247,69 @@ def inference(method):
 class RecipeModel(nn.Module):
     """Base of all recipeset models: vocabulary + config, the string API on top of the ``*_ids`` methods.
 
-    Subclasses set ``model_type`` (the name in ``recipeset.models.MODELS``) and implement ``forward``,
-    ``completion_scores_ids`` and ``complete_ids``.
+    A model class declares what it is to the rest of the toolkit (and is registered with
+    :func:`recipeset.registry.register_model`): ``model_type`` (its name), ``config_class`` (a dataclass whose
+    fields may carry ranges, :func:`recipeset.fields.spec`), the ``objectives`` it trains with, its ``set_head``
+    (which set losses train it: ``sequence``, ``slots`` or ``pooled``), how the ``mlm`` objective hides and
+    predicts (``masked_prediction``), its ``default_objective`` and the completion ``scoring_modes`` reported.
+    It implements ``forward`` (→ :class:`ModelOutput`), ``completion_scores_ids`` and ``complete_ids``; it may
+    override :meth:`feed` (how a batch in its training order is fed) and :meth:`configure` (config fields that
+    depend on the run: its order, the largest set, the objectives).
     """
 
     model_type: ClassVar[str] = ""
+    config_class: ClassVar[type | None] = None
+    objectives: ClassVar[tuple[str, ...]] = ()
+    #: how it predicts a set: "sequence" (next-ingredient steps), "slots" (K parallel distributions) or
+    #: "pooled" (one ``set_logits [B, V]``); the set losses registered for that head train it
+    set_head: ClassVar[str] = ""
+    #: the mlm objective: "elements" (BERT masking, per-element ``logits``) or "held-out" (one ingredient left
+    #: out, predicted by ``set_logits``)
+    masked_prediction: ClassVar[str] = "elements"
+    #: trained when a config leaves the objectives at their default and names no set loss
+    default_objective: ClassVar[str] = ""
     #: the completion scoring modes the evaluation reports for this model ("joint" costs a pass per candidate)
     scoring_modes: ClassVar[tuple[str, ...]] = ("next",)
+    #: one-line descriptions for the README's "what runs with what" table
+    about: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config, vocab: Vocabulary) -> None:
         super().__init__()
         self.config = config
         self.vocab = vocab
+
+    # ---- what the class declares to the registry ---------------------------------------------------
+    @classmethod
+    def natural_objectives(cls, set_loss: bool, params: Mapping[str, Any]) -> dict[str, float]:
+        """The objective a run trains when its config leaves the objectives at their default: ``set`` when
+        the config names a set loss, else the model's ``default_objective``."""
+        return {"set": 1.0} if set_loss else {cls.default_objective: 1.0}
+
+    @classmethod
+    def check_objectives(cls, weights: Mapping[str, float]) -> None:
+        """Raise RecipesetError for a combination of objectives the model cannot train together."""
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Raise RecipesetError for a config the model cannot be built from (beyond its fields' ranges)."""
+        check_config(config)
+
+    @classmethod
+    def configure(cls, params: dict[str, Any], objectives: Mapping[str, float], order: str,
+                  max_set: int) -> dict[str, Any]:
+        """Config fields that depend on the run (``order``: the data order; ``max_set``: the largest set of the
+        data), filled in where the user's ``params`` leave them; returns the params."""
+        return params
+
+    def feed(self, tokens: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """How sets ``[B, T]`` already in the training order are fed to ``forward`` (a decoder prepends [BOS]);
+        returns ``(tokens, mask, segments)``."""
+        return tokens, mask, segments
+
+    def condition(self, cuisine: torch.Tensor) -> torch.Tensor | None:
+        """A batch's cuisine ids for ``forward`` when the model is cuisine-conditioned, else None."""
+        return cuisine if self.accepts_cuisine else None
 
     # ---- properties -------------------------------------------------------------------------------
     @property

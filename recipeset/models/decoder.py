@@ -22,22 +22,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recipeset.data.ordering import order_ids
 from recipeset.data.vocab import BOS, EOS, NUM_SPECIALS, PAD, Vocabulary
 from recipeset.errors import RecipesetError
+from recipeset.fields import spec
+from recipeset.models.attention import MLP
 from recipeset.models.base import (
+    EMBEDDINGS,
     InputEmbedding,
     ModelOutput,
     RecipeModel,
     inference,
+    init_weights,
     mask_ids,
     placeholder_features,
     resolve_sizes,
     sample_from_logits,
     special_bias,
 )
-
-RANDOM_ORDERS = ("random-fixed", "shuffle", "k-perms")
-GIVEN_ORDER = "given"  # the data's own order: queries are never reordered
+from recipeset.registry import ORDERS, register_model
 
 
 class CausalSelfAttention(nn.Module):
@@ -58,17 +61,6 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, D)))
 
 
-class MLP(nn.Module):
-    def __init__(self, d_model: int, dropout: float) -> None:
-        super().__init__()
-        self.c_fc = nn.Linear(d_model, 4 * d_model)
-        self.c_proj = nn.Linear(4 * d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
-
-
 class Block(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
         super().__init__()
@@ -81,33 +73,56 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the decoder shared attention.MLP name its layers c_fc / c_proj
+        for old, new in (("mlp.c_fc.", "mlp.fc."), ("mlp.c_proj.", "mlp.proj.")):
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 @dataclass
 class DecoderConfig:
-    vocab_size: int = 0  # len(vocab), specials included; 0 = take it from the vocabulary
-    n_cuisines: int = 0  # cuisine labels; 0 = take it from the vocabulary
-    d_model: int = 128
-    n_layers: int = 3
-    n_heads: int = 4
-    dropout: float = 0.1
-    max_len: int = 64  # longest input (with [BOS]; the cuisine prefix not counted); enforced with positions
+    vocab_size: int = spec(0, ge=0)  # len(vocab), specials included; 0 = take it from the vocabulary
+    n_cuisines: int = spec(0, ge=0)  # cuisine labels; 0 = take it from the vocabulary
+    d_model: int = spec(128, ge=1)
+    n_layers: int = spec(3, ge=1)
+    n_heads: int = spec(4, ge=1)
+    dropout: float = spec(0.1, ge=0, lt=1)
+    max_len: int = spec(64, ge=1)  # longest input (with [BOS], without the cuisine prefix); enforced with positions
     positions: bool = False  # learned absolute positions; off = "no positions" (the causal mask still orders)
     cuisine_condition: bool = False  # prepend a learned cuisine vector (never together with cuisine_head)
     cuisine_head: bool = False  # cuisine classifier on the mean-pooled hidden states
     coherence_head: bool = False  # "do these belong together" logit on the pooled state; adds segment embeddings
-    embedding: str = "learned"  # "learned" table (tied to the output head) | "features" (fixed, projected)
-    n_features: int = 0  # width F of input_features (set automatically for embedding="features")
+    embedding: str = spec("learned", choices=EMBEDDINGS, kind="embedding")  # "learned" table (tied to the
+    #                                 output head) | "features" (fixed, projected)
+    n_features: int = spec(0, ge=0)  # width F of input_features (set automatically for embedding="features")
     feature_bias: bool = False  # with "features": add a learned per-id vector to the projection
-    train_order: str = "frequency"  # the order the model was trained in; completion feeds queries in it
-    joint_orders: int = 4  # orders averaged (log-mean-exp) in "joint" scoring when train_order is random
-    next_orders: int = 1  # orders averaged in "next" scoring when train_order is random
+    train_order: str = spec("frequency", choices=ORDERS)  # the training order; completion feeds queries in it
+    joint_orders: int = spec(4, ge=1)  # orders averaged (log-mean-exp) in "joint" scoring for a random order
+    next_orders: int = spec(1, ge=1)  # orders averaged in "next" scoring when train_order is random
 
 
+@register_model
 class CausalDecoder(RecipeModel):
     """GPT-style decoder over ingredient ids. See the module docstring."""
 
     model_type = "decoder"
+    config_class = DecoderConfig
+    objectives = ("clm", "cls", "coherence", "set")
+    set_head = "sequence"
+    default_objective = "clm"
     scoring_modes = ("next", "joint")
+    about = {"what": "GPT-style causal decoder over ingredient ids (no positions by default); scores `next` "
+                     "(the next-ingredient distribution after the query in its training order) and `joint` "
+                     "(log-likelihood of query ∪ {y})",
+             "stops": "`[EOS]`"}
+
+    @classmethod
+    def configure(cls, params, objectives, order, max_set):
+        params["train_order"] = order  # completion must feed queries in the order the run trains in
+        params.setdefault("max_len", max(64, max_set + 2))
+        return params
 
     def __init__(self, config: DecoderConfig, vocab: Vocabulary, input_features: torch.Tensor | None = None) -> None:
         config = resolve_sizes(config, vocab, input_features)
@@ -129,19 +144,10 @@ class CausalDecoder(RecipeModel):
         self.register_buffer("logit_bias", special_bias(c.vocab_size, allow=(EOS,)), persistent=False)
         self.register_buffer("order_ranks", self._order_ranks(), persistent=False)
 
-        self.apply(self._init_weights)
+        self.apply(init_weights)
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):  # residual projections, GPT-2 style
+            if name.endswith(("attn.c_proj.weight", "mlp.proj.weight")):  # residual projections, GPT-2 style
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layers))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     # ---- orders ---------------------------------------------------------------------------------------
     def _order_ranks(self) -> torch.Tensor:
@@ -153,14 +159,10 @@ class CausalDecoder(RecipeModel):
         random permutation of it, and scoring stays deterministic and independent of batch composition and of
         the order the query was given in.
         """
-        from recipeset.data.ordering import ORDERS, order_ids
-
         c = self.config
-        if c.train_order not in ORDERS:
-            raise RecipesetError(f"model.train_order must be one of {ORDERS}, got {c.train_order!r}")
         V = c.vocab_size
         ids = list(range(NUM_SPECIALS, V))
-        if c.train_order in RANDOM_ORDERS:
+        if self.random_order:
             g = torch.Generator().manual_seed(0)
             orders = [torch.randperm(len(ids), generator=g) + NUM_SPECIALS
                       for _ in range(max(c.joint_orders, c.next_orders, 1))]
@@ -173,11 +175,12 @@ class CausalDecoder(RecipeModel):
 
     @property
     def random_order(self) -> bool:
-        return self.config.train_order in RANDOM_ORDERS
+        return ORDERS.get(self.config.train_order, "model.train_order").kind == "random"
 
     @property
     def given_order(self) -> bool:
-        return self.config.train_order == GIVEN_ORDER
+        """The data's own order (``given``): queries are never reordered."""
+        return ORDERS.get(self.config.train_order, "model.train_order").kind == "given"
 
     def _ordered(self, tokens: torch.Tensor, mask: torch.Tensor, k: int = 0) -> torch.Tensor:
         """Sort each right-padded set ``[B, T]`` into order ``k`` (padding stays last); ``given``: as given."""
@@ -192,6 +195,13 @@ class CausalDecoder(RecipeModel):
         """Prepend [BOS]: ``[B, T]`` → ``[B, T+1]`` (mask True on [BOS])."""
         bos = tokens.new_full((tokens.shape[0], 1), BOS)
         return torch.cat([bos, tokens], 1), torch.cat([mask.new_ones(mask.shape[0], 1), mask], 1)
+
+    def feed(self, tokens, mask, segments=None):
+        """A batch in the training order is fed after [BOS] (segment 0 for it when given)."""
+        tokens, mask = self.with_bos(tokens, mask)
+        if segments is not None:
+            segments = torch.cat([segments.new_zeros(segments.shape[0], 1), segments], 1)
+        return tokens, mask, segments
 
     def _classify_inputs(self, tokens, mask):
         # the set is fed as in training: [BOS] + ingredients in the training order

@@ -16,12 +16,15 @@ from torch import nn
 
 from recipeset.data.vocab import Vocabulary
 from recipeset.errors import RecipesetError
+from recipeset.fields import spec
 from recipeset.models.base import (
+    EMBEDDINGS,
     InputEmbedding,
     ModelOutput,
     RecipeModel,
     append_at_end,
     inference,
+    init_weights,
     mask_ids,
     placeholder_features,
     resolve_sizes,
@@ -29,6 +32,7 @@ from recipeset.models.base import (
     sample_from_logits,
     special_bias,
 )
+from recipeset.registry import register_model
 
 
 class ResidualMLP(nn.Module):
@@ -47,26 +51,50 @@ class ResidualMLP(nn.Module):
 
 @dataclass
 class DeepSetsConfig:
-    vocab_size: int = 0  # len(vocab), specials included; 0 = take it from the vocabulary
-    n_cuisines: int = 0  # cuisine labels; 0 = take it from the vocabulary
-    d_model: int = 128
-    phi_layers: int = 1  # residual MLP blocks applied to each element before pooling
-    rho_layers: int = 2  # residual MLP blocks applied to the pooled sum
-    dropout: float = 0.0
+    vocab_size: int = spec(0, ge=0)  # len(vocab), specials included; 0 = take it from the vocabulary
+    n_cuisines: int = spec(0, ge=0)  # cuisine labels; 0 = take it from the vocabulary
+    d_model: int = spec(128, ge=1)
+    phi_layers: int = spec(1, ge=0)  # residual MLP blocks applied to each element before pooling
+    rho_layers: int = spec(2, ge=0)  # residual MLP blocks applied to the pooled sum
+    dropout: float = spec(0.0, ge=0, lt=1)
     cuisine_head: bool = False  # cuisine classifier on the pooled representation
     cuisine_condition: bool = False  # add a learned cuisine vector to the pooled sum (never with cuisine_head)
-    embedding: str = "learned"  # "learned" table (tied to the output head) | "features" (fixed, projected)
-    n_features: int = 0  # width F of input_features (set automatically for embedding="features")
+    embedding: str = spec("learned", choices=EMBEDDINGS, kind="embedding")  # "learned" table (tied to the
+    #                                 output head) | "features" (fixed, projected)
+    n_features: int = spec(0, ge=0)  # width F of input_features (set automatically for embedding="features")
     feature_bias: bool = False  # with "features": add a learned per-id vector to the projection
-    stop_threshold: float = 0.5  # complete() adds the best ingredient while its probability is ≥ this
+    stop_threshold: float = spec(0.5, ge=0)  # complete() adds the best ingredient while its probability
+    #                                 is ≥ this
     multilabel: bool = False  # set_logits are independent per-ingredient logits (the `set` objective, BCE);
     #                           complete() then adds at once every ingredient with σ(logit) ≥ stop_threshold
 
 
+@register_model
 class DeepSets(RecipeModel):
     """Sum-pooled set model with a missing-ingredient head and an optional cuisine head."""
 
     model_type = "deep-sets"
+    config_class = DeepSetsConfig
+    objectives = ("mlm", "cls", "set")
+    set_head = "pooled"
+    masked_prediction = "held-out"
+    default_objective = "mlm"
+    about = {"what": "Deep Sets (Zaheer et al. 2017): sum-pool → MLP → one `[B, V]` vector of candidate logits; "
+                     "`mlm` = one ingredient held out (softmax), `set` = binary relevance (one sigmoid each)",
+             "stops": "a probability threshold tuned on validation (`mlm`: greedy, one at a time; `set`: every "
+                      "ingredient over it at once)"}
+
+    @classmethod
+    def check_objectives(cls, weights):
+        if "mlm" in weights and "set" in weights:
+            raise RecipesetError("deep-sets trains one head: 'mlm' (a softmax over the one missing ingredient) or "
+                                 "'set' (multilabel: a sigmoid per ingredient), not both")
+
+    @classmethod
+    def configure(cls, params, objectives, order, max_set):
+        if "set" in objectives:
+            params.setdefault("multilabel", True)
+        return params
 
     def __init__(self, config: DeepSetsConfig, vocab: Vocabulary, input_features: torch.Tensor | None = None) -> None:
         config = resolve_sizes(config, vocab, input_features)
@@ -83,10 +111,7 @@ class DeepSets(RecipeModel):
         self.cuisine_head = nn.Linear(c.d_model, c.n_cuisines) if c.cuisine_head else None
         self.register_buffer("logit_bias", special_bias(c.vocab_size), persistent=False)
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, mean=0.0, std=0.02)
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    nn.init.zeros_(m.bias)
+            init_weights(m)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, cuisine: torch.Tensor | None = None,
                 segments: torch.Tensor | None = None) -> ModelOutput:

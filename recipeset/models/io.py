@@ -23,6 +23,7 @@ from recipeset.data.vocab import Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.io_utils import atomic_write_dir, atomic_write_text
 from recipeset.models.base import RecipeModel
+from recipeset.registry import MODELS
 
 FORMAT = "recipeset.model/1"
 CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "weights.pt"
@@ -54,8 +55,6 @@ def save_model(model: RecipeModel, path: str | os.PathLike, extra_files: dict[st
 
 
 def _read_config(path: Path) -> tuple[type[RecipeModel], object]:
-    from recipeset.models import CONFIGS, MODELS
-
     file = path / CONFIG_FILE
     try:
         meta = json.loads(file.read_text(encoding="utf-8"))
@@ -67,14 +66,14 @@ def _read_config(path: Path) -> tuple[type[RecipeModel], object]:
         raise RecipesetError(f"{file}: not a recipeset model config (needs 'model_type' and 'config')")
     model_type = meta.get("model_type")
     if model_type not in MODELS:
-        raise RecipesetError(f"{file}: unknown model_type {model_type!r}; expected one of {sorted(MODELS)}")
-    config_cls = CONFIGS[model_type]
+        raise RecipesetError(f"{file}: unknown model_type {model_type!r}; expected one of {sorted(MODELS.names())}")
+    config_cls = MODELS.get(model_type).config_class
     known = {f.name for f in fields(config_cls)}
     unknown = sorted(set(meta["config"]) - known)
     if unknown:
         raise RecipesetError(f"{file}: unknown config key(s) {unknown} for {model_type}; written by a newer "
                              "recipeset?")
-    return MODELS[model_type], config_cls(**meta["config"])
+    return MODELS.get(model_type), config_cls(**meta["config"])
 
 
 def load_model(path_or_uri: str | os.PathLike, map_location: str | torch.device = "cpu") -> RecipeModel:

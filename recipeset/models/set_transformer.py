@@ -23,57 +23,81 @@ from torch import nn
 
 from recipeset.data.vocab import MASK, NULL, NUM_SPECIALS, Vocabulary
 from recipeset.errors import RecipesetError
+from recipeset.fields import spec
 from recipeset.models.attention import ISAB, PMA, SAB
 from recipeset.models.base import (
+    EMBEDDINGS,
     InputEmbedding,
     ModelOutput,
     RecipeModel,
     append_at_end,
     inference,
+    init_weights,
     mask_ids,
     placeholder_features,
     resolve_sizes,
     sample_from_logits,
     special_bias,
 )
+from recipeset.registry import register_model
 
 BLOCKS = ("sab", "isab")
 
 
 @dataclass
 class SetTransformerConfig:
-    vocab_size: int = 0  # len(vocab), specials included; 0 = take it from the vocabulary
-    n_cuisines: int = 0  # cuisine labels; 0 = take it from the vocabulary
-    d_model: int = 128
-    n_heads: int = 4
-    n_layers: int = 2  # encoder blocks
-    block: str = "sab"  # "sab" (full self-attention, O(n²)) | "isab" (through n_inducing points, O(n·m))
-    n_inducing: int = 16
-    dropout: float = 0.0
+    vocab_size: int = spec(0, ge=0)  # len(vocab), specials included; 0 = take it from the vocabulary
+    n_cuisines: int = spec(0, ge=0)  # cuisine labels; 0 = take it from the vocabulary
+    d_model: int = spec(128, ge=1)
+    n_heads: int = spec(4, ge=1)
+    n_layers: int = spec(2, ge=1)  # encoder blocks
+    block: str = spec("sab", choices=BLOCKS, kind="block")  # "sab" (full self-attention, O(n²)) | "isab"
+    #                                 (through n_inducing points, O(n·m))
+    n_inducing: int = spec(16, ge=1)
+    dropout: float = spec(0.0, ge=0, lt=1)
     cuisine_head: bool = False  # cuisine classifier on the PMA(1) pooled vector
     coherence_head: bool = False  # "do these belong together" logit on the pooled vector; adds segment embeddings
     rtd_head: bool = False  # per-element "this ingredient was replaced" logit
-    n_slots: int = 0  # > 0 adds the slot decoder with this many slots (≥ the largest target set; flavornet: 32)
-    slot_layers: int = 2  # SAB blocks among the slots
+    n_slots: int = spec(0, ge=0)  # > 0 adds the slot decoder with this many slots (≥ the largest target set)
+    slot_layers: int = spec(2, ge=0)  # SAB blocks among the slots
     cuisine_condition: bool = False  # add a learned cuisine vector to the inputs and seeds (never with cuisine_head)
-    embedding: str = "learned"  # "learned" table (tied to the vocabulary heads) | "features" (fixed, projected)
-    n_features: int = 0  # width F of input_features (set automatically for embedding="features")
+    embedding: str = spec("learned", choices=EMBEDDINGS, kind="embedding")  # "learned" table (tied to the
+    #                                 vocabulary heads) | "features" (fixed, projected)
+    n_features: int = spec(0, ge=0)  # width F of input_features (set automatically for embedding="features")
     feature_bias: bool = False  # with "features": add a learned per-id vector to the projection
-    stop_threshold: float = 0.0  # MLM completion also stops when the best ingredient's probability is below this
+    stop_threshold: float = spec(0.0, ge=0)  # MLM completion also stops when the best ingredient's
+    #                                 probability is below this
 
 
+@register_model
 class SetTransformer(RecipeModel):
     """Set Transformer encoder with MLM/RTD/pooled/slot heads. See the module docstring."""
 
     model_type = "set-transformer"
+    config_class = SetTransformerConfig
+    objectives = ("mlm", "rtd", "cls", "coherence", "set")
+    set_head = "slots"
+    default_objective = "mlm"
+    about = {"what": "permutation-equivariant SAB/ISAB encoder; `mlm` scores a query plus one `[MASK]`; the "
+                     "`set` objective adds the slot decoder (K = `n_slots` slots, max-pooled to score)",
+             "stops": "`mlm`: the `[MASK]` predicts `[NULL]` (a learned stop) or a threshold tuned on validation;"
+                      " slots: the slots predicting ∅"}
+
+    @classmethod
+    def natural_objectives(cls, set_loss, params):
+        return {"set": 1.0} if set_loss or int(params.get("n_slots", 0)) > 0 else {"mlm": 1.0}
+
+    @classmethod
+    def configure(cls, params, objectives, order, max_set):
+        if "set" in objectives and not params.get("n_slots"):
+            params["n_slots"] = max_set  # K >= the largest target set
+        return params
 
     def __init__(self, config: SetTransformerConfig, vocab: Vocabulary,
                  input_features: torch.Tensor | None = None) -> None:
         config = resolve_sizes(config, vocab, input_features)
         super().__init__(config, vocab)
         c = config
-        if c.block not in BLOCKS:
-            raise RecipesetError(f"model.block must be one of {BLOCKS}, got {c.block!r}")
         if input_features is None:
             input_features = placeholder_features(c)
         self.embed = InputEmbedding(c.vocab_size, c.d_model, c.embedding, input_features, c.feature_bias)
@@ -98,16 +122,7 @@ class SetTransformer(RecipeModel):
             self.ln_slots = nn.LayerNorm(c.d_model)
         # specials are -inf except [NULL] (the MLM "nothing missing" target and the slots' ∅)
         self.register_buffer("logit_bias", special_bias(c.vocab_size, allow=(NULL,)), persistent=False)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        self.apply(init_weights)
 
     @property
     def has_slots(self) -> bool:

@@ -11,16 +11,17 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from recipeset.data.sources import flavornet, synthetic, tabular, whatscooking
 from recipeset.data.table import RecipeTable
 from recipeset.errors import RecipesetError
+from recipeset.registry import DATASETS, DatasetEntry, suggest
 
-DATASETS = ("flavornet", "whatscooking", "synthetic")
 FILE_SUFFIXES = (".csv", ".jsonl", ".json")
 
 
 def load_dataset(name_or_path: str | os.PathLike, path: str | os.PathLike | None = None, lenient: bool = False,
                  **kw) -> RecipeTable:
-    """Load a dataset by name or a recipe file by path.
+    """Load a registered dataset by name (:data:`recipeset.registry.DATASETS`) or a recipe file by path.
 
     - ``"flavornet"``: ``path`` = directory of the files (default: ``$RECIPESET_FLAVORNET_DIR`` or
       ``<data dir>/flavornet``); options ``keep_unmapped``, ``download``, ``verify``, ``base_url``.
@@ -32,30 +33,19 @@ def load_dataset(name_or_path: str | os.PathLike, path: str | os.PathLike | None
     ``lenient=True`` skips malformed lines (counted in ``table.report``) instead of raising.
     """
     name = str(name_or_path)
-    if name == "flavornet":
-        from recipeset.data.sources.flavornet import load_flavornet
-
-        return _call(load_flavornet, name, path, lenient=lenient, **kw)
-    if name == "whatscooking":
-        if path is None:
-            raise RecipesetError("whatscooking needs path=... (--path): the Kaggle What's Cooking train.json")
-        from recipeset.data.sources.whatscooking import load_whatscooking
-
-        return _call(load_whatscooking, name, path, lenient=lenient, **kw)
-    if name == "synthetic":
-        from recipeset.data.sources.synthetic import load_synthetic
-
-        if path is not None:
-            kw["path"] = path
-        return _call(load_synthetic, name, **kw)
+    if name in DATASETS:
+        return _call(DATASETS.get(name).load, name, path, lenient=lenient, **kw)
     suffix = Path(name).suffix.lower()
     if suffix in FILE_SUFFIXES:
-        from recipeset.data.sources import tabular
-
         loader = {".csv": tabular.load_csv, ".jsonl": tabular.load_jsonl, ".json": tabular.load_json}[suffix]
         return _call(loader, name, name, lenient=lenient, **kw)
-    raise RecipesetError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} "
-                         f"or a path ending in {', '.join(FILE_SUFFIXES)}")
+    raise RecipesetError(f"unknown dataset {name!r}{suggest(name, DATASETS.names())}: use one of "
+                         f"{', '.join(DATASETS.names())} or a path ending in {', '.join(FILE_SUFFIXES)}")
+
+
+def dataset_label(name_or_path: str) -> str:
+    """The name a dataset's table carries: a registered name as is, a file by its stem."""
+    return name_or_path if name_or_path in DATASETS else Path(name_or_path).stem
 
 
 def _call(loader: Callable[..., RecipeTable], label: str, *args, **kw) -> RecipeTable:
@@ -70,4 +60,28 @@ def _call(loader: Callable[..., RecipeTable], label: str, *args, **kw) -> Recipe
     return loader(*args, **kw)
 
 
-__all__ = ["DATASETS", "load_dataset"]
+# ---- the named datasets ---------------------------------------------------------------------------------------
+def _load_flavornet(path, lenient=False, **kw) -> RecipeTable:
+    return _call(flavornet.load_flavornet, "flavornet", path, lenient=lenient, **kw)
+
+
+def _load_whatscooking(path, lenient=False, **kw) -> RecipeTable:
+    if path is None:
+        raise RecipesetError("whatscooking needs path=... (--path): the Kaggle What's Cooking train.json")
+    return _call(whatscooking.load_whatscooking, "whatscooking", path, lenient=lenient, **kw)
+
+
+def _load_synthetic(path, lenient=False, **kw) -> RecipeTable:
+    if path is not None:
+        kw["path"] = path
+    return _call(synthetic.load_synthetic, "synthetic", **kw)
+
+
+DATASETS.register("flavornet", DatasetEntry("flavornet", _load_flavornet,
+                                            "Ahn et al. 2011 flavor network recipes (11 regions)"))
+DATASETS.register("whatscooking", DatasetEntry("whatscooking", _load_whatscooking,
+                                               "the Kaggle/Yummly What's Cooking JSON (--path)"))
+DATASETS.register("synthetic", DatasetEntry("synthetic", _load_synthetic,
+                                            "the embedded generator with known probabilities (default)"))
+
+__all__ = ["DATASETS", "FILE_SUFFIXES", "dataset_label", "load_dataset"]
