@@ -407,7 +407,11 @@ def bench(batch_size, steps, as_json) -> None:
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. SIGTERM raises RunTerminated (a KeyboardInterrupt) from here on, so ``kill`` ends a
+    tracked run KILLED and exits like Ctrl-C."""
+    from recipeset.signals import install_sigterm_handler
+
+    install_sigterm_handler()
     try:
         cli()
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from recipeset.errors import RecipesetError
 from recipeset.experiments import Experiment, PlannedRun, load_experiment
+from recipeset.signals import install_sigterm_handler
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ def check_planned(planned: list[PlannedRun]) -> None:
 def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str, threads: int | None) -> ChildOutcome:
     """One grid child (in a worker process, which gets ``threads`` torch threads, or inline, which keeps the
     calling process's setting)."""
+    install_sigterm_handler()  # SIGTERM raises RunTerminated here too: a stopped grid ends the child run KILLED
     import torch
 
     from recipeset.pipeline import run_training

@@ -2,6 +2,7 @@
 
 A run is a :class:`Tracker`, used as a context manager::
 
+    install_sigterm_handler()                         # once, at the entry point (recipeset.signals)
     uri = resolve_tracking_uri()                      # arg > $MLFLOW_TRACKING_URI > sqlite:///<cwd>/mlflow.db
     ensure_experiment(config.tracking.experiment, uri)  # in the parent process, before any worker
     with Tracker.start(config, uri=uri) as tracker:   # params, tags and the resolved config logged once
@@ -12,6 +13,11 @@ A run is a :class:`Tracker`, used as a context manager::
         tracker.log_model_dir(checkpoint_dir)              # -> "runs:/<id>/model", read by load_model
     # FINISHED on success, FAILED on an exception, KILLED on Ctrl-C / SIGTERM; a SIGKILLed run stays RUNNING
     # and ``Tracker.start(config, resume_run_id=run_id)`` continues it.
+
+SIGTERM ends a run KILLED only once :func:`recipeset.signals.install_sigterm_handler` has made it raise
+:class:`RunTerminated` (``recipeset.cli.main`` and grid workers do so first thing; without it Python's default
+action ends the process on the spot and the run stays RUNNING, resumable like a SIGKILLed one). The tracker
+installs no handler itself; it ends a run that was being created when the interrupt landed.
 
 A grid is a parent run (:func:`start_parent_run`) with child runs (``Tracker.start(..., parent_run_id=...)``,
 tagged ``mlflow.parentRunId`` — what ``mlflow.start_run(nested=True)`` sets); :func:`find_finished_run` finds a
@@ -29,11 +35,9 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -42,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from recipeset.config import RunConfig, suggest
 from recipeset.errors import RecipesetError
+from recipeset.signals import RunTerminated  # re-exported: it ends runs KILLED
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -58,41 +63,17 @@ MAX_PARAM_LENGTH = 6000
 _LOWER_IS_BETTER = re.compile(r"loss|nll|rank|perplexity|ppl|error|tv|spread|time|seconds")
 
 
-class RunTerminated(KeyboardInterrupt):
-    """Raised by the SIGTERM handler a :class:`Tracker` installs, so ``kill`` ends the run as KILLED."""
-
-
-def _raise_run_terminated(signum, frame):
-    raise RunTerminated(f"received signal {signum}")
-
-
-def _install_sigterm() -> Any:
-    """Make SIGTERM raise :class:`RunTerminated` (Python's default action kills the process without unwinding,
-    leaving a run RUNNING forever); returns the previous handler, None off the main thread (where handlers
-    cannot be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_run_terminated)
-
-
-def _restore_sigterm(old: Any) -> None:
-    if old is not None:
-        signal.signal(signal.SIGTERM, old)
-
-
 @contextlib.contextmanager
 def _creating_run(client: MlflowClient):
-    """Create or continue a run with SIGTERM already raising :class:`RunTerminated`, so a kill that lands while
-    the run is being created (params, config) ends it KILLED instead of leaving it RUNNING forever. The body
-    sets ``state["run_id"]`` as soon as the run exists; if it raises, that run ends KILLED (Ctrl-C / SIGTERM) or
-    FAILED and the old handler is back. ``state["old_sigterm"]`` goes to the new Tracker, which restores it."""
-    state: dict[str, Any] = {"run_id": None, "old_sigterm": _install_sigterm()}
+    """Create or continue a run so that an interrupt landing while it is being created (params, config) ends it
+    KILLED instead of leaving it RUNNING forever. The body sets ``state["run_id"]`` as soon as the run exists; if
+    it raises, that run ends KILLED (Ctrl-C / SIGTERM, see :mod:`recipeset.signals`) or FAILED."""
+    state: dict[str, Any] = {"run_id": None}
     try:
         yield state
     except BaseException as e:
         if state["run_id"] is not None:
             client.set_terminated(state["run_id"], status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        _restore_sigterm(state["old_sigterm"])
         raise
 
 
@@ -202,7 +183,6 @@ class Tracker:
         self._last_flush = time.monotonic()
         self._skip_until = dict(skip_until or {})  # resume: metric key -> last step already in the store
         self._datasets: list[tuple[str, str]] = []
-        self._old_sigterm: Any = None
         self._ended = False
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
@@ -256,7 +236,6 @@ class Tracker:
                 tracker = cls(client, run_id, experiment_id, uri, **kwargs)
                 tracker.log_params(config.flatten())
                 client.log_dict(run_id, config.to_dict(), "config.json")
-        tracker._old_sigterm = creating["old_sigterm"]
         return tracker
 
     def __enter__(self) -> Tracker:
@@ -271,14 +250,13 @@ class Tracker:
             self.end("FAILED")
 
     def end(self, status: str = "FINISHED") -> None:
-        """Flush buffered metrics, set the final status (FINISHED, FAILED or KILLED), restore SIGTERM handling."""
+        """Flush buffered metrics and set the final status (FINISHED, FAILED or KILLED)."""
         if self._ended:
             return
         self._ended = True
         try:
             self.flush()
         finally:
-            self._restore_sigterm()
             self._client.set_terminated(self.run_id, status=status)
 
     def end_running_children(self, status: str = "KILLED") -> list[str]:
@@ -292,10 +270,6 @@ class Tracker:
         for run in found:
             self._client.set_terminated(run.info.run_id, status=status)
         return [run.info.run_id for run in found]
-
-    def _restore_sigterm(self) -> None:
-        _restore_sigterm(self._old_sigterm)
-        self._old_sigterm = None
 
     # ---- params, tags, metrics ---------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -475,9 +449,7 @@ def start_parent_run(experiment: str, run_name: str, uri: str | None = None,
             all_tags = {**_default_tags(), "run_kind": "parent", **{k: str(v) for k, v in (tags or {}).items()}}
             run_id = creating["run_id"] = client.create_run(experiment_id, run_name=run_name,
                                                             tags=all_tags).info.run_id
-    tracker = Tracker(client, run_id, experiment_id, uri)
-    tracker._old_sigterm = creating["old_sigterm"]
-    return tracker
+    return Tracker(client, run_id, experiment_id, uri)
 
 
 # ---- reading back ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 
 from recipeset.config import RunConfig
 from recipeset.errors import RecipesetError
+from recipeset.signals import RunTerminated
 from recipeset.tracking import (
     CLASSIC_ML_KIND,
     EXPERIMENT_KIND_TAG,
@@ -150,25 +151,75 @@ def test_failed_on_exception(mlflow_uri):
         tr2.log_metrics({"loss": 2.0}, -1)
 
 
-def test_killed_on_keyboard_interrupt_and_sigterm_handler_restored(mlflow_uri):
+def test_killed_on_keyboard_interrupt_and_sigterm_handling_left_to_the_entry_point(mlflow_uri):
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
         with Tracker.start(CFG) as tr:
-            assert signal.getsignal(signal.SIGTERM) is not before
-            raise KeyboardInterrupt
+            assert signal.getsignal(signal.SIGTERM) is before  # the tracker installs no handler
+            raise RunTerminated("received signal 15")
     assert client(mlflow_uri).get_run(tr.run_id).info.status == "KILLED"
     assert signal.getsignal(signal.SIGTERM) is before
+    from recipeset import tracking
+
+    assert tracking.RunTerminated is RunTerminated
+
+
+@pytest.mark.parametrize("where", ["params", "config", "parent"])
+def test_an_interrupt_while_the_run_is_being_created_ends_it_killed(mlflow_uri, monkeypatch, where):
+    """SIGTERM (RunTerminated) landing after the run exists but before Tracker.start returns: the run ends KILLED,
+    not RUNNING forever; any other error ends it FAILED."""
+    def interrupted(*args, **kwargs):
+        raise RunTerminated("received signal 15")
+
+    if where == "params":
+        monkeypatch.setattr(Tracker, "log_params", interrupted)
+    elif where == "config":
+        from mlflow import MlflowClient
+
+        monkeypatch.setattr(MlflowClient, "log_dict", interrupted)
+    else:  # a reused grid parent: interrupted right after it was set RUNNING again
+        with pytest.raises(KeyboardInterrupt), start_parent_run("grid", "p"):
+            raise KeyboardInterrupt
+        from mlflow import MlflowClient
+
+        real = MlflowClient.update_run
+
+        def update_then_interrupt(self, run_id, *args, **kwargs):
+            real(self, run_id, *args, **kwargs)
+            raise RunTerminated("received signal 15")
+
+        monkeypatch.setattr(MlflowClient, "update_run", update_then_interrupt)
+    with pytest.raises(RunTerminated):
+        if where == "parent":
+            start_parent_run("grid", "p")
+        else:
+            Tracker.start(CFG, run_name="interrupted")
+    c = client(mlflow_uri)
+    runs = c.search_runs([e.experiment_id for e in c.search_experiments()])
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+    def broken(*args, **kwargs):
+        raise ValueError("bad param")
+
+    monkeypatch.setattr(Tracker, "log_params", broken)
+    with pytest.raises(ValueError):
+        Tracker.start(CFG, run_name="failed")
+    runs = c.search_runs([e.experiment_id for e in c.search_experiments()])
+    assert {r.info.run_name: r.info.status for r in runs}["failed"] == "FAILED"
 
 
 WORKER = textwrap.dedent("""
     import sys, time
     from recipeset.config import RunConfig
+    from recipeset.signals import install_sigterm_handler
     from recipeset.tracking import Tracker
+    if sys.argv[1] != "no-handler":
+        install_sigterm_handler()  # the Python-API one-liner (recipeset.cli.main does it for the CLI)
     cfg = RunConfig().override({"tracking.experiment": "test-exp"})
     with Tracker.start(cfg, run_name="worker") as tr:
         tr.log_metrics({"loss": 0.5}, 0)
         print(tr.run_id, flush=True)
-        if sys.argv[1] == "hang":
+        if sys.argv[1] in ("hang", "no-handler"):
             time.sleep(60)
 """)
 
@@ -184,22 +235,25 @@ def test_sigterm_to_a_real_process_marks_killed_and_sigkill_leaves_running(mlflo
     ensure_experiment("test-exp", mlflow_uri)  # in the parent, before the workers (SQLite migration races)
     term, term_id = _start_worker("hang")
     kill, kill_id = _start_worker("hang")
+    bare, bare_id = _start_worker("no-handler")
     time.sleep(0.2)
     term.send_signal(signal.SIGTERM)
     kill.send_signal(signal.SIGKILL)
+    bare.send_signal(signal.SIGTERM)
     assert term.wait(timeout=30) != 0 and kill.wait(timeout=30) == -signal.SIGKILL
+    assert bare.wait(timeout=30) == -signal.SIGTERM
     c = client(mlflow_uri)
     assert c.get_run(term_id).info.status == "KILLED"
     assert c.get_run(term_id).data.metrics["loss"] == 0.5
     assert c.get_run(kill_id).info.status == "RUNNING"  # nothing could run: --resume continues it
+    assert c.get_run(bare_id).info.status == "RUNNING"  # no handler installed: Python's default, like SIGKILL
 
 
 def test_resume_continues_the_same_run_without_relogging(mlflow_uri):
     tr = Tracker.start(CFG, flush_every_steps=1)
     for step in range(6):
         tr.log_metrics({"loss": float(step)}, step)
-    run_id = tr.run_id
-    tr._restore_sigterm()  # simulate a SIGKILL: the run is never ended and stays RUNNING
+    run_id = tr.run_id  # simulate a SIGKILL: the run is never ended and stays RUNNING
     c = client(mlflow_uri)
     assert c.get_run(run_id).info.status == "RUNNING"
 
@@ -343,7 +397,6 @@ def test_a_stopped_grid_ends_the_children_its_killed_workers_left_running(mlflow
         done.end("FINISHED")
         # a worker SIGKILLed mid-run: its Tracker never ends the run
         orphan = Tracker.start(in_grid(1), run_name="g/b", parent_run_id=parent.run_id)
-        orphan._restore_sigterm()
         with start_parent_run("grid", "other") as other:  # another grid's running child is not touched
             bystander = Tracker.start(in_grid(2), run_name="g/c", parent_run_id=other.run_id)
             assert parent.end_running_children("KILLED") == [orphan.run_id]
