@@ -353,8 +353,8 @@ def experiment_run(file, quick, jobs, tracking_uri, out, seeds, variants) -> Non
               help="Also save the study's figures (completion.png, learning_curves.png) into this directory.")
 def compare(experiment_name, metric, tracking_uri, show_runs, as_json, plots_dir) -> None:
     """Compare an experiment's runs: per-task tables (mean ± std over seeds), or --runs best first."""
+    from recipeset.runs import search_runs_table
     from recipeset.study import results_tables, study_figures, tables_json, tables_markdown
-    from recipeset.tracking import search_runs_table
 
     if show_runs or metric:
         table = search_runs_table(experiment_name, tracking_uri, metric=metric)

@@ -204,7 +204,7 @@ class RunResult:
 
 
 def _plots(tracker, history: dict, model: RecipeModel, data: PreparedData, out_dir: Path) -> None:
-    from recipeset.tracking import plot_confusion, plot_embedding_map, plot_learning_curves
+    from recipeset.plots import plot_confusion, plot_embedding_map, plot_learning_curves
 
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
@@ -364,7 +364,7 @@ def run_data(model: RecipeModel, model_dir: str, split: str = "test", dataset: s
 
     local = Path(model_dir)
     if "://" in str(model_dir) or str(model_dir).startswith(("runs:", "models:")):
-        from recipeset.tracking import download_model_dir
+        from recipeset.runs import download_model_dir
 
         local = Path(download_model_dir(str(model_dir)))
     run_cfg = local / "run_config.json"

@@ -170,7 +170,7 @@ def test_mlflow_uris_delegate_to_tracking(tmp_path, monkeypatch):
         seen.append(uri)
         return str(path)
 
-    monkeypatch.setitem(sys.modules, "recipeset.tracking",
+    monkeypatch.setitem(sys.modules, "recipeset.runs",
                         types.SimpleNamespace(download_model_dir=download_model_dir))
     assert isinstance(load_model("runs:/abc123/model"), DeepSets)
     assert isinstance(load_model("models:/recipes/1"), DeepSets)

@@ -1,4 +1,5 @@
-"""MLflow tracking against a temporary SQLite store (a copy of the session's migrated template)."""
+"""MLflow tracking and run queries against a temporary SQLite store (a copy of the session's migrated template);
+the plotting helpers."""
 
 from __future__ import annotations
 
@@ -17,20 +18,16 @@ import pytest
 
 from recipeset.config import RunConfig
 from recipeset.errors import RecipesetError
+from recipeset.plots import plot_confusion, plot_embedding_map, plot_learning_curves
+from recipeset.runs import download_model_dir, find_finished_run, metric_history, run_tags, search_runs_table
 from recipeset.signals import RunTerminated
 from recipeset.tracking import (
     CLASSIC_ML_KIND,
     EXPERIMENT_KIND_TAG,
     Tracker,
-    download_model_dir,
     ensure_experiment,
-    find_finished_run,
     metric_key,
-    plot_confusion,
-    plot_embedding_map,
-    plot_learning_curves,
     resolve_tracking_uri,
-    search_runs_table,
     start_parent_run,
 )
 
@@ -45,7 +42,8 @@ def client(uri):
 
 
 def test_import_does_not_load_mlflow():
-    code = "import recipeset.tracking, recipeset.experiments, sys; assert 'mlflow' not in sys.modules"
+    code = ("import recipeset.tracking, recipeset.runs, recipeset.plots, recipeset.experiments, sys; "
+            "assert not {'mlflow', 'matplotlib', 'torch'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -368,6 +366,11 @@ def test_grid_parent_children_find_finished_and_table(mlflow_uri):
     c = client(mlflow_uri)
     child = c.get_run(tr.run_id)
     assert child.data.tags["mlflow.parentRunId"] == parent.run_id
+    tags = run_tags([tr.run_id, parent.run_id])
+    assert tags[tr.run_id]["mlflow.parentRunId"] == parent.run_id and tags[parent.run_id]["run_kind"] == "parent"
+    history = metric_history(tr.run_id, "val/recall_at_10")
+    assert history.to_dict() == {10: pytest.approx(0.3)} and history.dtype == float
+    assert metric_history(tr.run_id, "never/logged").empty
 
     assert find_finished_run("grid", cfgs[0].config_hash()) is not None
     assert find_finished_run("grid", cfgs[1].config_hash()) is not None

@@ -84,7 +84,7 @@ def load_model(path_or_uri: str | os.PathLike, map_location: str | torch.device 
     not fit the config, or a weights file that is not a plain tensor state dict (it is never executed).
     """
     if isinstance(path_or_uri, str) and path_or_uri.startswith(REMOTE_PREFIXES):
-        from recipeset.tracking import download_model_dir
+        from recipeset.runs import download_model_dir
 
         path_or_uri = download_model_dir(path_or_uri)
     path = Path(path_or_uri)
