@@ -219,8 +219,8 @@ def evaluate(model_dir, dataset, path, split, max_queries, as_json) -> None:
     """The evaluation table of a trained model (MODEL_DIR or runs:/<id>/model)."""
     import json
 
-    from recipeset.models.io import load_model
     from recipeset.pipeline import evaluate_model, run_data
+    from recipeset.runs import load_model
 
     m = load_model(model_dir)
     cfg, sets = run_data(m, model_dir, split=split, dataset=dataset, path=path)
@@ -254,7 +254,7 @@ def complete(model_dir, ingredients, top, generate, max_new, temperature, mode, 
     """Suggest what goes with INGREDIENTS ("tomato, basil"), or --generate the rest of the recipe."""
     import torch
 
-    from recipeset.models.io import load_model
+    from recipeset.runs import load_model
 
     m = load_model(model_dir)
     query = _split_names(ingredients)
@@ -275,7 +275,7 @@ def complete(model_dir, ingredients, top, generate, max_new, temperature, mode, 
 @click.option("--top", type=click.IntRange(min=1), default=3, help="How many cuisines to show.")
 def classify(model_dir, ingredients, top) -> None:
     """Cuisine probabilities of INGREDIENTS ("soy_sauce, ginger")."""
-    from recipeset.models.io import load_model
+    from recipeset.runs import load_model
 
     m = load_model(model_dir)
     if not m.can_classify:

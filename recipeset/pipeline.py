@@ -78,8 +78,9 @@ def build_model(cfg: RunConfig, vocab: Vocabulary, weights: dict[str, float], ma
 
 
 def load_init_weights(model: RecipeModel, init_from: str) -> list[str]:
-    """Copy matching weights from a trained model (fine-tuning); new heads start fresh. Returns new keys."""
-    from recipeset.models.io import load_model
+    """Copy matching weights from a trained model (a directory or a runs:/ URI) for fine-tuning; new heads start
+    fresh. Returns new keys."""
+    from recipeset.runs import load_model
 
     source = load_model(init_from)
     if source.vocab != model.vocab:
@@ -262,7 +263,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
                                  f"{Path.cwd()}); train the model it names first (grids: run with --jobs 1)")
     init_vocab = None
     if init_from is not None:
-        from recipeset.models.io import load_model
+        from recipeset.runs import load_model
 
         init_vocab = load_model(init_from).vocab
     data = prepare_data(cfg.data, split_path=out_dir / "split.json" if resume else None, vocab=init_vocab)

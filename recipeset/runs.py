@@ -6,10 +6,11 @@ Everything the tracker wrote can be queried here without starting a run::
     search_runs_table("grid", metric="val/recall@10")   # one row per run, best first
     run_tags(run_ids)                                   # {run id: {tag: value}}
     metric_history(run_id, "train/loss")                # pandas Series: step -> value
-    download_model_dir("runs:/<id>/model")              # a local directory holding the logged model
+    load_model("runs:/<id>/model")                      # downloads, then recipeset.models.io.load_model
 
-Like :mod:`recipeset.tracking`, this module imports mlflow only inside functions (``recipeset --help`` stays
-fast).
+:func:`load_model` is ``recipeset.load_model``: it resolves ``runs:/…``/``models:/…`` URIs here, above the
+model layer, so ``recipeset.models`` never depends on MLflow. Like :mod:`recipeset.tracking`, this module
+imports mlflow only inside functions (``recipeset --help`` stays fast).
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ from recipeset.errors import RecipesetError
 from recipeset.tracking import PARENT_RUN_TAG, metric_key, mlflow_client, resolve_tracking_uri
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
     from mlflow import MlflowClient
 
+    from recipeset.models.base import RecipeModel
+
+REMOTE_PREFIXES = ("runs:/", "models:/")
 _LOWER_IS_BETTER = re.compile(r"loss|nll|rank|perplexity|ppl|error|tv|spread|time|seconds")
 
 
@@ -140,5 +145,20 @@ def metric_history(run_id: str, key: str, uri: str | None = None) -> pd.Series:
     return pd.Series({m.step: m.value for m in history}, dtype=float, name=key)
 
 
+def load_model(path_or_uri: str | os.PathLike, map_location: str | torch.device = "cpu") -> RecipeModel:
+    """``recipeset.load_model``: a model from a checkpoint directory or an MLflow ``runs:/…``/``models:/…`` URI.
+
+    A URI is downloaded first (:func:`download_model_dir`, from the store ``$MLFLOW_TRACKING_URI`` or
+    ``sqlite:///<cwd>/mlflow.db``); the directory is then read by :func:`recipeset.models.io.load_model`
+    (in eval mode, never executing pickled code).
+    """
+    # torch is imported with the model layer only when a model is loaded: run queries stay light.
+    from recipeset.models.io import load_model as load_model_dir
+
+    if isinstance(path_or_uri, str) and path_or_uri.startswith(REMOTE_PREFIXES):
+        path_or_uri = download_model_dir(path_or_uri)
+    return load_model_dir(path_or_uri, map_location)
+
+
 __all__ = ["find_finished_run", "search_runs_table", "lower_is_better", "run_tags", "metric_history",
-           "download_model_dir"]
+           "download_model_dir", "load_model"]

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import recipeset
 from recipeset.config import RunConfig
 from recipeset.errors import RecipesetError
 from recipeset.plots import plot_confusion, plot_embedding_map, plot_learning_curves
@@ -318,6 +319,29 @@ def test_artifacts_and_model_dir_round_trip(mlflow_uri, tmp_path):
         download_model_dir(f"runs:/{tr.run_id}/nothing-here", dst=tmp_path / "x")
     with pytest.raises(RecipesetError, match="not a model directory"):
         download_model_dir(str(tmp_path / "nope"))
+
+
+def test_recipeset_load_model_downloads_a_runs_uri(mlflow_uri, tmp_path):
+    """End to end: a real checkpoint logged to the store comes back through ``recipeset.load_model("runs:/…")``;
+    the model layer's own loader reads local directories only."""
+    import torch
+
+    from recipeset.data.vocab import Vocabulary
+    from recipeset.models import DeepSets, DeepSetsConfig, save_model
+    from recipeset.models.io import load_model as load_model_dir
+
+    torch.manual_seed(0)
+    model = DeepSets(DeepSetsConfig(d_model=8), Vocabulary(["tomato", "basil", "garlic"], ["italian"])).eval()
+    with Tracker.start(CFG) as tr:
+        uri = tr.log_model_dir(save_model(model, tmp_path / "ckpt"))
+    loaded = recipeset.load_model(uri)
+    assert isinstance(loaded, DeepSets) and loaded.vocab == model.vocab and not loaded.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    with pytest.raises(RecipesetError, match="use recipeset.load_model"):
+        load_model_dir(uri)
+    with pytest.raises(RecipesetError, match="cannot download model"):
+        recipeset.load_model(f"runs:/{tr.run_id}/nothing-here")
 
 
 def test_models_uri_of_a_registered_model(mlflow_uri, tmp_path):
