@@ -16,12 +16,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from recipeset.data.sources import load_dataset
     from recipeset.data.vocab import Vocabulary
     from recipeset.errors import RecipesetError
-    from recipeset.models.io import load_model
+    from recipeset.runs import load_model
 
 _LAZY = {
     "load_dataset": "recipeset.data.sources",
     "Vocabulary": "recipeset.data.vocab",
-    "load_model": "recipeset.models.io",
+    "load_model": "recipeset.runs",  # local directories and MLflow runs:/ or models:/ URIs
     "RecipesetError": "recipeset.errors",
 }
 

@@ -256,8 +256,8 @@ def evaluate(model_dir, dataset, path, split, max_queries, as_json) -> None:
     """The evaluation table of a trained model (MODEL_DIR or runs:/<id>/model)."""
     import json
 
-    from recipeset.models.io import load_model
     from recipeset.pipeline import evaluate_model, run_data
+    from recipeset.runs import load_model
 
     m = load_model(model_dir)
     cfg, sets = run_data(m, model_dir, split=split, dataset=dataset, path=path)
@@ -291,7 +291,7 @@ def complete(model_dir, ingredients, top, generate, max_new, temperature, mode, 
     """Suggest what goes with INGREDIENTS ("tomato, basil"), or --generate the rest of the recipe."""
     import torch
 
-    from recipeset.models.io import load_model
+    from recipeset.runs import load_model
 
     m = load_model(model_dir)
     query = _split_names(ingredients)
@@ -312,7 +312,7 @@ def complete(model_dir, ingredients, top, generate, max_new, temperature, mode, 
 @click.option("--top", type=click.IntRange(min=1), default=3, help="How many cuisines to show.")
 def classify(model_dir, ingredients, top) -> None:
     """Cuisine probabilities of INGREDIENTS ("soy_sauce, ginger")."""
-    from recipeset.models.io import load_model
+    from recipeset.runs import load_model
 
     m = load_model(model_dir)
     if not m.can_classify:
@@ -390,8 +390,8 @@ def experiment_run(file, quick, jobs, tracking_uri, out, seeds, variants) -> Non
               help="Also save the study's figures (completion.png, learning_curves.png) into this directory.")
 def compare(experiment_name, metric, tracking_uri, show_runs, as_json, plots_dir) -> None:
     """Compare an experiment's runs: per-task tables (mean ± std over seeds), or --runs best first."""
+    from recipeset.runs import search_runs_table
     from recipeset.study import results_tables, study_figures, tables_json, tables_markdown
-    from recipeset.tracking import search_runs_table
 
     if show_runs or metric:
         table = search_runs_table(experiment_name, tracking_uri, metric=metric)
@@ -444,7 +444,11 @@ def bench(batch_size, steps, as_json) -> None:
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. SIGTERM raises RunTerminated (a KeyboardInterrupt) from here on, so ``kill`` ends a
+    tracked run KILLED and exits like Ctrl-C."""
+    from recipeset.signals import install_sigterm_handler
+
+    install_sigterm_handler()
     try:
         cli()
     except KeyboardInterrupt:

@@ -67,8 +67,9 @@ def build_model(cfg: RunConfig, vocab: Vocabulary, weights: dict[str, float], ma
 
 
 def load_init_weights(model: RecipeModel, init_from: str) -> list[str]:
-    """Copy matching weights from a trained model (fine-tuning); new heads start fresh. Returns new keys."""
-    from recipeset.models.io import load_model
+    """Copy matching weights from a trained model (a directory or a runs:/ URI) for fine-tuning; new heads start
+    fresh. Returns new keys."""
+    from recipeset.runs import load_model
 
     source = load_model(init_from)
     if source.vocab != model.vocab:
@@ -193,7 +194,7 @@ class RunResult:
 
 
 def _plots(tracker, history: dict, model: RecipeModel, data: PreparedData, out_dir: Path) -> None:
-    from recipeset.tracking import plot_confusion, plot_embedding_map, plot_learning_curves
+    from recipeset.plots import plot_confusion, plot_embedding_map, plot_learning_curves
 
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
@@ -251,7 +252,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
                                  f"{Path.cwd()}); train the model it names first (grids: run with --jobs 1)")
     init_vocab = None
     if init_from is not None:
-        from recipeset.models.io import load_model
+        from recipeset.runs import load_model
 
         init_vocab = load_model(init_from).vocab
     data = prepare_data(cfg.data, split_path=out_dir / "split.json" if resume else None, vocab=init_vocab)
@@ -353,7 +354,7 @@ def run_data(model: RecipeModel, model_dir: str, split: str = "test", dataset: s
 
     local = Path(model_dir)
     if "://" in str(model_dir) or str(model_dir).startswith(("runs:", "models:")):
-        from recipeset.tracking import download_model_dir
+        from recipeset.runs import download_model_dir
 
         local = Path(download_model_dir(str(model_dir)))
     run_cfg = local / "run_config.json"

@@ -22,6 +22,7 @@ import pandas as pd
 
 from recipeset.errors import RecipesetError
 from recipeset.experiments import Experiment, PlannedRun, load_experiment
+from recipeset.signals import install_sigterm_handler
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def run_hash(run: PlannedRun) -> str:
 def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str, threads: int | None) -> ChildOutcome:
     """One grid child (in a worker process, which gets ``threads`` torch threads, or inline, which keeps the
     calling process's setting)."""
+    install_sigterm_handler()  # SIGTERM raises RunTerminated here too: a stopped grid ends the child run KILLED
     import torch
 
     from recipeset.pipeline import run_training
@@ -140,7 +142,8 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
                    variants: list[str] | None = None) -> list[ChildOutcome]:
     """Run an experiment grid (parent run + child runs). ``jobs`` > 1 runs children in worker processes;
     ``seeds``/``variants`` restrict the grid (the rest can be run later into the same parent)."""
-    from recipeset.tracking import ensure_experiment, find_finished_run, resolve_tracking_uri, start_parent_run
+    from recipeset.runs import find_finished_run
+    from recipeset.tracking import ensure_experiment, resolve_tracking_uri, start_parent_run
 
     exp = load_experiment(path)
     uri = resolve_tracking_uri(uri)
@@ -257,14 +260,13 @@ def _mean_std(values: pd.Series) -> str:
 
 def results_tables(experiment: str, uri: str | None = None) -> dict[str, pd.DataFrame]:
     """Per-task tables: one row per variant (mean ± std over seeds, n seeds), baselines beside them."""
-    from recipeset.tracking import _client, search_runs_table
+    from recipeset.runs import run_tags, search_runs_table
 
     runs = search_runs_table(experiment, uri)
     out: dict[str, pd.DataFrame] = {}
     if runs.empty:
         return out
-    client = _client(uri)
-    variants = {rid: client.get_run(rid).data.tags.get("variant", "") for rid in runs["run_id"]}
+    variants = {rid: tags.get("variant", "") for rid, tags in run_tags(runs["run_id"], uri).items()}
     runs = runs.assign(variant=runs["run_id"].map(variants))
     neural = runs[(runs["variant"] != "baselines") & (runs["status"] == "FINISHED")]
     base_runs = runs[runs["variant"] == "baselines"]
@@ -351,20 +353,20 @@ def study_figures(experiment: str, uri: str | None = None) -> dict[str, object]:
     """The study's figures (matplotlib Figures): ``completion.png`` — test Recall@10 and MRR per variant (mean
     and std over seeds) against the best baseline; ``learning_curves.png`` — train and validation loss per
     variant (mean over seeds) against the optimizer step."""
-    from recipeset.tracking import _client, _new_figure, search_runs_table
+    from recipeset.plots import new_figure
+    from recipeset.runs import metric_history, run_tags, search_runs_table
 
     runs = search_runs_table(experiment, uri)
     if runs.empty:
         return {}
-    client = _client(uri)
-    tags = {rid: client.get_run(rid).data.tags for rid in runs["run_id"]}
+    tags = run_tags(runs["run_id"], uri)
     runs = runs.assign(variant=runs["run_id"].map(lambda r: tags[r].get("variant", "")))
     neural = runs[(runs["variant"] != "baselines") & (runs["status"] == "FINISHED")]
     base_runs = runs[runs["variant"] == "baselines"]
     figs: dict[str, object] = {}
     metrics = [m for m in ("test/completion/recall_at_10", "test/completion/mrr") if m in neural.columns]
     if metrics and not neural.empty:
-        fig, axes = _new_figure(1, len(metrics), size=(5.5, 0.35 * neural["variant"].nunique() + 1.5))
+        fig, axes = new_figure(1, len(metrics), size=(5.5, 0.35 * neural["variant"].nunique() + 1.5))
         for ax, metric in zip(axes.flat, metrics, strict=False):
             stats = neural.groupby("variant", sort=False)[metric].agg(["mean", "std"]).iloc[::-1]
             ax.barh(stats.index, stats["mean"], xerr=stats["std"].fillna(0), color="tab:blue", alpha=0.8)
@@ -383,10 +385,10 @@ def study_figures(experiment: str, uri: str | None = None) -> dict[str, object]:
     variants = list(dict.fromkeys(neural["variant"]))
     if variants:
         ncols = min(4, len(variants))
-        fig, axes = _new_figure(math.ceil(len(variants) / ncols), ncols, size=(3.6, 2.8))
+        fig, axes = new_figure(math.ceil(len(variants) / ncols), ncols, size=(3.6, 2.8))
         for ax, variant in zip(axes.flat, variants, strict=False):
             for metric, color in (("train/loss", "tab:blue"), ("val/loss", "tab:orange")):
-                curves = [pd.Series({m.step: m.value for m in client.get_metric_history(rid, metric)})
+                curves = [metric_history(rid, metric, uri)
                           for rid in neural.loc[neural["variant"] == variant, "run_id"]]
                 curves = [c for c in curves if not c.empty]
                 if curves:

@@ -1,7 +1,9 @@
-"""MLflow tracking: the only module that imports mlflow, and only inside functions (``recipeset --help`` stays fast).
+"""MLflow tracking of a run: store and experiment set-up, the run tracker, grid parent runs.
 
-A run is a :class:`Tracker`, used as a context manager::
+With :mod:`recipeset.runs` (reading runs back) the only module that imports mlflow, and only inside functions
+(``recipeset --help`` stays fast). A run is a :class:`Tracker`, used as a context manager::
 
+    install_sigterm_handler()                         # once, at the entry point (recipeset.signals)
     uri = resolve_tracking_uri()                      # arg > $MLFLOW_TRACKING_URI > sqlite:///<cwd>/mlflow.db
     ensure_experiment(config.tracking.experiment, uri)  # in the parent process, before any worker
     with Tracker.start(config, uri=uri) as tracker:   # params, tags and the resolved config logged once
@@ -9,14 +11,20 @@ A run is a :class:`Tracker`, used as a context manager::
         for step in ...:
             tracker.log_metrics({"train/loss": loss}, step)   # buffered, flushed with log_batch
         tracker.log_table(table, "eval/test")              # CSV + JSON
-        tracker.log_model_dir(checkpoint_dir)              # -> "runs:/<id>/model", read by load_model
+        tracker.log_model_dir(checkpoint_dir)              # -> "runs:/<id>/model", read by recipeset.load_model
     # FINISHED on success, FAILED on an exception, KILLED on Ctrl-C / SIGTERM; a SIGKILLed run stays RUNNING
     # and ``Tracker.start(config, resume_run_id=run_id)`` continues it.
 
+SIGTERM ends a run KILLED only once :func:`recipeset.signals.install_sigterm_handler` has made it raise
+:class:`RunTerminated` (``recipeset.cli.main`` and grid workers do so first thing; without it Python's default
+action ends the process on the spot and the run stays RUNNING, resumable like a SIGKILLed one). The tracker
+installs no handler itself; it ends a run that was being created when the interrupt landed.
+
 A grid is a parent run (:func:`start_parent_run`) with child runs (``Tracker.start(..., parent_run_id=...)``,
-tagged ``mlflow.parentRunId`` — what ``mlflow.start_run(nested=True)`` sets); :func:`find_finished_run` finds a
-finished child with the same config hash so a grid can resume. All calls go through an explicit
-``MlflowClient`` bound to one tracking URI: no global MLflow state, so several trackers can coexist.
+tagged ``mlflow.parentRunId`` — what ``mlflow.start_run(nested=True)`` sets); :func:`recipeset.runs.find_finished_run`
+finds a finished child with the same config hash so a grid can resume. All calls go through an explicit
+``MlflowClient`` bound to one tracking URI (:func:`mlflow_client`): no global MLflow state, so several trackers can
+coexist.
 
 Metric names: MLflow forbids ``@``, so ``recall@10`` is logged as ``recall_at_10`` (:func:`metric_key`).
 """
@@ -26,25 +34,21 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import math
 import os
 import re
-import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recipeset.config import RunConfig, suggest
+from recipeset.config import RunConfig
 from recipeset.errors import RecipesetError
+from recipeset.signals import RunTerminated  # re-exported: it ends runs KILLED
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
     import pandas as pd
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
@@ -55,44 +59,19 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
-_LOWER_IS_BETTER = re.compile(r"loss|nll|rank|perplexity|ppl|error|tv|spread|time|seconds")
-
-
-class RunTerminated(KeyboardInterrupt):
-    """Raised by the SIGTERM handler a :class:`Tracker` installs, so ``kill`` ends the run as KILLED."""
-
-
-def _raise_run_terminated(signum, frame):
-    raise RunTerminated(f"received signal {signum}")
-
-
-def _install_sigterm() -> Any:
-    """Make SIGTERM raise :class:`RunTerminated` (Python's default action kills the process without unwinding,
-    leaving a run RUNNING forever); returns the previous handler, None off the main thread (where handlers
-    cannot be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_run_terminated)
-
-
-def _restore_sigterm(old: Any) -> None:
-    if old is not None:
-        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager
 def _creating_run(client: MlflowClient):
-    """Create or continue a run with SIGTERM already raising :class:`RunTerminated`, so a kill that lands while
-    the run is being created (params, config) ends it KILLED instead of leaving it RUNNING forever. The body
-    sets ``state["run_id"]`` as soon as the run exists; if it raises, that run ends KILLED (Ctrl-C / SIGTERM) or
-    FAILED and the old handler is back. ``state["old_sigterm"]`` goes to the new Tracker, which restores it."""
-    state: dict[str, Any] = {"run_id": None, "old_sigterm": _install_sigterm()}
+    """Create or continue a run so that an interrupt landing while it is being created (params, config) ends it
+    KILLED instead of leaving it RUNNING forever. The body sets ``state["run_id"]`` as soon as the run exists; if
+    it raises, that run ends KILLED (Ctrl-C / SIGTERM, see :mod:`recipeset.signals`) or FAILED."""
+    state: dict[str, Any] = {"run_id": None}
     try:
         yield state
     except BaseException as e:
         if state["run_id"] is not None:
             client.set_terminated(state["run_id"], status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        _restore_sigterm(state["old_sigterm"])
         raise
 
 
@@ -109,7 +88,8 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
-def _client(uri: str | None = None) -> MlflowClient:
+def mlflow_client(uri: str | None = None) -> MlflowClient:
+    """An ``MlflowClient`` bound to the store ``uri`` (resolved as in :func:`resolve_tracking_uri`)."""
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=resolve_tracking_uri(uri))
@@ -122,7 +102,7 @@ def ensure_experiment(name: str, uri: str | None = None, description: str | None
     """
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:
         tags = {EXPERIMENT_KIND_TAG: CLASSIC_ML_KIND}
@@ -142,15 +122,6 @@ def ensure_experiment(name: str, uri: str | None = None, description: str | None
     if description and exp.tags.get("mlflow.note.content") != description:
         client.set_experiment_tag(exp.experiment_id, "mlflow.note.content", description)
     return exp.experiment_id
-
-
-def _get_experiment(client: MlflowClient, name: str):
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise RecipesetError(f"no MLflow experiment '{name}' in {client.tracking_uri}{suggest(name, names)}"
-                             f" — existing: {', '.join(names) or 'none'}")
-    return exp
 
 
 # ---- names and values --------------------------------------------------------------------------------------
@@ -202,7 +173,6 @@ class Tracker:
         self._last_flush = time.monotonic()
         self._skip_until = dict(skip_until or {})  # resume: metric key -> last step already in the store
         self._datasets: list[tuple[str, str]] = []
-        self._old_sigterm: Any = None
         self._ended = False
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
@@ -222,7 +192,7 @@ class Tracker:
         experiment = experiment or config.tracking.experiment
         run_name = run_name or config.tracking.run_name
         experiment_id = ensure_experiment(experiment, uri)
-        client = _client(uri)
+        client = mlflow_client(uri)
         chash = config.config_hash()
         kwargs = {"flush_interval_s": flush_interval_s, "flush_every_steps": flush_every_steps}
 
@@ -256,7 +226,6 @@ class Tracker:
                 tracker = cls(client, run_id, experiment_id, uri, **kwargs)
                 tracker.log_params(config.flatten())
                 client.log_dict(run_id, config.to_dict(), "config.json")
-        tracker._old_sigterm = creating["old_sigterm"]
         return tracker
 
     def __enter__(self) -> Tracker:
@@ -271,14 +240,13 @@ class Tracker:
             self.end("FAILED")
 
     def end(self, status: str = "FINISHED") -> None:
-        """Flush buffered metrics, set the final status (FINISHED, FAILED or KILLED), restore SIGTERM handling."""
+        """Flush buffered metrics and set the final status (FINISHED, FAILED or KILLED)."""
         if self._ended:
             return
         self._ended = True
         try:
             self.flush()
         finally:
-            self._restore_sigterm()
             self._client.set_terminated(self.run_id, status=status)
 
     def end_running_children(self, status: str = "KILLED") -> list[str]:
@@ -292,10 +260,6 @@ class Tracker:
         for run in found:
             self._client.set_terminated(run.info.run_id, status=status)
         return [run.info.run_id for run in found]
-
-    def _restore_sigterm(self) -> None:
-        _restore_sigterm(self._old_sigterm)
-        self._old_sigterm = None
 
     # ---- params, tags, metrics ---------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -417,7 +381,8 @@ class Tracker:
     def log_model_dir(self, model_dir: str | os.PathLike, artifact_path: str = "model") -> str:
         """Log a checkpoint directory (config + weights, no pickle) as artifacts; return ``runs:/<id>/model``.
 
-        ``download_model_dir`` on the returned URI gives back the same files for ``load_model``.
+        :func:`recipeset.runs.download_model_dir` on the returned URI gives back the same files, and
+        ``recipeset.load_model`` the model.
         """
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
@@ -460,7 +425,7 @@ def start_parent_run(experiment: str, run_name: str, uri: str | None = None,
     """
     uri = resolve_tracking_uri(uri)
     experiment_id = ensure_experiment(experiment, uri, description)
-    client = _client(uri)
+    client = mlflow_client(uri)
     run_id = None
     with _creating_run(client) as creating:
         if reuse:
@@ -475,193 +440,10 @@ def start_parent_run(experiment: str, run_name: str, uri: str | None = None,
             all_tags = {**_default_tags(), "run_kind": "parent", **{k: str(v) for k, v in (tags or {}).items()}}
             run_id = creating["run_id"] = client.create_run(experiment_id, run_name=run_name,
                                                             tags=all_tags).info.run_id
-    tracker = Tracker(client, run_id, experiment_id, uri)
-    tracker._old_sigterm = creating["old_sigterm"]
-    return tracker
-
-
-# ---- reading back ---------------------------------------------------------------------------------------------
-def find_finished_run(experiment: str, params_hash: str, uri: str | None = None) -> str | None:
-    """The id of a FINISHED run in ``experiment`` whose config hash is ``params_hash`` (newest), else None."""
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    if not re.fullmatch(r"[0-9a-f]+", params_hash):
-        raise RecipesetError(f"find_finished_run: {params_hash!r} is not a config hash")
-    runs = client.search_runs([exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-                              filter_string=f"tags.config_hash = '{params_hash}' and attributes.status = 'FINISHED'")
-    return runs[0].info.run_id if runs else None
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether smaller values of ``metric`` are better (losses, NLL, ranks, order sensitivity, times)."""
-    return bool(_LOWER_IS_BETTER.search(metric.lower()))
-
-
-def search_runs_table(experiment: str, uri: str | None = None, metric: str | None = None,
-                      ascending: bool | None = None, include_parents: bool = False) -> pd.DataFrame:
-    """A table of the experiment's runs, best first by ``metric`` (else newest first).
-
-    Columns: ``run_id``, ``run``, ``status``, ``parent_run_id``, every metric (MLflow names), every param
-    (``model.name`` ...). ``ascending`` defaults to :func:`lower_is_better`. Parent runs of grids are left out
-    unless ``include_parents``. Runs lacking the metric come last.
-    """
-    import pandas as pd
-
-    client = _client(uri)
-    exp = _get_experiment(client, experiment)
-    runs, token = [], None
-    while True:
-        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token,
-                                  order_by=["attributes.start_time DESC"])
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
-    rows = []
-    for r in runs:
-        if r.data.tags.get("run_kind") == "parent" and not include_parents:
-            continue
-        row = {"run_id": r.info.run_id, "run": r.info.run_name, "status": r.info.status,
-               "parent_run_id": r.data.tags.get(PARENT_RUN_TAG)}
-        row.update(r.data.metrics)
-        row.update(r.data.params)
-        rows.append(row)
-    df = pd.DataFrame(rows, columns=["run_id", "run", "status", "parent_run_id"] if not rows else None)
-    if metric is not None:
-        key = metric_key(metric)
-        metric_names = sorted({k for r in runs for k in r.data.metrics})
-        if key not in df.columns or key not in metric_names:
-            raise RecipesetError(f"no metric '{metric}' in experiment '{experiment}'{suggest(key, metric_names)}"
-                                 f" — available: {', '.join(metric_names) or 'none'}")
-        asc = lower_is_better(key) if ascending is None else ascending
-        df = df.sort_values(key, ascending=asc, na_position="last", kind="stable")
-        df = df[["run_id", "run", "status", key] + [c for c in df.columns if c not in
-                                                     ("run_id", "run", "status", key)]]
-    return df.reset_index(drop=True)
-
-
-def download_model_dir(uri: str, dst: str | os.PathLike | None = None, tracking_uri: str | None = None) -> str:
-    """Local directory holding a logged model: ``runs:/<id>/model``, ``models:/<name>/<version>`` or a path.
-
-    A local directory is returned as is; an MLflow URI is downloaded into ``dst`` (default: a new temporary
-    directory) from the store at ``tracking_uri`` (default as in :func:`resolve_tracking_uri`).
-    """
-    if not uri.startswith(("runs:/", "models:/")) and "://" not in uri:
-        if Path(uri).is_dir():
-            return str(uri)
-        raise RecipesetError(f"{uri}: not a model directory or a runs:/ or models:/ URI")
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
-    dst = str(dst) if dst is not None else tempfile.mkdtemp(prefix="recipeset-model-")
-    resolved = resolve_tracking_uri(tracking_uri)
-    try:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=resolved,
-                                                   registry_uri=resolved)
-    except (MlflowException, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RecipesetError(f"cannot download model {uri} from {resolved}: {first}") from None
-    if not Path(path).is_dir():
-        raise RecipesetError(f"{uri}: is a file, not a model directory")
-    return path
-
-
-# ---- plots (matplotlib Figure objects without pyplot: no global backend state, works headless) -----------------
-def _new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (5.0, 4.0)):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, axes
-
-
-def plot_learning_curves(history: Mapping[str, Sequence[tuple[int, float]]]) -> Figure:
-    """Learning curves from ``{metric name: [(step, value), ...]}``.
-
-    Metrics sharing the part after ``/`` (``train/loss`` and ``val/loss``) share one panel.
-    """
-    if not history:
-        raise RecipesetError("plot_learning_curves: no metrics to plot")
-    panels: dict[str, list[str]] = {}
-    for name in history:
-        panels.setdefault(name.split("/", 1)[-1], []).append(name)
-    ncols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig, axes = _new_figure(nrows, ncols)
-    for ax, (title, names) in zip(axes.flat, panels.items(), strict=False):
-        for name in names:
-            points = sorted(history[name])
-            if points:
-                steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, label=name, marker="." if len(points) < 30 else None)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
-    return fig
-
-
-def plot_confusion(cm: np.ndarray | Sequence[Sequence[int]], labels: Sequence[str]) -> Figure:
-    """Confusion matrix ``cm [C, C]`` (rows: true, columns: predicted), colour = row-normalised recall."""
-    import numpy as np
-
-    cm = np.asarray(cm, dtype=float)
-    c = len(labels)
-    if cm.shape != (c, c):
-        raise RecipesetError(f"plot_confusion: matrix of shape {cm.shape} does not match {c} labels")
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1.0)
-    side = max(4.0, 0.35 * c + 2)
-    fig, axes = _new_figure(size=(side + 1, side))
-    ax = axes[0, 0]
-    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(c), labels, rotation=90, fontsize="small")
-    ax.set_yticks(range(c), labels, fontsize="small")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if c <= 20:  # counts stay legible only on small matrices
-        for i, j in zip(*np.nonzero(cm), strict=True):
-            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize="x-small",
-                    color="white" if norm[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, label="fraction of true class")
-    return fig
-
-
-def plot_embedding_map(emb: Any, names: Sequence[str], counts: Sequence[int] | None = None,
-                       n_labels: int = 30) -> Figure:
-    """2-D PCA of ingredient embeddings ``emb [V, D]`` (numpy or torch), labelling the ``n_labels`` most frequent.
-
-    Without ``counts`` the rows are taken to be in descending frequency (the Vocabulary's id order).
-    """
-    import numpy as np
-
-    if hasattr(emb, "detach"):
-        emb = emb.detach().float().cpu().numpy()
-    x = np.asarray(emb, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] != len(names):
-        raise RecipesetError(f"plot_embedding_map: embeddings of shape {x.shape} do not match {len(names)} names")
-    x = x - x.mean(axis=0, keepdims=True)
-    # PCA by SVD: the top-2 right singular vectors are the principal axes.
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    xy = x @ vt[:2].T if vt.shape[0] >= 2 else np.pad(x @ vt.T, ((0, 0), (0, 2 - vt.shape[0])))
-    order = np.argsort(-np.asarray(counts), kind="stable") if counts is not None else np.arange(len(names))
-    fig, axes = _new_figure(size=(7.0, 6.0))
-    ax = axes[0, 0]
-    ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.5)
-    for i in order[:n_labels]:
-        ax.annotate(names[i], (xy[i, 0], xy[i, 1]), fontsize="x-small")
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
-    ax.set_title("ingredient embeddings (PCA)")
-    return fig
+    return Tracker(client, run_id, experiment_id, uri)
 
 
 __all__ = [
-    "EXPERIMENT_KIND_TAG", "CLASSIC_ML_KIND", "RunTerminated", "Tracker", "resolve_tracking_uri",
-    "ensure_experiment", "start_parent_run", "find_finished_run", "search_runs_table", "download_model_dir",
-    "metric_key", "lower_is_better", "git_commit", "plot_learning_curves", "plot_confusion", "plot_embedding_map",
+    "EXPERIMENT_KIND_TAG", "CLASSIC_ML_KIND", "PARENT_RUN_TAG", "RunTerminated", "Tracker", "resolve_tracking_uri",
+    "mlflow_client", "ensure_experiment", "start_parent_run", "metric_key", "git_commit",
 ]
-

@@ -169,8 +169,9 @@ def test_evaluate_json_matches_the_run(trained):
 
 
 def test_evaluate_a_logged_model_by_uri(trained, in_store):
-    local = json.loads(ok("evaluate", trained["model"], "--json").output)
-    remote = json.loads(ok("evaluate", f"runs:/{trained['run_id']}/model", "--json").output)
+    local = json.loads(ok("evaluate", trained["model"], "--json").stdout)
+    # stdout only: MLflow's download progress bar goes to stderr (which CliRunner's .output mixes in)
+    remote = json.loads(ok("evaluate", f"runs:/{trained['run_id']}/model", "--json").stdout)
     assert local == remote
 
 

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import types
 from pathlib import Path
 
 import pytest
@@ -162,7 +161,11 @@ def test_extra_file_names_cannot_clobber_the_checkpoint(tmp_path):
             save_model(_models()["deep-sets"], tmp_path / "m", extra_files={bad: "x"})
 
 
-def test_mlflow_uris_delegate_to_tracking(tmp_path, monkeypatch):
+def test_mlflow_uris_are_resolved_above_the_model_layer(tmp_path, monkeypatch):
+    """``recipeset.load_model`` downloads runs:/ and models:/ URIs (recipeset.runs) and hands the directory to
+    ``recipeset.models.io.load_model``, which refuses URIs itself: the model layer does not depend on MLflow."""
+    import recipeset.runs
+
     path = save_model(_models()["deep-sets"], tmp_path / "m")
     seen = []
 
@@ -170,10 +173,14 @@ def test_mlflow_uris_delegate_to_tracking(tmp_path, monkeypatch):
         seen.append(uri)
         return str(path)
 
-    monkeypatch.setitem(sys.modules, "recipeset.tracking",
-                        types.SimpleNamespace(download_model_dir=download_model_dir))
-    assert isinstance(load_model("runs:/abc123/model"), DeepSets)
-    assert isinstance(load_model("models:/recipes/1"), DeepSets)
+    monkeypatch.setattr(recipeset.runs, "download_model_dir", download_model_dir)
+    assert isinstance(recipeset.load_model("runs:/abc123/model"), DeepSets)
+    assert isinstance(recipeset.load_model("models:/recipes/1"), DeepSets)
+    assert isinstance(recipeset.load_model(path), DeepSets)  # a local directory is not downloaded
+    assert seen == ["runs:/abc123/model", "models:/recipes/1"]
+    for uri in ("runs:/abc123/model", "models:/recipes/1"):
+        with pytest.raises(RecipesetError, match="an MLflow URI; .*use recipeset.load_model"):
+            load_model(uri)
     assert seen == ["runs:/abc123/model", "models:/recipes/1"]
 
 

@@ -1,4 +1,5 @@
-"""MLflow tracking against a temporary SQLite store (a copy of the session's migrated template)."""
+"""MLflow tracking and run queries against a temporary SQLite store (a copy of the session's migrated template);
+the plotting helpers."""
 
 from __future__ import annotations
 
@@ -15,21 +16,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import recipeset
 from recipeset.config import RunConfig
 from recipeset.errors import RecipesetError
+from recipeset.plots import plot_confusion, plot_embedding_map, plot_learning_curves
+from recipeset.runs import download_model_dir, find_finished_run, metric_history, run_tags, search_runs_table
+from recipeset.signals import RunTerminated
 from recipeset.tracking import (
     CLASSIC_ML_KIND,
     EXPERIMENT_KIND_TAG,
     Tracker,
-    download_model_dir,
     ensure_experiment,
-    find_finished_run,
     metric_key,
-    plot_confusion,
-    plot_embedding_map,
-    plot_learning_curves,
     resolve_tracking_uri,
-    search_runs_table,
     start_parent_run,
 )
 
@@ -44,7 +43,8 @@ def client(uri):
 
 
 def test_import_does_not_load_mlflow():
-    code = "import recipeset.tracking, recipeset.experiments, sys; assert 'mlflow' not in sys.modules"
+    code = ("import recipeset.tracking, recipeset.runs, recipeset.plots, recipeset.experiments, sys; "
+            "assert not {'mlflow', 'matplotlib', 'torch'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -150,25 +150,75 @@ def test_failed_on_exception(mlflow_uri):
         tr2.log_metrics({"loss": 2.0}, -1)
 
 
-def test_killed_on_keyboard_interrupt_and_sigterm_handler_restored(mlflow_uri):
+def test_killed_on_keyboard_interrupt_and_sigterm_handling_left_to_the_entry_point(mlflow_uri):
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
         with Tracker.start(CFG) as tr:
-            assert signal.getsignal(signal.SIGTERM) is not before
-            raise KeyboardInterrupt
+            assert signal.getsignal(signal.SIGTERM) is before  # the tracker installs no handler
+            raise RunTerminated("received signal 15")
     assert client(mlflow_uri).get_run(tr.run_id).info.status == "KILLED"
     assert signal.getsignal(signal.SIGTERM) is before
+    from recipeset import tracking
+
+    assert tracking.RunTerminated is RunTerminated
+
+
+@pytest.mark.parametrize("where", ["params", "config", "parent"])
+def test_an_interrupt_while_the_run_is_being_created_ends_it_killed(mlflow_uri, monkeypatch, where):
+    """SIGTERM (RunTerminated) landing after the run exists but before Tracker.start returns: the run ends KILLED,
+    not RUNNING forever; any other error ends it FAILED."""
+    def interrupted(*args, **kwargs):
+        raise RunTerminated("received signal 15")
+
+    if where == "params":
+        monkeypatch.setattr(Tracker, "log_params", interrupted)
+    elif where == "config":
+        from mlflow import MlflowClient
+
+        monkeypatch.setattr(MlflowClient, "log_dict", interrupted)
+    else:  # a reused grid parent: interrupted right after it was set RUNNING again
+        with pytest.raises(KeyboardInterrupt), start_parent_run("grid", "p"):
+            raise KeyboardInterrupt
+        from mlflow import MlflowClient
+
+        real = MlflowClient.update_run
+
+        def update_then_interrupt(self, run_id, *args, **kwargs):
+            real(self, run_id, *args, **kwargs)
+            raise RunTerminated("received signal 15")
+
+        monkeypatch.setattr(MlflowClient, "update_run", update_then_interrupt)
+    with pytest.raises(RunTerminated):
+        if where == "parent":
+            start_parent_run("grid", "p")
+        else:
+            Tracker.start(CFG, run_name="interrupted")
+    c = client(mlflow_uri)
+    runs = c.search_runs([e.experiment_id for e in c.search_experiments()])
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+    def broken(*args, **kwargs):
+        raise ValueError("bad param")
+
+    monkeypatch.setattr(Tracker, "log_params", broken)
+    with pytest.raises(ValueError):
+        Tracker.start(CFG, run_name="failed")
+    runs = c.search_runs([e.experiment_id for e in c.search_experiments()])
+    assert {r.info.run_name: r.info.status for r in runs}["failed"] == "FAILED"
 
 
 WORKER = textwrap.dedent("""
     import sys, time
     from recipeset.config import RunConfig
+    from recipeset.signals import install_sigterm_handler
     from recipeset.tracking import Tracker
+    if sys.argv[1] != "no-handler":
+        install_sigterm_handler()  # the Python-API one-liner (recipeset.cli.main does it for the CLI)
     cfg = RunConfig().override({"tracking.experiment": "test-exp"})
     with Tracker.start(cfg, run_name="worker") as tr:
         tr.log_metrics({"loss": 0.5}, 0)
         print(tr.run_id, flush=True)
-        if sys.argv[1] == "hang":
+        if sys.argv[1] in ("hang", "no-handler"):
             time.sleep(60)
 """)
 
@@ -184,22 +234,25 @@ def test_sigterm_to_a_real_process_marks_killed_and_sigkill_leaves_running(mlflo
     ensure_experiment("test-exp", mlflow_uri)  # in the parent, before the workers (SQLite migration races)
     term, term_id = _start_worker("hang")
     kill, kill_id = _start_worker("hang")
+    bare, bare_id = _start_worker("no-handler")
     time.sleep(0.2)
     term.send_signal(signal.SIGTERM)
     kill.send_signal(signal.SIGKILL)
+    bare.send_signal(signal.SIGTERM)
     assert term.wait(timeout=30) != 0 and kill.wait(timeout=30) == -signal.SIGKILL
+    assert bare.wait(timeout=30) == -signal.SIGTERM
     c = client(mlflow_uri)
     assert c.get_run(term_id).info.status == "KILLED"
     assert c.get_run(term_id).data.metrics["loss"] == 0.5
     assert c.get_run(kill_id).info.status == "RUNNING"  # nothing could run: --resume continues it
+    assert c.get_run(bare_id).info.status == "RUNNING"  # no handler installed: Python's default, like SIGKILL
 
 
 def test_resume_continues_the_same_run_without_relogging(mlflow_uri):
     tr = Tracker.start(CFG, flush_every_steps=1)
     for step in range(6):
         tr.log_metrics({"loss": float(step)}, step)
-    run_id = tr.run_id
-    tr._restore_sigterm()  # simulate a SIGKILL: the run is never ended and stays RUNNING
+    run_id = tr.run_id  # simulate a SIGKILL: the run is never ended and stays RUNNING
     c = client(mlflow_uri)
     assert c.get_run(run_id).info.status == "RUNNING"
 
@@ -268,6 +321,29 @@ def test_artifacts_and_model_dir_round_trip(mlflow_uri, tmp_path):
         download_model_dir(str(tmp_path / "nope"))
 
 
+def test_recipeset_load_model_downloads_a_runs_uri(mlflow_uri, tmp_path):
+    """End to end: a real checkpoint logged to the store comes back through ``recipeset.load_model("runs:/…")``;
+    the model layer's own loader reads local directories only."""
+    import torch
+
+    from recipeset.data.vocab import Vocabulary
+    from recipeset.models import DeepSets, DeepSetsConfig, save_model
+    from recipeset.models.io import load_model as load_model_dir
+
+    torch.manual_seed(0)
+    model = DeepSets(DeepSetsConfig(d_model=8), Vocabulary(["tomato", "basil", "garlic"], ["italian"])).eval()
+    with Tracker.start(CFG) as tr:
+        uri = tr.log_model_dir(save_model(model, tmp_path / "ckpt"))
+    loaded = recipeset.load_model(uri)
+    assert isinstance(loaded, DeepSets) and loaded.vocab == model.vocab and not loaded.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    with pytest.raises(RecipesetError, match="use recipeset.load_model"):
+        load_model_dir(uri)
+    with pytest.raises(RecipesetError, match="cannot download model"):
+        recipeset.load_model(f"runs:/{tr.run_id}/nothing-here")
+
+
 def test_models_uri_of_a_registered_model(mlflow_uri, tmp_path):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{}")
@@ -314,6 +390,11 @@ def test_grid_parent_children_find_finished_and_table(mlflow_uri):
     c = client(mlflow_uri)
     child = c.get_run(tr.run_id)
     assert child.data.tags["mlflow.parentRunId"] == parent.run_id
+    tags = run_tags([tr.run_id, parent.run_id])
+    assert tags[tr.run_id]["mlflow.parentRunId"] == parent.run_id and tags[parent.run_id]["run_kind"] == "parent"
+    history = metric_history(tr.run_id, "val/recall_at_10")
+    assert history.to_dict() == {10: pytest.approx(0.3)} and history.dtype == float
+    assert metric_history(tr.run_id, "never/logged").empty
 
     assert find_finished_run("grid", cfgs[0].config_hash()) is not None
     assert find_finished_run("grid", cfgs[1].config_hash()) is not None
@@ -343,7 +424,6 @@ def test_a_stopped_grid_ends_the_children_its_killed_workers_left_running(mlflow
         done.end("FINISHED")
         # a worker SIGKILLed mid-run: its Tracker never ends the run
         orphan = Tracker.start(in_grid(1), run_name="g/b", parent_run_id=parent.run_id)
-        orphan._restore_sigterm()
         with start_parent_run("grid", "other") as other:  # another grid's running child is not touched
             bystander = Tracker.start(in_grid(2), run_name="g/c", parent_run_id=other.run_id)
             assert parent.end_running_children("KILLED") == [orphan.run_id]

@@ -27,7 +27,7 @@ from recipeset.registry import MODELS
 
 FORMAT = "recipeset.model/1"
 CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "weights.pt"
-REMOTE_PREFIXES = ("runs:/", "models:/")
+REMOTE_PREFIXES = ("runs:/", "models:/")  # refused here: recipeset.load_model (recipeset.runs) resolves them
 
 
 def save_model(model: RecipeModel, path: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
@@ -76,17 +76,18 @@ def _read_config(path: Path) -> tuple[type[RecipeModel], object]:
     return MODELS.get(model_type), config_cls(**meta["config"])
 
 
-def load_model(path_or_uri: str | os.PathLike, map_location: str | torch.device = "cpu") -> RecipeModel:
-    """Rebuild a model from a checkpoint directory (or an MLflow ``runs:/…``/``models:/…`` URI), in eval mode.
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> RecipeModel:
+    """Rebuild a model from a local checkpoint directory, in eval mode.
 
-    Raises RecipesetError for a missing directory/file, an unknown model type or config key, weights that do
-    not fit the config, or a weights file that is not a plain tensor state dict (it is never executed).
+    MLflow ``runs:/…``/``models:/…`` URIs are resolved above the model layer: ``recipeset.load_model``
+    downloads them, then calls this. Raises RecipesetError for such a URI, a missing directory/file, an unknown
+    model type or config key, weights that do not fit the config, or a weights file that is not a plain tensor
+    state dict (it is never executed).
     """
-    if isinstance(path_or_uri, str) and path_or_uri.startswith(REMOTE_PREFIXES):
-        from recipeset.tracking import download_model_dir
-
-        path_or_uri = download_model_dir(path_or_uri)
-    path = Path(path_or_uri)
+    if isinstance(path, str) and path.startswith(REMOTE_PREFIXES):
+        raise RecipesetError(f"{path}: an MLflow URI; recipeset.models.io.load_model reads local directories only "
+                             "— use recipeset.load_model, which downloads it first")
+    path = Path(path)
     if not path.is_dir():
         raise RecipesetError(f"{path}: model directory not found")
     cls, config = _read_config(path)
