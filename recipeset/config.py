@@ -343,6 +343,10 @@ def resolve_objectives(cfg: RunConfig, source: str = "") -> dict[str, float]:
     if uses_loss and loss not in losses:
         raise fail(source, "", f"loss {loss!r} does not run with model {model!r}; "
                    f"valid: {', '.join(losses) or 'none'}")
+    fields = {f.name for f in dataclasses.fields(model_cls.config_class)}
+    needs = [k for k, _ in LOSSES.get(loss).model_params if k not in fields] if uses_loss else []
+    if needs:
+        raise fail(source, "", f"loss {loss!r} sets model field(s) {', '.join(needs)}, which model {model!r} lacks")
     if not uses_loss and loss != DEFAULT_LOSS:
         raise fail(source, "", f"loss {loss!r} is only used by the 'set' objective; add --objective set "
                    f"(objectives now: {', '.join(weights)})")

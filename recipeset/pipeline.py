@@ -26,7 +26,7 @@ from recipeset.data.vocab import Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.io_utils import atomic_write_text
 from recipeset.models.base import RecipeModel
-from recipeset.registry import MODELS, OBJECTIVES
+from recipeset.registry import LOSSES, MODELS, OBJECTIVES
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,14 @@ def input_features_for(cfg: RunConfig, vocab: Vocabulary) -> torch.Tensor | None
 
 def build_model(cfg: RunConfig, vocab: Vocabulary, weights: dict[str, float], max_set: int,
                 input_features: torch.Tensor | None = None) -> RecipeModel:
-    """A fresh model for the run: the user's ``[model]`` params, the heads its objectives need, and what the
-    model class fills in from the run (:meth:`~recipeset.models.base.RecipeModel.configure`)."""
+    """A fresh model for the run: the user's ``[model]`` params over the heads its objectives need and the model
+    fields its set loss sets, then what the model class fills in from the run
+    (:meth:`~recipeset.models.base.RecipeModel.configure`)."""
     cls = MODELS.get(cfg.model.name, "model.name")
-    heads = {OBJECTIVES.get(name).head: True for name in weights if OBJECTIVES.get(name).head}
-    params = cls.configure({**heads, **cfg.model.params}, weights, cfg.data.order, max_set)
+    implied = {OBJECTIVES.get(name).head: True for name in weights if OBJECTIVES.get(name).head}
+    if "set" in weights:
+        implied.update(LOSSES.get(cfg.loss.name).model_params)
+    params = cls.configure({**implied, **cfg.model.params}, weights, cfg.data.order, max_set)
     return cls(cls.config_class(**params), vocab, input_features)
 
 

@@ -118,6 +118,7 @@ class LossEntry:
     params: type | None = None             # dataclass of its own config fields (``loss.<field>``), with ranges
     perplexity: bool = False               # exp(loss) is a per-ingredient perplexity (logged as ppl/set)
     help: str = ""
+    model_params: tuple[tuple[str, Any], ...] = ()  # model config fields it sets (multilabel: sigmoid outputs)
 
     def defaults(self) -> dict[str, Any]:
         if self.params is None:
@@ -191,14 +192,16 @@ def register_model(cls: T) -> T:
 
 
 def register_loss(name: str, *, heads: tuple[str, ...], params: type | None = None, perplexity: bool = False,
-                  help: str = "") -> Callable[[Callable], Callable]:
-    """Decorator: register a set loss for the models whose ``set_head`` is in ``heads``."""
+                  help: str = "", model_params: dict[str, Any] | None = None) -> Callable[[Callable], Callable]:
+    """Decorator: register a set loss for the models whose ``set_head`` is in ``heads``; ``model_params`` are
+    model config fields a run with this loss sets (under the user's own)."""
     bad = [h for h in heads if h not in SET_HEADS]
     if not heads or bad:
         raise RecipesetError(f"loss {name!r}: heads must be a non-empty subset of {SET_HEADS}, got {heads}")
 
     def deco(fn: Callable) -> Callable:
-        LOSSES.register(name, LossEntry(name, fn, tuple(heads), params, perplexity, help))
+        LOSSES.register(name, LossEntry(name, fn, tuple(heads), params, perplexity, help,
+                                        tuple((model_params or {}).items())))
         return fn
 
     return deco

@@ -90,12 +90,6 @@ class DeepSets(RecipeModel):
             raise RecipesetError("deep-sets trains one head: 'mlm' (a softmax over the one missing ingredient) or "
                                  "'set' (multilabel: a sigmoid per ingredient), not both")
 
-    @classmethod
-    def configure(cls, params, objectives, order, max_set):
-        if "set" in objectives:
-            params.setdefault("multilabel", True)
-        return params
-
     def __init__(self, config: DeepSetsConfig, vocab: Vocabulary, input_features: torch.Tensor | None = None) -> None:
         config = resolve_sizes(config, vocab, input_features)
         super().__init__(config, vocab)

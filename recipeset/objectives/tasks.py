@@ -296,7 +296,7 @@ def pooled(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator
                        steps, stop_id=NULL, stop_weight=p.stop_weight, cardinality_weight=p.cardinality_weight)
 
 
-@register_loss("multilabel", heads=("pooled",),
+@register_loss("multilabel", heads=("pooled",), model_params={"multilabel": True},
                help="binary relevance on a randomly hidden part: one BCE per candidate ingredient")
 def multilabel(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     q_tokens, q_mask, targets = split_query(batch, gen)
