@@ -13,52 +13,21 @@ import torch
 from torch import nn
 
 from recipeset.data.vocab import NULL, NUM_SPECIALS, Vocabulary
+from recipeset.models.set_transformer import SetTransformer, SetTransformerConfig
 from recipeset.objectives.losses import IGNORE, hungarian_loss, standard_loss
 from recipeset.objectives.matching import HungarianMatcher
 
 
-class _SlotModel(nn.Module):
-    """Fallback slot model (used only when ``recipeset.models.SetTransformer`` cannot be built): a
-    Transformer encoder over the set and K learned slot queries cross-attending to it."""
-
-    def __init__(self, vocab_size: int, d_model: int, n_slots: int, n_heads: int = 4, n_layers: int = 2) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, d_model)
-        layer = nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
-        self.slots = nn.Parameter(torch.randn(n_slots, d_model) * 0.02)
-        dec = nn.TransformerDecoderLayer(d_model, n_heads, 4 * d_model, dropout=0.0, batch_first=True)
-        self.decoder = nn.TransformerDecoder(dec, n_layers)
-        self.head = nn.Linear(d_model, vocab_size)
-        bias = torch.zeros(vocab_size)
-        bias[:NUM_SPECIALS] = float("-inf")
-        bias[NULL] = 0.0  # the slots' ∅
-        self.register_buffer("logit_bias", bias)
-
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(self.embed(tokens), src_key_padding_mask=~mask)
-        s = self.decoder(self.slots.expand(tokens.shape[0], -1, -1), h, memory_key_padding_mask=~mask)
-        return self.head(s) + self.logit_bias
-
-
 def _build_model(vocab_size: int, d_model: int, n_slots: int) -> tuple[nn.Module, str]:
-    """The project's SetTransformer with a slot decoder when available, else the fallback slot model (the
-    returned name says which, and why)."""
-    try:
-        from recipeset.models.set_transformer import SetTransformer, SetTransformerConfig
+    """The project's SetTransformer with a slot decoder (what the Hungarian loss trains in the study)."""
+    vocab = Vocabulary([f"ingredient_{i}" for i in range(vocab_size - NUM_SPECIALS)])
+    model = SetTransformer(SetTransformerConfig(d_model=d_model, n_slots=n_slots), vocab)
 
-        vocab = Vocabulary([f"ingredient_{i}" for i in range(vocab_size - NUM_SPECIALS)])
-        model = SetTransformer(SetTransformerConfig(d_model=d_model, n_slots=n_slots), vocab)
+    def slot_logits(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return model(tokens, mask).slot_logits
 
-        def slot_logits(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return model(tokens, mask).slot_logits
-
-        model.slot_logits_fn = slot_logits  # type: ignore[attr-defined]
-        return model, "set-transformer"
-    except Exception as e:  # the models package is optional here: the benchmark is about the loss
-        model = _SlotModel(vocab_size, d_model, n_slots)
-        model.slot_logits_fn = model.forward  # type: ignore[attr-defined]
-        return model, f"fallback-slot-transformer ({type(e).__name__}: {e})"
+    model.slot_logits_fn = slot_logits  # type: ignore[attr-defined]
+    return model, "set-transformer"
 
 
 def _synthetic_batch(batch_size: int, n_slots: int, vocab_size: int, generator: torch.Generator

@@ -29,6 +29,7 @@ import torch
 from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import NUM_SPECIALS, PAD, Vocabulary
 from recipeset.errors import RecipesetError
+from recipeset.io_utils import atomic_write_text
 from recipeset.registry import EVAL_TASKS, EvalTaskEntry
 
 DEFAULT_TASKS = ("completion", "set", "cuisine", "order")  # evaluate_all's default (nll needs a likelihood)
@@ -580,8 +581,6 @@ def metrics_table_to_json(table: pd.DataFrame) -> str:
 
 def save_metrics_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write the table atomically as ``.csv`` or ``.json`` (by suffix)."""
-    from recipeset.io_utils import atomic_write_text
-
     path = Path(path)
     if path.suffix == ".csv":
         atomic_write_text(path, table.to_csv())

@@ -156,8 +156,27 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     path = Path(path)
     raw = read_table_file(path)
     _check_keys(raw, TOP_LEVEL, str(path))
+    name, description, baselines = _parse_head(raw.get("experiment", {}), path)
+    base_raw = raw.get("base", {})
+    if not isinstance(base_raw, Mapping):
+        raise RecipesetError(f"{path}: [base] must be a table of config sections")
+    base = RunConfig.from_dict(_nest(_dotted(base_raw), path), source=f"{path} [base]")
+    variants = _parse_grid(raw.get("grid", []), path)
+    seeds_raw = raw.get("seeds", {})
+    if not isinstance(seeds_raw, Mapping):
+        raise RecipesetError(f"{path}: [seeds] must be a table with `values = [...]`")
+    _check_keys(seeds_raw, ("values",), f"{path}: seeds")
+    seeds = _int_list(seeds_raw["values"], f"{path}: seeds.values") if "values" in seeds_raw else [base.train.seed]
+    exp = Experiment(name=name, description=description, path=path, base=base, variants=variants, seeds=seeds,
+                     quick=_parse_quick(raw.get("quick", {}), variants, path), baselines=baselines)
+    # Resolve everything now: a typo in any variant fails at load time, not hours into the grid.
+    exp.runs(quick=False)
+    exp.runs(quick=True)
+    return exp
 
-    head = raw.get("experiment", {})
+
+def _parse_head(head: Any, path: Path) -> tuple[str, str, bool]:
+    """``[experiment]``: (name, description, baselines)."""
     if not isinstance(head, Mapping):
         raise RecipesetError(f"{path}: [experiment] must be a table")
     _check_keys(head, ("name", "description", "baselines"), f"{path}: experiment")
@@ -170,13 +189,11 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     description = head.get("description", "")
     if not isinstance(description, str):
         raise RecipesetError(f"{path}: experiment.description: expected a string")
+    return name, description, baselines
 
-    base_raw = raw.get("base", {})
-    if not isinstance(base_raw, Mapping):
-        raise RecipesetError(f"{path}: [base] must be a table of config sections")
-    base = RunConfig.from_dict(_nest(_dotted(base_raw), path), source=f"{path} [base]")
 
-    grid_raw = raw.get("grid", [])
+def _parse_grid(grid_raw: Any, path: Path) -> list[Variant]:
+    """``[[grid]]`` entries: named variants of dotted overrides (one ``base`` variant when there are none)."""
     if not isinstance(grid_raw, list):
         raise RecipesetError(f"{path}: grid: use [[grid]] entries (an array of tables)")
     variants: list[Variant] = []
@@ -190,16 +207,11 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         if any(v.name == vname for v in variants):
             raise RecipesetError(f"{path}: grid[{i}].name: duplicate variant name '{vname}'")
         variants.append(Variant(vname, _dotted({k: v for k, v in entry.items() if k != "name"})))
-    if not variants:
-        variants = [Variant("base", {})]
+    return variants or [Variant("base", {})]
 
-    seeds_raw = raw.get("seeds", {})
-    if not isinstance(seeds_raw, Mapping):
-        raise RecipesetError(f"{path}: [seeds] must be a table with `values = [...]`")
-    _check_keys(seeds_raw, ("values",), f"{path}: seeds")
-    seeds = _int_list(seeds_raw["values"], f"{path}: seeds.values") if "values" in seeds_raw else [base.train.seed]
 
-    quick_raw = raw.get("quick", {})
+def _parse_quick(quick_raw: Any, variants: list[Variant], path: Path) -> QuickSpec:
+    """``[quick]``: what ``--quick`` runs."""
     if not isinstance(quick_raw, Mapping):
         raise RecipesetError(f"{path}: [quick] must be a table")
     _check_keys(quick_raw, ("variants", "seeds", "overrides"), f"{path}: quick")
@@ -220,13 +232,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         if not isinstance(quick_raw["overrides"], Mapping):
             raise RecipesetError(f"{path}: quick.overrides: expected a table of dotted keys")
         quick.overrides = _dotted(quick_raw["overrides"])
-
-    exp = Experiment(name=name, description=description, path=path, base=base, variants=variants, seeds=seeds,
-                     quick=quick, baselines=baselines)
-    # Resolve everything now: a typo in any variant fails at load time, not hours into the grid.
-    exp.runs(quick=False)
-    exp.runs(quick=True)
-    return exp
+    return quick
 
 
 def _nest(dotted: Mapping[str, Any], path: Path) -> dict[str, dict[str, Any]]:

@@ -24,11 +24,13 @@ import numpy as np
 import torch
 
 from recipeset.config import RunConfig
-from recipeset.data.collate import Batch, collate
+from recipeset.data.collate import Batch, SetCollator, SetDataset, collate
+from recipeset.data.ordering import expand_k_perms, reorder
 from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import Vocabulary
 from recipeset.errors import RecipesetError
-from recipeset.io_utils import atomic_write_dir, atomic_write_text
+from recipeset.io_utils import atomic_write_dir
+from recipeset.models.io import WEIGHTS_FILE, save_model
 from recipeset.registry import ORDERS
 
 log = logging.getLogger(__name__)
@@ -155,8 +157,6 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
                     scheduler: torch.optim.lr_scheduler.LRScheduler, state: TrainState,
                     extra_files: dict[str, str] | None = None) -> None:
     """Write ``model/`` (a loadable checkpoint) + the trainer state atomically as one directory."""
-    from recipeset.models.io import save_model
-
     def fill(tmp: Path) -> None:
         save_model(model, tmp / "model", extra_files=extra_files)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -192,10 +192,6 @@ def load_trainer_state(path: Path) -> tuple[dict, dict, TrainState]:
     # mixture cannot be sorted (the learning-curve plot at the end of a resumed run failed on it).
     state.history = {k: [tuple(p) for p in v] for k, v in state.history.items()}
     return blob["optimizer"], blob["scheduler"], state
-
-
-def write_json(path: Path, obj: object) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -259,8 +255,6 @@ class Trainer:
     # ---- data order ------------------------------------------------------------------------------------
     def epoch_sets(self, epoch: int) -> EncodedSets:
         """The training sets of ``epoch`` in the configured ingredient order (a function of seed and epoch)."""
-        from recipeset.data.ordering import expand_k_perms, reorder
-
         order, seed = self.order, self.t.seed
         if order.per_epoch:
             return reorder(self._base_train, order.name, self.vocab, seed=seed, epoch=epoch)
@@ -283,8 +277,6 @@ class Trainer:
         return epoch_batches(pool, self.t.batch_size, seed, epoch)
 
     def _loader(self, sets: EncodedSets, batches: list[np.ndarray]):
-        from recipeset.data.collate import SetCollator, SetDataset
-
         if self.t.num_workers > 0:
             return torch.utils.data.DataLoader(
                 SetDataset(sets), batch_sampler=[b.tolist() for b in batches], collate_fn=SetCollator(sets),
@@ -303,7 +295,7 @@ class Trainer:
     def restore(self) -> None:
         """Continue from ``out_dir/checkpoint`` (weights, optimizer, schedule, step counter, run id)."""
         opt, sched, state = load_trainer_state(self.checkpoint_dir)
-        weights = torch.load(self.checkpoint_dir / "model" / "weights.pt", map_location=self.device,
+        weights = torch.load(self.checkpoint_dir / "model" / WEIGHTS_FILE, map_location=self.device,
                              weights_only=True)
         self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(opt)
@@ -318,8 +310,6 @@ class Trainer:
         gen = step_generator(self.t.seed, -1, self.device)
         sums: dict[str, float] = {}
         count = 0
-        from recipeset.data.ordering import reorder
-
         # per-epoch and k-copy orders are validated in one fixed random order per recipe
         fixed = "random-fixed" if self.order.per_epoch or self.order.copies else self.order.name
         val = reorder(self.val, fixed, self.vocab, seed=12345)
@@ -335,8 +325,6 @@ class Trainer:
 
     def _evaluate_and_select(self) -> bool:
         """Validate, log, keep the best model; True when early stopping says stop."""
-        from recipeset.models.io import save_model
-
         metrics = self.validate()
         key = self.t.early_stopping_metric
         if key not in metrics:

@@ -323,6 +323,8 @@ def test_multilabel_loss_by_hand():
     per = multilabel_loss(logits, target, reduction="none")
     torch.testing.assert_close(per, torch.tensor([math.log(2) + math.log(4), 3 * math.log(2)]))
     assert float(multilabel_loss(logits, target)) == pytest.approx(float(per.mean()))
+    # sum over the batch: (ln 2 + ln 4) + 3 ln 2 = 6 ln 2 (it returned the mean, 3 ln 2, before)
+    assert float(multilabel_loss(logits, target, reduction="sum")) == pytest.approx(6 * math.log(2))
     smoothed = multilabel_loss(logits[1:], target[1:], label_smoothing=0.2)
     assert float(smoothed) == pytest.approx(3 * math.log(2))  # σ(0) = ½ whatever the target
     with pytest.raises(RecipesetError, match="-inf"):

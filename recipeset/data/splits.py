@@ -19,6 +19,7 @@ import pandas as pd
 
 from recipeset.data.table import RecipeTable
 from recipeset.errors import RecipesetError
+from recipeset.io_utils import atomic_write_text
 
 SPLIT_NAMES = ("train", "val", "test")
 FORMAT = "recipeset.split/1"
@@ -78,8 +79,6 @@ class Split:
                 **{n: self[n].tolist() for n in SPLIT_NAMES}}
 
     def save(self, path: str | os.PathLike) -> None:
-        from recipeset.io_utils import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_dict(), separators=(",", ":")))
 
     @classmethod

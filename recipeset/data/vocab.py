@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from recipeset.errors import RecipesetError
+from recipeset.io_utils import atomic_write_text
 
 SPECIALS: tuple[str, ...] = ("[PAD]", "[MASK]", "[BOS]", "[EOS]", "[SEP]", "[CLS]", "[UNK]", "[NULL]")
 PAD, MASK, BOS, EOS, SEP, CLS, UNK, NULL = range(len(SPECIALS))
@@ -156,8 +157,6 @@ class Vocabulary:
         return cls(d["ingredients"], d.get("cuisines", []), d.get("counts"))
 
     def save(self, path: str | os.PathLike) -> None:
-        from recipeset.io_utils import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
 
     @classmethod

@@ -328,7 +328,7 @@ def multilabel_loss(logits: torch.Tensor, targets_multi_hot: torch.Tensor, label
     own ingredients) and is left out. targets_multi_hot ``[B, V]`` (bool or 0/1): the hidden ingredients (every
     one of them must be a candidate). ℓ_b = Σ_{v candidate} BCE(σ(x_bv), t_bv) — a sum over the candidates, so
     each recipe's hidden ingredients weigh the same whatever the vocabulary size; ``mean`` averages ℓ_b over
-    the batch, ``none`` returns ``[B]``. With label smoothing ε the targets are t(1−ε) + ε/2.
+    the batch, ``sum`` adds them, ``none`` returns ``[B]``. With label smoothing ε the targets are t(1−ε) + ε/2.
     σ(x_bv) is then a calibrated estimate of P(v hidden | query), the quantity a threshold rule needs.
     """
     _check_reduction(reduction)
@@ -341,4 +341,6 @@ def multilabel_loss(logits: torch.Tensor, targets_multi_hot: torch.Tensor, label
     x = torch.where(cand, logits.float(), 0.0)
     bce = F.binary_cross_entropy_with_logits(x, target, reduction="none")
     per = torch.where(cand, bce, 0.0).sum(1)
-    return per if reduction == "none" else per.mean()
+    if reduction == "none":
+        return per
+    return per.sum() if reduction == "sum" else per.mean()

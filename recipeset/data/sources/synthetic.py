@@ -32,16 +32,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from recipeset.data.sets import EncodedSets
+from recipeset.data.table import RecipeTable
 from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
 from recipeset.errors import RecipesetError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from recipeset.data.table import RecipeTable
 
 DEFAULT_N_RECIPES = 6000
 DEFAULT_SEED = 0
@@ -188,22 +186,7 @@ class SyntheticSpec:
             tds = cd.get("templates")
             if not isinstance(tds, Mapping) or not tds:
                 raise _fail(source, f"{ck}.templates", "missing or empty: define at least one template")
-            cts = []
-            for t, td in tds.items():
-                tk = f"{ck}.templates.{t}"
-                if not isinstance(td, Mapping):
-                    raise _fail(source, tk, "expected a table with `weight` and `steps`")
-                _check_keys(td, {"title", "weight", "steps"}, source, tk)
-                title = td.get("title", str(t))
-                if not isinstance(title, str):
-                    raise _fail(source, f"{tk}.title", "expected a string")
-                if "weight" not in td:
-                    raise _fail(source, f"{tk}.weight", "missing")
-                weight = _number(td["weight"], source, f"{tk}.weight")
-                if weight <= 0:
-                    raise _fail(source, f"{tk}.weight", f"weight must be > 0, got {weight}")
-                steps = cls._parse_steps(td.get("steps"), source, f"{tk}.steps")
-                cts.append(Template(str(c), str(t), title, weight, steps))
+            cts = [cls._parse_template(str(c), str(t), td, source, f"{ck}.templates.{t}") for t, td in tds.items()]
             total = sum(t.weight for t in cts)
             templates += [Template(t.cuisine, t.name, t.title, t.weight / total, t.steps) for t in cts]
             names.append(str(c))
@@ -211,6 +194,21 @@ class SyntheticSpec:
         if abs(sum(priors) - 1.0) > 1e-6:
             raise _fail(source, "cuisines.*.prior", f"cuisine priors must sum to 1, they sum to {sum(priors):.6g}")
         return cls(names, priors, templates, description, source, sha256)
+
+    @classmethod
+    def _parse_template(cls, cuisine: str, name: str, td: object, source: str, tk: str) -> Template:
+        if not isinstance(td, Mapping):
+            raise _fail(source, tk, "expected a table with `weight` and `steps`")
+        _check_keys(td, {"title", "weight", "steps"}, source, tk)
+        title = td.get("title", name)
+        if not isinstance(title, str):
+            raise _fail(source, f"{tk}.title", "expected a string")
+        if "weight" not in td:
+            raise _fail(source, f"{tk}.weight", "missing")
+        weight = _number(td["weight"], source, f"{tk}.weight")
+        if weight <= 0:
+            raise _fail(source, f"{tk}.weight", f"weight must be > 0, got {weight}")
+        return Template(cuisine, name, title, weight, cls._parse_steps(td.get("steps"), source, f"{tk}.steps"))
 
     @staticmethod
     def _parse_steps(raw: object, source: str, key: str) -> tuple[tuple[tuple[str, float], ...], ...]:
@@ -422,8 +420,6 @@ def load_synthetic(n_recipes: int = DEFAULT_N_RECIPES, seed: int = DEFAULT_SEED,
     ``path`` is an alternative spec TOML file (``load_dataset("synthetic", path=...)``); ``spec`` a parsed one.
     ``sha256`` hashes the generated content, so it identifies the data itself (spec, size, seed and mode).
     """
-    from recipeset.data.table import RecipeTable
-
     if path is not None and spec is not None:
         raise RecipesetError("synthetic: give either path= (a spec file) or spec=, not both")
     sp = load_spec(spec if spec is not None else path)
@@ -694,8 +690,6 @@ class SyntheticOracle:
 
     # ---- string API and likelihood floors --------------------------------------------------------
     def _encode(self, sets: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        from recipeset.data.sets import EncodedSets
-
         tokens, mask = EncodedSets.from_lists([self.vocab.encode(s) for s in sets]).padded()
         return torch.from_numpy(tokens), torch.from_numpy(mask)
 
