@@ -213,14 +213,15 @@ def _echo_metrics(metrics: dict) -> None:
               "own test split].")
 @click.option("--path", default=None, help="Where --dataset's files are.")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", help="Which split of the run's data.")
-@click.option("--max-queries", type=click.IntRange(min=1), default=None, help="Evaluate on the first N recipes only.")
+@click.option("--max-queries", type=click.IntRange(min=1), default=None, help="Evaluate on N seeded recipes only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 def evaluate(model_dir, dataset, path, split, max_queries, as_json) -> None:
     """The evaluation table of a trained model (MODEL_DIR or runs:/<id>/model)."""
     import json
 
     from recipeset.models.io import load_model
-    from recipeset.pipeline import evaluate_model, run_data
+    from recipeset.pipeline import run_data
+    from recipeset.protocol import evaluate_model
 
     m = load_model(model_dir)
     cfg, sets = run_data(m, model_dir, split=split, dataset=dataset, path=path)

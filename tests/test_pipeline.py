@@ -14,7 +14,8 @@ import torch
 import recipeset
 from recipeset.config import RunConfig
 from recipeset.errors import RecipesetError
-from recipeset.pipeline import evaluate_model, load_init_weights, run_data, run_training
+from recipeset.pipeline import load_init_weights, run_data, run_training
+from recipeset.protocol import evaluate_model
 from recipeset.training import load_trainer_state
 
 TINY = {"data.n_recipes": 400, "model.d_model": 16, "model.n_layers": 1, "train.batch_size": 32,
