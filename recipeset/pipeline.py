@@ -97,23 +97,6 @@ def load_init_weights(model: RecipeModel, init_from: str) -> list[str]:
 
 
 # ---- post-training -------------------------------------------------------------------------------------------
-def tune_stop_threshold(model: RecipeModel, val_eval, seed: int = 0) -> float | None:
-    """Models that stop on a probability threshold (deep-sets; a set transformer without slots) get the
-    threshold with the best set-completion micro-F1 on the validation split."""
-    from recipeset.evaluation import evaluate_set_completion
-
-    if not model.tunes_stop_threshold:
-        return None
-    best, best_f1 = model.config.stop_threshold, -1.0
-    for th in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5):
-        model.config.stop_threshold = th
-        f1 = evaluate_set_completion(model, val_eval, seed=seed)["micro_f1"]
-        if f1 > best_f1:
-            best, best_f1 = th, f1
-    model.config.stop_threshold = best
-    return best
-
-
 @dataclass
 class RunResult:
     out_dir: Path
@@ -249,7 +232,7 @@ def _finish(cfg: RunConfig, trainer, state, data: PreparedData, out_dir: Path, t
     best_dir = out_dir / "best"
     model = load_model(best_dir) if best_dir.exists() else trainer.model
     model.to(trainer.device)
-    tuned = tune_stop_threshold(model, data.val_eval, seed=cfg.eval.seed)
+    tuned = protocol.tune_stop_rule(model, data.val_eval, seed=cfg.eval.seed)  # None: the model has no stop threshold
     model_dir = out_dir / "model"
     save_model(model, model_dir, extra_files=trainer.extra_files)
     result = RunResult(out_dir=out_dir, run_id=None, model_dir=model_dir)
@@ -271,7 +254,7 @@ def _finish(cfg: RunConfig, trainer, state, data: PreparedData, out_dir: Path, t
             tracker.log_table(table, "eval")
     if tracker is not None:
         if tuned is not None:
-            tracker.log_metrics({"stop_threshold": tuned}, state.step)
+            tracker.log_metrics({"stop_threshold": tuned.value}, state.step)
         _plots(tracker, state.history, model, data, out_dir)
         tracker.log_model_dir(model_dir)
     return result

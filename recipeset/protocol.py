@@ -1,16 +1,21 @@
 """The evaluation protocol in one place: which queries every model and baseline is scored and selected on, how
-the main job evaluates a model, the generator's reference ceilings.
+the main job evaluates a model, the generator's reference ceilings, and the one stop-rule tuner.
 
 - Queries: test on :func:`test_subset` (a seeded subset of ``eval.max_queries`` recipes), validation (model and
   baseline selection) on :func:`val_subset`, decoders' ``joint`` scoring on :func:`joint_subset`. The draws
   depend on ``eval.seed`` only, so models, baselines and the oracle see the same queries.
+- Stop rules: set completion stops on a probability threshold (models: ``config.stop_threshold``; baselines also
+  on a fixed size). :func:`tune_stop_rule` picks, for both, the rule with the best validation set-completion
+  micro-F1 from one grid (:data:`STOP_THRESHOLDS`, :data:`STOP_SIZES`).
 - Task names: the config's ``eval.tasks`` names are translated to :mod:`recipeset.evaluation`'s by
   :func:`eval_tasks` only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -18,11 +23,18 @@ from recipeset.config import RunConfig
 from recipeset.data.sets import EncodedSets
 from recipeset.data.sources.synthetic import SyntheticOracle
 from recipeset.data.vocab import Vocabulary
-from recipeset.evaluation import evaluate_all
+from recipeset.errors import RecipesetError
+from recipeset.evaluation import evaluate_all, evaluate_set_completion
 
 # ``eval.tasks`` (config) name -> recipeset.evaluation task name; read through eval_tasks() only.
 _TASK_NAMES = {"completion": "completion", "set-completion": "set", "cuisine": "cuisine",
                "order-sensitivity": "order", "likelihood": "nll"}
+
+# The stop-rule grids of models and baselines: the thresholds are the union of the models' former grid
+# (0.02-0.5) and the baselines' (0.01-0.3); fixed sizes are for the baselines, whose rule can be either.
+STOP_THRESHOLDS: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+STOP_SIZES: tuple[int, ...] = tuple(range(1, 16))
+
 
 def eval_tasks(cfg: RunConfig) -> list[str]:
     """The run's ``eval.tasks`` as :mod:`recipeset.evaluation` task names (``set-completion`` -> ``set``,
@@ -79,6 +91,47 @@ def evaluate_model(model, sets: EncodedSets, cfg: RunConfig, joint: bool | None 
                               modes=("joint",))
         out.update({k: v for k, v in scored.items() if k.startswith("completion_joint/")})
     return out
+
+
+# ---- the stop-rule tuner ----------------------------------------------------------------------------------------
+class StopRule(NamedTuple):
+    rule: str        # "threshold" (stop below this probability) or "size" (a fixed number of ingredients)
+    value: float
+    micro_f1: float  # its validation set-completion micro-F1
+
+
+def tune_stop_rule(scorer: Any, val: EncodedSets, seed: int = 0, sizes: Sequence[int] = STOP_SIZES,
+                   thresholds: Sequence[float] = STOP_THRESHOLDS) -> StopRule | None:
+    """The stop rule with the best set-completion micro-F1 on the protocol's half queries of ``val``, set on
+    ``scorer``; None for a scorer without a tunable stop rule.
+
+    Models that stop on a probability threshold (``model.tunes_stop_threshold``: deep-sets, a set transformer
+    without slots) try every threshold; baselines (``stop_rule_f1s``) every fixed size, then every threshold.
+    Ties keep the earlier rule.
+    """
+    baseline = callable(getattr(scorer, "stop_rule_f1s", None))
+    if baseline:  # fixed size or threshold, scored on one ranking of the queries
+        rules = [("size", float(m)) for m in sizes] + [("threshold", float(t)) for t in thresholds]
+        f1s = scorer.stop_rule_f1s(val, rules, seed=seed)
+    elif getattr(scorer, "tunes_stop_threshold", False):
+        rules = [("threshold", float(t)) for t in thresholds]
+        f1s = []
+        for _, th in rules:
+            scorer.config.stop_threshold = th
+            f1s.append(evaluate_set_completion(scorer, val, seed=seed)["micro_f1"])
+    else:
+        return None
+    if not rules:
+        raise RecipesetError("tune_stop_rule: the stop-rule grid is empty")
+    best = StopRule(*rules[0], -1.0)
+    for (rule, value), f1 in zip(rules, f1s, strict=True):
+        if f1 > best.micro_f1:
+            best = StopRule(rule, value, f1)
+    if baseline:
+        scorer.stop, scorer.stop_value = best.rule, best.value
+    else:
+        scorer.config.stop_threshold = best.value
+    return best
 
 
 # ---- the generator's references (synthetic data) ----------------------------------------------------------------
