@@ -297,14 +297,14 @@ def baselines(dataset, path, names, seed, as_json) -> None:
     """The classical baselines, tuned on validation, on the same split and queries as the models."""
     import json
 
-    from recipeset.baselines import run_baselines
     from recipeset.config import RunConfig
     from recipeset.data.prepare import prepare_data
+    from recipeset.protocol import run_baselines_on
 
+    # the default eval settings: the queries of a study (or train) run on the same data with the default [eval]
     cfg = RunConfig().override({"data.dataset": dataset, "data.path": path})
     data = prepare_data(cfg.data)
-    results = run_baselines(data.train, data.val_eval, data.test_eval, data.vocab, names=list(names) or None,
-                            seed=seed)
+    results = run_baselines_on(cfg, data, names=list(names) or None, seed=seed)
     if as_json:
         click.echo(json.dumps({k: {**v["test"], "params": v["params"]} for k, v in results.items()}, default=str))
         return

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from recipeset.config import RunConfig
+from recipeset.data.prepare import PreparedData
 from recipeset.data.sets import EncodedSets
 from recipeset.data.sources.synthetic import SyntheticOracle
 from recipeset.data.vocab import Vocabulary
@@ -132,6 +133,19 @@ def tune_stop_rule(scorer: Any, val: EncodedSets, seed: int = 0, sizes: Sequence
     else:
         scorer.config.stop_threshold = best.value
     return best
+
+
+# ---- baselines --------------------------------------------------------------------------------------------------
+def run_baselines_on(cfg: RunConfig, data: PreparedData, names: Sequence[str] | None = None,
+                     seed: int = 0) -> dict[str, dict[str, Any]]:
+    """The classical baselines fit on ``data.train``, tuned on :func:`val_subset` and evaluated on that and on
+    :func:`test_subset` with ``eval.tasks`` and ``eval.seed`` — exactly the queries the models get. ``seed``
+    drives the baselines' own randomness. Returns :func:`recipeset.baselines.run_baselines`'s dict."""
+    # imported here, not at the top: recipeset.baselines imports this module's tune_stop_rule (an import cycle)
+    from recipeset.baselines import run_baselines
+
+    return run_baselines(data.train, val_subset(data.val_eval, cfg), test_subset(data.test_eval, cfg), data.vocab,
+                         names=names, seed=seed, eval_seed=cfg.eval.seed, tasks=eval_tasks(cfg))
 
 
 # ---- the generator's references (synthetic data) ----------------------------------------------------------------

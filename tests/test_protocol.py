@@ -1,12 +1,20 @@
-"""The evaluation protocol module: task names, query subsets and the one stop-rule tuner."""
+"""The evaluation protocol module: task names, query subsets, the one stop-rule tuner, and the baselines on the
+models' queries (the study's baselines child and ``recipeset baselines`` alike)."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
+import torch
+from click.testing import CliRunner
 
 import recipeset.baselines
+import recipeset.config
 import recipeset.pipeline
 from recipeset import protocol
+from recipeset.cli import cli
 from recipeset.config import RunConfig
 from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
@@ -115,3 +123,58 @@ def test_the_baseline_tuner_uses_the_same_grid_and_keeps_the_first_best():
 
 def test_a_scorer_without_a_stop_rule_is_not_tuned():
     assert tune_stop_rule(type("NoStop", (), {"tunes_stop_threshold": False})(), val=None) is None
+
+
+# ---- the baselines on the models' queries -----------------------------------------------------------------------
+EXPERIMENT = """
+[experiment]
+name = "protocol-baselines"
+baselines = true
+
+[base]
+"model.d_model" = 16
+"eval.max_queries" = 40
+"eval.val_max_queries" = 60
+
+[[grid]]
+name = "dec"
+
+[seeds]
+values = [0]
+"""
+
+
+def test_study_baselines_child_and_cli_baselines_evaluate_identical_queries(mlflow_uri, tmp_path, monkeypatch):
+    """The study's baselines child and ``recipeset baselines`` (default eval settings: here capped for speed,
+    the same caps as the experiment's) tune and evaluate on the same queries: the same numbers."""
+    import mlflow
+
+    from recipeset.experiments import load_experiment
+    from recipeset.study import _run_baselines_child
+
+    torch.manual_seed(0)
+    path = tmp_path / "protocol-baselines.toml"
+    path.write_text(EXPERIMENT, encoding="utf-8")
+    exp = load_experiment(path)
+    planned = exp.runs()[0]
+    outcome = _run_baselines_child(exp, planned, None, mlflow_uri, quick=True)
+    child = mlflow.artifacts.load_dict(f"runs:/{outcome.run_id}/baselines.json")
+
+    real = recipeset.config.RunConfig
+
+    def default_eval_capped() -> RunConfig:  # the CLI's RunConfig(), with the experiment's eval caps
+        cfg = real()
+        cfg.eval.max_queries, cfg.eval.val_max_queries = 40, 60
+        return cfg
+
+    monkeypatch.setattr(recipeset.config, "RunConfig", default_eval_capped)
+    out = CliRunner().invoke(cli, ["baselines", "--name", "popularity", "--name", "item-knn", "--json"])
+    assert out.exit_code == 0, out.output
+    listed = json.loads(out.output)
+    for name in ("popularity", "item-knn"):
+        assert listed[name]["completion/n"] == child[name]["test"]["completion/n"] == 40
+        assert child[name]["val"]["completion/n"] == 40  # val_max_queries (60), capped at max_queries
+        assert {k: v for k, v in listed[name].items() if k != "params"} == child[name]["test"]
+        assert listed[name]["params"] == child[name]["params"]  # tuned on the same validation queries
+    assert np.isfinite(child["popularity"]["test"]["set/micro_f1"])
+
