@@ -34,10 +34,9 @@ from recipeset.evaluation import (
     leave_one_out_queries,
     set_prf,
 )
+from recipeset.protocol import tune_stop_rule
 
 RANKING_TASKS = ("completion", "set", "order")
-SIZE_GRID = tuple(range(1, 16))
-THRESHOLD_GRID = (0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3)
 
 
 def multi_hot(sets: EncodedSets, n_ingredients: int) -> sp.csr_matrix:
@@ -146,6 +145,29 @@ class Baseline:
         keep = _stop_keep(pv, self.stop, self.stop_value)
         keep[:, int(max_new):] = False
         return [row[k].tolist() for row, k in zip(idx, keep, strict=True)]
+
+    def stop_rule_f1s(self, val: EncodedSets, rules: Sequence[tuple[str, float]], seed: int = 0,
+                      batch_size: int = 512) -> list[float]:
+        """The set-completion micro-F1 of each stop rule ``(rule, value)`` on the protocol's half queries of
+        ``val``, from one ranking of the queries (:func:`recipeset.protocol.tune_stop_rule` picks the best)."""
+        queries, truths, _ = half_queries(val, seed)
+        if len(queries) == 0:
+            raise RecipesetError("validation has no set with >= 4 ingredients to tune the stop rule on")
+        top = max([int(v) for rule, v in rules if rule == "size"] + [1, int(val.lengths.max())])
+        idx, pv = [], []
+        for s in range(0, len(queries), batch_size):
+            b = np.arange(s, min(s + batch_size, len(queries)))
+            tokens, mask = queries.padded(b, max_len=max(1, int(queries.lengths[b].max())))
+            i, p = self.ranked(torch.from_numpy(tokens), torch.from_numpy(mask), top)
+            idx.append(i)
+            pv.append(p)
+        I, P = np.concatenate(idx), np.concatenate(pv)
+        f1s = []
+        for rule, v in rules:
+            keep = _stop_keep(P, rule, v)
+            preds = EncodedSets.from_lengths(I[keep], keep.sum(1), np.full(len(I), -1))
+            f1s.append(set_prf(preds, truths)["micro_f1"])
+        return f1s
 
     def classify_ids(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise RecipesetError(f"the {self.name} baseline cannot classify cuisines")
@@ -458,35 +480,6 @@ BASELINES: dict[str, type[Baseline]] = {cls.name: cls for cls in (
 # ================================================================================================
 # Tuning and running
 # ================================================================================================
-def tune_stop_rule(baseline: Baseline, val: EncodedSets, seed: int = 0, batch_size: int = 512,
-                   sizes: Sequence[int] = SIZE_GRID, thresholds: Sequence[float] = THRESHOLD_GRID
-                   ) -> tuple[str, float, float]:
-    """Choose the stop rule (fixed size m, or threshold τ on p) with the best validation set-completion
-    micro-F1 on the protocol's half queries. Sets it on ``baseline``; returns (rule, value, micro_f1)."""
-    queries, truths, _ = half_queries(val, seed)
-    if len(queries) == 0:
-        raise RecipesetError("validation has no set with >= 4 ingredients to tune the stop rule on")
-    top = max(max(sizes, default=1), int(val.lengths.max()))
-    idx, pv = [], []
-    for s in range(0, len(queries), batch_size):
-        b = np.arange(s, min(s + batch_size, len(queries)))
-        tokens, mask = queries.padded(b, max_len=max(1, int(queries.lengths[b].max())))
-        i, p = baseline.ranked(torch.from_numpy(tokens), torch.from_numpy(mask), top)
-        idx.append(i)
-        pv.append(p)
-    I, P = np.concatenate(idx), np.concatenate(pv)
-    best = ("size", 1.0, -1.0)
-    for rule, values in (("size", sizes), ("threshold", thresholds)):
-        for v in values:
-            keep = _stop_keep(P, rule, v)
-            preds = EncodedSets.from_lengths(I[keep], keep.sum(1), np.full(len(I), -1))
-            f1 = set_prf(preds, truths)["micro_f1"]
-            if f1 > best[2]:
-                best = (rule, float(v), f1)
-    baseline.stop, baseline.stop_value = best[0], best[1]
-    return best
-
-
 def fit_baseline(name: str, train: EncodedSets, vocab: Vocabulary, val: EncodedSets | None = None,
                  seed: int = 0, eval_seed: int = 0, grid: Sequence[Mapping[str, Any]] | None = None
                  ) -> tuple[Baseline, dict[str, Any]]:

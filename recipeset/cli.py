@@ -250,13 +250,14 @@ def _echo_metrics(metrics: dict) -> None:
               "own test split].")
 @click.option("--path", default=None, help="Where --dataset's files are.")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", help="Which split of the run's data.")
-@click.option("--max-queries", type=click.IntRange(min=1), default=None, help="Evaluate on the first N recipes only.")
+@click.option("--max-queries", type=click.IntRange(min=1), default=None, help="Evaluate on N seeded recipes only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 def evaluate(model_dir, dataset, path, split, max_queries, as_json) -> None:
     """The evaluation table of a trained model (MODEL_DIR or runs:/<id>/model)."""
     import json
 
-    from recipeset.pipeline import evaluate_model, run_data
+    from recipeset.pipeline import run_data
+    from recipeset.protocol import evaluate_model
     from recipeset.runs import load_model
 
     m = load_model(model_dir)
@@ -333,14 +334,14 @@ def baselines(dataset, path, names, seed, as_json) -> None:
     """The classical baselines, tuned on validation, on the same split and queries as the models."""
     import json
 
-    from recipeset.baselines import run_baselines
     from recipeset.config import RunConfig
     from recipeset.data.prepare import prepare_data
+    from recipeset.protocol import run_baselines_on
 
+    # the default eval settings: the queries of a study (or train) run on the same data with the default [eval]
     cfg = RunConfig().override({"data.dataset": dataset, "data.path": path})
     data = prepare_data(cfg.data)
-    results = run_baselines(data.train, data.val_eval, data.test_eval, data.vocab, names=list(names) or None,
-                            seed=seed)
+    results = run_baselines_on(cfg, data, names=list(names) or None, seed=seed)
     if as_json:
         click.echo(json.dumps({k: {**v["test"], "params": v["params"]} for k, v in results.items()}, default=str))
         return

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recipeset import protocol
 from recipeset.config import RunConfig, resolve_objectives
 from recipeset.data.prepare import PreparedData, prepare_data
 from recipeset.data.vocab import Vocabulary
@@ -31,8 +32,6 @@ from recipeset.registry import LOSSES, MODELS, OBJECTIVES
 log = logging.getLogger(__name__)
 
 RUN_FILES = ("config.json", "split.json")
-EVAL_TASK_NAMES = {"completion": "completion", "set-completion": "set", "cuisine": "cuisine",
-                   "order-sensitivity": "order", "likelihood": "nll"}
 
 
 def default_run_name(cfg: RunConfig) -> str:
@@ -91,101 +90,6 @@ def load_init_weights(model: RecipeModel, init_from: str) -> list[str]:
 
 
 # ---- post-training -------------------------------------------------------------------------------------------
-def tune_stop_threshold(model: RecipeModel, val_eval, seed: int = 0) -> float | None:
-    """Models that stop on a probability threshold (deep-sets; a set transformer without slots) get the
-    threshold with the best set-completion micro-F1 on the validation split."""
-    from recipeset.evaluation import evaluate_set_completion
-
-    if not model.tunes_stop_threshold:
-        return None
-    best, best_f1 = model.config.stop_threshold, -1.0
-    for th in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5):
-        model.config.stop_threshold = th
-        f1 = evaluate_set_completion(model, val_eval, seed=seed)["micro_f1"]
-        if f1 > best_f1:
-            best, best_f1 = th, f1
-    model.config.stop_threshold = best
-    return best
-
-
-def eval_subset(sets, n: int | None, seed: int = 0):
-    """A seeded random subset of ``n`` recipes (in their original order), the same for every model; all of
-    them when ``n`` is None. (Splits list recipes grouped by source and cuisine, so a prefix would be biased.)"""
-    if n is None or len(sets) <= n:
-        return sets
-    rng = np.random.default_rng([seed, 0xE7A1])
-    return sets.take(np.sort(rng.choice(len(sets), size=n, replace=False)))
-
-
-def val_subset(val_eval, cfg: RunConfig):
-    """The validation queries a model (or baseline) is selected on: ``eval.val_max_queries`` seeded recipes of
-    the validation split, then capped at ``eval.max_queries`` like every evaluation."""
-    val = eval_subset(val_eval, cfg.eval.val_max_queries, cfg.eval.seed)
-    return eval_subset(val, cfg.eval.max_queries, cfg.eval.seed)
-
-
-def evaluate_model(model, sets, cfg: RunConfig, joint: bool | None = None) -> dict[str, float]:
-    """The evaluation protocol on ``sets`` (a split encoded with [UNK] for unknown ingredients).
-
-    Decoders are also scored ``joint`` (on a seeded subset of ``eval.joint_max_queries`` recipes: it costs one
-    forward pass per candidate and order, the bulk of a decoder's evaluation) unless ``joint`` is False
-    (default: ``eval.joint``). Order sensitivity is measured with ``next`` scoring only.
-    """
-    from recipeset.evaluation import evaluate_all
-
-    tasks = [EVAL_TASK_NAMES.get(t, t) for t in cfg.eval.tasks]
-    sets = eval_subset(sets, cfg.eval.max_queries, cfg.eval.seed)
-    out = evaluate_all(model, sets, tasks=tasks, seed=cfg.eval.seed, modes=("next",))
-    joint = cfg.eval.joint if joint is None else joint
-    if "joint" in getattr(model, "scoring_modes", ()) and joint and "completion" in tasks:
-        scored = evaluate_all(model, joint_subset(sets, cfg), tasks=("completion",), seed=cfg.eval.seed,
-                              modes=("joint",))
-        out.update({k: v for k, v in scored.items() if k.startswith("completion_joint/")})
-    return out
-
-
-def joint_subset(sets, cfg: RunConfig):
-    """The queries decoders are scored ``joint`` on: ``eval.joint_max_queries`` seeded recipes of the
-    evaluated ones (``eval.max_queries``)."""
-    return eval_subset(eval_subset(sets, cfg.eval.max_queries, cfg.eval.seed), cfg.eval.joint_max_queries,
-                       cfg.eval.seed)
-
-
-def oracle_metrics(cfg: RunConfig, vocab: Vocabulary, sets, ordered: bool | None = None) -> dict[str, float]:
-    """On the synthetic default: the Bayes-optimal value of each metric from the generator's known
-    probabilities (exact for completion and cuisine; an oracle-probability bound for set F1/IoU).
-
-    ``ordered`` (default ``cfg.data.ordered``): whether the oracle reads the query's order. On ordered data,
-    ``ordered=False`` is the best any order-free scorer can do — the ceiling without the order's information."""
-    from recipeset.data.sources.synthetic import SyntheticOracle
-
-    oracle = SyntheticOracle(vocab, ordered=cfg.data.ordered if ordered is None else ordered)
-    tasks = [EVAL_TASK_NAMES.get(t, t) for t in cfg.eval.tasks if t not in ("likelihood", "order-sensitivity")]
-    sets = eval_subset(sets, cfg.eval.max_queries, cfg.eval.seed)
-    from recipeset.evaluation import evaluate_all
-
-    return evaluate_all(oracle, sets, tasks=tasks, seed=cfg.eval.seed, modes=("next",))
-
-
-def oracle_references(cfg: RunConfig, vocab: Vocabulary, sets) -> dict[str, float]:
-    """``bayes/*`` and, on ordered data, ``bayes_unordered/*``: the generator's ceilings with and without the
-    order's information, side by side, on ``sets``."""
-    out = {f"bayes/{k}": v for k, v in oracle_metrics(cfg, vocab, sets).items()}
-    if cfg.data.ordered:
-        out.update({f"bayes_unordered/{k}": v for k, v in oracle_metrics(cfg, vocab, sets, ordered=False).items()})
-    return out
-
-
-def joint_subset_oracle_metrics(cfg: RunConfig, vocab: Vocabulary, sets) -> dict[str, float]:
-    """``bayes/completion_joint/*`` (and ``bayes_unordered/...`` on ordered data): the Bayes ceilings of
-    completion on exactly the queries decoders are scored ``joint`` on, so the two compare query for query."""
-    from dataclasses import replace
-
-    only = replace(cfg, eval=replace(cfg.eval, tasks=["completion"], max_queries=None))
-    return {k.replace("/completion/", "/completion_joint/", 1): v
-            for k, v in oracle_references(only, vocab, joint_subset(sets, cfg)).items()}
-
-
 @dataclass
 class RunResult:
     out_dir: Path
@@ -321,19 +225,19 @@ def _finish(cfg: RunConfig, trainer, state, data: PreparedData, out_dir: Path, t
     best_dir = out_dir / "best"
     model = load_model(best_dir) if best_dir.exists() else trainer.model
     model.to(trainer.device)
-    tuned = tune_stop_threshold(model, data.val_eval, seed=cfg.eval.seed)
+    tuned = protocol.tune_stop_rule(model, data.val_eval, seed=cfg.eval.seed)  # None: the model has no stop threshold
     model_dir = out_dir / "model"
     save_model(model, model_dir, extra_files=trainer.extra_files)
     result = RunResult(out_dir=out_dir, run_id=None, model_dir=model_dir)
     if evaluate:
         # validation is what models are selected on (`next` scoring, as for every model and baseline); the
         # costly `joint` scoring is reported on test only
-        result.val_metrics = evaluate_model(model, val_subset(data.val_eval, cfg), cfg, joint=False)
-        result.metrics = evaluate_model(model, data.test_eval, cfg)
+        result.val_metrics = protocol.evaluate_model(model, protocol.val_subset(data.val_eval, cfg), cfg, joint=False)
+        result.metrics = protocol.evaluate_model(model, data.test_eval, cfg)
         if cfg.data.dataset == "synthetic" and not cfg.data.mix:
-            result.metrics.update(oracle_references(cfg, data.vocab, data.test_eval))
+            result.metrics.update(protocol.oracle_references(cfg, data.vocab, data.test_eval))
             if "completion_joint/n" in result.metrics:  # the ceilings on the joint-scored queries too
-                result.metrics.update(joint_subset_oracle_metrics(cfg, data.vocab, data.test_eval))
+                result.metrics.update(protocol.joint_subset_oracle_metrics(cfg, data.vocab, data.test_eval))
         table = metrics_table({cfg.tracking.run_name: {"test": result.metrics, "val": result.val_metrics}})
         save_metrics_table(table, out_dir / "eval.csv")
         save_metrics_table(table, out_dir / "eval.json")
@@ -343,7 +247,7 @@ def _finish(cfg: RunConfig, trainer, state, data: PreparedData, out_dir: Path, t
             tracker.log_table(table, "eval")
     if tracker is not None:
         if tuned is not None:
-            tracker.log_metrics({"stop_threshold": tuned}, state.step)
+            tracker.log_metrics({"stop_threshold": tuned.value}, state.step)
         _plots(tracker, state.history, model, data, out_dir)
         tracker.log_model_dir(model_dir)
     return result

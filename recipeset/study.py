@@ -108,8 +108,8 @@ def baselines_hash(planned: PlannedRun) -> str:
 def _run_baselines_child(exp: Experiment, planned: PlannedRun, parent_id: str, uri: str,
                          quick: bool = False) -> ChildOutcome:
     """The classical baselines on the base config's data and split, as one child run."""
-    from recipeset.baselines import run_baselines
     from recipeset.data.prepare import prepare_data
+    from recipeset.protocol import run_baselines_on
     from recipeset.tracking import Tracker
 
     cfg = planned.config
@@ -118,17 +118,10 @@ def _run_baselines_child(exp: Experiment, planned: PlannedRun, parent_id: str, u
     with Tracker.start(cfg, run_name=name, experiment=cfg.tracking.experiment, uri=uri, parent_run_id=parent_id,
                        tags={"variant": "baselines", "run_kind": "baselines",
                              "config_hash": baselines_hash(planned)}) as tracker:
-        from recipeset.pipeline import EVAL_TASK_NAMES, eval_subset, val_subset
-
         data = prepare_data(cfg.data)
-        # The same test queries, seed and tasks as the neural children's evaluate_model (the same seeded subset
-        # of eval.max_queries recipes): otherwise the tables would compare different query sets.
-        # Validation: the same seeded subset the neural children are selected on (``val_eval/``).
-        test = eval_subset(data.test_eval, cfg.eval.max_queries, cfg.eval.seed)
-        val = val_subset(data.val_eval, cfg)
-        results = run_baselines(data.train, val, test, data.vocab, seed=0, eval_seed=cfg.eval.seed,
-                                names=QUICK_BASELINES if quick else None,
-                                tasks=[EVAL_TASK_NAMES.get(t, t) for t in cfg.eval.tasks])
+        # The same test and validation queries, seed and tasks as the neural children (``test/``, ``val_eval/``):
+        # otherwise the tables would compare different query sets.
+        results = run_baselines_on(cfg, data, names=QUICK_BASELINES if quick else None, seed=0)
         tracker.log_dict({k: {kk: vv for kk, vv in v.items()} for k, v in results.items()}, "baselines.json")
         for bname, r in results.items():
             for split, prefix in (("test", "test"), ("val", "val_eval")):

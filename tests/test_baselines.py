@@ -14,12 +14,12 @@ from recipeset.baselines import (
     fit_baseline,
     multi_hot,
     run_baselines,
-    tune_stop_rule,
 )
 from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import NUM_SPECIALS, UNK, Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.evaluation import evaluate_completion, evaluate_set_completion
+from recipeset.protocol import tune_stop_rule
 
 N_CLUSTERS, PER_CLUSTER, N_COMMON = 6, 8, 4
 N_ING = N_CLUSTERS * PER_CLUSTER + N_COMMON

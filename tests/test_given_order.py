@@ -226,7 +226,8 @@ def test_trained_given_decoder_is_order_sensitive_frequency_is_not(ordered_data,
 
 
 def test_bayes_ceilings_are_also_reported_on_the_joint_scored_queries(ordered_data, tmp_path):
-    from recipeset.pipeline import joint_subset, oracle_metrics, run_training
+    from recipeset.pipeline import run_training
+    from recipeset.protocol import joint_subset, oracle_metrics
 
     over = {**ORDERED, "train.max_steps": 4, "train.checkpoint_every": 1000, "eval.tasks": ["completion"],
             "eval.max_queries": 30, "eval.joint_max_queries": 12}

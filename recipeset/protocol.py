@@ -1,0 +1,170 @@
+"""The evaluation protocol in one place: which queries every model and baseline is scored and selected on, how
+the main job evaluates a model, the generator's reference ceilings, and the one stop-rule tuner.
+
+- Queries: test on :func:`test_subset` (a seeded subset of ``eval.max_queries`` recipes), validation (model and
+  baseline selection) on :func:`val_subset`, decoders' ``joint`` scoring on :func:`joint_subset`. The draws
+  depend on ``eval.seed`` only, so models, baselines and the oracle see the same queries.
+- Stop rules: set completion stops on a probability threshold (models: ``config.stop_threshold``; baselines also
+  on a fixed size). :func:`tune_stop_rule` picks, for both, the rule with the best validation set-completion
+  micro-F1 from one grid (:data:`STOP_THRESHOLDS`, :data:`STOP_SIZES`).
+- Tasks: ``eval.tasks`` names the registered evaluation tasks (:data:`recipeset.registry.EVAL_TASKS`), one name
+  each in the config, the code and the metric keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from recipeset.config import RunConfig
+from recipeset.data.prepare import PreparedData
+from recipeset.data.sets import EncodedSets
+from recipeset.data.sources.synthetic import SyntheticOracle
+from recipeset.data.vocab import Vocabulary
+from recipeset.errors import RecipesetError
+from recipeset.evaluation import evaluate_all, evaluate_set_completion
+from recipeset.registry import EVAL_TASKS
+
+# The stop-rule grids of models and baselines: the thresholds are the union of the models' former grid
+# (0.02-0.5) and the baselines' (0.01-0.3); fixed sizes are for the baselines, whose rule can be either.
+STOP_THRESHOLDS: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+STOP_SIZES: tuple[int, ...] = tuple(range(1, 16))
+
+
+# ---- query subsets ---------------------------------------------------------------------------------------------
+def eval_subset(sets: EncodedSets, n: int | None, seed: int = 0) -> EncodedSets:
+    """A seeded random subset of ``n`` recipes (in their original order), the same for every model; all of
+    them when ``n`` is None. (Splits list recipes grouped by source and cuisine, so a prefix would be biased.)"""
+    if n is None or len(sets) <= n:
+        return sets
+    rng = np.random.default_rng([seed, 0xE7A1])
+    return sets.take(np.sort(rng.choice(len(sets), size=n, replace=False)))
+
+
+def test_subset(test_eval: EncodedSets, cfg: RunConfig) -> EncodedSets:
+    """The test queries every model and baseline is reported on: ``eval.max_queries`` seeded recipes."""
+    return eval_subset(test_eval, cfg.eval.max_queries, cfg.eval.seed)
+
+
+test_subset.__test__ = False  # a protocol function, not a test (pytest collects ``test_*`` names it imports)
+
+
+def val_subset(val_eval: EncodedSets, cfg: RunConfig) -> EncodedSets:
+    """The validation queries a model (or baseline) is selected on: ``eval.val_max_queries`` seeded recipes of
+    the validation split, then capped at ``eval.max_queries`` like every evaluation."""
+    val = eval_subset(val_eval, cfg.eval.val_max_queries, cfg.eval.seed)
+    return eval_subset(val, cfg.eval.max_queries, cfg.eval.seed)
+
+
+def joint_subset(sets: EncodedSets, cfg: RunConfig) -> EncodedSets:
+    """The queries decoders are scored ``joint`` on: ``eval.joint_max_queries`` seeded recipes of the
+    evaluated ones (``eval.max_queries``)."""
+    return eval_subset(eval_subset(sets, cfg.eval.max_queries, cfg.eval.seed), cfg.eval.joint_max_queries,
+                       cfg.eval.seed)
+
+
+# ---- models -----------------------------------------------------------------------------------------------------
+def evaluate_model(model, sets: EncodedSets, cfg: RunConfig, joint: bool | None = None) -> dict[str, float]:
+    """The evaluation protocol on ``sets`` (a split encoded with [UNK] for unknown ingredients).
+
+    Decoders are also scored ``joint`` (on a seeded subset of ``eval.joint_max_queries`` recipes: it costs one
+    forward pass per candidate and order, the bulk of a decoder's evaluation) unless ``joint`` is False
+    (default: ``eval.joint``). Order sensitivity is measured with ``next`` scoring only.
+    """
+    tasks = cfg.eval.tasks
+    sets = eval_subset(sets, cfg.eval.max_queries, cfg.eval.seed)
+    out = evaluate_all(model, sets, tasks=tasks, seed=cfg.eval.seed, modes=("next",))
+    joint = cfg.eval.joint if joint is None else joint
+    if "joint" in getattr(model, "scoring_modes", ()) and joint and "completion" in tasks:
+        scored = evaluate_all(model, joint_subset(sets, cfg), tasks=("completion",), seed=cfg.eval.seed,
+                              modes=("joint",))
+        out.update({k: v for k, v in scored.items() if k.startswith("completion_joint/")})
+    return out
+
+
+# ---- the stop-rule tuner ----------------------------------------------------------------------------------------
+class StopRule(NamedTuple):
+    rule: str        # "threshold" (stop below this probability) or "size" (a fixed number of ingredients)
+    value: float
+    micro_f1: float  # its validation set-completion micro-F1
+
+
+def tune_stop_rule(scorer: Any, val: EncodedSets, seed: int = 0, sizes: Sequence[int] = STOP_SIZES,
+                   thresholds: Sequence[float] = STOP_THRESHOLDS) -> StopRule | None:
+    """The stop rule with the best set-completion micro-F1 on the protocol's half queries of ``val``, set on
+    ``scorer``; None for a scorer without a tunable stop rule.
+
+    Models that stop on a probability threshold (``model.tunes_stop_threshold``: deep-sets, a set transformer
+    without slots) try every threshold; baselines (``stop_rule_f1s``) every fixed size, then every threshold.
+    Ties keep the earlier rule.
+    """
+    baseline = callable(getattr(scorer, "stop_rule_f1s", None))
+    if baseline:  # fixed size or threshold, scored on one ranking of the queries
+        rules = [("size", float(m)) for m in sizes] + [("threshold", float(t)) for t in thresholds]
+        f1s = scorer.stop_rule_f1s(val, rules, seed=seed)
+    elif getattr(scorer, "tunes_stop_threshold", False):
+        rules = [("threshold", float(t)) for t in thresholds]
+        f1s = []
+        for _, th in rules:
+            scorer.config.stop_threshold = th
+            f1s.append(evaluate_set_completion(scorer, val, seed=seed)["micro_f1"])
+    else:
+        return None
+    if not rules:
+        raise RecipesetError("tune_stop_rule: the stop-rule grid is empty")
+    best = StopRule(*rules[0], -1.0)
+    for (rule, value), f1 in zip(rules, f1s, strict=True):
+        if f1 > best.micro_f1:
+            best = StopRule(rule, value, f1)
+    if baseline:
+        scorer.stop, scorer.stop_value = best.rule, best.value
+    else:
+        scorer.config.stop_threshold = best.value
+    return best
+
+
+# ---- baselines --------------------------------------------------------------------------------------------------
+def run_baselines_on(cfg: RunConfig, data: PreparedData, names: Sequence[str] | None = None,
+                     seed: int = 0) -> dict[str, dict[str, Any]]:
+    """The classical baselines fit on ``data.train``, tuned on :func:`val_subset` and evaluated on that and on
+    :func:`test_subset` with ``eval.tasks`` and ``eval.seed`` — exactly the queries the models get. ``seed``
+    drives the baselines' own randomness. Returns :func:`recipeset.baselines.run_baselines`'s dict."""
+    # imported here, not at the top: recipeset.baselines imports this module's tune_stop_rule (an import cycle)
+    from recipeset.baselines import run_baselines
+
+    return run_baselines(data.train, val_subset(data.val_eval, cfg), test_subset(data.test_eval, cfg), data.vocab,
+                         names=names, seed=seed, eval_seed=cfg.eval.seed, tasks=cfg.eval.tasks)
+
+
+# ---- the generator's references (synthetic data) ----------------------------------------------------------------
+def oracle_metrics(cfg: RunConfig, vocab: Vocabulary, sets: EncodedSets, ordered: bool | None = None
+                   ) -> dict[str, float]:
+    """On the synthetic default: the Bayes-optimal value of each metric from the generator's known
+    probabilities (exact for completion and cuisine; an oracle-probability bound for set F1/IoU).
+
+    ``ordered`` (default ``cfg.data.ordered``): whether the oracle reads the query's order. On ordered data,
+    ``ordered=False`` is the best any order-free scorer can do — the ceiling without the order's information."""
+    oracle = SyntheticOracle(vocab, ordered=cfg.data.ordered if ordered is None else ordered)
+    tasks = [t for t in cfg.eval.tasks if EVAL_TASKS.get(t).oracle]
+    sets = eval_subset(sets, cfg.eval.max_queries, cfg.eval.seed)
+    return evaluate_all(oracle, sets, tasks=tasks, seed=cfg.eval.seed, modes=("next",))
+
+
+def oracle_references(cfg: RunConfig, vocab: Vocabulary, sets: EncodedSets) -> dict[str, float]:
+    """``bayes/*`` and, on ordered data, ``bayes_unordered/*``: the generator's ceilings with and without the
+    order's information, side by side, on ``sets``."""
+    out = {f"bayes/{k}": v for k, v in oracle_metrics(cfg, vocab, sets).items()}
+    if cfg.data.ordered:
+        out.update({f"bayes_unordered/{k}": v for k, v in oracle_metrics(cfg, vocab, sets, ordered=False).items()})
+    return out
+
+
+def joint_subset_oracle_metrics(cfg: RunConfig, vocab: Vocabulary, sets: EncodedSets) -> dict[str, float]:
+    """``bayes/completion_joint/*`` (and ``bayes_unordered/...`` on ordered data): the Bayes ceilings of
+    completion on exactly the queries decoders are scored ``joint`` on, so the two compare query for query."""
+    only = replace(cfg, eval=replace(cfg.eval, tasks=["completion"], max_queries=None))
+    return {k.replace("/completion/", "/completion_joint/", 1): v
+            for k, v in oracle_references(only, vocab, joint_subset(sets, cfg)).items()}

@@ -1,0 +1,182 @@
+"""The evaluation protocol module: task names, query subsets, the one stop-rule tuner, and the baselines on the
+models' queries (the study's baselines child and ``recipeset baselines`` alike)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import recipeset.baselines
+import recipeset.config
+import recipeset.pipeline
+from recipeset import protocol
+from recipeset.cli import cli
+from recipeset.config import RunConfig
+from recipeset.data.sets import EncodedSets
+from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
+from recipeset.errors import RecipesetError
+from recipeset.evaluation import evaluate_set_completion, half_queries
+from recipeset.protocol import STOP_SIZES, STOP_THRESHOLDS, StopRule, tune_stop_rule
+
+VOCAB = Vocabulary([f"i{j}" for j in range(12)])
+
+
+def test_eval_task_names_are_the_registry_names():
+    cfg = RunConfig().override({"eval.tasks": ["nll", "set", "completion", "order", "cuisine"]}, source="test")
+    assert cfg.eval.tasks == ["nll", "set", "completion", "order", "cuisine"]
+    with pytest.raises(RecipesetError, match="unknown evaluation task 'set-completion'"):
+        RunConfig().override({"eval.tasks": ["set-completion"]}, source="test")
+
+
+def test_the_moved_functions_live_in_protocol_only():
+    for name in ("evaluate_model", "eval_subset", "val_subset", "joint_subset", "tune_stop_threshold",
+                 "oracle_metrics", "oracle_references", "joint_subset_oracle_metrics", "EVAL_TASK_NAMES"):
+        assert not hasattr(recipeset.pipeline, name), name
+    assert not hasattr(recipeset.baselines, "THRESHOLD_GRID") and not hasattr(recipeset.baselines, "SIZE_GRID")
+
+
+def test_subsets_are_seeded_nested_and_capped():
+    sets = EncodedSets.from_lists([[NUM_SPECIALS + i % 12, NUM_SPECIALS + (i + 1) % 12] for i in range(100)])
+    cfg = RunConfig().override({"eval.max_queries": 30, "eval.val_max_queries": 50, "eval.joint_max_queries": 7},
+                               source="test")
+    test = protocol.test_subset(sets, cfg)
+    assert len(test) == 30 and test.to_lists() == protocol.eval_subset(sets, 30, cfg.eval.seed).to_lists()
+    assert len(protocol.val_subset(sets, cfg)) == 30  # val_max_queries, then the max_queries cap
+    assert len(protocol.joint_subset(sets, cfg)) == 7
+    uncapped = RunConfig()
+    assert protocol.test_subset(sets, uncapped) is sets
+
+
+# ---- the one stop-rule tuner ------------------------------------------------------------------------------------
+def test_one_threshold_grid_the_union_of_the_former_two():
+    models_before = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+    baselines_before = (0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3)
+    assert STOP_THRESHOLDS == tuple(sorted(set(models_before) | set(baselines_before)))
+    assert STOP_SIZES == tuple(range(1, 16))
+
+
+class TableModel:
+    """A model that stops on ``config.stop_threshold``: every query has a fixed table of (id, probability) and
+    completes with the ids whose probability reaches the threshold. Records the thresholds it is run with."""
+
+    can_classify = False
+    tunes_stop_threshold = True
+
+    def __init__(self, table: dict[frozenset, list[tuple[int, float]]]) -> None:
+        self.vocab = VOCAB
+        self.table = table
+        self.config = type("Config", (), {"stop_threshold": 0.5})()
+        self.seen: list[float] = []
+
+    def complete_ids(self, tokens, mask, max_new=20, cuisine=None):
+        self.seen.append(self.config.stop_threshold)
+        out = []
+        for row, keep in zip(tokens.tolist(), mask.tolist(), strict=True):
+            cands = self.table[frozenset(t for t, k in zip(row, keep, strict=True) if k)]
+            out.append([i for i, p in cands if p >= self.config.stop_threshold][:max_new])
+        return out
+
+
+def test_the_model_tuner_picks_the_best_validation_f1_on_a_hand_built_case():
+    ids = [NUM_SPECIALS + j for j in range(12)]
+    val = EncodedSets.from_lists([ids[:6], ids[6:]])
+    queries, truths, _ = half_queries(val, seed=0)
+    table = {}
+    for q, t in zip(queries.to_lists(), truths.to_lists(), strict=True):
+        wrong = [i for i in ids if i not in q and i not in t][:2]
+        # three right ingredients (0.6, 0.35, 0.16) and two wrong ones (0.12, 0.03): the threshold that keeps
+        # exactly the right ones is in (0.12, 0.16] -- only 0.15 on the grid (F1 1; 0.1 also keeps a wrong one)
+        table[frozenset(q)] = list(zip(t, (0.6, 0.35, 0.16), strict=True)) + list(zip(wrong, (0.12, 0.03),
+                                                                                       strict=True))
+    model = TableModel(table)
+    best = tune_stop_rule(model, val, seed=0)
+    assert best == StopRule("threshold", 0.15, pytest.approx(1.0))
+    assert model.config.stop_threshold == 0.15
+    assert tuple(dict.fromkeys(model.seen)) == STOP_THRESHOLDS  # the one grid, in order
+    # by hand: 0.1 keeps 3 right + 1 wrong of 3 truths: P 3/4, R 1 -> F1 6/7; 0.2 keeps 2 right: F1 0.8
+    model.config.stop_threshold = 0.1
+    assert evaluate_set_completion(model, val)["micro_f1"] == pytest.approx(6 / 7)
+
+
+class StubBaseline:
+    """A baseline as the tuner sees it: a fixed-size or threshold rule scored by ``stop_rule_f1s``."""
+
+    def __init__(self, f1: dict[tuple[str, float], float]) -> None:
+        self.f1, self.rules = f1, None
+        self.stop, self.stop_value = "size", 4
+
+    def stop_rule_f1s(self, val, rules, seed=0):
+        self.rules = list(rules)
+        return [self.f1.get(r, 0.1) for r in rules]
+
+
+def test_the_baseline_tuner_uses_the_same_grid_and_keeps_the_first_best():
+    b = StubBaseline({("size", 3.0): 0.4, ("threshold", 0.4): 0.5, ("threshold", 0.5): 0.5})
+    best = tune_stop_rule(b, val=None)
+    assert best == StopRule("threshold", 0.4, 0.5) and (b.stop, b.stop_value) == ("threshold", 0.4)
+    assert [v for r, v in b.rules if r == "size"] == list(STOP_SIZES)
+    assert tuple(v for r, v in b.rules if r == "threshold") == STOP_THRESHOLDS
+    assert b.rules.index(("size", 15.0)) < b.rules.index(("threshold", 0.01))  # sizes first: they win ties
+
+
+def test_a_scorer_without_a_stop_rule_is_not_tuned():
+    assert tune_stop_rule(type("NoStop", (), {"tunes_stop_threshold": False})(), val=None) is None
+
+
+# ---- the baselines on the models' queries -----------------------------------------------------------------------
+EXPERIMENT = """
+[experiment]
+name = "protocol-baselines"
+baselines = true
+
+[base]
+"model.d_model" = 16
+"eval.max_queries" = 40
+"eval.val_max_queries" = 60
+
+[[grid]]
+name = "dec"
+
+[seeds]
+values = [0]
+"""
+
+
+def test_study_baselines_child_and_cli_baselines_evaluate_identical_queries(mlflow_uri, tmp_path, monkeypatch):
+    """The study's baselines child and ``recipeset baselines`` (default eval settings: here capped for speed,
+    the same caps as the experiment's) tune and evaluate on the same queries: the same numbers."""
+    import mlflow
+
+    from recipeset.experiments import load_experiment
+    from recipeset.study import _run_baselines_child
+
+    torch.manual_seed(0)
+    path = tmp_path / "protocol-baselines.toml"
+    path.write_text(EXPERIMENT, encoding="utf-8")
+    exp = load_experiment(path)
+    planned = exp.runs()[0]
+    outcome = _run_baselines_child(exp, planned, None, mlflow_uri, quick=True)
+    child = mlflow.artifacts.load_dict(f"runs:/{outcome.run_id}/baselines.json")
+
+    real = recipeset.config.RunConfig
+
+    def default_eval_capped() -> RunConfig:  # the CLI's RunConfig(), with the experiment's eval caps
+        cfg = real()
+        cfg.eval.max_queries, cfg.eval.val_max_queries = 40, 60
+        return cfg
+
+    monkeypatch.setattr(recipeset.config, "RunConfig", default_eval_capped)
+    out = CliRunner().invoke(cli, ["baselines", "--name", "popularity", "--name", "item-knn", "--json"])
+    assert out.exit_code == 0, out.output
+    listed = json.loads(out.output)
+    for name in ("popularity", "item-knn"):
+        assert listed[name]["completion/n"] == child[name]["test"]["completion/n"] == 40
+        assert child[name]["val"]["completion/n"] == 40  # val_max_queries (60), capped at max_queries
+        assert {k: v for k, v in listed[name].items() if k != "params"} == child[name]["test"]
+        assert listed[name]["params"] == child[name]["params"]  # tuned on the same validation queries
+    assert np.isfinite(child["popularity"]["test"]["set/micro_f1"])
+
