@@ -43,8 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recipeset.config import SECTIONS, RunConfig, read_table_file, suggest
+from recipeset.config import SECTIONS, RunConfig, read_table_file
 from recipeset.errors import RecipesetError
+from recipeset.registry import suggest
 
 TOP_LEVEL = ("experiment", "base", "grid", "seeds", "quick")
 DEFAULT_QUICK_OVERRIDES = {"train.epochs": 1}

@@ -3,7 +3,7 @@
 A run directory (``runs/<run name>/`` by default) holds everything a run needs to be resumed or evaluated::
 
     config.json     the resolved RunConfig          split.json   the run's own train/val/test split
-    checkpoint/     the latest atomic checkpoint (model/ + trainer_state.pt)
+    checkpoint/     the latest atomic checkpoint (model/ + the trainer state)
     best/           the best model on validation     model/       the final model (= best), loadable by
     eval.json/.csv  the evaluation table                          ``recipeset.load_model``
     plots/          learning curves, confusion matrix, ingredient-embedding map
@@ -11,6 +11,7 @@ A run directory (``runs/<run name>/`` by default) holds everything a run needs t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -21,17 +22,24 @@ import numpy as np
 import torch
 
 from recipeset import protocol
-from recipeset.config import RunConfig, resolve_objectives
+from recipeset.config import RunConfig, load_config, resolve_objectives
 from recipeset.data.prepare import PreparedData, prepare_data
-from recipeset.data.vocab import Vocabulary
+from recipeset.data.sources import load_dataset
+from recipeset.data.sources.flavornet import find_flavornet, flavornet_compound_features
+from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
 from recipeset.errors import RecipesetError
+from recipeset.evaluation import evaluate_cuisine, metrics_table, save_metrics_table
 from recipeset.io_utils import atomic_write_text
 from recipeset.models.base import RecipeModel
+from recipeset.models.io import save_model
+from recipeset.objectives.tasks import Objectives, cuisine_class_weights
+from recipeset.plots import plot_confusion, plot_embedding_map, plot_learning_curves
 from recipeset.registry import LOSSES, MODELS, OBJECTIVES
+from recipeset.runs import download_model_dir, load_model
+from recipeset.tracking import Tracker
+from recipeset.training import STATE_FILE, Trainer, recover_checkpoint, seed_all
 
 log = logging.getLogger(__name__)
-
-RUN_FILES = ("config.json", "split.json")
 
 
 def default_run_name(cfg: RunConfig) -> str:
@@ -50,8 +58,6 @@ def input_features_for(cfg: RunConfig, vocab: Vocabulary) -> torch.Tensor | None
     if cfg.data.dataset != "flavornet":
         raise RecipesetError("model.embedding='features' uses flavornet's flavor-compound profiles; "
                              "it needs data.dataset = 'flavornet'")
-    from recipeset.data.sources.flavornet import find_flavornet, flavornet_compound_features
-
     return torch.from_numpy(flavornet_compound_features(vocab, find_flavornet(cfg.data.path)))
 
 
@@ -71,8 +77,6 @@ def build_model(cfg: RunConfig, vocab: Vocabulary, weights: dict[str, float], ma
 def load_init_weights(model: RecipeModel, init_from: str) -> list[str]:
     """Copy matching weights from a trained model (a directory or a runs:/ URI) for fine-tuning; new heads start
     fresh. Returns new keys."""
-    from recipeset.runs import load_model
-
     source = load_model(init_from)
     if source.vocab != model.vocab:
         raise RecipesetError(f"--init-from {init_from}: its vocabulary differs from this run's; fine-tune on the "
@@ -100,68 +104,83 @@ class RunResult:
     wall_s: float = 0.0
 
 
-def _plots(tracker, history: dict, model: RecipeModel, data: PreparedData, out_dir: Path) -> None:
-    from recipeset.plots import plot_confusion, plot_embedding_map, plot_learning_curves
-
+def _plots(tracker: Tracker | None, history: dict, model: RecipeModel, data: PreparedData, out_dir: Path) -> None:
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     figs = {"learning_curves.png": plot_learning_curves({k: v for k, v in history.items() if v})}
     emb = getattr(getattr(model, "embed", None), "tied_weight", None)
     if emb is not None:
-        figs["ingredient_map.png"] = plot_embedding_map(emb.detach().cpu().numpy()[8:], data.vocab.ingredients,
-                                                        data.vocab.counts)
+        figs["ingredient_map.png"] = plot_embedding_map(emb.detach().cpu().numpy()[NUM_SPECIALS:],
+                                                        data.vocab.ingredients, data.vocab.counts)
     if model.can_classify and (data.test_eval.cuisine >= 0).any():
-        from recipeset.evaluation import evaluate_cuisine
-
         cm = evaluate_cuisine(model, data.test_eval)["confusion"]
         figs["cuisine_confusion.png"] = plot_confusion(np.asarray(cm), data.vocab.cuisines)
-    import matplotlib.pyplot as plt
-
     for name, fig in figs.items():
         fig.savefig(plots / name, dpi=110, bbox_inches="tight")
         if tracker is not None:
             tracker.log_figure(fig, f"plots/{name}")
-        plt.close(fig)
+
+
+def _open_run_dir(cfg: RunConfig, out_dir: str | Path | None, resume: bool) -> tuple[RunConfig, Path]:
+    """The run directory (default ``runs/<run name>``) and the config the run continues with: a new run's own,
+    or, with ``resume``, the one saved in the directory. A checkpoint left aside by a kill mid-swap is put back."""
+    cfg.tracking.run_name = cfg.tracking.run_name or default_run_name(cfg)
+    out_dir = Path(out_dir) if out_dir is not None else Path("runs") / cfg.tracking.run_name
+    state_file = out_dir / "checkpoint" / STATE_FILE
+    recover_checkpoint(out_dir / "checkpoint")
+    if resume:
+        if not state_file.exists():
+            raise RecipesetError(f"{out_dir}: nothing to resume (no checkpoint); run without --resume")
+        cfg = load_config(out_dir / "config.json")  # resume continues the run as it was configured
+    elif state_file.exists():
+        raise RecipesetError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    return cfg, out_dir
+
+
+def _init_source(cfg: RunConfig, init_from: str | None, resume: bool) -> str | None:
+    """The model a fine-tuning run starts from: ``--init-from``, else ``train.init_from`` ("{seed}" becomes
+    ``train.seed``, so one grid variant fine-tunes each seed's own pre-trained model)."""
+    if init_from is not None or not cfg.train.init_from:
+        return init_from
+    init_from = cfg.train.init_from.replace("{seed}", str(cfg.train.seed))
+    if not resume and not Path(init_from).is_dir():
+        raise RecipesetError(f"train.init_from: {init_from} is not a model directory (paths are relative to "
+                             f"{Path.cwd()}); train the model it names first (grids: run with --jobs 1)")
+    return init_from
+
+
+def _start_tracker(cfg: RunConfig, out_dir: Path, resume: bool, parent_run_id: str | None,
+                   tags: dict[str, str] | None) -> Tracker:
+    """Start the run's MLflow run, or continue it on resume (its id is kept in ``out_dir/mlflow_run_id``)."""
+    meta = out_dir / "mlflow_run_id"
+    resume_id = meta.read_text().strip() if resume and meta.exists() else None
+    tracker = Tracker.start(cfg, parent_run_id=parent_run_id, resume_run_id=resume_id, tags=tags)
+    atomic_write_text(meta, tracker.run_id)
+    return tracker
+
+
+def _log_inputs(tracker: Tracker, data: PreparedData, out_dir: Path, model: RecipeModel) -> None:
+    """What a new run was trained on: dataset lineage, split, vocabulary, cleaning report, model size."""
+    tracker.log_dataset(data.table.name, data.table.source_path, data.table.sha256 or "generated",
+                        counts=data.counts())
+    tracker.log_artifact(out_dir / "split.json", "data")
+    tracker.log_dict(data.vocab.to_dict(), "data/vocab.json")
+    tracker.log_dict(data.table.report.to_dict(), "data/cleaning_report.json")
+    tracker.log_params({"model.n_parameters": model.num_parameters()})
 
 
 def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
                  init_from: str | None = None, track: bool = True, parent_run_id: str | None = None,
                  progress: bool = True, evaluate: bool = True, tags: dict[str, str] | None = None) -> RunResult:
     """Train (or resume) one run, evaluate it on its own test split, and track everything in MLflow."""
-    from recipeset.objectives.tasks import Objectives, cuisine_class_weights
-    from recipeset.training import Trainer, seed_all
-
     started = time.perf_counter()
-    cfg.tracking.run_name = cfg.tracking.run_name or default_run_name(cfg)
-    out_dir = Path(out_dir) if out_dir is not None else Path("runs") / cfg.tracking.run_name
-    state_file = out_dir / "checkpoint" / "trainer_state.pt"
-    from recipeset.training import recover_checkpoint
-
-    recover_checkpoint(out_dir / "checkpoint")  # a kill during the checkpoint swap left it aside
-    if resume:
-        if not state_file.exists():
-            raise RecipesetError(f"{out_dir}: nothing to resume (no checkpoint); run without --resume")
-        from recipeset.config import load_config
-
-        cfg = load_config(out_dir / "config.json")  # resume continues the run as it was configured
-    elif state_file.exists():
-        raise RecipesetError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    cfg, out_dir = _open_run_dir(cfg, out_dir, resume)
     weights = resolve_objectives(cfg)
     cfg.objectives.weights = weights
     seed_all(cfg.train.seed, cfg.train.deterministic)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    if init_from is None and cfg.train.init_from:
-        # "{seed}" lets one grid variant fine-tune each seed's own pre-trained model
-        init_from = cfg.train.init_from.replace("{seed}", str(cfg.train.seed))
-        if not resume and not Path(init_from).is_dir():
-            raise RecipesetError(f"train.init_from: {init_from} is not a model directory (paths are relative to "
-                                 f"{Path.cwd()}); train the model it names first (grids: run with --jobs 1)")
-    init_vocab = None
-    if init_from is not None:
-        from recipeset.runs import load_model
-
-        init_vocab = load_model(init_from).vocab
+    init_from = _init_source(cfg, init_from, resume)
+    init_vocab = load_model(init_from).vocab if init_from is not None else None
     data = prepare_data(cfg.data, split_path=out_dir / "split.json" if resume else None, vocab=init_vocab)
     if not resume:
         data.split.save(out_dir / "split.json")
@@ -171,57 +190,32 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
     torch.manual_seed(cfg.train.seed)  # initialisation is a function of the seed only
     model = build_model(cfg, data.vocab, weights, max_set, input_features_for(cfg, data.vocab))
     if init_from is not None and not resume:
-        fresh = load_init_weights(model, init_from)
-        log.info("initialised from %s; new parameters: %s", init_from, fresh)
-
+        log.info("initialised from %s; new parameters: %s", init_from, load_init_weights(model, init_from))
     extra = {"run_config.json": json.dumps(cfg.to_dict(), indent=1),
              "split.json": (out_dir / "split.json").read_text(encoding="utf-8")}
     class_weights = (cuisine_class_weights(cfg.objectives.cls_class_weight, data.train.cuisine,
                                            data.vocab.num_cuisines, data.train_weights)
                      if "cls" in weights else None)
     objectives = Objectives(cfg, weights, class_weights=class_weights)
-    tracker = None
-    run_id = None
-    if track:
-        from recipeset.tracking import Tracker
-
-        resume_id = None
-        if resume:
-            meta = out_dir / "mlflow_run_id"
-            resume_id = meta.read_text().strip() if meta.exists() else None
-        tracker = Tracker.start(cfg, parent_run_id=parent_run_id, resume_run_id=resume_id, tags=tags)
-        run_id = tracker.run_id
-        atomic_write_text(out_dir / "mlflow_run_id", run_id)
-    try:
+    tracker = _start_tracker(cfg, out_dir, resume, parent_run_id, tags) if track else None
+    # the run ends FINISHED, FAILED on an error, KILLED on Ctrl-C / SIGTERM (Tracker.__exit__)
+    with tracker if tracker is not None else contextlib.nullcontext():
         if tracker is not None and not resume:
-            tracker.log_dataset(data.table.name, data.table.source_path, data.table.sha256 or "generated",
-                                counts=data.counts())
-            tracker.log_artifact(out_dir / "split.json", "data")
-            tracker.log_dict(data.vocab.to_dict(), "data/vocab.json")
-            tracker.log_dict(data.table.report.to_dict(), "data/cleaning_report.json")
-            tracker.log_params({"model.n_parameters": model.num_parameters()})
+            _log_inputs(tracker, data, out_dir, model)
         trainer = Trainer(cfg, model, objectives, data.train, data.val, out_dir,
                           log=tracker.log_metrics if tracker is not None else None, progress=progress,
                           train_weights=data.train_weights, extra_files=extra)
         state = trainer.fit(resume=resume)
         result = _finish(cfg, trainer, state, data, out_dir, tracker, evaluate)
-        result.run_id = run_id
+        result.run_id = None if tracker is None else tracker.run_id
         result.wall_s = time.perf_counter() - started
         if tracker is not None:
             tracker.log_metrics({"time/wall_s": result.wall_s, "time/steps": state.step}, state.step)
-            tracker.end("FINISHED")
-        return result
-    except BaseException:
-        if tracker is not None:
-            tracker.__exit__(*__import__("sys").exc_info())
-        raise
+    return result
 
 
-def _finish(cfg: RunConfig, trainer, state, data: PreparedData, out_dir: Path, tracker,
+def _finish(cfg: RunConfig, trainer: Trainer, state, data: PreparedData, out_dir: Path, tracker: Tracker | None,
             evaluate: bool) -> RunResult:
-    from recipeset.evaluation import metrics_table, save_metrics_table
-    from recipeset.models.io import load_model, save_model
-
     best_dir = out_dir / "best"
     model = load_model(best_dir) if best_dir.exists() else trainer.model
     model.to(trainer.device)
@@ -257,21 +251,11 @@ def run_data(model: RecipeModel, model_dir: str, split: str = "test", dataset: s
              path: str | None = None):
     """The run config saved with a model and the sets to evaluate it on: the run's own ``split`` (rebuilt from
     its saved split and vocabulary), or every recipe of ``dataset`` encoded with the model's vocabulary."""
-    from recipeset.config import RunConfig, load_config
-
-    local = Path(model_dir)
-    if "://" in str(model_dir) or str(model_dir).startswith(("runs:", "models:")):
-        from recipeset.runs import download_model_dir
-
-        local = Path(download_model_dir(str(model_dir)))
+    local = Path(download_model_dir(str(model_dir)))
     run_cfg = local / "run_config.json"
     cfg = load_config(run_cfg) if run_cfg.exists() else RunConfig()
     if dataset is not None:
-        from recipeset.data.prepare import _cap_length
-        from recipeset.data.sources import load_dataset
-
-        table = load_dataset(dataset, path=path)
-        return cfg, _cap_length(table, None).encode(model.vocab, unknown="unk")
+        return cfg, load_dataset(dataset, path=path).encode(model.vocab, unknown="unk")
     if not (local / "split.json").exists():
         raise RecipesetError(f"{model_dir}: no split.json saved with this model; pass --dataset to evaluate on "
                              "another dataset")

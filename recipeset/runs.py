@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from recipeset.config import suggest
 from recipeset.errors import RecipesetError
+from recipeset.registry import suggest
 from recipeset.tracking import PARENT_RUN_TAG, metric_key, mlflow_client, resolve_tracking_uri
 
 if TYPE_CHECKING:  # pragma: no cover
