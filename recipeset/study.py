@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -299,9 +300,6 @@ class ChildProcesses:
         """Names of the children started and not yet reaped, in start order."""
         return list(self._running)
 
-    def pid(self, name: str) -> int:
-        return self._running[name].proc.pid
-
     def has_room(self) -> bool:
         return len(self._running) < self.max_running
 
@@ -401,7 +399,7 @@ def run_child_spec(spec_path: str | os.PathLike, echo=print) -> ChildOutcome:
         atomic_write_text(result_path, json.dumps({"status": "failed", "error": error_line(e)}) + "\n")
         raise
     except KeyboardInterrupt as e:  # SIGTERM (RunTerminated) or Ctrl-C: the run has ended KILLED, resumable
-        atomic_write_text(result_path, json.dumps({"status": "killed", "error": f"interrupted ({e or 'Ctrl-C'})"})
+        atomic_write_text(result_path, json.dumps({"status": "killed", "error": f"interrupted ({str(e) or 'Ctrl-C'})"})
                           + "\n")
         raise
     atomic_write_text(result_path, json.dumps(dataclasses.asdict(outcome)) + "\n")
@@ -430,9 +428,11 @@ def _run_children_in_processes(todo: list[PlannedRun], out_root: str, parent_id:
     a time. An exception (Ctrl-C, SIGTERM) stops the running children; the queued ones never start."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    # the children run the same recipeset as this process (a source checkout too, not another installed copy)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent.parent),
-                                                    env.get("PYTHONPATH")) if p)
+    # The children run the same recipeset as this process: one imported from a source checkout (not found by a
+    # child started in another directory) puts the checkout first (never site-packages: it would shadow stdlib).
+    root = Path(__file__).resolve().parent.parent
+    if root not in {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     queue = list(todo)
     by_name = {run.name: run for run in todo}
     outcomes: list[ChildOutcome] = []
