@@ -359,7 +359,9 @@ def experiment() -> None:
 @experiment.command("run")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--quick", is_flag=True, help="The file's [quick] grid: fewer variants/seeds/steps.")
-@click.option("--jobs", type=int, default=1, help="Child runs in parallel (worker processes).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1,
+              help="Child runs in parallel, each its own process (log: grid-child.log in its run directory); "
+              "1 trains them one by one in this process.")
 @click.option("--tracking-uri", default=None, help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
 @click.option("--out", default="runs", help="Root of the run directories.")
 @click.option("--seeds", default=None, help="Only these seeds, comma-separated (e.g. 0,1) [default: the file's].")
@@ -379,6 +381,16 @@ def experiment_run(file, quick, jobs, tracking_uri, out, seeds, variants) -> Non
                               seeds=seed_list, variants=list(variants) or None)
     click.echo(f"{sum(o.status == 'finished' for o in outcomes)} run, "
                f"{sum(o.status == 'skipped' for o in outcomes)} skipped")
+
+
+@experiment.command("child", hidden=True)
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False))
+def experiment_child(spec) -> None:
+    """One child of a parallel grid (started by `experiment run --jobs N`): train the run SPEC (a grid-child.json
+    in its run directory) describes and record how it ended beside it."""
+    from recipeset.study import run_child_spec
+
+    run_child_spec(spec, echo=click.echo)
 
 
 @cli.command()

@@ -8,21 +8,39 @@ mean ± std over seeds per variant (the README's tables), with the baselines bes
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
 import json
 import logging
 import math
 import os
+import signal
+import subprocess
+import sys
+import sysconfig
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
+import torch
 
+from recipeset.config import RunConfig, resolve_objectives
+from recipeset.data.prepare import prepare_data
 from recipeset.errors import RecipesetError
 from recipeset.experiments import Experiment, PlannedRun, load_experiment
+from recipeset.io_utils import atomic_write_text
+from recipeset.pipeline import run_training
+from recipeset.plots import new_figure
+from recipeset.protocol import run_baselines_on
+from recipeset.runs import find_finished_run, metric_history, run_tags, search_runs_table
 from recipeset.signals import install_sigterm_handler
+from recipeset.tracking import Tracker, ensure_experiment, resolve_tracking_uri, start_parent_run
+from recipeset.training import STATE_FILE, recover_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -55,63 +73,44 @@ def run_hash(run: PlannedRun) -> str:
     """The config hash the child's MLflow run is tagged with: ``run_training`` resolves the objectives (a
     set-transformer left at the default ``{clm: 1}`` trains ``{mlm: 1}``) before it starts the run, so the
     planned config's own hash would never match a finished child of such a variant."""
-    import copy
-
-    from recipeset.config import resolve_objectives
-
     cfg = copy.deepcopy(run.config)
     cfg.objectives.weights = resolve_objectives(cfg)
     return cfg.config_hash()
 
 
+def child_dir(run: PlannedRun, out_root: str | os.PathLike) -> Path:
+    """A grid child's run directory: ``<out_root>/<tracking experiment>/<variant>/seed<seed>`` (quick runs get
+    their own directories: a full run must never resume a quick run's checkpoint)."""
+    return Path(out_root) / run.config.tracking.experiment / run.variant / f"seed{run.seed}"
+
+
 def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str, threads: int | None) -> ChildOutcome:
-    """One grid child (in a worker process, which gets ``threads`` torch threads, or inline, which keeps the
-    calling process's setting)."""
+    """One grid child (in its own process — ``recipeset experiment child`` — which gets ``threads`` torch
+    threads, or inline with ``--jobs 1``, which keeps the calling process's setting)."""
     install_sigterm_handler()  # SIGTERM raises RunTerminated here too: a stopped grid ends the child run KILLED
-    import torch
-
-    from recipeset.pipeline import run_training
-
     if threads is not None:
         torch.set_num_threads(threads)
-    # quick runs get their own directories (a full run must never resume a quick run's checkpoint)
-    out_dir = Path(out_root) / run.config.tracking.experiment / run.variant / f"seed{run.seed}"
-    from recipeset.training import recover_checkpoint
-
+    out_dir = child_dir(run, out_root)
     recover_checkpoint(out_dir / "checkpoint")
-    resume = (out_dir / "checkpoint" / "trainer_state.pt").exists()
+    resume = (out_dir / "checkpoint" / STATE_FILE).exists()
     cfg = run.config
     cfg.tracking.tracking_uri = uri
     started = time.perf_counter()
-    try:
-        result = run_training(cfg, out_dir=out_dir, resume=resume, parent_run_id=parent_id, progress=False,
-                              tags={"variant": run.variant, "experiment_file": run.name.split("/")[0],
-                                    "params_hash": run.params_hash})
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (RunTerminated): the child run has already ended KILLED
-        import multiprocessing as mp
-
-        if mp.parent_process() is not None:
-            # In a pool worker: leave. A worker that returned the exception would take the next queued child
-            # and train it, so a stopped grid would go on (and its parent wait for it).
-            os._exit(130)
-        raise
+    # Ctrl-C, or SIGTERM (RunTerminated), propagates: the child run has already ended KILLED, resumable
+    result = run_training(cfg, out_dir=out_dir, resume=resume, parent_run_id=parent_id, progress=False,
+                          tags={"variant": run.variant, "experiment_file": run.name.split("/")[0],
+                                "params_hash": run.params_hash})
     return ChildOutcome(run.name, "finished", result.run_id, time.perf_counter() - started)
 
 
 def baselines_hash(planned: PlannedRun) -> str:
     """The config hash that identifies the baselines child (distinct from every neural child's)."""
-    import hashlib
-
     return hashlib.sha256(f"baselines:{planned.config.data}".encode()).hexdigest()
 
 
 def _run_baselines_child(exp: Experiment, planned: PlannedRun, parent_id: str, uri: str,
                          quick: bool = False) -> ChildOutcome:
     """The classical baselines on the base config's data and split, as one child run."""
-    from recipeset.data.prepare import prepare_data
-    from recipeset.protocol import run_baselines_on
-    from recipeset.tracking import Tracker
-
     cfg = planned.config
     name = f"{exp.name}/baselines"
     started = time.perf_counter()
@@ -133,24 +132,20 @@ def _run_baselines_child(exp: Experiment, planned: PlannedRun, parent_id: str, u
 def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, uri: str | None = None,
                    out_root: str | os.PathLike = "runs", echo=print, seeds: list[int] | None = None,
                    variants: list[str] | None = None) -> list[ChildOutcome]:
-    """Run an experiment grid (parent run + child runs). ``jobs`` > 1 runs children in worker processes;
-    ``seeds``/``variants`` restrict the grid (the rest can be run later into the same parent)."""
-    from recipeset.runs import find_finished_run
-    from recipeset.tracking import ensure_experiment, resolve_tracking_uri, start_parent_run
+    """Run an experiment grid (parent run + child runs); ``seeds``/``variants`` restrict the grid (the rest can be
+    run later into the same parent).
 
+    ``jobs`` > 1 runs each child as its own OS process (``recipeset experiment child``, supervised by
+    :class:`ChildProcesses`), at most ``jobs`` at a time, each with ``cpu_count // jobs`` torch threads and its
+    output in ``grid-child.log`` in its run directory. ``jobs`` = 1 trains the children one after another in
+    this process (the whole machine's threads, output on the terminal, debuggers and profilers work).
+    Children start seed-major in both modes."""
     exp = load_experiment(path)
     uri = resolve_tracking_uri(uri)
     experiment = exp.tracking_experiment(quick)
     # Create the store and experiment here, before any worker (SQLite's schema migration races otherwise).
     ensure_experiment(experiment, uri, exp.description)
-    planned = exp.runs(quick=quick)
-    if seeds is not None:
-        planned = [r for r in planned if r.seed in seeds]
-    if variants is not None:
-        unknown = set(variants) - {r.variant for r in exp.runs(quick=quick)}
-        if unknown:
-            raise RecipesetError(f"{path}: unknown variant(s) {sorted(unknown)}")
-        planned = [r for r in planned if r.variant in variants]
+    planned = _select(exp, quick, seeds, variants, path)
     outcomes: list[ChildOutcome] = []
     started = time.perf_counter()
     with start_parent_run(experiment, f"{experiment}/grid", uri, tags={"quick": str(quick)},
@@ -165,45 +160,17 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
                 todo.append(run)
         # seed-major: an interrupted grid has every variant at its first seeds, not some variants at all seeds
         todo.sort(key=lambda r: r.seed)
-        threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
         if jobs <= 1:
-            for run in todo:
-                echo(f"run {run.name}")
-                try:
-                    outcomes.append(_run_child(run, str(out_root), parent.run_id, uri, None))
-                except Exception as e:  # noqa: BLE001 - record it, finish the others
-                    outcomes.append(_failed(run, e, echo))
-                    continue
-                echo(f"  done in {outcomes[-1].wall_s:.0f}s")
+            outcomes.extend(_run_children_inline(todo, str(out_root), parent.run_id, uri, echo))
         else:
-            import multiprocessing as mp
-
-            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
             try:
-                futures = {pool.submit(_run_child, run, str(out_root), parent.run_id, uri, threads): run
-                           for run in todo}
-                for fut, run in futures.items():
-                    try:
-                        outcomes.append(fut.result())
-                    except Exception as e:  # noqa: BLE001 - a worker's error: record it, finish the others
-                        outcomes.append(_failed(run, e, echo))
-                        continue
-                    echo(f"done {run.name} in {outcomes[-1].wall_s:.0f}s")
+                outcomes.extend(_run_children_in_processes(todo, str(out_root), parent.run_id, uri, jobs, echo))
             except BaseException:
-                # Ctrl-C / SIGTERM of the grid: stop the workers too (each ends its child run KILLED, resumable
-                # from its last checkpoint) instead of waiting for every queued child to finish.
-                procs = list(getattr(pool, "_processes", {}).values())
-                for proc in procs:
-                    proc.terminate()
-                for proc in procs:  # each unwinds its run (KILLED) and exits; one that does not is killed
-                    proc.join(timeout=30)
-                    if proc.is_alive():
-                        proc.kill()
-                        proc.join(timeout=10)
-                pool.shutdown(wait=True, cancel_futures=True)
-                parent.end_running_children("KILLED")  # a worker killed before it ended its own run
+                # Ctrl-C / SIGTERM of the grid: the supervisor has stopped the running children (each ends its
+                # run KILLED, resumable from its last checkpoint; a straggler was killed) and started no queued
+                # one. A child killed before it could end its own run would leave that run RUNNING for good.
+                parent.end_running_children("KILLED")
                 raise
-            pool.shutdown(wait=True)
         if exp.baselines and planned:
             if find_finished_run(experiment, baselines_hash(planned[0]), uri) is None:
                 echo("run baselines")
@@ -220,13 +187,251 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
     return outcomes
 
 
-def _failed(run: PlannedRun, error: BaseException, echo) -> ChildOutcome:
-    """A child that raised: its one-line error (the full traceback goes to the log), the grid goes on."""
-    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if not isinstance(error, RecipesetError):
-        log.error("%s failed", run.name, exc_info=error)
+def _select(exp: Experiment, quick: bool, seeds: list[int] | None, variants: list[str] | None,
+            path: str | os.PathLike) -> list[PlannedRun]:
+    """The planned runs of the grid, restricted to ``seeds`` / ``variants`` when given."""
+    planned = exp.runs(quick=quick)
+    if seeds is not None:
+        planned = [r for r in planned if r.seed in seeds]
+    if variants is not None:
+        unknown = set(variants) - {r.variant for r in exp.runs(quick=quick)}
+        if unknown:
+            raise RecipesetError(f"{path}: unknown variant(s) {sorted(unknown)}")
+        planned = [r for r in planned if r.variant in variants]
+    return planned
+
+
+def _run_children_inline(todo: list[PlannedRun], out_root: str, parent_id: str, uri: str,
+                         echo) -> list[ChildOutcome]:
+    """``--jobs 1``: the children one after another in this process; a failed one is recorded, the rest run."""
+    outcomes = []
+    for run in todo:
+        echo(f"run {run.name}")
+        try:
+            outcomes.append(_run_child(run, out_root, parent_id, uri, None))
+        except Exception as e:  # noqa: BLE001 - record it, finish the others
+            outcomes.append(_failed(run, e, echo))
+            continue
+        echo(f"  done in {outcomes[-1].wall_s:.0f}s")
+    return outcomes
+
+
+def error_line(error: BaseException) -> str:
+    """The one line a failed child is reported with: the error's first line (else the exception's type)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _failed(run: PlannedRun, error: BaseException | str, echo) -> ChildOutcome:
+    """A child that failed: its one-line error (an exception raised here: the full traceback goes to the log;
+    a child process's message: its traceback is in its ``grid-child.log``), the grid goes on."""
+    if isinstance(error, str):
+        message = error
+    else:
+        message = error_line(error)
+        if not isinstance(error, RecipesetError):
+            log.error("%s failed", run.name, exc_info=error)
     echo(f"FAILED {run.name}: {message}")
     return ChildOutcome(run.name, "failed", None, error=message)
+
+
+# ---- grid children as OS processes (--jobs N > 1) ----------------------------------------------------------------
+CHILD_SPEC = "grid-child.json"           # what the child trains (written by the grid, read by the child)
+CHILD_RESULT = "grid-child-result.json"  # how it ended (written by the child)
+CHILD_LOG = "grid-child.log"             # its stdout and stderr (appended to on every attempt)
+
+
+@dataclass
+class ChildExit:
+    """A child process that has exited: its name, exit code (negative: killed by that signal), wall time."""
+
+    name: str
+    returncode: int
+    wall_s: float
+    log_path: Path
+
+
+@dataclass
+class _Running:
+    proc: subprocess.Popen
+    started: float
+    log_path: Path
+    log_file: IO[bytes]
+
+
+class ChildProcesses:
+    """At most ``max_running`` child processes, each with its stdout and stderr appended to its own log file.
+
+    ``start`` launches one, ``poll``/``wait`` reap the ones that exited, ``stop`` ends them all: SIGTERM to each,
+    up to ``timeout`` seconds (in total) for them to unwind and exit, then SIGKILL for the stragglers. Used as a
+    context manager, an exception in the ``with`` block (Ctrl-C, SIGTERM, a bug) stops the children before it
+    propagates, so none is left behind.
+
+    Each child gets a process group of its own: a Ctrl-C in the terminal reaches the supervisor only, which
+    forwards one SIGTERM to each child (instead of children unwinding from SIGINT while the supervisor's SIGTERM
+    lands in the middle of it).
+    """
+
+    def __init__(self, max_running: int, poll_interval_s: float = 0.2) -> None:
+        if max_running < 1:
+            raise ValueError(f"max_running must be >= 1, got {max_running}")
+        self.max_running = max_running
+        self.poll_interval_s = poll_interval_s
+        self._running: dict[str, _Running] = {}
+
+    @property
+    def running(self) -> list[str]:
+        """Names of the children started and not yet reaped, in start order."""
+        return list(self._running)
+
+    def has_room(self) -> bool:
+        return len(self._running) < self.max_running
+
+    def start(self, name: str, argv: list[str], log_path: str | os.PathLike, env: Mapping[str, str] | None = None,
+              cwd: str | os.PathLike | None = None) -> int:
+        """Launch ``argv`` as child ``name`` (output appended to ``log_path``); returns its pid."""
+        if name in self._running:
+            raise ValueError(f"child {name!r} is already running")
+        if not self.has_room():
+            raise RuntimeError(f"already {self.max_running} children running; wait for one to exit first")
+        log_path = Path(log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(log_path, "ab")  # closed when the child is reaped
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                    env=None if env is None else dict(env), cwd=cwd, process_group=0)
+        except BaseException:
+            log_file.close()
+            raise
+        self._running[name] = _Running(proc, time.perf_counter(), log_path, log_file)
+        return proc.pid
+
+    def poll(self) -> list[ChildExit]:
+        """The children that have exited since the last call (reaped; does not block)."""
+        exited = []
+        for name, child in list(self._running.items()):
+            rc = child.proc.poll()
+            if rc is not None:
+                exited.append(self._reap(name, rc))
+        return exited
+
+    def wait(self, timeout: float | None = None) -> list[ChildExit]:
+        """Block until at least one child exits (or ``timeout`` seconds pass, or none is running); reap them."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            exited = self.poll()
+            if exited or not self._running or (deadline is not None and time.monotonic() >= deadline):
+                return exited
+            time.sleep(self.poll_interval_s)
+
+    def stop(self, timeout: float = 30.0) -> list[str]:
+        """Stop every running child: SIGTERM, up to ``timeout`` seconds for all of them to exit, then SIGKILL for
+        those still alive. Returns the names of the children that had to be killed. An interrupt during the
+        wait (a second Ctrl-C) kills the rest at once."""
+        for child in self._running.values():
+            if child.proc.poll() is None:
+                child.proc.terminate()
+        deadline = time.monotonic() + timeout
+        try:
+            while any(c.proc.poll() is None for c in self._running.values()) and time.monotonic() < deadline:
+                time.sleep(min(self.poll_interval_s, 0.05))
+        except KeyboardInterrupt:
+            pass
+        killed = []
+        for name, child in list(self._running.items()):
+            if child.proc.poll() is None:
+                log.warning("%s did not exit within %.0fs of SIGTERM: killed", name, timeout)
+                child.proc.kill()
+                killed.append(name)
+            child.proc.wait()
+            self._reap(name, child.proc.returncode)
+        return killed
+
+    def _reap(self, name: str, returncode: int) -> ChildExit:
+        child = self._running.pop(name)
+        child.log_file.close()
+        return ChildExit(name, returncode, time.perf_counter() - child.started, child.log_path)
+
+    def __enter__(self) -> ChildProcesses:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.stop()  # after an exception; on a normal exit nothing is running any more
+
+
+def write_child_spec(run: PlannedRun, out_root: str, parent_id: str, uri: str, threads: int) -> Path:
+    """The child's resolved config and grid context, as JSON in its run directory; returns the file's path."""
+    spec = {"run": {"name": run.name, "variant": run.variant, "seed": run.seed, "params_hash": run.params_hash},
+            "config": run.config.to_dict(), "out_root": out_root, "parent_run_id": parent_id, "uri": uri,
+            "threads": threads}
+    path = child_dir(run, out_root) / CHILD_SPEC
+    atomic_write_text(path, json.dumps(spec, indent=1) + "\n")
+    return path
+
+
+def run_child_spec(spec_path: str | os.PathLike, echo=print) -> ChildOutcome:
+    """The body of ``recipeset experiment child SPEC``: train the child ``SPEC`` describes and record how it
+    ended in ``grid-child-result.json`` beside it (the grid reads the one-line error from there)."""
+    spec_path = Path(spec_path)
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    result_path = spec_path.with_name(CHILD_RESULT)
+    try:
+        run = PlannedRun(**spec["run"], config=RunConfig.from_dict(spec["config"], source=str(spec_path)))
+        echo(f"grid child {run.name}: pid {os.getpid()}, {spec['threads']} torch threads")
+        outcome = _run_child(run, spec["out_root"], spec["parent_run_id"], spec["uri"], spec["threads"])
+    except Exception as e:
+        atomic_write_text(result_path, json.dumps({"status": "failed", "error": error_line(e)}) + "\n")
+        raise
+    except KeyboardInterrupt as e:  # SIGTERM (RunTerminated) or Ctrl-C: the run has ended KILLED, resumable
+        atomic_write_text(result_path, json.dumps({"status": "killed", "error": f"interrupted ({str(e) or 'Ctrl-C'})"})
+                          + "\n")
+        raise
+    atomic_write_text(result_path, json.dumps(dataclasses.asdict(outcome)) + "\n")
+    echo(f"done in {outcome.wall_s:.0f}s")
+    return outcome
+
+
+def _child_outcome(run: PlannedRun, exited: ChildExit, echo) -> ChildOutcome:
+    """Turn an exited child process into its outcome (and echo it)."""
+    result_path = exited.log_path.with_name(CHILD_RESULT)
+    result = json.loads(result_path.read_text(encoding="utf-8")) if result_path.exists() else {}
+    if exited.returncode == 0 and result.get("status") == "finished":
+        echo(f"done {run.name} in {result['wall_s']:.0f}s")
+        return ChildOutcome(run.name, "finished", result["run_id"], result["wall_s"])
+    message = result.get("error")
+    if not message:
+        rc = exited.returncode
+        how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with code {rc}"
+        message = f"the child process {how} (see {exited.log_path})"
+    return _failed(run, message, echo)
+
+
+def _run_children_in_processes(todo: list[PlannedRun], out_root: str, parent_id: str, uri: str, jobs: int,
+                               echo) -> list[ChildOutcome]:
+    """Run ``todo`` in order, each child as ``python -m recipeset.cli experiment child SPEC``, at most ``jobs`` at
+    a time. An exception (Ctrl-C, SIGTERM) stops the running children; the queued ones never start."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    # The children run the same recipeset as this process: one imported from a source checkout (not found by a
+    # child started in another directory) puts the checkout first (never site-packages: it would shadow stdlib).
+    root = Path(__file__).resolve().parent.parent
+    if root not in {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    queue = list(todo)
+    by_name = {run.name: run for run in todo}
+    outcomes: list[ChildOutcome] = []
+    with ChildProcesses(jobs) as children:
+        while queue or children.running:
+            while queue and children.has_room():
+                run = queue.pop(0)
+                spec = write_child_spec(run, out_root, parent_id, uri, threads)
+                spec.with_name(CHILD_RESULT).unlink(missing_ok=True)  # a previous attempt's
+                argv = [sys.executable, "-m", "recipeset.cli", "experiment", "child", str(spec.resolve())]
+                children.start(run.name, argv, spec.with_name(CHILD_LOG), env=env)
+                echo(f"run {run.name}  (log: {spec.with_name(CHILD_LOG)})")
+            for exited in children.wait():
+                outcomes.append(_child_outcome(by_name[exited.name], exited, echo))
+    return outcomes
 
 
 def log_results(parent, experiment: str, uri: str) -> None:
@@ -253,8 +458,6 @@ def _mean_std(values: pd.Series) -> str:
 
 def results_tables(experiment: str, uri: str | None = None) -> dict[str, pd.DataFrame]:
     """Per-task tables: one row per variant (mean ± std over seeds, n seeds), baselines beside them."""
-    from recipeset.runs import run_tags, search_runs_table
-
     runs = search_runs_table(experiment, uri)
     out: dict[str, pd.DataFrame] = {}
     if runs.empty:
@@ -268,31 +471,44 @@ def results_tables(experiment: str, uri: str | None = None) -> dict[str, pd.Data
         cols = [m for m in metrics if m in neural.columns]
         for variant, group in neural.groupby("variant", sort=False):
             rows[variant] = {"seeds": len(group), **{m: _mean_std(group[m]) for m in cols}}
-        for prefix, label in (("test/bayes/", "bayes-optimal (generator)"),
-                              ("test/bayes_unordered/", "bayes-optimal, order ignored")):
-            oracle_cols = {m: m.replace("test/", prefix, 1) for m in metrics if m.startswith("test/")}
-            have = {m: c for m, c in oracle_cols.items() if c in neural.columns}
-            if have and table != "training_cost":
-                # the generator's ceilings are the same in every run of the experiment (same queries); a
-                # column only some runs report (the joint-scored queries: decoders) comes from those runs
-                values = {m: neural[c].dropna() for m, c in have.items()}
-                cells = {m: f"{v.iloc[0]:.4g}" for m, v in values.items() if not v.empty}
-                if cells:
-                    rows[label] = {"seeds": 1, **cells}
-        if not base_runs.empty and table != "training_cost":
-            row = base_runs.iloc[0]
-            for col in base_runs.columns:
-                if "/test/" in col and not col.startswith("test/"):
-                    bname, metric = col.split("/test/", 1)
-                    key = f"test/{metric}"
-                    if key in metrics and not (isinstance(row[col], float) and math.isnan(row[col])):
-                        rows.setdefault(f"baseline:{bname}", {"seeds": 1})[key] = f"{row[col]:.4g}"
+        if table != "training_cost":
+            rows.update(_oracle_rows(neural, metrics))
+            rows.update(_baseline_rows(base_runs, metrics))
         if rows:
             out[table] = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
     selection = selection_table(neural, base_runs)
     if not selection.empty:
         out["best_on_validation"] = selection
     return out
+
+
+def _oracle_rows(neural: pd.DataFrame, metrics: list[str]) -> dict[str, dict]:
+    """The generator's ceilings (synthetic data): the same in every run of the experiment (same queries); a column
+    only some runs report (the joint-scored queries: decoders) comes from those runs."""
+    rows = {}
+    for prefix, label in (("test/bayes/", "bayes-optimal (generator)"),
+                          ("test/bayes_unordered/", "bayes-optimal, order ignored")):
+        oracle_cols = {m: m.replace("test/", prefix, 1) for m in metrics if m.startswith("test/")}
+        values = {m: neural[c].dropna() for m, c in oracle_cols.items() if c in neural.columns}
+        cells = {m: f"{v.iloc[0]:.4g}" for m, v in values.items() if not v.empty}
+        if cells:
+            rows[label] = {"seeds": 1, **cells}
+    return rows
+
+
+def _baseline_rows(base_runs: pd.DataFrame, metrics: list[str]) -> dict[str, dict]:
+    """One ``baseline:<name>`` row per baseline of the baselines child (its ``<name>/test/<metric>`` metrics)."""
+    rows: dict[str, dict] = {}
+    if base_runs.empty:
+        return rows
+    row = base_runs.iloc[0]
+    for col in base_runs.columns:
+        if "/test/" in col and not col.startswith("test/"):
+            bname, metric = col.split("/test/", 1)
+            key = f"test/{metric}"
+            if key in metrics and not (isinstance(row[col], float) and math.isnan(row[col])):
+                rows.setdefault(f"baseline:{bname}", {"seeds": 1})[key] = f"{row[col]:.4g}"
+    return rows
 
 
 # The targets: (task, selection metric on validation, test metrics reported, required margin over the best
@@ -346,9 +562,6 @@ def study_figures(experiment: str, uri: str | None = None) -> dict[str, object]:
     """The study's figures (matplotlib Figures): ``completion.png`` — test Recall@10 and MRR per variant (mean
     and std over seeds) against the best baseline; ``learning_curves.png`` — train and validation loss per
     variant (mean over seeds) against the optimizer step."""
-    from recipeset.plots import new_figure
-    from recipeset.runs import metric_history, run_tags, search_runs_table
-
     runs = search_runs_table(experiment, uri)
     if runs.empty:
         return {}

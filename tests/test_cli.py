@@ -375,21 +375,34 @@ def test_experiment_run_rejects_a_bad_grid(mlflow_uri, tmp_path):
     one_line_error(invoke("experiment", "run", str(path)), "bad-grid.toml [grid 'dec']", "hungarian")
 
 
-def test_experiment_child_failure_finishes_the_others_and_rerun_continues(mlflow_uri, tmp_path):
+@pytest.mark.parametrize("jobs", ["1", pytest.param("2", marks=pytest.mark.slow)])
+def test_experiment_child_failure_finishes_the_others_and_rerun_continues(mlflow_uri, tmp_path, jobs):
     """A child that fails while training (here: its pre-trained model is missing) is reported in one line;
-    the other children finish; the parent ends FAILED and re-running the command continues the same parent."""
+    the other children finish; the parent ends FAILED and re-running the command continues the same parent.
+    With --jobs 2 the children are processes of their own (the same guarantees)."""
     from mlflow import MlflowClient
 
     path = write_grid(tmp_path, "failing-grid")
     path.write_text(path.read_text().replace(
         '"model.name" = "set-transformer"',
         '"model.name" = "set-transformer"\n"train.init_from" = "pretrained/seed{seed}/model"'))
-    result = invoke("experiment", "run", str(path), "--out", "runs")
+    result = invoke("experiment", "run", str(path), "--out", "runs", "--jobs", jobs)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
-    assert "FAILED failing-grid/st/seed0" in result.output
+    failed = [line for line in result.output.splitlines() if line.startswith("FAILED ")]
+    assert failed == ["FAILED failing-grid/st/seed0: train.init_from: pretrained/seed0/model is not a model "
+                      f"directory (paths are relative to {Path.cwd()}); train the model it names first (grids: run "
+                      "with --jobs 1)"]
     error = result.output.strip().splitlines()[-1]
     assert error.startswith("Error:") and "1 of 2 runs failed" in error and "init_from" in error
+    if jobs == "2":  # the children's output is in their logs, with their share of the cores
+        assert "done failing-grid/dec/seed0 in " in result.output
+        for variant in ("dec", "st"):
+            child_log = (tmp_path / "runs" / "failing-grid" / variant / "seed0" / "grid-child.log").read_text()
+            assert f"{max(1, (os.cpu_count() or 1) // 2)} torch threads" in child_log
+        # the failed child's log (st, the last one read) ends with its one-line error, no traceback
+        message = failed[0].split(": ", 1)[1]
+        assert "Traceback" not in child_log and child_log.strip().splitlines()[-1] == f"Error: {message}"
     c = MlflowClient(mlflow_uri)
     exp = c.get_experiment_by_name("failing-grid")
     runs = c.search_runs([exp.experiment_id])
@@ -401,7 +414,7 @@ def test_experiment_child_failure_finishes_the_others_and_rerun_continues(mlflow
     # provide the pre-trained model and re-run: the finished child is skipped, the failed one runs, same parent
     ok("train", "--no-track", "--set", "data.n_recipes=300", "--model", "set-transformer", "--set",
        "model.d_model=16", "--set", "model.n_layers=1", "--max-steps", "2", "--out", "pretrained/seed0")
-    again = ok("experiment", "run", str(path), "--out", "runs")
+    again = ok("experiment", "run", str(path), "--out", "runs", "--jobs", jobs)
     assert "1 run, 1 skipped" in again.output
     runs = c.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("run_kind") == "parent"]
@@ -418,13 +431,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 def test_sigterm_to_a_parallel_grid_stops_its_workers(mlflow_uri, tmp_path):
-    """`kill` of a --jobs 2 grid ends promptly: the workers are stopped too (not left to finish every queued
-    child), the running children and the parent end KILLED, and no worker process is left behind."""
+    """`kill` of a --jobs 2 grid ends promptly: each running child process gets SIGTERM and unwinds (its run ends
+    KILLED), the queued children never start, the parent ends KILLED, and no child process is left behind."""
     from mlflow import MlflowClient
 
     path = write_grid(tmp_path, "long-grid")
-    # two seeds: two children run and two wait in the pool's queue — a stopped worker must not take one up
+    # two seeds: two children run and two wait in the queue — a stopped grid must not start one
     path.write_text(path.read_text().replace('"train.max_steps" = 2', '"train.max_steps" = 100000')
                     .replace("values = [0]", "values = [0, 1]"))
     proc = subprocess.Popen([sys.executable, "-m", "recipeset.cli", "experiment", "run", str(path), "--jobs", "2"],
@@ -441,8 +461,8 @@ def test_sigterm_to_a_parallel_grid_stops_its_workers(mlflow_uri, tmp_path):
                 break
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-2000:]
             time.sleep(0.5)
-        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                                 text=True).stdout.split()]
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        workers = [int(p) for p in children if " experiment child " in _cmdline(int(p))]
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     finally:
@@ -451,20 +471,21 @@ def test_sigterm_to_a_parallel_grid_stops_its_workers(mlflow_uri, tmp_path):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             proc.wait()
+    output = proc.stdout.read()
     assert proc.returncode != 0
-    assert workers
-    # multiprocessing's resource tracker (one of the parent's children) exits on its own once the parent's end of
-    # its pipe closes — a moment after the parent does — so give the orphans a bounded moment to go.
-    alive: list[int] = []
-    for _ in range(100):
-        alive = [p for p in workers if _alive(p)]
-        if not alive:
-            break
-        time.sleep(0.2)
-    assert not alive, [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for p in alive]
+    assert len(workers) == 2, output  # one OS process per running child, at most --jobs of them
+    alive = [p for p in workers if _alive(p)]  # the supervisor waited for them (or killed them) before exiting
+    assert not alive, [_cmdline(p)[:200] for p in alive]
     status = {r.info.run_name: r.info.status for r in c.search_runs([exp.experiment_id])}
     assert status == {"long-grid/grid": "KILLED", "long-grid/dec/seed0": "KILLED", "long-grid/st/seed0": "KILLED"}
+    for variant in ("dec", "st"):  # each child unwound from the SIGTERM (was not SIGKILLed) and said so
+        run_dir = tmp_path / "runs" / "long-grid" / variant / "seed0"
+        result = json.loads((run_dir / "grid-child-result.json").read_text())
+        assert result == {"status": "killed", "error": "interrupted (received signal 15)"}, result
+        assert "Traceback" not in (run_dir / "grid-child.log").read_text()
+    assert "torch threads" not in output  # the children's output went to their logs, not the grid's terminal
     assert not (tmp_path / "runs" / "long-grid" / "dec" / "seed1").exists()  # the queued children never started
+    assert not (tmp_path / "runs" / "long-grid" / "st" / "seed1").exists()
 
 
 @pytest.mark.slow

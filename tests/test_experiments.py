@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,95 @@ def test_selection_picks_on_validation_and_reports_test():
     # no baselines: the model side alone, no verdict
     alone = selection_table(neural, pd.DataFrame())
     assert "target" not in alone.columns and set(alone.loc["completion", "model (best on val)"]) == {"a"}
+
+
+# ---- every experiment file runs --------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENT_FILES = sorted((REPO / "experiments").glob("*.toml"))
+# Every variant for two steps (one validation each, one checkpoint) and a few evaluation queries, on the first
+# 120 recipes: the model, objectives, loss and order each variant names are built and trained for real.
+SMOKE = {"train.max_steps": 2, "train.eval_every": 1, "train.checkpoint_every": 2, "train.warmup_steps": 1,
+         "train.batch_size": 16, "train.device": "cpu", "data.n_recipes": 120, "eval.max_queries": 5,
+         "eval.val_max_queries": 5, "eval.joint_max_queries": 1}
+
+
+@pytest.fixture
+def loaded_once(monkeypatch):
+    """``load_dataset`` memoised for the test session: parsing flavornet's files takes ~2 s, once per variant
+    otherwise (every call still gets the same table the real loader returns)."""
+    import recipeset.data.prepare as prepare
+
+    real = prepare.load_dataset
+
+    def load_dataset(name_or_path, path=None, lenient=False, **kw):
+        key = (str(name_or_path), str(path), lenient, tuple(sorted(kw.items())))
+        if key not in _TABLES:
+            _TABLES[key] = real(name_or_path, path=path, lenient=lenient, **kw)
+        return _TABLES[key]
+
+    monkeypatch.setattr(prepare, "load_dataset", load_dataset)
+
+
+_TABLES: dict = {}
+
+
+def smoke_overrides(run) -> dict:
+    """SMOKE, plus the data: an experiment's relative ``data.path`` is relative to the repo root (where the
+    grids run); a flavornet file runs on the synthetic dataset when flavornet is not there."""
+    over = dict(SMOKE)
+    data = run.config.data
+    if data.dataset == "flavornet":
+        path = (REPO / data.path).resolve() if data.path else None
+        try:
+            from recipeset.data.sources.flavornet import find_flavornet
+
+            over["data.path"] = str(find_flavornet(path))
+        except RecipesetError:
+            over.update({"data.dataset": "synthetic", "data.path": None})
+    elif data.path:
+        over["data.path"] = str((REPO / data.path).resolve())
+    return over
+
+
+def test_there_are_experiment_files():
+    assert len(EXPERIMENT_FILES) >= 3
+
+
+def train_every_variant(path: Path) -> list[str]:
+    """Each variant of the file (first seed) through ``run_training`` in file order, in the grid's own run
+    directories under the working directory — so a fine-tuning variant's ``train.init_from`` (e.g.
+    ``runs/objectives_study/set-transformer-mlm/seed{seed}/model``) finds the model its pre-training variant,
+    listed before it, has just saved. Returns the run names; the first variant that fails raises."""
+    from recipeset.pipeline import run_training
+    from recipeset.study import child_dir
+
+    exp = load_experiment(path)  # validates every variant's config (what runs with what, model params)
+    planned = [r for r in exp.runs() if r.seed == exp.seeds[0]]
+    for run in planned:
+        cfg = run.config.override(smoke_overrides(run), source=f"{run.name} (test)")
+        result = run_training(cfg, out_dir=child_dir(run, "runs"), track=False, progress=False)
+        assert (result.model_dir / "weights.pt").exists(), run.name
+        assert result.metrics and all(math.isfinite(v) for v in result.metrics.values()
+                                      if isinstance(v, float)), (run.name, result.metrics)
+    return [r.name for r in planned]
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: p.name)
+def test_every_variant_of_the_experiment_file_trains(path, tmp_path, monkeypatch, loaded_once):
+    monkeypatch.chdir(tmp_path)
+    exp = load_experiment(path)
+    assert train_every_variant(path) == [f"{exp.name}/{v.name}/seed{exp.seeds[0]}" for v in exp.variants]
+
+
+def test_a_variant_that_cannot_be_built_fails_the_check(tmp_path, monkeypatch, loaded_once):
+    """What the test above guards against: a file that loads and validates, with a variant whose model cannot be
+    built (flavor-compound input features on the synthetic dataset)."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "broken.toml"
+    path.write_text('[base]\ndata.dataset = "synthetic"\nmodel.name = "set-transformer"\nmodel.d_model = 16\n'
+                    '"objectives.weights" = { mlm = 1.0 }\n[[grid]]\nname = "ok"\n[[grid]]\nname = "features"\n'
+                    '"model.embedding" = "features"\n')
+    assert len(load_experiment(path).runs()) == 2
+    with pytest.raises(RecipesetError, match="model.embedding='features'"):
+        train_every_variant(path)
+    assert (tmp_path / "runs" / "broken" / "ok" / "seed0" / "model").is_dir()  # the good one ran first
