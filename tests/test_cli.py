@@ -438,6 +438,7 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+@pytest.mark.slow  # real processes killed and waited for (~20 s); .ci/run runs the slow tests too
 def test_sigterm_to_a_parallel_grid_stops_its_workers(mlflow_uri, tmp_path):
     """`kill` of a --jobs 2 grid ends promptly: each running child process gets SIGTERM and unwinds (its run ends
     KILLED), the queued children never start, the parent ends KILLED, and no child process is left behind."""

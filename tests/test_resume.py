@@ -56,6 +56,7 @@ def stored_max_step(db: Path) -> int:
     return -1 if row is None or row[0] is None else int(row[0])
 
 
+@pytest.mark.slow  # real processes killed and waited for (~20 s); .ci/run runs the slow tests too
 def test_sigkill_then_resume_matches_an_uninterrupted_run(mlflow_uri: str, tmp_path: Path):
     from mlflow import MlflowClient
 

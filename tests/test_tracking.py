@@ -230,6 +230,7 @@ def _start_worker(mode: str) -> tuple[subprocess.Popen, str]:
     return proc, run_id
 
 
+@pytest.mark.slow  # real processes killed and waited for (~20 s); .ci/run runs the slow tests too
 def test_sigterm_to_a_real_process_marks_killed_and_sigkill_leaves_running(mlflow_uri):
     ensure_experiment("test-exp", mlflow_uri)  # in the parent, before the workers (SQLite migration races)
     term, term_id = _start_worker("hang")
