@@ -19,7 +19,9 @@ head, without editing either.
 
 This module is the bottom layer (it imports no torch): the built-in entries register themselves when their
 modules are imported, which :func:`load_builtins` does on the first lookup (the one deliberate function-level
-import of the package: the plug-in loader).
+import of the package: the plug-in loader). It then imports the plug-ins: the modules named in
+``$RECIPESET_PLUGINS`` (comma-separated) and those an installed package declares under the entry-point group
+``recipeset.plugins`` — so ``recipeset train --loss my-loss`` works from the shell.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import importlib.metadata
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -40,17 +44,27 @@ SET_HEADS = ("sequence", "slots", "pooled")
 #: Modules whose import registers the built-in entries.
 BUILTIN_MODULES = ("recipeset.models", "recipeset.objectives.tasks", "recipeset.data.ordering",
                    "recipeset.data.sources", "recipeset.evaluation")
+PLUGINS_ENV = "RECIPESET_PLUGINS"
+PLUGIN_GROUP = "recipeset.plugins"
 _loaded = False
 
 
 def load_builtins() -> None:
-    """Import the modules that register the built-in entries (once)."""
+    """Import the modules that register the built-in entries, then the plug-ins (once)."""
     global _loaded
     if _loaded:
         return
     _loaded = True
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
+    for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise RecipesetError(f"${PLUGINS_ENV}: cannot import plug-in module {module!r} ({e}); put it on "
+                                 "PYTHONPATH or fix the name") from None
+    for entry_point in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        entry_point.load()
 
 
 def suggest(word: Any, valid: Iterable[str]) -> str:

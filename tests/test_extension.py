@@ -3,6 +3,9 @@ plus one registration in this file, trained through ``recipeset train`` and thro
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -141,3 +144,24 @@ def test_new_model_and_new_loss_train_through_the_python_api(registered, tmp_pat
     model = load_model(result.model_dir)
     scores = model.completion_scores([["tomato", "garlic"]])
     assert scores.shape == (1, len(model.vocab)) and torch.isinf(scores[0, model.vocab.encode(["tomato"])]).all()
+
+
+def test_a_plugin_module_extends_the_command_line(tmp_path):
+    # from the shell: $RECIPESET_PLUGINS names a module that registers a loss; `recipeset train --help` offers it
+    (tmp_path / "my_plugin.py").write_text(
+        "import torch\n"
+        "from recipeset.registry import register_loss\n"
+        "@register_loss('plugin-set', heads=('pooled',), help='a plug-in loss')\n"
+        "def plugin_set(objectives, model, batch, generator, cache):\n"
+        "    return torch.zeros(())\n")
+    env = {**os.environ, "RECIPESET_PLUGINS": "my_plugin",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-m", "recipeset.cli", "train", "--help"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "plugin-set" in res.stdout
+    env["RECIPESET_PLUGINS"] = "no_such_plugin"
+    res = subprocess.run([sys.executable, "-m", "recipeset.cli", "train", "--loss", "standard", "--max-steps", "1",
+                          "--no-track"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "$RECIPESET_PLUGINS: cannot import plug-in module 'no_such_plugin'" in res.stderr
