@@ -16,15 +16,8 @@ import pytest
 
 from recipeset.errors import RecipesetError
 from recipeset.experiments import load_experiment
-from recipeset.study import (
-    CHILD_LOG,
-    CHILD_RESULT,
-    ChildExit,
-    ChildProcesses,
-    _child_outcome,
-    run_child_spec,
-    write_child_spec,
-)
+from recipeset.processes import ChildExit, ChildProcesses
+from recipeset.study import CHILD_LOG, CHILD_RESULT, _child_outcome, run_child_spec, write_child_spec
 
 PY = sys.executable
 IGNORE_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); " \

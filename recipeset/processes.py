@@ -1,0 +1,136 @@
+"""Supervised child processes: at most N at a time, each logging to its own file, with a public stop.
+
+The grid runner (:mod:`recipeset.study`) runs every child run of a ``--jobs N`` grid through it; nothing here
+knows about recipeset's runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChildExit:
+    """A child process that has exited: its name, exit code (negative: killed by that signal), wall time."""
+
+    name: str
+    returncode: int
+    wall_s: float
+    log_path: Path
+
+
+@dataclass
+class _Running:
+    proc: subprocess.Popen
+    started: float
+    log_path: Path
+    log_file: IO[bytes]
+
+
+class ChildProcesses:
+    """At most ``max_running`` child processes, each with its stdout and stderr appended to its own log file.
+
+    ``start`` launches one, ``poll``/``wait`` reap the ones that exited, ``stop`` ends them all: SIGTERM to each,
+    up to ``timeout`` seconds (in total) for them to unwind and exit, then SIGKILL for the stragglers. Used as a
+    context manager, an exception in the ``with`` block (Ctrl-C, SIGTERM, a bug) stops the children before it
+    propagates, so none is left behind.
+
+    Each child gets a process group of its own: a Ctrl-C in the terminal reaches the supervisor only, which
+    forwards one SIGTERM to each child (instead of children unwinding from SIGINT while the supervisor's SIGTERM
+    lands in the middle of it).
+    """
+
+    def __init__(self, max_running: int, poll_interval_s: float = 0.2) -> None:
+        if max_running < 1:
+            raise ValueError(f"max_running must be >= 1, got {max_running}")
+        self.max_running = max_running
+        self.poll_interval_s = poll_interval_s
+        self._running: dict[str, _Running] = {}
+
+    @property
+    def running(self) -> list[str]:
+        """Names of the children started and not yet reaped, in start order."""
+        return list(self._running)
+
+    def has_room(self) -> bool:
+        return len(self._running) < self.max_running
+
+    def start(self, name: str, argv: list[str], log_path: str | os.PathLike, env: Mapping[str, str] | None = None,
+              cwd: str | os.PathLike | None = None) -> int:
+        """Launch ``argv`` as child ``name`` (output appended to ``log_path``); returns its pid."""
+        if name in self._running:
+            raise ValueError(f"child {name!r} is already running")
+        if not self.has_room():
+            raise RuntimeError(f"already {self.max_running} children running; wait for one to exit first")
+        log_path = Path(log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(log_path, "ab")  # closed when the child is reaped
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                    env=None if env is None else dict(env), cwd=cwd, process_group=0)
+        except BaseException:
+            log_file.close()
+            raise
+        self._running[name] = _Running(proc, time.perf_counter(), log_path, log_file)
+        return proc.pid
+
+    def poll(self) -> list[ChildExit]:
+        """The children that have exited since the last call (reaped; does not block)."""
+        exited = []
+        for name, child in list(self._running.items()):
+            rc = child.proc.poll()
+            if rc is not None:
+                exited.append(self._reap(name, rc))
+        return exited
+
+    def wait(self, timeout: float | None = None) -> list[ChildExit]:
+        """Block until at least one child exits (or ``timeout`` seconds pass, or none is running); reap them."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            exited = self.poll()
+            if exited or not self._running or (deadline is not None and time.monotonic() >= deadline):
+                return exited
+            time.sleep(self.poll_interval_s)
+
+    def stop(self, timeout: float = 30.0) -> list[str]:
+        """Stop every running child: SIGTERM, up to ``timeout`` seconds for all of them to exit, then SIGKILL for
+        those still alive. Returns the names of the children that had to be killed. An interrupt during the
+        wait (a second Ctrl-C) kills the rest at once."""
+        for child in self._running.values():
+            if child.proc.poll() is None:
+                child.proc.terminate()
+        deadline = time.monotonic() + timeout
+        try:
+            while any(c.proc.poll() is None for c in self._running.values()) and time.monotonic() < deadline:
+                time.sleep(min(self.poll_interval_s, 0.05))
+        except KeyboardInterrupt:
+            pass
+        killed = []
+        for name, child in list(self._running.items()):
+            if child.proc.poll() is None:
+                log.warning("%s did not exit within %.0fs of SIGTERM: killed", name, timeout)
+                child.proc.kill()
+                killed.append(name)
+            child.proc.wait()
+            self._reap(name, child.proc.returncode)
+        return killed
+
+    def _reap(self, name: str, returncode: int) -> ChildExit:
+        child = self._running.pop(name)
+        child.log_file.close()
+        return ChildExit(name, returncode, time.perf_counter() - child.started, child.log_path)
+
+    def __enter__(self) -> ChildProcesses:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.stop()  # after an exception; on a normal exit nothing is running any more
