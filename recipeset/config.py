@@ -235,8 +235,8 @@ class RunConfig:
                                          f"model '{self.model.name}'", source)
         try:
             model_cls.check_config(model_cls.config_class(**self.model.params))
-        except RecipesetError as e:
-            raise fail(source, "model", str(e)) from None
+        except RecipesetError as e:  # its messages name the model.* keys
+            raise fail(source, "", str(e)) from None
         self.loss.params = self._loss_params(source)
         self._check_weights(source)
         resolve_objectives(self, source)

@@ -10,7 +10,7 @@ Everything the tracker wrote can be queried here without starting a run::
 
 :func:`load_model` is ``recipeset.load_model``: it resolves ``runs:/…``/``models:/…`` URIs here, above the
 model layer, so ``recipeset.models`` never depends on MLflow. Like :mod:`recipeset.tracking`, this module
-imports mlflow only inside functions (``recipeset --help`` stays fast).
+imports mlflow only inside functions (importing it stays cheap; ``recipeset --help`` imports neither).
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from recipeset.errors import RecipesetError
+from recipeset.models.base import RecipeModel
+from recipeset.models.io import REMOTE_PREFIXES
+from recipeset.models.io import load_model as load_model_dir
 from recipeset.registry import suggest
 from recipeset.tracking import PARENT_RUN_TAG, metric_key, mlflow_client, resolve_tracking_uri
 
@@ -32,9 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from mlflow import MlflowClient
 
-    from recipeset.models.base import RecipeModel
-
-REMOTE_PREFIXES = ("runs:/", "models:/")
 _LOWER_IS_BETTER = re.compile(r"loss|nll|rank|perplexity|ppl|error|tv|spread|time|seconds")
 
 
@@ -112,7 +112,7 @@ def download_model_dir(uri: str, dst: str | os.PathLike | None = None, tracking_
     A local directory is returned as is; an MLflow URI is downloaded into ``dst`` (default: a new temporary
     directory) from the store at ``tracking_uri`` (default as in :func:`resolve_tracking_uri`).
     """
-    if not uri.startswith(("runs:/", "models:/")) and "://" not in uri:
+    if not uri.startswith(REMOTE_PREFIXES) and "://" not in uri:
         if Path(uri).is_dir():
             return str(uri)
         raise RecipesetError(f"{uri}: not a model directory or a runs:/ or models:/ URI")
@@ -152,9 +152,6 @@ def load_model(path_or_uri: str | os.PathLike, map_location: str | torch.device 
     ``sqlite:///<cwd>/mlflow.db``); the directory is then read by :func:`recipeset.models.io.load_model`
     (in eval mode, never executing pickled code).
     """
-    # torch is imported with the model layer only when a model is loaded: run queries stay light.
-    from recipeset.models.io import load_model as load_model_dir
-
     if isinstance(path_or_uri, str) and path_or_uri.startswith(REMOTE_PREFIXES):
         path_or_uri = download_model_dir(path_or_uri)
     return load_model_dir(path_or_uri, map_location)

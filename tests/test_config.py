@@ -180,7 +180,7 @@ def test_model_params_are_checked_against_the_model_config():
     ("model.dropout", 1.5, "model.dropout: must be >= 0 and < 1, got 1.5"),
     ("model.n_layers", 0, "model.n_layers: must be >= 1, got 0"),
     ("model.embedding", "learnt", "unknown embedding 'learnt' (did you mean 'learned'?)"),
-    ("model.n_heads", 3, "model: model.d_model=128 must be divisible by n_heads=3"),
+    ("model.n_heads", 3, "cli: model.d_model=128 must be divisible by n_heads=3"),
     ("loss.label_smoothing", 1.0, "loss.label_smoothing: must be >= 0 and < 1, got 1.0"),
 ])
 def test_model_and_loss_fields_have_ranges(key, value, fragment):
