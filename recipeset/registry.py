@@ -256,4 +256,7 @@ def names_help(registry: Registry[Any]) -> str:
 
 
 if __name__ == "__main__":  # python -m recipeset.registry: print the README table
-    print(what_runs_with_what())
+    # the entries register into the imported module recipeset.registry, not into this __main__ copy
+    from recipeset.registry import what_runs_with_what as table
+
+    print(table())
