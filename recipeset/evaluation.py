@@ -31,6 +31,7 @@ from recipeset.data.vocab import NUM_SPECIALS, PAD, Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.io_utils import atomic_write_text
 from recipeset.registry import EVAL_TASKS, EvalTaskEntry
+from recipeset.signals import raise_if_terminated
 
 DEFAULT_TASKS = ("completion", "set", "cuisine", "order")  # evaluate_all's default (nll needs a likelihood)
 
@@ -541,6 +542,7 @@ def evaluate_all(scorer: Scorer, sets: EncodedSets, tasks: Sequence[str] = DEFAU
     options = EvalOptions(seed, tuple(modes), batch_size, max_new, order_queries, nll_orders)
     out: dict[str, float] = {}
     for entry in entries:
+        raise_if_terminated()
         out.update(entry.run(scorer, sets, options))
     return out
 

@@ -13,6 +13,7 @@ call it first thing; Python-API users who want the same guarantee call it once i
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 
@@ -22,6 +23,29 @@ class RunTerminated(KeyboardInterrupt):
 
 def _raise_run_terminated(signum, frame):
     raise RunTerminated(f"received signal {signum}")
+
+
+# A signal handler's exception is lost when the signal lands while Python runs a finalizer or a weakref callback
+# (torch runs many): Python reports it as "Exception ignored" and goes on. The hook below notices that loss and
+# raise_if_terminated(), called at safe points (every training step, every evaluation task), raises it again.
+_swallowed: RunTerminated | None = None
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _note_swallowed(unraisable) -> None:
+    global _swallowed
+    if isinstance(unraisable.exc_value, RunTerminated):
+        _swallowed = unraisable.exc_value
+        return
+    _previous_unraisablehook(unraisable)
+
+
+def raise_if_terminated() -> None:
+    """Raise the :class:`RunTerminated` a finalizer swallowed, if any (call it where stopping is safe)."""
+    global _swallowed
+    if _swallowed is not None:
+        exc, _swallowed = _swallowed, None
+        raise RunTerminated(str(exc))
 
 
 def install_sigterm_handler() -> bool:
@@ -35,6 +59,7 @@ def install_sigterm_handler() -> bool:
     if threading.current_thread() is not threading.main_thread():
         return False
     signal.signal(signal.SIGTERM, _raise_run_terminated)
+    sys.unraisablehook = _note_swallowed
     return True
 
 
@@ -43,4 +68,4 @@ def sigterm_handler_installed() -> bool:
     return signal.getsignal(signal.SIGTERM) is _raise_run_terminated
 
 
-__all__ = ["RunTerminated", "install_sigterm_handler", "sigterm_handler_installed"]
+__all__ = ["RunTerminated", "install_sigterm_handler", "raise_if_terminated", "sigterm_handler_installed"]

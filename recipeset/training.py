@@ -32,6 +32,7 @@ from recipeset.errors import RecipesetError
 from recipeset.io_utils import atomic_write_dir
 from recipeset.models.io import WEIGHTS_FILE, save_model
 from recipeset.registry import ORDERS
+from recipeset.signals import raise_if_terminated
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +358,7 @@ class Trainer:
                 sets = self.epoch_sets(epoch)
                 batches = self.epoch_plan(epoch, sets)
                 for batch in self._loader(sets, batches[self.state.batch_in_epoch:]):
+                    raise_if_terminated()  # a SIGTERM whose exception a finalizer swallowed stops here
                     info = self._step(batch.to(self.device, non_blocking=True))
                     progress.update(self.state.step, {"loss": info["loss/total"], "lr": info["lr"],
                                                       "rec/s": info["recipes_per_s"]})
