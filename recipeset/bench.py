@@ -1,21 +1,47 @@
-"""Training-step benchmark: the Hungarian set loss against the standard loss on the same model and batch.
+"""Benchmarks behind ``recipeset bench``: the performance report and its pieces.
 
-Both losses train the same K slot outputs of the same model on the same batch; the two kinds of step are
-interleaved (A, B, A, B, ...) in one run so that machine noise hits both alike, and medians are reported.
+- :func:`performance_report`: for every model × set loss (:func:`study_variants`), on real flavornet batches
+  when the data is there, training recipes/s, counted FLOPs per step, achieved FLOP/s (real positions only)
+  against the dense-matmul FLOP/s measured in the same run, the fraction of positions that are real, the data
+  pipeline's share of a step, evaluation queries/s for each scoring mode, and peak memory.
+- :func:`bench_hungarian_vs_standard`: both losses train the same K slot outputs of the same model on the same
+  batch; the two kinds of step are interleaved (A, B, A, B, ...) in one run so that machine noise hits both
+  alike, and medians are reported.
+
+Speed targets live here, never in timed unit tests: the machines are shared, so ratios measured side by side
+in one process are what counts, reported with the load average beside them.
 """
 
 from __future__ import annotations
 
+import os
+import resource
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
+from recipeset.config import DEFAULT_LOSS, RunConfig, resolve_objectives
+from recipeset.data.collate import Batch, collate
+from recipeset.data.prepare import PreparedData, prepare_data
+from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import NULL, NUM_SPECIALS, Vocabulary
+from recipeset.errors import RecipesetError
+from recipeset.evaluation import leave_one_out_queries
+from recipeset.models.base import RecipeModel
 from recipeset.models.set_transformer import SetTransformer, SetTransformerConfig
 from recipeset.objectives.losses import IGNORE, hungarian_loss, standard_loss
 from recipeset.objectives.matching import HungarianMatcher
+from recipeset.objectives.tasks import Objectives, split_query
+from recipeset.pipeline import build_model
+from recipeset.registry import MODELS, losses_for
+from recipeset.training import Trainer
 
 
 def _build_model(vocab_size: int, d_model: int, n_slots: int) -> tuple[nn.Module, str]:
@@ -46,22 +72,42 @@ def _synthetic_batch(batch_size: int, n_slots: int, vocab_size: int, generator: 
     return tokens, mask, hungarian_targets, standard_targets
 
 
+def _real_slot_batch(data: PreparedData, batch_size: int, n_slots: int, generator: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A real training batch as the ``set`` objective sees it (``split_query``: the query and the hidden part),
+    with the hidden part as Hungarian targets ``[B, K]`` and, for the standard step, in its drawn order on the
+    first slots and ∅ on the rest."""
+    idx = np.random.default_rng(0).choice(len(data.train), size=min(batch_size, len(data.train)), replace=False)
+    q_tokens, q_mask, targets = split_query(collate(data.train, idx), generator)
+    pad = torch.full((targets.shape[0], max(0, n_slots - targets.shape[1])), IGNORE, dtype=targets.dtype)
+    h_targets = torch.cat([targets, pad], 1)[:, :n_slots]
+    return q_tokens, q_mask, h_targets, torch.where(h_targets == IGNORE, NULL, h_targets)
+
+
 def bench_hungarian_vs_standard(batch_size: int = 64, n_slots: int = 32, vocab_size: int = 400, d_model: int = 128,
-                                steps: int = 20, warmup: int = 3, seed: int = 0) -> dict:
+                                steps: int = 20, warmup: int = 3, seed: int = 0,
+                                data: PreparedData | None = None) -> dict:
     """Median training-step time (forward + loss + backward + AdamW step) of ``standard_loss`` on the K slot
     outputs vs ``hungarian_loss`` on the same outputs, same model, same batch, interleaved A/B in one run.
 
+    With ``data``: a real training batch of it through the ``set`` objective's query/target split (K = the
+    largest recipe, as a run sets it); else random sets of 3–20 ingredients padded to ``n_slots``.
     Returns a dict: ``standard_step_ms``, ``hungarian_step_ms``, ``hungarian_over_standard_ratio``,
     ``matching_ms`` (the matcher alone, median), ``matching_share`` (matching_ms / hungarian_step_ms),
-    ``model`` (``set-transformer``, or the fallback and the reason), ``batch_size``, ``n_slots``,
-    ``vocab_size``, ``d_model``, ``steps``, ``torch_threads``.
+    ``model``, ``batches`` (real or synthetic), ``batch_size``, ``n_slots``, ``vocab_size``, ``d_model``,
+    ``steps``, ``torch_threads``.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    if data is not None:
+        vocab_size = len(data.vocab)
+        n_slots = int(data.train.lengths.max())
+        tokens, mask, h_targets, s_targets = _real_slot_batch(data, batch_size, n_slots, gen)
+    else:
+        tokens, mask, h_targets, s_targets = _synthetic_batch(batch_size, n_slots, vocab_size, gen)
     model, model_name = _build_model(vocab_size, d_model, n_slots)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tokens, mask, h_targets, s_targets = _synthetic_batch(batch_size, n_slots, vocab_size, gen)
     matcher = HungarianMatcher()
 
     def step(kind: str) -> float:
@@ -99,6 +145,7 @@ def bench_hungarian_vs_standard(batch_size: int = 64, n_slots: int = 32, vocab_s
         "matching_ms": round(match, 3),
         "matching_share": round(match / hun, 4),
         "model": model_name,
+        "batches": "synthetic" if data is None else "real",
         "batch_size": batch_size,
         "n_slots": n_slots,
         "vocab_size": vocab_size,
@@ -106,3 +153,130 @@ def bench_hungarian_vs_standard(batch_size: int = 64, n_slots: int = 32, vocab_s
         "steps": steps,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+# ---- the performance report ------------------------------------------------------------------------------------
+def study_variants() -> dict[str, dict]:
+    """One benchmark variant per model × set loss the registries allow, plus each model's default objective:
+    ``{name: dotted overrides}`` (the models and losses ``order_study`` compares)."""
+    variants: dict[str, dict] = {}
+    for model, cls in MODELS.items():
+        variants[f"{model}-{cls.default_objective}"] = {"model.name": model,
+                                                        "objectives.weights": {cls.default_objective: 1.0}}
+        for loss in losses_for(cls):
+            if loss != DEFAULT_LOSS:
+                variants[f"{model}-{loss}"] = {"model.name": model, "loss.name": loss}
+    return variants
+
+
+def dense_matmul_flops(n: int = 512, repeats: int = 20) -> float:
+    """FLOP/s of a dense ``n × n`` fp32 matmul on this machine and thread setting (median of ``repeats``)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    times = []
+    for _ in range(repeats + 2):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times[2:])
+
+
+def _step_flops(trainer: Trainer, batch: Batch) -> int:
+    """FLOPs of one training step's forward and backward (``torch.utils.flop_counter``: matmuls, attention)."""
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(batch)
+    return int(counter.get_total_flops())
+
+
+def _queries_per_s(model: RecipeModel, sets: EncodedSets, mode: str, n: int, batch_size: int = 64) -> float:
+    """Leave-one-out completion queries scored per second with ``mode`` on ``n`` test queries."""
+    queries, _, _ = leave_one_out_queries(sets.take(np.arange(min(n, len(sets)))), seed=0)
+    started = time.perf_counter()
+    for i in range(0, len(queries), batch_size):
+        tokens, mask = queries.padded(np.arange(i, min(i + batch_size, len(queries))))
+        model.completion_scores_ids(torch.from_numpy(tokens), torch.from_numpy(mask), mode=mode)
+    return len(queries) / max(time.perf_counter() - started, 1e-9)
+
+
+def bench_variant(cfg: RunConfig, data: PreparedData, steps: int = 20, warmup: int = 3,
+                  eval_queries: int = 256, joint_queries: int = 16) -> dict:
+    """Training and evaluation throughput of one run config on ``data`` (the batches the Trainer really draws).
+
+    Returns recipes/s (median step), counted FLOPs per step and achieved FLOP/s counting only real positions,
+    the fraction of padded positions that are real, the data pipeline's share of a step (collation), and
+    evaluation queries/s for each scoring mode the model reports.
+    """
+    weights = resolve_objectives(cfg)
+    max_set = int(max(data.train.lengths.max(initial=1), data.test.lengths.max(initial=1)))
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, data.vocab, weights, max_set)
+    objectives = Objectives(cfg, weights, class_weights=None)
+    with tempfile.TemporaryDirectory(prefix="recipeset-bench-") as tmp:
+        trainer = Trainer(cfg, model, objectives, data.train, data.val, Path(tmp), progress=False)
+        sets = trainer.epoch_sets(0)
+        plan = trainer.epoch_plan(0, sets)[: warmup + steps]
+        collate_s, step_s, real, padded, recipes = [], [], 0, 0, 0
+        for i, idx in enumerate(plan):
+            t0 = time.perf_counter()
+            batch = collate(sets, idx)
+            t1 = time.perf_counter()
+            trainer.train_step(batch)
+            t2 = time.perf_counter()
+            if i >= warmup:
+                collate_s.append(t1 - t0)
+                step_s.append(t2 - t1)
+                real += int(batch.mask.sum())
+                padded += batch.mask.numel()
+                recipes += len(batch)
+        flops = _step_flops(trainer, collate(sets, plan[-1]))
+    step, coll = statistics.median(step_s), statistics.median(collate_s)
+    real_fraction = real / max(padded, 1)
+    out = {"recipes_per_s": round(recipes / max(sum(step_s) + sum(collate_s), 1e-9), 1),
+           "step_ms": round(step * 1e3, 2), "flops_per_step": flops,
+           "achieved_flops_per_s": round(flops * real_fraction / step),
+           "real_position_fraction": round(real_fraction, 4),
+           "data_share": round(coll / (coll + step), 4), "n_parameters": model.num_parameters()}
+    model.eval()
+    for mode in model.scoring_modes:
+        n = joint_queries if mode == "joint" else eval_queries
+        out[f"eval_{mode}_queries_per_s"] = round(_queries_per_s(model, data.test_eval, mode, n), 2)
+    return out
+
+
+def performance_report(dataset: str = "flavornet", path: str | None = None, batch_size: int = 64,
+                       d_model: int = 128, steps: int = 20, variants: list[str] | None = None,
+                       echo: Callable[[str], None] | None = None) -> dict:
+    """The performance report of ``recipeset bench``: every :func:`study_variants` entry on real ``dataset``
+    batches (flavornet when its files are found, else the synthetic default), measured one after another in this
+    process, beside the dense-matmul FLOP/s measured in the same run and the Hungarian/standard step ratio.
+    ``achieved_over_matmul`` is the achieved useful FLOP/s (real positions only) over the dense-matmul FLOP/s."""
+    echo = echo or (lambda line: None)
+    try:
+        cfg = RunConfig().override({"data.dataset": dataset, "data.path": path})
+        data = prepare_data(cfg.data)
+    except RecipesetError as e:
+        if dataset != "flavornet":
+            raise
+        echo(f"flavornet not found ({e}); benchmarking on the synthetic dataset")
+        cfg, dataset = RunConfig(), "synthetic"
+        data = prepare_data(cfg.data)
+    matmul = dense_matmul_flops()
+    report: dict = {"dataset": dataset, "batch_size": batch_size, "d_model": d_model,
+                    "torch_threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
+                    "dense_matmul_flops_per_s": round(matmul), "variants": {}}
+    chosen = study_variants()
+    unknown = sorted(set(variants or ()) - set(chosen))
+    if unknown:
+        raise RecipesetError(f"bench: unknown variant(s) {unknown}; valid: {', '.join(chosen)}")
+    for name, over in chosen.items():
+        if variants and name not in variants:
+            continue
+        echo(f"bench {name} ...")
+        run_cfg = cfg.override({**over, "model.d_model": d_model, "train.batch_size": batch_size,
+                                "train.device": "cpu"}, source=f"bench {name}")
+        result = bench_variant(run_cfg, data, steps=steps)
+        result["achieved_over_matmul"] = round(result["achieved_flops_per_s"] / matmul, 4)
+        report["variants"][name] = result
+    report["hungarian_vs_standard"] = bench_hungarian_vs_standard(batch_size=batch_size, d_model=d_model,
+                                                                  steps=steps, data=data)
+    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return report

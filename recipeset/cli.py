@@ -443,17 +443,36 @@ def ui(port, tracking_uri) -> None:
 
 
 @cli.command()
-@click.option("--batch-size", type=int, default=64)
-@click.option("--steps", type=int, default=20, help="Timed steps per loss (interleaved).")
+@click.option("--dataset", default="flavornet", help="Real batches from this dataset (flavornet falls back to the "
+              "synthetic default when its files are not found).")
+@click.option("--path", default=None, help="Where the dataset's files are.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64)
+@click.option("--d-model", type=click.IntRange(min=1), default=128)
+@click.option("--steps", type=click.IntRange(min=2), default=20, help="Timed training steps per variant.")
+@click.option("--variant", "variants", multiple=True, help="Only this model-loss variant (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def bench(batch_size, steps, as_json) -> None:
-    """Training-step time of the Hungarian loss vs the standard loss on the same model and batch."""
+def bench(dataset, path, batch_size, d_model, steps, variants, as_json) -> None:
+    """The performance report: training and evaluation throughput of every model × set loss on real batches,
+    FLOP/s against this machine's dense matmul, padding, data-pipeline share, peak memory (see README,
+    'Performance'). Run it on a quiet machine."""
     import json
 
-    from recipeset.bench import bench_hungarian_vs_standard
+    from recipeset.bench import performance_report
 
-    r = bench_hungarian_vs_standard(batch_size=batch_size, steps=steps)
-    click.echo(json.dumps(r) if as_json else "\n".join(f"{k}: {v}" for k, v in r.items()))
+    report = performance_report(dataset, path, batch_size=batch_size, d_model=d_model, steps=steps,
+                                variants=list(variants) or None, echo=lambda line: click.echo(line, err=True))
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"{report['dataset']}, batch {report['batch_size']}, d_model {report['d_model']}, "
+               f"{report['torch_threads']} threads, load {report['load_average']}, dense matmul "
+               f"{report['dense_matmul_flops_per_s'] / 1e9:.1f} GFLOP/s, peak RSS {report['peak_rss_mb']} MB")
+    for name, r in report["variants"].items():
+        click.echo(f"{name:<26} {r['recipes_per_s']:>8} rec/s  real {r['real_position_fraction']:.2f}  "
+                   f"{r['achieved_over_matmul']:.2f} of matmul  data {r['data_share']:.2f}  "
+                   + "  ".join(f"{k[5:]} {v}" for k, v in r.items() if k.startswith("eval_")))
+    h = report["hungarian_vs_standard"]
+    click.echo(f"hungarian/standard step: {h['hungarian_over_standard_ratio']}")
 
 
 def main() -> None:

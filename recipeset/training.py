@@ -359,7 +359,7 @@ class Trainer:
                 batches = self.epoch_plan(epoch, sets)
                 for batch in self._loader(sets, batches[self.state.batch_in_epoch:]):
                     raise_if_terminated()  # a SIGTERM whose exception a finalizer swallowed stops here
-                    info = self._step(batch.to(self.device, non_blocking=True))
+                    info = self.train_step(batch.to(self.device, non_blocking=True))
                     progress.update(self.state.step, {"loss": info["loss/total"], "lr": info["lr"],
                                                       "rec/s": info["recipes_per_s"]})
                     if self.state.step % eval_every == 0 or self.state.step == self.total_steps:
@@ -375,7 +375,8 @@ class Trainer:
             progress.close()
         return self.state
 
-    def _step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        """One optimizer step on ``batch`` (losses, backward, clipping, AdamW, schedule); returns its metrics."""
         t, state = self.t, self.state
         started = time.perf_counter()
         torch.manual_seed(derived_seed(t.seed, state.step, 29))  # dropout: a function of (seed, step)

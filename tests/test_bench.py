@@ -1,0 +1,52 @@
+"""The performance report of ``recipeset bench``: its pieces measure what they say (no timing targets here —
+speed targets live in the benchmark itself, on a quiet machine)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from recipeset.bench import bench_variant, dense_matmul_flops, study_variants
+from recipeset.cli import cli
+from recipeset.config import RunConfig
+from recipeset.data.prepare import prepare_data
+from recipeset.registry import LOSSES, MODELS
+
+
+def test_the_variants_are_every_model_with_every_set_loss_it_runs():
+    variants = study_variants()
+    assert {"decoder-clm", "decoder-set-ar", "decoder-min-perm", "decoder-pooled", "set-transformer-mlm",
+            "set-transformer-hungarian", "set-transformer-pooled", "deep-sets-mlm", "deep-sets-multilabel"} \
+        == set(variants)
+    for over in variants.values():  # every one is a valid run config
+        RunConfig().override(over)
+    assert {o["model.name"] for o in variants.values()} == set(MODELS.names())
+    assert {o.get("loss.name") for o in variants.values()} - {None} == set(LOSSES.names()) - {"standard"}
+
+
+def test_bench_variant_counts_real_positions_and_flops():
+    cfg = RunConfig().override({"data.n_recipes": 300, "model.d_model": 16, "model.n_layers": 1,
+                                "train.batch_size": 16, "train.device": "cpu"})
+    data = prepare_data(cfg.data)
+    r = bench_variant(cfg, data, steps=2, warmup=1, eval_queries=16, joint_queries=2)
+    assert 0 < r["real_position_fraction"] <= 1 and 0 <= r["data_share"] < 1
+    assert r["flops_per_step"] > 0 and r["recipes_per_s"] > 0
+    assert r["eval_next_queries_per_s"] > 0 and r["eval_joint_queries_per_s"] > 0  # the decoder scores both
+    # a linear model's forward + backward is at least 3 × 2·B·D·V multiply-adds for its output layer alone
+    assert r["flops_per_step"] >= 6 * 16 * 16 * len(data.vocab)
+    assert dense_matmul_flops(n=64, repeats=3) > 0
+
+
+def test_bench_cli_json_and_bad_variant():
+    result = CliRunner().invoke(cli, ["bench", "--dataset", "synthetic", "--steps", "2", "--d-model", "16",
+                                      "--batch-size", "16", "--variant", "deep-sets-mlm", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report["variants"]) == {"deep-sets-mlm"} and report["dense_matmul_flops_per_s"] > 0
+    assert report["hungarian_vs_standard"]["hungarian_over_standard_ratio"] > 0 and report["peak_rss_mb"] > 0
+    bad = CliRunner().invoke(cli, ["bench", "--dataset", "synthetic", "--variant", "decoder-hungarian"])
+    assert bad.exit_code != 0 and "unknown variant" in bad.output and "Traceback" not in bad.output
+    assert torch.get_num_threads() >= 1
