@@ -209,10 +209,14 @@ def train(config_file, dataset, path, model, loss, objectives, order, epochs, ma
         _check_resume_options(out, config_file, over)
     cfg = cfg.override(over, source="command line")
 
+    from recipeset.distributed import process_group
     from recipeset.pipeline import run_training
 
-    result = run_training(cfg, out_dir=out, resume=resume, init_from=init_from, track=not no_track,
-                          progress=not quiet)
+    with process_group() as world:  # torchrun: join the ranks (a single process: nothing to do)
+        result = run_training(cfg, out_dir=out, resume=resume, init_from=init_from, track=not no_track,
+                              progress=not quiet)
+    if not world.is_main:
+        return
     click.echo(f"run directory: {result.out_dir}")
     click.echo(f"model: {result.model_dir}  (recipeset complete {result.model_dir} \"tomato, garlic\")")
     if result.run_id:

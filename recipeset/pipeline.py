@@ -27,6 +27,7 @@ from recipeset.data.prepare import PreparedData, prepare_data
 from recipeset.data.sources import load_dataset
 from recipeset.data.sources.flavornet import find_flavornet, flavornet_compound_features
 from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
+from recipeset.distributed import world as current_world
 from recipeset.errors import RecipesetError
 from recipeset.evaluation import evaluate_cuisine, metrics_table, save_metrics_table
 from recipeset.io_utils import atomic_write_text
@@ -121,13 +122,16 @@ def _plots(tracker: Tracker | None, history: dict, model: RecipeModel, data: Pre
             tracker.log_figure(fig, f"plots/{name}")
 
 
-def _open_run_dir(cfg: RunConfig, out_dir: str | Path | None, resume: bool) -> tuple[RunConfig, Path]:
+def _open_run_dir(cfg: RunConfig, out_dir: str | Path | None, resume: bool,
+                  main: bool = True) -> tuple[RunConfig, Path]:
     """The run directory (default ``runs/<run name>``) and the config the run continues with: a new run's own,
-    or, with ``resume``, the one saved in the directory. A checkpoint left aside by a kill mid-swap is put back."""
+    or, with ``resume``, the one saved in the directory. A checkpoint left aside by a kill mid-swap is put back
+    (by the ``main`` process; the other ranks of a distributed run only read)."""
     cfg.tracking.run_name = cfg.tracking.run_name or default_run_name(cfg)
     out_dir = Path(out_dir) if out_dir is not None else Path("runs") / cfg.tracking.run_name
     state_file = out_dir / "checkpoint" / STATE_FILE
-    recover_checkpoint(out_dir / "checkpoint")
+    if main:
+        recover_checkpoint(out_dir / "checkpoint")
     if resume:
         if not state_file.exists():
             raise RecipesetError(f"{out_dir}: nothing to resume (no checkpoint); run without --resume")
@@ -172,19 +176,25 @@ def _log_inputs(tracker: Tracker, data: PreparedData, out_dir: Path, model: Reci
 def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
                  init_from: str | None = None, track: bool = True, parent_run_id: str | None = None,
                  progress: bool = True, evaluate: bool = True, tags: dict[str, str] | None = None) -> RunResult:
-    """Train (or resume) one run, evaluate it on its own test split, and track everything in MLflow."""
+    """Train (or resume) one run, evaluate it on its own test split, and track everything in MLflow.
+
+    Under ``torchrun`` (inside :func:`recipeset.distributed.process_group`) every rank trains on its part of each
+    batch; rank 0 alone writes the run directory, tracks the run and evaluates, and the other ranks return a
+    result without metrics or run id once training is done."""
     started = time.perf_counter()
-    cfg, out_dir = _open_run_dir(cfg, out_dir, resume)
-    weights = resolve_objectives(cfg)
-    cfg.objectives.weights = weights
-    seed_all(cfg.train.seed, cfg.train.deterministic)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    init_from = _init_source(cfg, init_from, resume)
-    init_vocab = load_model(init_from).vocab if init_from is not None else None
-    data = prepare_data(cfg.data, split_path=out_dir / "split.json" if resume else None, vocab=init_vocab)
-    if not resume:
-        data.split.save(out_dir / "split.json")
-        cfg.save(out_dir / "config.json")
+    world = current_world()
+    with world.main_first():  # rank 0 checks (and repairs) the directory and writes its config and split first
+        cfg, out_dir = _open_run_dir(cfg, out_dir, resume, main=world.is_main)
+        weights = resolve_objectives(cfg)
+        cfg.objectives.weights = weights
+        seed_all(cfg.train.seed, cfg.train.deterministic)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        init_from = _init_source(cfg, init_from, resume)
+        init_vocab = load_model(init_from).vocab if init_from is not None else None
+        data = prepare_data(cfg.data, split_path=out_dir / "split.json" if resume else None, vocab=init_vocab)
+        if not resume and world.is_main:
+            data.split.save(out_dir / "split.json")
+            cfg.save(out_dir / "config.json")
     max_set = int(max(data.train.lengths.max(initial=1), data.val.lengths.max(initial=1),
                       data.test.lengths.max(initial=1)))
     torch.manual_seed(cfg.train.seed)  # initialisation is a function of the seed only
@@ -197,15 +207,17 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
                                            data.vocab.num_cuisines, data.train_weights)
                      if "cls" in weights else None)
     objectives = Objectives(cfg, weights, class_weights=class_weights)
-    tracker = _start_tracker(cfg, out_dir, resume, parent_run_id, tags) if track else None
+    tracker = _start_tracker(cfg, out_dir, resume, parent_run_id, tags) if track and world.is_main else None
     # the run ends FINISHED, FAILED on an error, KILLED on Ctrl-C / SIGTERM (Tracker.__exit__)
     with tracker if tracker is not None else contextlib.nullcontext():
         if tracker is not None and not resume:
             _log_inputs(tracker, data, out_dir, model)
         trainer = Trainer(cfg, model, objectives, data.train, data.val, out_dir,
-                          log=tracker.log_metrics if tracker is not None else None, progress=progress,
-                          train_weights=data.train_weights, extra_files=extra)
+                          log=tracker.log_metrics if tracker is not None else None,
+                          progress=progress and world.is_main, train_weights=data.train_weights, extra_files=extra)
         state = trainer.fit(resume=resume)
+        if not world.is_main:
+            return RunResult(out_dir=out_dir, run_id=None, model_dir=out_dir / "model")
         result = _finish(cfg, trainer, state, data, out_dir, tracker, evaluate)
         result.run_id = None if tracker is None else tracker.run_id
         result.wall_s = time.perf_counter() - started

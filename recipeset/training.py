@@ -5,6 +5,12 @@ Determinism and resume: every source of randomness in a step is derived from ``(
 dropout (the global torch RNG is re-seeded at the start of every step). A checkpoint therefore only needs the
 weights, the optimizer/scheduler state and the step counter, and a resumed run replays exactly the batches an
 uninterrupted run would have seen.
+
+Under ``torchrun`` (:mod:`recipeset.distributed`) every rank plans the same global batches and trains on its
+rows of each; the in-step draws also depend on the rank. Rank 0 alone validates, logs and checkpoints.
+
+On a GPU: bf16 autocast (``precision = auto`` where supported, or ``bf16``) with fused AdamW; ``fp16`` with a
+``GradScaler`` (loss scaled, gradients unscaled before clipping, its state checkpointed). CPU stays fp32.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from recipeset.data.collate import Batch, SetCollator, SetDataset, collate
 from recipeset.data.ordering import expand_k_perms, reorder
 from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import Vocabulary
+from recipeset.distributed import World, world
 from recipeset.errors import RecipesetError
 from recipeset.io_utils import atomic_write_dir
 from recipeset.models.io import WEIGHTS_FILE, save_model
@@ -60,18 +67,29 @@ def derived_seed(*parts: int) -> int:
     return x & 0x7FFFFFFFFFFFFFFF
 
 
-def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(derived_seed(seed, step, 17))
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu",
+                   stream: tuple[int, ...] = ()) -> torch.Generator:
+    """The generator of a step's objectives; ``stream`` (a rank, see ``World.stream``) extends the seed."""
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, step, 17, *stream))
 
 
 # ---- optimisation ---------------------------------------------------------------------------------------
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; weight decay only on >= 2-D weights (matrices, embeddings), not on biases and norms."""
+def use_fused_adamw(params: list[torch.Tensor], device: torch.device | str | None) -> bool:
+    """Fused AdamW (one kernel for all parameters) when training on CUDA with every parameter there."""
+    return device is not None and torch.device(device).type == "cuda" and bool(params) \
+        and all(p.is_cuda for p in params)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                   device: torch.device | str | None = None) -> torch.optim.AdamW:
+    """AdamW; weight decay only on >= 2-D weights (matrices, embeddings), not on biases and norms; fused on
+    CUDA (:func:`use_fused_adamw`), the default implementation elsewhere."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
+    fused = {"fused": True} if use_fused_adamw(params, device) else {}
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8, **fused)
 
 
 def lr_multiplier(step: int, warmup: int, total: int, schedule: str) -> float:
@@ -149,6 +167,7 @@ class TrainState:
     bad_evals: int = 0
     run_id: str | None = None
     history: dict[str, list] = field(default_factory=dict)
+    scaler: dict = field(default_factory=dict)  # the fp16 GradScaler's state ({} when it is disabled)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -201,14 +220,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_context(device: torch.device, precision: str):
-    """bf16/fp16 autocast on GPU (``auto`` = bf16 where supported); CPU training stays fp32."""
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype: bf16/fp16 on GPU (``auto`` = bf16 where supported), None (fp32) on CPU."""
     if device.type != "cuda" or precision == "fp32":
-        return torch.autocast(device_type=device.type, enabled=False)
+        return None
     if precision == "auto" and not torch.cuda.is_bf16_supported():
-        return torch.autocast(device_type="cuda", enabled=False)
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+        return None
+    return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def autocast_context(device: torch.device, precision: str):
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
+        return torch.autocast(device_type=device.type, enabled=False)
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A loss scaler, enabled only for fp16 autocast (bf16 and fp32 gradients do not underflow); disabled, its
+    scale/unscale/step/update are the plain backward and optimizer step."""
+    enabled = autocast_dtype(device, precision) == torch.float16
+    return torch.amp.GradScaler("cuda" if enabled else device.type, enabled=enabled)
 
 
 def metric_name(prefix: str, key: str) -> str:
@@ -240,9 +272,12 @@ class Trainer:
         self.progress_enabled = progress
         self.train_weights = train_weights
         self.extra_files = extra_files or {}
-        self.device = resolve_device(self.t.device)
+        self.world: World = world()
+        self.device = self.world.device(resolve_device(self.t.device))
         self.model.to(self.device)
-        self.optimizer = make_optimizer(model, self.t.lr, self.t.weight_decay)
+        self.optimizer = make_optimizer(model, self.t.lr, self.t.weight_decay, self.device)
+        self.scaler = make_grad_scaler(self.device, self.t.precision)
+        self.loss_fn = self.world.wrap(model, objectives)  # objectives(model, ...), through DDP when distributed
         self._base_train = train
         self._fixed_order: EncodedSets | None = None
         self.order = ORDERS.get(cfg.data.order, "data.order")
@@ -290,8 +325,11 @@ class Trainer:
         return self.out_dir / "checkpoint"
 
     def save(self) -> None:
-        save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.scheduler, self.state,
-                        self.extra_files)
+        """Checkpoint (rank 0 only; every rank holds the same weights and optimizer state)."""
+        if self.world.is_main:
+            self.state.scaler = self.scaler.state_dict()
+            save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.scheduler, self.state,
+                            self.extra_files)
 
     def restore(self) -> None:
         """Continue from ``out_dir/checkpoint`` (weights, optimizer, schedule, step counter, run id)."""
@@ -301,6 +339,8 @@ class Trainer:
         self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(opt)
         self.scheduler.load_state_dict(sched)
+        if state.scaler:
+            self.scaler.load_state_dict(state.scaler)
         self.state = state
 
     # ---- validation --------------------------------------------------------------------------------------
@@ -325,7 +365,11 @@ class Trainer:
         return {metric_name("val", k): v / max(count, 1) for k, v in sums.items()}
 
     def _evaluate_and_select(self) -> bool:
-        """Validate, log, keep the best model; True when early stopping says stop."""
+        """Validate, log, keep the best model (rank 0; the other ranks wait for it); True when early stopping
+        says stop."""
+        return self.world.from_main(self._select() if self.world.is_main else None)
+
+    def _select(self) -> bool:
         metrics = self.validate()
         key = self.t.early_stopping_metric
         if key not in metrics:
@@ -357,9 +401,11 @@ class Trainer:
                 epoch = self.state.epoch
                 sets = self.epoch_sets(epoch)
                 batches = self.epoch_plan(epoch, sets)
-                for batch in self._loader(sets, batches[self.state.batch_in_epoch:]):
+                shards = [self.world.shard(b) for b in batches[self.state.batch_in_epoch:]]  # rank's rows, weight
+                loader = self._loader(sets, [rows for rows, _ in shards])
+                for batch, (_, weight) in zip(loader, shards, strict=True):
                     raise_if_terminated()  # a SIGTERM whose exception a finalizer swallowed stops here
-                    info = self.train_step(batch.to(self.device, non_blocking=True))
+                    info = self.train_step(batch.to(self.device, non_blocking=True), weight)
                     progress.update(self.state.step, {"loss": info["loss/total"], "lr": info["lr"],
                                                       "rec/s": info["recipes_per_s"]})
                     if self.state.step % eval_every == 0 or self.state.step == self.total_steps:
@@ -375,30 +421,37 @@ class Trainer:
             progress.close()
         return self.state
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        """One optimizer step on ``batch`` (losses, backward, clipping, AdamW, schedule); returns its metrics."""
-        t, state = self.t, self.state
+    def train_step(self, batch: Batch, weight: float = 1.0) -> dict[str, float]:
+        """One optimizer step on ``batch`` (losses, backward, clipping, AdamW, schedule); returns its metrics.
+        Under DDP ``batch`` is this rank's rows of the global batch and ``weight`` scales its loss so that DDP's
+        gradient average is the global batch's (see ``World.shard``)."""
+        t, state, stream = self.t, self.state, self.world.stream
         started = time.perf_counter()
-        torch.manual_seed(derived_seed(t.seed, state.step, 29))  # dropout: a function of (seed, step)
-        gen = step_generator(t.seed, state.step, self.device)
+        torch.manual_seed(derived_seed(t.seed, state.step, 29, *stream))  # dropout: a function of (seed, step)
+        gen = step_generator(t.seed, state.step, self.device, stream)
         with autocast_context(self.device, t.precision):
-            losses = self.objectives(self.model, batch, gen)
-        total = losses["loss/total"]
-        if not torch.isfinite(total):
-            raise RecipesetError(f"step {state.step}: the loss is {float(total)}; lower train.lr or check the data")
+            losses = self.loss_fn(batch, gen)
+        info = self.world.weighted_mean(losses, weight)  # the global batch's losses, the same on every rank
+        if not math.isfinite(info["loss/total"]):
+            raise RecipesetError(f"step {state.step}: the loss is {info['loss/total']}; lower train.lr or check "
+                                 "the data")
+        total = losses["loss/total"] if weight == 1.0 else losses["loss/total"] * weight
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients (fp16); a no-op without scaling
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip if t.clip > 0 else float("inf"))
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+        self.scaler.update()
         self.scheduler.step()
         state.step += 1
         state.batch_in_epoch += 1
         elapsed = max(time.perf_counter() - started, 1e-9)
-        info = {k: float(v.detach()) for k, v in losses.items()}
-        info.update({"grad_norm": float(grad_norm), "lr": lr, "recipes_per_s": len(batch) / elapsed,
-                     "tokens_per_s": float(batch.lengths.sum()) / elapsed, "epoch": float(state.epoch)})
+        real = weight > 0  # a rank without rows of this batch computed on a stand-in row
+        rows, positions = self.world.sums([len(batch) * real, float(batch.lengths.sum()) * real])
+        info.update({"grad_norm": float(grad_norm), "lr": lr, "recipes_per_s": rows / elapsed,
+                     "tokens_per_s": positions / elapsed, "epoch": float(state.epoch)})
         self.log({metric_name("train", k): v for k, v in info.items()}, state.step)
         state.history.setdefault("train/loss", []).append((state.step, info["loss/total"]))
         return info
