@@ -36,6 +36,7 @@ from recipeset.objectives.tasks import Objectives, cuisine_class_weights
 from recipeset.plots import plot_confusion, plot_embedding_map, plot_learning_curves
 from recipeset.registry import LOSSES, MODELS, OBJECTIVES
 from recipeset.runs import download_model_dir, load_model
+from recipeset.threads import resolve_threads
 from recipeset.tracking import Tracker
 from recipeset.training import STATE_FILE, Trainer, recover_checkpoint, seed_all
 
@@ -172,12 +173,14 @@ def _log_inputs(tracker: Tracker, data: PreparedData, out_dir: Path, model: Reci
 def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
                  init_from: str | None = None, track: bool = True, parent_run_id: str | None = None,
                  progress: bool = True, evaluate: bool = True, tags: dict[str, str] | None = None) -> RunResult:
-    """Train (or resume) one run, evaluate it on its own test split, and track everything in MLflow."""
+    """Train (or resume) one run, evaluate it on its own test split, and track everything in MLflow. The process
+    trains on ``train.threads`` torch threads (:func:`~recipeset.threads.resolve_threads`)."""
     started = time.perf_counter()
     cfg, out_dir = _open_run_dir(cfg, out_dir, resume)
     weights = resolve_objectives(cfg)
     cfg.objectives.weights = weights
     seed_all(cfg.train.seed, cfg.train.deterministic)
+    torch.set_num_threads(resolve_threads(cfg.train.threads))
     out_dir.mkdir(parents=True, exist_ok=True)
     init_from = _init_source(cfg, init_from, resume)
     init_vocab = load_model(init_from).vocab if init_from is not None else None

@@ -1,7 +1,11 @@
-"""Length-grouped batching (recipeset/data/batching.py, the Trainer's epoch plan) and the ``train.bucket_pool``
-and ``train.threads`` fields."""
+"""Length-grouped batching (recipeset/data/batching.py, the Trainer's epoch plan and validation batches), the
+``train.bucket_pool`` and ``train.threads`` fields, and the threads / OpenMP wait policy of runs and grids."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ from hypothesis import strategies as st
 from recipeset.config import RunConfig
 from recipeset.data.batching import bucket_batches, chunks, real_fraction, sorted_batches
 from recipeset.errors import RecipesetError
+from recipeset.threads import default_threads, resolve_threads, set_passive_wait_policy
 from recipeset.training import epoch_batches, grouped_batches
 
 # flavornet's training split: number of recipes of each set size 0..32 (mean 8.2)
@@ -105,3 +110,66 @@ def test_config_hash_tells_grouped_runs_from_the_runs_before_grouping():
     assert RunConfig().override({"train.bucket_pool": 0}).config_hash() == before.hexdigest()
     assert RunConfig().config_hash() != before.hexdigest()  # the new default trains differently: re-run
     assert RunConfig().override({"train.bucket_pool": 32}).config_hash() != RunConfig().config_hash()
+
+
+# ---- threads -----------------------------------------------------------------------------------------------
+def test_threads_default_to_the_available_cores_over_the_jobs(monkeypatch):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert default_threads(1) == cores and default_threads(cores * 2) == 1
+    assert resolve_threads(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # set by the user, or by the grid for its children
+    assert resolve_threads(None) == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert resolve_threads(None) == cores
+
+
+def test_passive_wait_policy_unless_the_user_chose_one():
+    env = {}
+    set_passive_wait_policy(env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    set_passive_wait_policy(env)
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+
+def test_cli_main_sets_the_policy_before_torch_is_imported():
+    code = ("import os, sys\nsys.argv = ['recipeset', '--version']\nfrom recipeset.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["PASSIVE", "False"]
+
+
+def test_grid_children_get_their_threads_and_the_passive_policy(tmp_path, monkeypatch):
+    from recipeset import study
+    from recipeset.experiments import PlannedRun
+
+    started = []
+
+    class Children:  # records what would be started
+        running: list = []
+
+        def __init__(self, jobs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def has_room(self):
+            return True
+
+        def start(self, name, argv, log_path, env=None):
+            started.append(env)
+
+        def wait(self):
+            return []
+
+    monkeypatch.setattr(study, "ChildProcesses", Children)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    run = PlannedRun("g/v/seed0", "v", 0, RunConfig(), "h")
+    study._run_children_in_processes([run], str(tmp_path), "parent", "sqlite:///x.db", 2, print)
+    assert started[0]["OMP_WAIT_POLICY"] == "PASSIVE" and started[0]["OMP_NUM_THREADS"] == str(default_threads(2))
