@@ -73,7 +73,7 @@ def test_pools_are_sorted_by_size_and_the_batches_shuffled():
 
 
 def test_real_positions_on_flavornet_like_sizes():
-    lengths = flavornet_like_lengths(20000)
+    lengths = flavornet_like_lengths(8000)
     plain = epoch_batches(len(lengths), 64, 0, 0)
     grouped = epoch_batches(len(lengths), 64, 0, 0, lengths, RunConfig().train.bucket_pool)
     assert real_fraction(plain, lengths) < 0.5
@@ -173,3 +173,15 @@ def test_grid_children_get_their_threads_and_the_passive_policy(tmp_path, monkey
     run = PlannedRun("g/v/seed0", "v", 0, RunConfig(), "h")
     study._run_children_in_processes([run], str(tmp_path), "parent", "sqlite:///x.db", 2, print)
     assert started[0]["OMP_WAIT_POLICY"] == "PASSIVE" and started[0]["OMP_NUM_THREADS"] == str(default_threads(2))
+
+
+def test_bench_bucketing_reports_both_kinds_of_batch():
+    from recipeset.bench import bench_bucketing
+
+    r = bench_bucketing(models=("deep-sets",), dataset="synthetic", batch_size=16, d_model=16, bucket_pool=4,
+                        steps=2, warmup=1, threads=None)
+    m = r["models"]["deep-sets"]
+    assert r["steps"] == 2 and len(r["load_avg_before"]) == 3
+    assert m["speedup"] > 0 and m["plain_recipes_per_s"] > 0 and m["grouped_recipes_per_s"] > 0
+    assert m["grouped_real_fraction"] >= m["plain_real_fraction"]
+    assert m["epoch_real_fraction_grouped"] > m["epoch_real_fraction_plain"]
