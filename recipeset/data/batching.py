@@ -9,6 +9,11 @@ padding. Two samplers fix that:
   then all batches of the epoch are shuffled. A pool of 64 batches of 64 (4096 recipes) holds every common set
   size many times over, so a batch spans one or two sizes (97% real positions on flavornet), while the
   pools keep the epoch a random mixture: which recipes share a pool, and the order of the batches, are random.
+  What changes against a plain permutation: each row is still trained on once per epoch at a uniformly random
+  step, but a batch holds sets of similar size, so a loss averaged over a batch's positions (``clm``) weighs a
+  batch of short sets as much as one of long sets (per recipe, short sets weigh a little more than before);
+  and ``k-perms`` copies of one recipe (same size) that fall into one pool often share a batch (a copy's chance
+  to meet another of its ``k - 1`` in its pool is about ``(k - 1) · pool / rows``).
 - :func:`sorted_batches` (evaluation, validation): all rows sorted by size, cut into chunks; the caller puts
   each result back at its row, so per-query results do not depend on the grouping.
 """
