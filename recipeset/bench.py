@@ -1,12 +1,14 @@
-"""Benchmarks behind ``recipeset bench``: the performance report and its pieces.
+"""Benchmarks behind ``recipeset bench``: the performance report and its pieces, each an A/B comparison or a
+measurement in one process, so that machine noise hits both sides alike.
 
 - :func:`performance_report`: for every model × set loss (:func:`study_variants`), on real flavornet batches
   when the data is there, training recipes/s, counted FLOPs per step, achieved FLOP/s (real positions only)
   against the dense-matmul FLOP/s measured in the same run, the fraction of positions that are real, the data
   pipeline's share of a step, evaluation queries/s for each scoring mode, and peak memory.
-- :func:`bench_hungarian_vs_standard`: both losses train the same K slot outputs of the same model on the same
-  batch; the two kinds of step are interleaved (A, B, A, B, ...) in one run so that machine noise hits both
-  alike, and medians are reported.
+- :func:`bench_hungarian_vs_standard`: the Hungarian set loss against the standard loss on the same K slot
+  outputs of the same model and batch, interleaved (A, B, A, B, ...), medians reported.
+- :func:`bench_bucketing`: training recipes/s on real batches cut from a plain permutation against
+  length-grouped batches (``train.bucket_pool``), same model, same batch size, same objectives.
 
 Speed targets live here, never in timed unit tests: the machines are shared, so ratios measured side by side
 in one process are what counts, reported with the load average beside them.
@@ -28,6 +30,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from recipeset.config import DEFAULT_LOSS, RunConfig, resolve_objectives
+from recipeset.data.batching import real_fraction
 from recipeset.data.collate import Batch, collate
 from recipeset.data.prepare import PreparedData, prepare_data
 from recipeset.data.sets import EncodedSets
@@ -41,7 +44,7 @@ from recipeset.objectives.matching import HungarianMatcher
 from recipeset.objectives.tasks import Objectives, split_query
 from recipeset.pipeline import build_model
 from recipeset.registry import MODELS, losses_for
-from recipeset.training import Trainer
+from recipeset.training import Trainer, epoch_batches, make_optimizer, step_generator
 
 
 def _build_model(vocab_size: int, d_model: int, n_slots: int) -> tuple[nn.Module, str]:
@@ -280,3 +283,76 @@ def performance_report(dataset: str = "flavornet", path: str | None = None, batc
                                                                   steps=steps, data=data)
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return report
+
+
+def bench_bucketing(models: tuple[str, ...] = ("decoder", "set-transformer"), dataset: str = "flavornet",
+                    path: str | None = None, batch_size: int = 64, d_model: int = 128, bucket_pool: int = 64,
+                    steps: int = 40, warmup: int = 4, threads: int | None = 1, seed: int = 0) -> dict:
+    """Training recipes/s with length-grouped batches against plain-permutation batches, per model.
+
+    For each model (its natural objectives, the run defaults otherwise, ``d_model``), one model and one AdamW
+    train on both kinds of batch in turn — plain, grouped, grouped, plain, ... — so both see the same machine
+    load: batch ``i`` of epoch 0 of :func:`~recipeset.training.epoch_batches` with ``bucket_pool = 0`` and with
+    ``bucket_pool``, padded ``[B, T]`` by :func:`~recipeset.data.collate.collate` as in training. A step is
+    forward + objectives + backward + optimizer step. ``threads`` torch threads (1 by default: robust on a shared
+    machine; None keeps the current setting).
+
+    Returns ``{"models": {name: {"plain_recipes_per_s", "grouped_recipes_per_s", "speedup" (their ratio: total
+    time of the plain steps over the grouped ones, same number of recipes), "plain_step_ms", "grouped_step_ms"
+    (medians), "plain_real_fraction", "grouped_real_fraction" (real positions over padded positions of the timed
+    batches), "epoch_real_fraction_plain", "epoch_real_fraction_grouped" (of the whole epoch)}}, "dataset",
+    "train_recipes", "mean_set_size", "batch_size", "d_model", "bucket_pool", "steps", "torch_threads",
+    "load_avg_before", "load_avg_after"}`` (1/5/15-minute load averages, as ``uptime`` prints them).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    load_before = os.getloadavg()
+    base = RunConfig().override({"data.dataset": dataset, "data.path": path, "train.batch_size": batch_size,
+                                 "model.d_model": d_model, "train.device": "cpu"}, source="bench")
+    data = prepare_data(base.data)
+    sets, lengths = data.train, data.train.lengths
+    plans = {"plain": epoch_batches(len(sets), batch_size, seed, 0),
+             "grouped": epoch_batches(len(sets), batch_size, seed, 0, lengths, bucket_pool)}
+    n = min(warmup + steps, *(len(p) - 1 for p in plans.values()))  # full batches only (the last may be partial)
+    out: dict = {"models": {}, "dataset": dataset, "train_recipes": len(sets), "mean_set_size": float(lengths.mean()),
+                 "batch_size": batch_size, "d_model": d_model, "bucket_pool": bucket_pool, "steps": n - warmup}
+    for name in models:
+        cfg = base.override({"model.name": name}, source="bench")
+        weights = resolve_objectives(cfg)
+        cfg.objectives.weights = weights
+        torch.manual_seed(seed)
+        model = build_model(cfg, data.vocab, weights, int(lengths.max()))
+        out["models"][name] = _interleaved_steps(model, Objectives(cfg, weights), sets, plans, n, warmup, seed)
+    out.update({"torch_threads": torch.get_num_threads(), "load_avg_before": [round(x, 2) for x in load_before],
+                "load_avg_after": [round(x, 2) for x in os.getloadavg()]})
+    return out
+
+
+def _interleaved_steps(model: nn.Module, objectives: Objectives, sets, plans: dict[str, list[np.ndarray]], n: int,
+                       warmup: int, seed: int) -> dict:
+    """Train ``model`` on batch ``i`` of each plan in turn (the first kind alternating) for ``i < n``; the
+    timings and real-position fractions of the steps after ``warmup`` (see :func:`bench_bucketing`)."""
+    model.train()
+    opt = make_optimizer(model, 1e-3, 0.01)
+    times: dict[str, list[float]] = {k: [] for k in plans}
+    real: dict[str, list[int]] = {k: [0, 0] for k in plans}  # real positions, padded positions
+    kinds = list(plans)
+    for i in range(n):
+        for kind in kinds if i % 2 == 0 else kinds[::-1]:
+            batch = collate(sets, plans[kind][i])
+            t0 = time.perf_counter()
+            loss = objectives(model, batch, step_generator(seed, i))["loss/total"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i >= warmup:
+                times[kind].append(time.perf_counter() - t0)
+                real[kind][0] += int(batch.mask.sum())
+                real[kind][1] += batch.mask.numel()
+    size = len(plans["plain"][0])
+    res = {f"{k}_recipes_per_s": round(size * len(times[k]) / sum(times[k]), 1) for k in kinds}
+    res.update({f"{k}_step_ms": round(1e3 * statistics.median(times[k]), 2) for k in kinds})
+    res.update({f"{k}_real_fraction": round(real[k][0] / real[k][1], 4) for k in kinds})
+    res.update({f"epoch_real_fraction_{k}": round(real_fraction(plans[k], sets.lengths), 4) for k in kinds})
+    res["speedup"] = round(sum(times["plain"]) / sum(times["grouped"]), 3)
+    return res

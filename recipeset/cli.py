@@ -13,6 +13,7 @@ import click
 
 from recipeset.errors import RecipesetError
 from recipeset.registry import DATASETS, LOSSES, MODELS, OBJECTIVES, ORDERS, Registry
+from recipeset.threads import set_passive_wait_policy
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -481,7 +482,10 @@ def bench(dataset, path, batch_size, d_model, steps, variants, as_json) -> None:
 
 def main() -> None:
     """Console entry point. SIGTERM raises RunTerminated (a KeyboardInterrupt) from here on, so ``kill`` ends a
-    tracked run KILLED and exits like Ctrl-C."""
+    tracked run KILLED and exits like Ctrl-C. OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE`` unless
+    the user set a policy; set here, before any command imports torch), so a busy machine does not collapse
+    the throughput of spin-waiting threads."""
+    set_passive_wait_policy()
     from recipeset.signals import install_sigterm_handler
 
     install_sigterm_handler()

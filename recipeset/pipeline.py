@@ -37,6 +37,7 @@ from recipeset.objectives.tasks import Objectives, cuisine_class_weights
 from recipeset.plots import plot_confusion, plot_embedding_map, plot_learning_curves
 from recipeset.registry import LOSSES, MODELS, OBJECTIVES
 from recipeset.runs import download_model_dir, load_model
+from recipeset.threads import resolve_threads
 from recipeset.tracking import Tracker
 from recipeset.training import STATE_FILE, Trainer, recover_checkpoint, seed_all
 
@@ -180,7 +181,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
 
     Under ``torchrun`` (inside :func:`recipeset.distributed.process_group`) every rank trains on its part of each
     batch; rank 0 alone writes the run directory, tracks the run and evaluates, and the other ranks return a
-    result without metrics or run id once training is done."""
+    result without metrics or run id once training is done. The process trains on ``train.threads`` torch threads
+    (:func:`~recipeset.threads.resolve_threads`)."""
     started = time.perf_counter()
     world = current_world()
     with world.main_first():  # rank 0 checks (and repairs) the directory and writes its config and split first
@@ -188,6 +190,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
         weights = resolve_objectives(cfg)
         cfg.objectives.weights = weights
         seed_all(cfg.train.seed, cfg.train.deterministic)
+        torch.set_num_threads(resolve_threads(cfg.train.threads))
         out_dir.mkdir(parents=True, exist_ok=True)
         init_from = _init_source(cfg, init_from, resume)
         init_vocab = load_model(init_from).vocab if init_from is not None else None

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from recipeset.config import RunConfig, resolve_objectives
 from recipeset.data.prepare import prepare_data
@@ -37,6 +36,7 @@ from recipeset.processes import ChildExit, ChildProcesses
 from recipeset.protocol import run_baselines_on
 from recipeset.runs import find_finished_run, metric_history, run_tags, search_runs_table
 from recipeset.signals import install_sigterm_handler
+from recipeset.threads import default_threads, set_passive_wait_policy
 from recipeset.tracking import Tracker, ensure_experiment, resolve_tracking_uri, start_parent_run
 from recipeset.training import STATE_FILE, recover_checkpoint
 
@@ -82,12 +82,11 @@ def child_dir(run: PlannedRun, out_root: str | os.PathLike) -> Path:
     return Path(out_root) / run.config.tracking.experiment / run.variant / f"seed{run.seed}"
 
 
-def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str, threads: int | None) -> ChildOutcome:
-    """One grid child (in its own process — ``recipeset experiment child`` — which gets ``threads`` torch
-    threads, or inline with ``--jobs 1``, which keeps the calling process's setting)."""
+def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str) -> ChildOutcome:
+    """One grid child (in its own process — ``recipeset experiment child`` — or inline with ``--jobs 1``). Its
+    torch threads are ``train.threads``, by default the OMP_NUM_THREADS the grid gives its child processes (the
+    available cores ÷ jobs), or all available cores inline (``run_training`` sets them)."""
     install_sigterm_handler()  # SIGTERM raises RunTerminated here too: a stopped grid ends the child run KILLED
-    if threads is not None:
-        torch.set_num_threads(threads)
     out_dir = child_dir(run, out_root)
     recover_checkpoint(out_dir / "checkpoint")
     resume = (out_dir / "checkpoint" / STATE_FILE).exists()
@@ -134,7 +133,7 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
     run later into the same parent).
 
     ``jobs`` > 1 runs each child as its own OS process (``recipeset experiment child``, supervised by
-    :class:`ChildProcesses`), at most ``jobs`` at a time, each with ``cpu_count // jobs`` torch threads and its
+    :class:`ChildProcesses`), at most ``jobs`` at a time, each with the available cores ÷ ``jobs`` torch threads and its
     output in ``grid-child.log`` in its run directory. ``jobs`` = 1 trains the children one after another in
     this process (the whole machine's threads, output on the terminal, debuggers and profilers work).
     Children start seed-major in both modes."""
@@ -206,7 +205,7 @@ def _run_children_inline(todo: list[PlannedRun], out_root: str, parent_id: str, 
     for run in todo:
         echo(f"run {run.name}")
         try:
-            outcomes.append(_run_child(run, out_root, parent_id, uri, None))
+            outcomes.append(_run_child(run, out_root, parent_id, uri))
         except Exception as e:  # noqa: BLE001 - record it, finish the others
             outcomes.append(_failed(run, e, echo))
             continue
@@ -258,7 +257,7 @@ def run_child_spec(spec_path: str | os.PathLike, echo=print) -> ChildOutcome:
     try:
         run = PlannedRun(**spec["run"], config=RunConfig.from_dict(spec["config"], source=str(spec_path)))
         echo(f"grid child {run.name}: pid {os.getpid()}, {spec['threads']} torch threads")
-        outcome = _run_child(run, spec["out_root"], spec["parent_run_id"], spec["uri"], spec["threads"])
+        outcome = _run_child(run, spec["out_root"], spec["parent_run_id"], spec["uri"])
     except Exception as e:
         atomic_write_text(result_path, json.dumps({"status": "failed", "error": error_line(e)}) + "\n")
         raise
@@ -290,8 +289,9 @@ def _run_children_in_processes(todo: list[PlannedRun], out_root: str, parent_id:
                                echo) -> list[ChildOutcome]:
     """Run ``todo`` in order, each child as ``python -m recipeset.cli experiment child SPEC``, at most ``jobs`` at
     a time. An exception (Ctrl-C, SIGTERM) stops the running children; the queued ones never start."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = default_threads(jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    set_passive_wait_policy(env)  # spin-waiting threads of N children on shared cores collapse throughput
     # The children run the same recipeset as this process: one imported from a source checkout (not found by a
     # child started in another directory) puts the checkout first (never site-packages: it would shadow stdlib).
     root = Path(__file__).resolve().parent.parent

@@ -4,7 +4,8 @@ Determinism and resume: every source of randomness in a step is derived from ``(
 ``(seed, epoch)`` — the epoch's batch order, the shuffle of ingredient orders, the corruption of the batch and
 dropout (the global torch RNG is re-seeded at the start of every step). A checkpoint therefore only needs the
 weights, the optimizer/scheduler state and the step counter, and a resumed run replays exactly the batches an
-uninterrupted run would have seen.
+uninterrupted run would have seen. The length-grouped batches (``train.bucket_pool``) are built from the same
+``(seed, epoch)`` streams, so they replay too.
 
 Under ``torchrun`` (:mod:`recipeset.distributed`) every rank plans the same global batches and trains on its
 rows of each; the in-step draws also depend on the rank. Rank 0 alone validates, logs and checkpoints.
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from recipeset.config import RunConfig
+from recipeset.data.batching import bucket_batches, chunks, sorted_batches
 from recipeset.data.collate import Batch, SetCollator, SetDataset, collate
 from recipeset.data.ordering import expand_k_perms, reorder
 from recipeset.data.sets import EncodedSets
@@ -149,12 +151,24 @@ def curriculum_pool(lengths: np.ndarray, epoch: int, epochs: int, start: float =
     return np.sort(order[: max(1, int(round(c * len(order))))])
 
 
-def epoch_batches(n_or_pool: int | np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The batches of one epoch: a permutation fixed by ``(seed, epoch)``, cut into ``batch_size`` chunks."""
+def epoch_batches(n_or_pool: int | np.ndarray, batch_size: int, seed: int, epoch: int,
+                  lengths: np.ndarray | None = None, bucket_pool: int = 0) -> list[np.ndarray]:
+    """The batches of one epoch: a permutation fixed by ``(seed, epoch)`` of ``n_or_pool`` (a count or the rows
+    to train on), cut into ``batch_size`` chunks — grouped by set size (``lengths``, int64 ``[N]``) inside pools
+    of ``bucket_pool`` batches when ``bucket_pool > 0`` (:func:`~recipeset.data.batching.bucket_batches`)."""
     pool = np.arange(n_or_pool) if np.isscalar(n_or_pool) else np.asarray(n_or_pool)
     rng = np.random.default_rng(derived_seed(seed, epoch, 3))
-    perm = pool[rng.permutation(len(pool))]
-    return [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+    return grouped_batches(pool[rng.permutation(len(pool))], batch_size, seed, epoch, lengths, bucket_pool)
+
+
+def grouped_batches(order: np.ndarray, batch_size: int, seed: int, epoch: int, lengths: np.ndarray | None,
+                    bucket_pool: int) -> list[np.ndarray]:
+    """An epoch's random ``order`` (int64 ``[M]``) as batches: plain chunks when ``bucket_pool`` is 0 (or no
+    ``lengths``), else length-grouped in pools of ``bucket_pool`` batches, the batches shuffled with a seed of
+    ``(seed, epoch)`` — so a resumed run rebuilds the same batches and skips the ones it has trained on."""
+    if not bucket_pool or lengths is None:
+        return chunks(order, batch_size)
+    return bucket_batches(order, lengths, batch_size, bucket_pool, derived_seed(seed, epoch, 7))
 
 
 @dataclass
@@ -302,15 +316,22 @@ class Trainer:
         return self._fixed_order
 
     def epoch_plan(self, epoch: int, sets: EncodedSets) -> list[np.ndarray]:
-        seed, n = self.t.seed, len(sets)
+        """The batches (row indices into ``sets``) of ``epoch``, a function of ``(seed, epoch)``.
+
+        Weighted mixing draws ``len(sets)`` rows with replacement; a curriculum permutes its pool of small sets;
+        otherwise every row (each k-perms copy is a row) once. With ``train.bucket_pool`` (the default) the
+        batches are then grouped by set size inside pools of that many batches
+        (:func:`~recipeset.data.batching.bucket_batches`): the same rows as without, in batches of similar sizes.
+        """
+        t, n = self.t, len(sets)
         if self.train_weights is not None and not self.order.copies:
-            rng = np.random.default_rng(derived_seed(seed, epoch, 5))
-            pool = rng.choice(n, size=n, replace=True, p=self.train_weights)
-            return [pool[i:i + self.t.batch_size] for i in range(0, n, self.t.batch_size)]
+            rng = np.random.default_rng(derived_seed(t.seed, epoch, 5))
+            drawn = rng.choice(n, size=n, replace=True, p=self.train_weights)
+            return grouped_batches(drawn, t.batch_size, t.seed, epoch, sets.lengths, t.bucket_pool)
         pool: int | np.ndarray = n
-        if self.t.curriculum:
+        if t.curriculum:
             pool = curriculum_pool(sets.lengths, epoch, max(1, self.total_steps // self.steps_per_epoch))
-        return epoch_batches(pool, self.t.batch_size, seed, epoch)
+        return epoch_batches(pool, t.batch_size, t.seed, epoch, sets.lengths, t.bucket_pool)
 
     def _loader(self, sets: EncodedSets, batches: list[np.ndarray]):
         if self.t.num_workers > 0:
@@ -346,7 +367,9 @@ class Trainer:
     # ---- validation --------------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean validation losses with a fixed corruption seed (comparable across evaluations)."""
+        """Mean validation losses with a fixed corruption seed (comparable across evaluations): batches of 256,
+        grouped by set size when ``train.bucket_pool`` is on (fixed batches, so every evaluation of a run sees the
+        same ones; a batch's loss weighs by its number of recipes, as in split-order batches)."""
         self.model.eval()
         gen = step_generator(self.t.seed, -1, self.device)
         sums: dict[str, float] = {}
@@ -354,8 +377,9 @@ class Trainer:
         # per-epoch and k-copy orders are validated in one fixed random order per recipe
         fixed = "random-fixed" if self.order.per_epoch or self.order.copies else self.order.name
         val = reorder(self.val, fixed, self.vocab, seed=12345)
-        for start in range(0, len(val), 256):
-            batch = collate(val, np.arange(start, min(start + 256, len(val)))).to(self.device)
+        # grouped by set size like the training batches (bucket_pool 0: in split order, as before it existed)
+        for idx in sorted_batches(val.lengths, 256, by_length=bool(self.t.bucket_pool)):
+            batch = collate(val, idx).to(self.device)
             with autocast_context(self.device, self.t.precision):
                 losses = self.objectives(self.model, batch, gen)
             for k, v in losses.items():
@@ -459,7 +483,7 @@ class Trainer:
 
 __all__ = [
     "RunConfig", "seed_all", "derived_seed", "step_generator", "make_optimizer", "lr_multiplier",
-    "Progress", "curriculum_pool", "epoch_batches", "TrainState", "save_checkpoint", "load_trainer_state",
-    "recover_checkpoint",
+    "Progress", "curriculum_pool", "epoch_batches", "grouped_batches", "TrainState", "save_checkpoint",
+    "load_trainer_state", "recover_checkpoint",
     "Trainer",
 ]

@@ -6,13 +6,15 @@ session and every test gets a copy in its own temporary working directory.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-torch.set_num_threads(1)  # the machine is shared: one thread per test process
+torch.set_num_threads(1)  # the machine is shared: one thread per test process,
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # also in run_training (train.threads' default) and CLI subprocesses
 
 
 @pytest.fixture(scope="session")

@@ -72,7 +72,7 @@ def test_grid_workers_install_it_first():
             raise Stop
 
     with pytest.raises(Stop):
-        study._run_child(PlannedRun(), "runs", "parent", "sqlite:///x.db", None)
+        study._run_child(PlannedRun(), "runs", "parent", "sqlite:///x.db")
 
 
 def test_a_sigterm_swallowed_by_a_finalizer_is_raised_at_the_next_safe_point():

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from recipeset.config import RunConfig, resolve_objectives
+from recipeset.data.batching import real_fraction
 from recipeset.data.prepare import prepare_data
 from recipeset.errors import RecipesetError
 from recipeset.objectives.tasks import Objectives
@@ -223,6 +224,17 @@ def test_trainer_curriculum_feeds_small_recipes_first(tmp_path, data):
     assert sets.lengths[first].mean() < sets.lengths[last].mean()
 
 
+def test_trainer_plans_group_every_path_by_length(tmp_path):
+    for over in ({}, {"train.curriculum": True}, {"data.order": "k-perms", "data.k_perms": 2}):
+        trainer = make_trainer(tmp_path / str(len(over)), **over, **{"train.bucket_pool": 2})
+        sets = trainer.epoch_sets(0)
+        grouped = trainer.epoch_plan(0, sets)
+        trainer.t.bucket_pool = 0
+        plain = trainer.epoch_plan(0, sets)
+        assert np.array_equal(np.sort(np.concatenate(grouped)), np.sort(np.concatenate(plain)))
+        assert real_fraction(grouped, sets.lengths) > real_fraction(plain, sets.lengths)
+
+
 def test_epoch_batches_are_a_seeded_permutation():
     a = epoch_batches(100, 32, seed=1, epoch=0)
     assert [len(b) for b in a] == [32, 32, 32, 4]
@@ -261,6 +273,9 @@ def test_mixing_samples_datasets_in_proportion_to_their_weights(tmp_path):
     trainer = make_trainer(tmp_path / "run", data=data, **{"data.mix": mix, "data.n_recipes": None})
     drawn = np.concatenate([np.concatenate(trainer.epoch_plan(e, data.train)) for e in range(20)])
     assert from_beta[drawn].mean() == pytest.approx(0.75, abs=0.03)
+    grouped = np.concatenate(trainer.epoch_plan(0, data.train))  # length grouping keeps each epoch's draws
+    trainer.t.bucket_pool = 0
+    assert np.array_equal(np.sort(grouped), np.sort(np.concatenate(trainer.epoch_plan(0, data.train))))
 
 
 def test_kill_during_the_checkpoint_swap_is_recovered(tmp_path, data, monkeypatch):
