@@ -1,21 +1,35 @@
-"""Training-step benchmark: the Hungarian set loss against the standard loss on the same model and batch.
+"""Benchmarks whose figures are ratios taken side by side in one process (the machine is shared).
 
-Both losses train the same K slot outputs of the same model on the same batch; the two kinds of step are
-interleaved (A, B, A, B, ...) in one run so that machine noise hits both alike, and medians are reported.
+* :func:`bench_hungarian_vs_standard`: a training step with the Hungarian set loss against the standard loss on
+  the same model and batch; the two kinds of step are interleaved (A, B, A, B, ...) so that machine noise hits
+  both alike, and medians are reported.
+* :func:`bench_joint_scoring`: decoder ``joint`` scoring from the KV-cached prefix against the reference
+  (one full forward pass per candidate sequence, :mod:`recipeset.models.decoder_reference`) on the same
+  queries, interleaved, with the largest score difference.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
+from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
+from recipeset.config import DataConfig
+from recipeset.data.prepare import prepare_data
 from recipeset.data.vocab import NULL, NUM_SPECIALS, Vocabulary
+from recipeset.errors import RecipesetError
+from recipeset.evaluation import leave_one_out_queries
+from recipeset.models.decoder import CausalDecoder, DecoderConfig
+from recipeset.models.decoder_reference import joint_scores_reference
 from recipeset.models.set_transformer import SetTransformer, SetTransformerConfig
 from recipeset.objectives.losses import IGNORE, hungarian_loss, standard_loss
 from recipeset.objectives.matching import HungarianMatcher
+from recipeset.protocol import eval_subset
 
 
 def _build_model(vocab_size: int, d_model: int, n_slots: int) -> tuple[nn.Module, str]:
@@ -105,4 +119,85 @@ def bench_hungarian_vs_standard(batch_size: int = 64, n_slots: int = 32, vocab_s
         "d_model": d_model,
         "steps": steps,
         "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _joint_queries(dataset: str, path: str | None, n_queries: int, seed: int):
+    """(vocabulary, leave-one-out queries of ``n_queries`` seeded test recipes, the data's name): the dataset's
+    test split, or the synthetic benchmark when the dataset's files are missing."""
+    try:
+        data = prepare_data(DataConfig(dataset=dataset, path=path))
+    except (RecipesetError, OSError) as err:
+        if dataset == "synthetic":
+            raise
+        data, dataset = prepare_data(DataConfig(dataset="synthetic")), f"synthetic ({dataset} unavailable: {err})"
+    queries, _, _ = leave_one_out_queries(eval_subset(data.test_eval, n_queries, seed), seed)
+    return data.vocab, queries, dataset
+
+
+def bench_joint_scoring(dataset: str = "flavornet", path: str | None = None, n_queries: int = 300,
+                        order: str = "frequency", joint_orders: int = 4, d_model: int = 128, n_layers: int = 3,
+                        n_heads: int = 4, batch_size: int = 512, repeats: int = 1, seed: int = 0,
+                        threads: int | None = 1, model: CausalDecoder | None = None) -> dict:
+    """Decoder ``joint`` scoring, cached (``completion_scores_ids(mode="joint")``) against the reference (today's
+    whole-sequence passes), on the same leave-one-out queries of ``n_queries`` seeded test recipes, batched as
+    the evaluation batches them (``batch_size``), interleaved (``repeats`` rounds, which one goes first
+    alternating) in this process on ``threads`` torch threads.
+
+    The model is ``model`` or a freshly initialised decoder (``order``, ``d_model``, ...: the time does not depend
+    on the weights). Returns a dict: ``reference_s`` and ``cached_s`` (median seconds for all queries),
+    ``speedup`` (their ratio), ``max_abs_diff`` (largest |cached - reference| over finite scores),
+    ``queries``, ``mean_query_len``, ``dataset``, ``order``, ``joint_orders``, ``d_model``, ``n_layers``,
+    ``vocab_size``, ``torch_threads``, ``load_avg_1min`` (the machine's load when the bench ended).
+    """
+    vocab, queries, data_name = _joint_queries(dataset, path, n_queries, seed)
+    if model is None:
+        torch.manual_seed(seed)
+        model = CausalDecoder(DecoderConfig(d_model=d_model, n_layers=n_layers, n_heads=n_heads, train_order=order,
+                                            joint_orders=joint_orders), vocab)
+    batches = []
+    for start in range(0, len(queries), batch_size):
+        tokens, mask = queries.padded(np.arange(start, min(start + batch_size, len(queries))))
+        batches.append((torch.from_numpy(tokens), torch.from_numpy(mask)))
+
+    def run(fn: Callable) -> tuple[float, list[torch.Tensor]]:
+        t0 = time.perf_counter()
+        out = [fn(tokens, mask) for tokens, mask in batches]
+        return time.perf_counter() - t0, out
+
+    impls = {"reference": lambda t, m: joint_scores_reference(model, t, m),
+             "cached": lambda t, m: model.completion_scores_ids(t, m, mode="joint")}
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        times: dict[str, list[float]] = {"reference": [], "cached": []}
+        scores: dict[str, list[torch.Tensor]] = {}
+        for r in range(repeats):
+            for name in (("reference", "cached") if r % 2 == 0 else ("cached", "reference")):
+                seconds, scores[name] = run(impls[name])
+                times[name].append(seconds)
+        used_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+    ref, new = torch.cat(scores["reference"]), torch.cat(scores["cached"])
+    finite = torch.isfinite(ref)
+    if not torch.equal(finite, torch.isfinite(new)):
+        raise RecipesetError("cached joint scores are -inf where the reference is not (or the reverse)")
+    ref_s, new_s = statistics.median(times["reference"]), statistics.median(times["cached"])
+    return {
+        "reference_s": round(ref_s, 3),
+        "cached_s": round(new_s, 3),
+        "speedup": round(ref_s / new_s, 2),
+        "max_abs_diff": float((ref[finite] - new[finite]).abs().max()) if bool(finite.any()) else 0.0,
+        "queries": len(queries),
+        "mean_query_len": round(float(queries.lengths.mean()), 2) if len(queries) else 0.0,
+        "dataset": data_name,
+        "order": model.config.train_order,
+        "joint_orders": model.joint_order_count,
+        "d_model": model.config.d_model,
+        "n_layers": model.config.n_layers,
+        "vocab_size": model.config.vocab_size,
+        "torch_threads": used_threads,
+        "load_avg_1min": round(os.getloadavg()[0], 2),
     }
