@@ -147,6 +147,7 @@ def bench_joint_scoring(dataset: str = "flavornet", path: str | None = None, n_q
     The model is ``model`` or a freshly initialised decoder (``order``, ``d_model``, ...: the time does not depend
     on the weights). Returns a dict: ``reference_s`` and ``cached_s`` (median seconds for all queries),
     ``speedup`` (their ratio), ``max_abs_diff`` (largest |cached - reference| over finite scores),
+    ``max_rel_diff`` (the same relative to max(1, |reference|)),
     ``queries``, ``mean_query_len``, ``dataset``, ``order``, ``joint_orders``, ``d_model``, ``n_layers``,
     ``vocab_size``, ``torch_threads``, ``load_avg_1min`` (the machine's load when the bench ended).
     """
@@ -184,12 +185,14 @@ def bench_joint_scoring(dataset: str = "flavornet", path: str | None = None, n_q
     finite = torch.isfinite(ref)
     if not torch.equal(finite, torch.isfinite(new)):
         raise RecipesetError("cached joint scores are -inf where the reference is not (or the reverse)")
+    diff = (ref[finite] - new[finite]).abs()
     ref_s, new_s = statistics.median(times["reference"]), statistics.median(times["cached"])
     return {
         "reference_s": round(ref_s, 3),
         "cached_s": round(new_s, 3),
         "speedup": round(ref_s / new_s, 2),
-        "max_abs_diff": float((ref[finite] - new[finite]).abs().max()) if bool(finite.any()) else 0.0,
+        "max_abs_diff": float(diff.max()) if len(diff) else 0.0,
+        "max_rel_diff": float((diff / ref[finite].abs().clamp(min=1.0)).max()) if len(diff) else 0.0,
         "queries": len(queries),
         "mean_query_len": round(float(queries.lengths.mean()), 2) if len(queries) else 0.0,
         "dataset": data_name,
