@@ -8,6 +8,12 @@ distribution (a set never repeats), and so is every special except [EOS].
 Right padding plus the causal mask means a padded position never reaches a real one, so attention needs no
 padding mask and keeps the fused ``is_causal`` kernel.
 
+Inference runs incrementally from a :class:`KVCache` (per-layer keys/values of what was already fed):
+generation feeds the query once, then one token per step; ``joint`` scoring runs ``[BOS] + q`` once and scores
+every candidate's continuation from the cached prefix before it (:meth:`CausalDecoder._insertion_scores`).
+Training and the uncached forward keep the fused ``is_causal`` kernel. ``models.decoder_reference`` keeps the
+old whole-sequence joint scoring and generation as the reference the cached ones are tested against.
+
 ``train_order = "given"`` (data whose order means something, e.g. the synthetic generator's ordered mode): a
 query is fed as it came, and ``joint`` scoring does not know where the missing ingredient belonged, so it
 marginalises over every insertion slot (see :meth:`CausalDecoder._joint_scores_given`).
