@@ -144,14 +144,17 @@ def bench_joint_scoring(dataset: str = "flavornet", path: str | None = None, n_q
     the evaluation batches them (``batch_size``), interleaved (``repeats`` rounds, which one goes first
     alternating) in this process on ``threads`` torch threads.
 
-    The model is ``model`` or a freshly initialised decoder (``order``, ``d_model``, ...: the time does not depend
-    on the weights). Returns a dict: ``reference_s`` and ``cached_s`` (median seconds for all queries),
-    ``speedup`` (their ratio), ``max_abs_diff`` (largest |cached - reference| over finite scores),
-    ``max_rel_diff`` (the same relative to max(1, |reference|)),
-    ``queries``, ``mean_query_len``, ``dataset``, ``order``, ``joint_orders``, ``d_model``, ``n_layers``,
-    ``vocab_size``, ``torch_threads``, ``load_avg_1min`` (the machine's load when the bench ended).
+    The model is ``model`` (trained on ``dataset``: its vocabulary encodes the queries) or a freshly initialised
+    decoder (``order``, ``d_model``, ...: the time does not depend on the weights). Returns a dict:
+    ``reference_s`` and ``cached_s`` (median seconds for all queries), ``speedup`` (their ratio),
+    ``max_abs_diff`` (largest |cached - reference| over finite scores), ``max_rel_diff`` (the same relative to
+    max(1, |reference|)), ``queries``, ``mean_query_len``, ``dataset``, ``order``, ``joint_orders``,
+    ``d_model``, ``n_layers``, ``vocab_size``, ``torch_threads``, ``load_avg_1min`` (the machine's load when the
+    bench ended).
     """
     vocab, queries, data_name = _joint_queries(dataset, path, n_queries, seed)
+    if model is not None and model.vocab.ingredients != vocab.ingredients:
+        raise RecipesetError(f"bench_joint_scoring: the model's vocabulary is not the one of {data_name!r}")
     if model is None:
         torch.manual_seed(seed)
         model = CausalDecoder(DecoderConfig(d_model=d_model, n_layers=n_layers, n_heads=n_heads, train_order=order,

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recipeset.bench import bench_joint_scoring
 from recipeset.data.vocab import BOS, EOS, NUM_SPECIALS, Vocabulary
 from recipeset.models import CausalDecoder, DecoderConfig, DeepSets, DeepSetsConfig
 from recipeset.models.base import append_at_end, pad_ids, safe_log_softmax, sample_from_logits
@@ -221,3 +222,9 @@ def test_joint_reference_is_the_plain_sequence_likelihood():
     target = torch.tensor([*seq, EOS])
     expected = logp[torch.arange(len(target)), target].sum()
     torch.testing.assert_close(joint_scores_reference(model, *pad_ids([q]))[0, y], expected, **ATOL)
+
+
+def test_bench_joint_scoring_runs_both_side_by_side():
+    out = bench_joint_scoring(dataset="synthetic", n_queries=6, d_model=16, n_layers=1, n_heads=2, repeats=2)
+    assert out["queries"] > 0 and out["reference_s"] > 0 and out["cached_s"] > 0 and out["torch_threads"] == 1
+    assert out["max_abs_diff"] < 1e-4 and out["dataset"] == "synthetic" and out["joint_orders"] == 1
