@@ -48,7 +48,7 @@ from recipeset.models.base import (
 )
 from recipeset.registry import ORDERS, register_model
 
-SUFFIX_CHUNK = 1 << 20  # logits (and copied keys/values) per cached suffix pass of joint scoring
+WORK_CHUNK = 1 << 20  # logits (and copied keys/values, candidate indices) per pass of the cached joint scoring
 
 
 class CausalSelfAttention(nn.Module):
@@ -452,7 +452,8 @@ class CausalDecoder(RecipeModel):
         ``ordered [B, T]``, real ids first) and every ingredient y not in q (-inf elsewhere).
 
         ``slots(seq [G, n], cand [G, C]) -> [G, S, C]`` gives the S slots each candidate is inserted at. Queries
-        are grouped by length n, each group in chunks of at most ``budget // ((n+1)·V)`` queries: one cached
+        are grouped by length n, each group in chunks of at most ``min(budget, WORK_CHUNK) // ((n+1)·V)`` queries
+        (so that no (query, slot, candidate) index outgrows the logits budget): one cached
         pass over ``[BOS] + q`` scores every prefix, then the suffixes ``[y] + q[i:]`` of all candidates
         inserted at slot i run from that prefix's cache (:meth:`_suffix_log_probs`).
         """
@@ -462,7 +463,7 @@ class CausalDecoder(RecipeModel):
         out = torch.full((B, V), float("-inf"), device=ordered.device)
         for n in lengths.unique().tolist():
             group = torch.nonzero(lengths == n).squeeze(1)
-            per_pass = max(1, budget // ((n + 1) * V))
+            per_pass = max(1, min(budget, WORK_CHUNK) // ((n + 1) * V))
             for rows in group.split(per_pass):
                 out[rows] = self._insertion_group(ordered[rows, :n], None if cuisine is None else cuisine[rows],
                                                   slots, budget)
@@ -499,7 +500,7 @@ class CausalDecoder(RecipeModel):
                           budget: int) -> torch.Tensor:
         """``[N]`` log p(seq[r, slot:] + [EOS] | [BOS] + seq[r, :slot] + [y]) for ``rows [N]``, candidates
         ``y [N]``: the suffix ``[y] + seq[r, slot:]`` (L = n - slot + 1 positions) runs from ``cache`` (the pass
-        over ``[BOS] + seq``) cut after the prefix, in chunks of at most ``min(budget, SUFFIX_CHUNK)`` logits and
+        over ``[BOS] + seq``) cut after the prefix, in chunks of at most ``min(budget, WORK_CHUNK)`` logits and
         keys/values (small passes reuse the allocator's memory: 16M-logit passes were measured 1.3x slower, most
         of it spent on fresh pages for the copied keys/values)."""
         V = self.config.vocab_size
@@ -507,7 +508,7 @@ class CausalDecoder(RecipeModel):
         past_cols = cache.prefix + slot + 1
         per_row = L * V + 2 * len(self.blocks) * (past_cols + L) * self.config.d_model  # logits + keys/values
         out = []
-        for chunk in torch.arange(len(rows), device=seq.device).split(max(1, min(budget, SUFFIX_CHUNK) // per_row)):
+        for chunk in torch.arange(len(rows), device=seq.device).split(max(1, min(budget, WORK_CHUNK) // per_row)):
             r = rows[chunk]
             suffix = torch.cat([y[chunk, None], seq[r, slot:]], 1)  # [N, L]
             target = torch.cat([seq[r, slot:], suffix.new_full((len(r), 1), EOS)], 1)
