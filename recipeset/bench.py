@@ -9,6 +9,9 @@ measurement in one process, so that machine noise hits both sides alike.
   outputs of the same model and batch, interleaved (A, B, A, B, ...), medians reported.
 - :func:`bench_bucketing`: training recipes/s on real batches cut from a plain permutation against
   length-grouped batches (``train.bucket_pool``), same model, same batch size, same objectives.
+- :func:`bench_joint_scoring`: decoder ``joint`` scoring from the KV-cached prefix against the reference
+  (one full forward pass per candidate sequence, :mod:`recipeset.models.decoder_reference`) on the same
+  queries, interleaved, with the largest score difference.
 
 Speed targets live here, never in timed unit tests: the machines are shared, so ratios measured side by side
 in one process are what counts, reported with the load average beside them.
@@ -29,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from recipeset.config import DEFAULT_LOSS, RunConfig, resolve_objectives
+from recipeset.config import DEFAULT_LOSS, DataConfig, RunConfig, resolve_objectives
 from recipeset.data.batching import real_fraction
 from recipeset.data.collate import Batch, collate
 from recipeset.data.prepare import PreparedData, prepare_data
@@ -38,11 +41,14 @@ from recipeset.data.vocab import NULL, NUM_SPECIALS, Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.evaluation import leave_one_out_queries
 from recipeset.models.base import RecipeModel
+from recipeset.models.decoder import CausalDecoder, DecoderConfig
+from recipeset.models.decoder_reference import joint_scores_reference
 from recipeset.models.set_transformer import SetTransformer, SetTransformerConfig
 from recipeset.objectives.losses import IGNORE, hungarian_loss, standard_loss
 from recipeset.objectives.matching import HungarianMatcher
 from recipeset.objectives.tasks import Objectives, split_query
 from recipeset.pipeline import build_model
+from recipeset.protocol import eval_subset
 from recipeset.registry import MODELS, losses_for
 from recipeset.training import Trainer, epoch_batches, make_optimizer, step_generator
 
@@ -356,3 +362,90 @@ def _interleaved_steps(model: nn.Module, objectives: Objectives, sets, plans: di
     res.update({f"epoch_real_fraction_{k}": round(real_fraction(plans[k], sets.lengths), 4) for k in kinds})
     res["speedup"] = round(sum(times["plain"]) / sum(times["grouped"]), 3)
     return res
+
+
+def _joint_queries(dataset: str, path: str | None, n_queries: int, seed: int):
+    """(vocabulary, leave-one-out queries of ``n_queries`` seeded test recipes, the data's name): the dataset's
+    test split, or the synthetic benchmark when the dataset's files are missing."""
+    try:
+        data = prepare_data(DataConfig(dataset=dataset, path=path))
+    except (RecipesetError, OSError) as err:
+        if dataset == "synthetic":
+            raise
+        data, dataset = prepare_data(DataConfig(dataset="synthetic")), f"synthetic ({dataset} unavailable: {err})"
+    queries, _, _ = leave_one_out_queries(eval_subset(data.test_eval, n_queries, seed), seed)
+    return data.vocab, queries, dataset
+
+
+def bench_joint_scoring(dataset: str = "flavornet", path: str | None = None, n_queries: int = 300,
+                        order: str = "frequency", joint_orders: int = 4, d_model: int = 128, n_layers: int = 3,
+                        n_heads: int = 4, batch_size: int = 512, repeats: int = 1, seed: int = 0,
+                        threads: int | None = 1, model: CausalDecoder | None = None) -> dict:
+    """Decoder ``joint`` scoring, cached (``completion_scores_ids(mode="joint")``) against the reference (today's
+    whole-sequence passes), on the same leave-one-out queries of ``n_queries`` seeded test recipes, batched as
+    the evaluation batches them (``batch_size``), interleaved (``repeats`` rounds, which one goes first
+    alternating) in this process on ``threads`` torch threads.
+
+    The model is ``model`` (trained on ``dataset``: its vocabulary encodes the queries) or a freshly initialised
+    decoder (``order``, ``d_model``, ...: the time does not depend on the weights). Returns a dict:
+    ``reference_s`` and ``cached_s`` (median seconds for all queries), ``speedup`` (their ratio),
+    ``max_abs_diff`` (largest |cached - reference| over finite scores), ``max_rel_diff`` (the same relative to
+    max(1, |reference|)), ``queries``, ``mean_query_len``, ``dataset``, ``order``, ``joint_orders``,
+    ``d_model``, ``n_layers``, ``vocab_size``, ``torch_threads``, ``load_avg_1min`` (the machine's load when the
+    bench ended).
+    """
+    vocab, queries, data_name = _joint_queries(dataset, path, n_queries, seed)
+    if model is not None and model.vocab.ingredients != vocab.ingredients:
+        raise RecipesetError(f"bench_joint_scoring: the model's vocabulary is not the one of {data_name!r}")
+    if model is None:
+        torch.manual_seed(seed)
+        model = CausalDecoder(DecoderConfig(d_model=d_model, n_layers=n_layers, n_heads=n_heads, train_order=order,
+                                            joint_orders=joint_orders), vocab)
+    batches = []
+    for start in range(0, len(queries), batch_size):
+        tokens, mask = queries.padded(np.arange(start, min(start + batch_size, len(queries))))
+        batches.append((torch.from_numpy(tokens), torch.from_numpy(mask)))
+
+    def run(fn: Callable) -> tuple[float, list[torch.Tensor]]:
+        t0 = time.perf_counter()
+        out = [fn(tokens, mask) for tokens, mask in batches]
+        return time.perf_counter() - t0, out
+
+    impls = {"reference": lambda t, m: joint_scores_reference(model, t, m),
+             "cached": lambda t, m: model.completion_scores_ids(t, m, mode="joint")}
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        times: dict[str, list[float]] = {"reference": [], "cached": []}
+        scores: dict[str, list[torch.Tensor]] = {}
+        for r in range(repeats):
+            for name in (("reference", "cached") if r % 2 == 0 else ("cached", "reference")):
+                seconds, scores[name] = run(impls[name])
+                times[name].append(seconds)
+        used_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+    ref, new = torch.cat(scores["reference"]), torch.cat(scores["cached"])
+    finite = torch.isfinite(ref)
+    if not torch.equal(finite, torch.isfinite(new)):
+        raise RecipesetError("cached joint scores are -inf where the reference is not (or the reverse)")
+    diff = (ref[finite] - new[finite]).abs()
+    ref_s, new_s = statistics.median(times["reference"]), statistics.median(times["cached"])
+    return {
+        "reference_s": round(ref_s, 3),
+        "cached_s": round(new_s, 3),
+        "speedup": round(ref_s / new_s, 2),
+        "max_abs_diff": float(diff.max()) if len(diff) else 0.0,
+        "max_rel_diff": float((diff / ref[finite].abs().clamp(min=1.0)).max()) if len(diff) else 0.0,
+        "queries": len(queries),
+        "mean_query_len": round(float(queries.lengths.mean()), 2) if len(queries) else 0.0,
+        "dataset": data_name,
+        "order": model.config.train_order,
+        "joint_orders": model.joint_order_count,
+        "d_model": model.config.d_model,
+        "n_layers": model.config.n_layers,
+        "vocab_size": model.config.vocab_size,
+        "torch_threads": used_threads,
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+    }

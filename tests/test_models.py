@@ -26,7 +26,7 @@ torch.set_num_threads(1)
 N_ING = 20
 VOCAB = Vocabulary([f"ing{i:02d}" for i in range(N_ING)][::-1], ["french", "italian", "thai"])
 V = len(VOCAB)
-ATOL = dict(atol=1e-5, rtol=1e-5)
+ATOL = dict(atol=5e-5, rtol=1e-5)  # float32: a permuted set sums in another order (1.2e-5 seen on a logit)
 
 
 def _build(cls, seed=0, features=None, **kw):

@@ -8,6 +8,12 @@ distribution (a set never repeats), and so is every special except [EOS].
 Right padding plus the causal mask means a padded position never reaches a real one, so attention needs no
 padding mask and keeps the fused ``is_causal`` kernel.
 
+Inference runs incrementally from a :class:`KVCache` (per-layer keys/values of what was already fed):
+generation feeds the query once, then one token per step; ``joint`` scoring runs ``[BOS] + q`` once and scores
+every candidate's continuation from the cached prefix before it (:meth:`CausalDecoder._insertion_scores`).
+Training and the uncached forward keep the fused ``is_causal`` kernel. ``models.decoder_reference`` keeps the
+old whole-sequence joint scoring and generation as the reference the cached ones are tested against.
+
 ``train_order = "given"`` (data whose order means something, e.g. the synthetic generator's ordered mode): a
 query is fed as it came, and ``joint`` scoring does not know where the missing ingredient belonged, so it
 marginalises over every insertion slot (see :meth:`CausalDecoder._joint_scores_given`).
@@ -16,7 +22,7 @@ marginalises over every insertion slot (see :meth:`CausalDecoder._joint_scores_g
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +48,8 @@ from recipeset.models.base import (
 )
 from recipeset.registry import ORDERS, register_model
 
+WORK_CHUNK = 1 << 20  # logits (and copied keys/values, candidate indices) per pass of the cached joint scoring
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
@@ -52,13 +60,25 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(d_model, d_model)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None,
+                attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """
+        x:         ``[B, T, D]`` the new positions
+        past:      keys and values ``[B, H, P, D/H]`` of P earlier positions, or None (x is the whole sequence)
+        attn_mask: with ``past``: bool ``[B or 1, 1, T, P+T]`` (True = attend), or None = attend to everything
+                   (right for one new position after an unpadded past); ignored without ``past`` (causal)
+        returns    ``y [B, T, D]`` and the keys and values ``[B, H, P+T, D/H]`` of every position so far
+        """
         B, T, D = x.shape
         q, k, v = self.c_attn(x).split(D, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, D)))
+        dropout_p = self.dropout if self.training else 0.0
+        if past is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        else:
+            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, D))), (k, v)
 
 
 class Block(nn.Module):
@@ -69,9 +89,13 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(d_model)
         self.mlp = MLP(d_model, dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None,
+                attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``x [B, T, D]`` → ``[B, T, D]`` and this layer's keys/values ``[B, H, P+T, D/H]`` (see
+        :meth:`CausalSelfAttention.forward` for ``past`` and ``attn_mask``)."""
+        a, present = self.attn(self.ln_1(x), past, attn_mask)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), present
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the decoder shared attention.MLP name its layers c_fc / c_proj
@@ -79,6 +103,77 @@ class Block(nn.Module):
             for key in [k for k in state_dict if k.startswith(prefix + old)]:
                 state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+@dataclass
+class KVCache:
+    """What a decoder has already run, so that a call can feed only new positions (nanoGPT / HF-style).
+
+    Pass an empty ``KVCache()`` to :meth:`CausalDecoder.forward` to run a (right-padded) batch whole and fill
+    it; pass it again to run only the next positions of every row: they attend to the row's real past
+    positions and causally among themselves, their positions (``config.positions``) continue each row's own
+    count, and every id already seen is -inf in their next-step distribution. Each call extends the cache
+    in place; :meth:`select` takes rows and a prefix of it into a new cache.
+
+    keys, values: per layer ``[B, H, P, D/H]`` (P positions, the cuisine prefix first when conditioned)
+    valid:        ``[B, P]`` False on the right padding of the first call (never attended to afterwards)
+    tokens:       ``[B, P - prefix]`` the ids fed so far ([PAD] on padding): the ids already seen
+    lengths:      ``[B]`` real token positions of each row (the position index of its next token)
+    prefix:       1 when a cuisine vector precedes the tokens, else 0
+    """
+
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    valid: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
+    prefix: int = 0
+    padded: bool = False  # some past position is padding (then even one new position needs a mask)
+
+    @property
+    def empty(self) -> bool:
+        return not self.keys
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Layer ``i``'s past keys and values, or None for an empty cache."""
+        return None if self.empty else (self.keys[i], self.values[i])
+
+    def attention_mask(self, T: int) -> torch.Tensor | None:
+        """Bool ``[B or 1, 1, T, P+T]`` for T new positions: every valid past position, then causal; None when
+        that is "everything" (one new position, no padding in the past)."""
+        if T == 1 and not self.padded:
+            return None
+        P = self.valid.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=self.valid.device).tril()
+        if not self.padded:
+            return torch.cat([causal.new_ones(T, P), causal], 1)[None, None]
+        B = self.valid.shape[0]
+        return torch.cat([self.valid[:, None, None, :].expand(B, 1, T, P), causal.expand(B, 1, T, T)], -1)
+
+    def extend(self, presents: list[tuple[torch.Tensor, torch.Tensor]], tokens: torch.Tensor,
+               mask: torch.Tensor | None, prefix: int) -> None:
+        """Record a call's keys/values ``presents`` (every position so far) and its ``tokens [B, T]`` (``mask``
+        True on real ones; None = all real; only the first call of a cache may be padded)."""
+        B, T = tokens.shape
+        m = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask
+        if self.empty:
+            self.valid = torch.cat([m.new_ones(B, prefix), m], 1)
+            self.tokens, self.lengths, self.prefix = tokens, m.sum(1), prefix
+            self.padded = not bool(m.all())
+        else:
+            self.valid = torch.cat([self.valid, m], 1)
+            self.tokens, self.lengths = torch.cat([self.tokens, tokens], 1), self.lengths + T
+        self.keys = [k for k, _ in presents]
+        self.values = [v for _, v in presents]
+
+    def select(self, rows: torch.Tensor, upto: int) -> KVCache:
+        """A new cache of rows ``rows [N]`` (repeats allowed) cut after their first ``upto`` token positions
+        (rows must have no padding among those positions)."""
+        cut = self.prefix + upto
+        return KVCache(keys=[k[rows, :, :cut] for k in self.keys], values=[v[rows, :, :cut] for v in self.values],
+                       valid=self.valid[rows, :cut], tokens=self.tokens[rows, :upto],
+                       lengths=torch.full_like(rows, upto), prefix=self.prefix,
+                       padded=not bool(self.valid[rows, :cut].all()))
 
 
 @dataclass
@@ -209,41 +304,33 @@ class CausalDecoder(RecipeModel):
 
     # ---- forward --------------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, cuisine: torch.Tensor | None = None,
-                segments: torch.Tensor | None = None) -> ModelOutput:
+                segments: torch.Tensor | None = None, cache: KVCache | None = None) -> ModelOutput:
         """
-        tokens:   ``[B, T]`` ``[BOS] + ingredients``, right-padded with [PAD]
-        mask:     ``[B, T]`` True on real tokens (only used for pooling; None = all real)
-        cuisine:  ``[B]`` cuisine ids (-1 unknown); used only when ``config.cuisine_condition``
+        tokens:   ``[B, T]`` ``[BOS] + ingredients``, right-padded with [PAD]; with a non-empty ``cache``: the
+                  next T tokens of every row (all real), fed after what the cache holds
+        mask:     ``[B, T]`` True on real tokens (pooling, and the cache's valid positions; None = all real)
+        cuisine:  ``[B]`` cuisine ids (-1 unknown); used only when ``config.cuisine_condition`` (and not with a
+                  non-empty cache, whose first call already fed the cuisine prefix)
         segments: ``[B, T]`` 0/1 segment ids (coherence pairs); needs ``coherence_head``
-        returns   ModelOutput with ``logits [B, T, V]`` (position t predicts token t+1), ``hidden [B, T, D]``,
-                  ``pooled [B, D]`` (mean of hidden over ``mask``) and the configured heads
+        cache:    a :class:`KVCache` to fill (empty) or continue (non-empty), extended in place; None = no cache
+        returns   ModelOutput with ``logits [B, T, V]`` (position t predicts token t+1; every id fed so far is
+                  -inf), ``hidden [B, T, D]``, ``pooled [B, D]`` (mean of hidden over ``mask``) and the
+                  configured heads — all over the T positions of this call
         """
-        c = self.config
-        B, T = tokens.shape
-        x = self.embed(tokens)
-        if self.wpe is not None:
-            if T > c.max_len:
-                raise RecipesetError(f"decoder input of length {T} exceeds model.max_len={c.max_len}")
-            x = x + self.wpe(torch.arange(T, device=tokens.device))
-        if segments is not None:
-            if self.segment is None:
-                raise RecipesetError("segments given but the model has no coherence_head (segment embeddings)")
-            x = x + self.segment(segments)
-        prefix = 0
-        if self.cuisine_prefix is not None:
-            cond = self.cuisine_prefix(self._cuisine_index(cuisine, B, tokens.device))  # [B, D]
-            x = torch.cat([cond[:, None, :], x], dim=1)
-            prefix = 1
+        past = cache if cache is not None and not cache.empty else None
+        x, prefix = self._embed(tokens, cuisine, segments, past)
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x)
+        attn_mask = None if past is None else past.attention_mask(tokens.shape[1])
+        presents = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, None if past is None else past.layer(i), attn_mask)
+            presents.append(kv)
         h = self.ln_f(x)[:, prefix:]  # drop the prefix so outputs stay aligned with tokens
 
         logits = self._head_logits(h, self.lm_head, self.embed.tied_weight) + self.logit_bias
-        # an id at any position s <= t is not a candidate at t: scatter -inf through a [B, T, T] index
-        upto = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
-        seen = torch.where(upto, tokens[:, None, :], torch.full_like(tokens[:, None, :], PAD))
-        logits = logits.scatter(-1, seen, float("-inf"))
+        logits = self._mask_seen(logits, tokens, None if past is None else past.tokens)
+        if cache is not None:
+            cache.extend(presents, tokens, mask, prefix if past is None else cache.prefix)
 
         m = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask
         w = m.to(h.dtype)[..., None]
@@ -253,6 +340,40 @@ class CausalDecoder(RecipeModel):
             cuisine_logits=None if self.cuisine_head is None else self.cuisine_head(pooled),
             coherence_logits=None if self.coherence_head is None else self.coherence_head(pooled).squeeze(-1),
         )
+
+    def _embed(self, tokens: torch.Tensor, cuisine: torch.Tensor | None, segments: torch.Tensor | None,
+               past: KVCache | None) -> tuple[torch.Tensor, int]:
+        """Input vectors ``[B, prefix + T, D]`` of ``tokens [B, T]`` and the prefix length (1 when the cuisine
+        vector is prepended: conditioned and no ``past``). Positions continue each row's count in ``past``."""
+        c = self.config
+        B, T = tokens.shape
+        x = self.embed(tokens)
+        if self.wpe is not None:
+            pos = torch.arange(T, device=tokens.device)
+            if past is not None:
+                pos = past.lengths[:, None] + pos  # [B, T]
+            if T > 0 and int(pos.max()) >= c.max_len:
+                raise RecipesetError(f"decoder input of length {int(pos.max()) + 1} exceeds model.max_len={c.max_len}")
+            x = x + self.wpe(pos)
+        if segments is not None:
+            if self.segment is None:
+                raise RecipesetError("segments given but the model has no coherence_head (segment embeddings)")
+            x = x + self.segment(segments)
+        if self.cuisine_prefix is None or past is not None:
+            return x, 0
+        cond = self.cuisine_prefix(self._cuisine_index(cuisine, B, tokens.device))  # [B, D]
+        return torch.cat([cond[:, None, :], x], dim=1), 1
+
+    @staticmethod
+    def _mask_seen(logits: torch.Tensor, tokens: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
+        """-inf at position t of ``logits [B, T, V]`` on every id fed at or before t: ``past [B, P]`` (ids fed
+        by earlier calls, or None) and ``tokens[:, :t+1]``; scattered through a ``[B, T, P+T]`` index."""
+        T = tokens.shape[1]
+        upto = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
+        seen = torch.where(upto, tokens[:, None, :], torch.full_like(tokens[:, None, :], PAD))
+        if past is not None:
+            seen = torch.cat([past[:, None, :].expand(-1, T, -1), seen], -1)
+        return logits.scatter(-1, seen, float("-inf"))
 
     # ---- scorer protocol ------------------------------------------------------------------------------
     @inference
@@ -273,14 +394,23 @@ class CausalDecoder(RecipeModel):
             n_orders = self.config.next_orders if self.random_order else 1
             scores = torch.stack([self._next_scores(tokens, mask, cuisine, k) for k in range(n_orders)])
         elif mode == "joint" and self.given_order:
-            n_orders = 1
             scores = self._joint_scores_given(tokens, mask, cuisine)[None]
         elif mode == "joint":
-            n_orders = self.config.joint_orders if self.random_order else 1
-            scores = torch.stack([self._joint_scores(tokens, mask, cuisine, k) for k in range(n_orders)])
+            scores = torch.stack([self._joint_scores(tokens, mask, cuisine, k) for k in range(self.joint_order_count)])
         else:
             raise RecipesetError(f"mode must be 'next' or 'joint', got {mode!r}")
-        scores = torch.logsumexp(scores, 0) - math.log(n_orders)
+        return self.combine_orders(scores, tokens, mask)
+
+    @property
+    def joint_order_count(self) -> int:
+        """How many orders ``joint`` scoring averages over (``joint_orders`` for a random order, else 1)."""
+        return self.config.joint_orders if self.random_order else 1
+
+    @staticmethod
+    def combine_orders(scores: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[K, B, V]`` per-order log-probabilities → ``[B, V]`` log-mean-exp over the K orders, -inf on
+        specials and on the query's ids ``tokens/mask [B, T]``."""
+        scores = torch.logsumexp(scores, 0) - math.log(scores.shape[0])
         scores[:, :NUM_SPECIALS] = float("-inf")
         return mask_ids(scores, tokens, mask)
 
@@ -291,70 +421,108 @@ class CausalDecoder(RecipeModel):
         return F.log_softmax(last.float(), dim=-1)
 
     def _joint_scores(self, tokens, mask, cuisine, k: int, budget: int = 1 << 24) -> torch.Tensor:
-        """``[B, V]`` log p(q ∪ {y}) in order ``k``; candidate sequences run in chunks of ~``budget`` logits."""
-        B, T = tokens.shape
-        V = self.config.vocab_size
-        n_cand = V - NUM_SPECIALS
-        total = B * n_cand
-        chunk = max(1, budget // ((T + 2) * V))
-        out = torch.full((B, V), float("-inf"), device=tokens.device)
-        flat = out.view(-1)
-        for start in range(0, total, chunk):
-            n = torch.arange(start, min(start + chunk, total), device=tokens.device)
-            b, y = n // n_cand, n % n_cand + NUM_SPECIALS
-            cand = torch.cat([tokens[b], y[:, None]], 1)  # y after the padding: sorting moves it into place
-            cmask = torch.cat([mask[b], mask.new_ones(len(n), 1)], 1)
-            seq = self._ordered(cand, cmask, k)
-            flat[b * V + y] = self._sequence_log_probs(seq, cmask, None if cuisine is None else cuisine[b])
-        return out
+        """``[B, V]`` log p(q ∪ {y}) in order ``k`` (-inf on specials and the query's ids).
+
+        In a total order sort(q ∪ {y}) is q sorted with y inserted at slot i = #{x ∈ q : x before y}, so each
+        candidate is one insertion (:meth:`_insertion_scores`); ~``budget`` logits at most per pass.
+        """
+        ranks = self.order_ranks[k]
+
+        def slots(seq: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+            return (ranks[seq][:, :, None] < ranks[cand][:, None, :]).sum(1, keepdim=True)  # [G, 1, C]
+
+        return self._insertion_scores(self._ordered(tokens, mask, k), mask, cuisine, slots, budget)
 
     def _joint_scores_given(self, tokens, mask, cuisine, budget: int = 1 << 24) -> torch.Tensor:
         """``[B, V]`` log Σ_i (1/(n+1)) p(q[:i] + [y] + q[i:] + [EOS]) for queries in the given order.
 
         A leave-one-out query hides where y was, so every insertion slot i = 0..n (n = |q|) is a hypothesis with
-        a uniform prior. The (query, slot, candidate) sequences run in chunks of ~``budget`` logits; only slots
-        inside each query are built (a short query in a padded batch costs no extra passes).
+        a uniform prior: every (slot, candidate) is one insertion (:meth:`_insertion_scores`), the slots then
+        log-mean-exp'd. ~``budget`` logits at most per pass.
         """
-        B, T = tokens.shape
+        def slots(seq: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+            n = seq.shape[1]
+            return torch.arange(n + 1, device=seq.device)[None, :, None].expand(seq.shape[0], n + 1, cand.shape[1])
+
+        return self._insertion_scores(tokens, mask, cuisine, slots, budget)
+
+    def _insertion_scores(self, ordered: torch.Tensor, mask: torch.Tensor, cuisine: torch.Tensor | None,
+                          slots, budget: int) -> torch.Tensor:
+        """``[B, V]`` log-mean-exp over slots i of log p(q[:i] + [y] + q[i:] + [EOS]) for every query q (a row of
+        ``ordered [B, T]``, real ids first) and every ingredient y not in q (-inf elsewhere).
+
+        ``slots(seq [G, n], cand [G, C]) -> [G, S, C]`` gives the S slots each candidate is inserted at. Queries
+        are grouped by length n, each group in chunks of at most ``min(budget, WORK_CHUNK) // ((n+1)·V)`` queries
+        (so that no (query, slot, candidate) index outgrows the logits budget): one cached
+        pass over ``[BOS] + q`` scores every prefix, then the suffixes ``[y] + q[i:]`` of all candidates
+        inserted at slot i run from that prefix's cache (:meth:`_suffix_log_probs`).
+        """
+        B = ordered.shape[0]
         V = self.config.vocab_size
-        n_cand = V - NUM_SPECIALS
-        dev = tokens.device
-        lengths = mask.sum(1)  # [B]
-        slot = torch.arange(T + 1, device=dev)
-        qb, qi = torch.nonzero(slot[None, :] <= lengths[:, None], as_tuple=True)  # (query, slot) pairs [P]
-        total = len(qb) * n_cand
-        chunk = max(1, budget // ((T + 2) * V))
-        per_slot = torch.empty(total, device=dev)
-        pos = torch.arange(T + 1, device=dev)[None, :]
-        pad_col = tokens.new_full((B, 1), PAD)
-        before, after = torch.cat([tokens, pad_col], 1), torch.cat([pad_col, tokens], 1)  # [B, T+1]: j, j-1
-        for start in range(0, total, chunk):
-            n = torch.arange(start, min(start + chunk, total), device=dev)
-            p, y = n // n_cand, n % n_cand + NUM_SPECIALS
-            b, i = qb[p], qi[p]
-            seq = torch.where(pos < i[:, None], before[b], torch.where(pos == i[:, None], y[:, None], after[b]))
-            cmask = pos <= lengths[b][:, None]  # n + 1 ingredients
-            per_slot[n] = self._sequence_log_probs(seq, cmask, None if cuisine is None else cuisine[b])
-        # log-sum-exp over each query's slots: scatter into [B, T+1, n_cand] with -inf on slots past the query
-        grid = torch.full((B, T + 1, n_cand), float("-inf"), device=dev)
-        grid[qb, qi] = per_slot.view(-1, n_cand)
-        out = torch.full((B, V), float("-inf"), device=dev)
-        out[:, NUM_SPECIALS:] = torch.logsumexp(grid, 1) - torch.log1p(lengths.float())[:, None]
+        lengths = mask.sum(1)
+        out = torch.full((B, V), float("-inf"), device=ordered.device)
+        for n in lengths.unique().tolist():
+            group = torch.nonzero(lengths == n).squeeze(1)
+            per_pass = max(1, min(budget, WORK_CHUNK) // ((n + 1) * V))
+            for rows in group.split(per_pass):
+                out[rows] = self._insertion_group(ordered[rows, :n], None if cuisine is None else cuisine[rows],
+                                                  slots, budget)
         return out
 
-    def _sequence_log_probs(self, seq: torch.Tensor, cmask: torch.Tensor,
-                            cuisine: torch.Tensor | None) -> torch.Tensor:
-        """``[N]`` log p(seq + [EOS]) of right-padded ingredient sequences ``seq [N, L]`` (``cmask`` True on real)."""
-        N, L = seq.shape
-        inp, m = self.with_bos(seq, cmask)  # [N, L+1]
-        lengths = cmask.sum(1)  # ingredients per sequence; [EOS] is predicted at position `lengths`
-        target = torch.cat([seq, seq.new_full((N, 1), PAD)], 1)
-        target = target.scatter(1, lengths[:, None], EOS)
-        valid = torch.arange(L + 1, device=seq.device)[None, :] <= lengths[:, None]
-        logits = self(inp, m, cuisine).logits.float()
-        # log p(target) = logit[target] - logsumexp(logits): no second [N, T, V] tensor
-        logp = logits.gather(-1, target[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
-        return torch.where(valid, logp, torch.zeros_like(logp)).sum(1)
+    def _insertion_group(self, seq: torch.Tensor, cuisine: torch.Tensor | None, slots, budget: int) -> torch.Tensor:
+        """:meth:`_insertion_scores` of ``G`` queries ``seq [G, n]`` of one length (no padding) → ``[G, V]``."""
+        G, n = seq.shape
+        V = self.config.vocab_size
+        cache = KVCache()
+        logits = self(*self.with_bos(seq, torch.ones_like(seq, dtype=torch.bool)), cuisine, cache=cache).logits
+        logp = logits.float() - torch.logsumexp(logits.float(), -1, keepdim=True)  # [G, n+1, V]
+        # log p(q[:i]) for every prefix i = 0..n, and log p(y | q[:i]) of every candidate
+        prefix_ll = F.pad(logp[:, :n].gather(-1, seq[..., None]).squeeze(-1).cumsum(1), (1, 0))  # [G, n+1]
+        allowed = torch.ones(G, V, dtype=torch.bool, device=seq.device)
+        allowed[:, :NUM_SPECIALS] = False
+        allowed.scatter_(1, seq, False)
+        cand = torch.arange(NUM_SPECIALS, V, device=seq.device)
+        where = slots(seq, cand.expand(G, -1))  # [G, S, C]
+        g, s, c = (t.reshape(-1) for t in torch.meshgrid(*(torch.arange(d, device=seq.device)
+                                                           for d in where.shape), indexing="ij"))
+        i, y = where.reshape(-1), cand[c]
+        keep = allowed[g, y]  # a query's own ids stay -inf
+        g, s, i, y = g[keep], s[keep], i[keep], y[keep]
+        ll = prefix_ll[g, i] + logp[g, i, y]
+        for slot in i.unique().tolist():
+            at = torch.nonzero(i == slot).squeeze(1)
+            ll[at] += self._suffix_log_probs(cache, seq, g[at], slot, y[at], budget)
+        grid = torch.full((G, where.shape[1], V), float("-inf"), device=seq.device)
+        grid[g, s, y] = ll
+        return torch.logsumexp(grid, 1) - math.log(where.shape[1])
+
+    def _suffix_log_probs(self, cache: KVCache, seq: torch.Tensor, rows: torch.Tensor, slot: int, y: torch.Tensor,
+                          budget: int) -> torch.Tensor:
+        """``[N]`` log p(seq[r, slot:] + [EOS] | [BOS] + seq[r, :slot] + [y]) for ``rows [N]``, candidates
+        ``y [N]``: the suffix ``[y] + seq[r, slot:]`` (L = n - slot + 1 positions) runs from ``cache`` (the pass
+        over ``[BOS] + seq``) cut after the prefix, in chunks of at most ``min(budget, WORK_CHUNK)`` logits and
+        keys/values (small passes reuse the allocator's memory: 16M-logit passes were measured 1.3x slower, most
+        of it spent on fresh pages for the copied keys/values)."""
+        V = self.config.vocab_size
+        L = seq.shape[1] - slot + 1
+        past_cols = cache.prefix + slot + 1
+        per_row = L * V + 2 * len(self.blocks) * (past_cols + L) * self.config.d_model  # logits + keys/values
+        out = []
+        for chunk in torch.arange(len(rows), device=seq.device).split(max(1, min(budget, WORK_CHUNK) // per_row)):
+            r = rows[chunk]
+            suffix = torch.cat([y[chunk, None], seq[r, slot:]], 1)  # [N, L]
+            target = torch.cat([seq[r, slot:], suffix.new_full((len(r), 1), EOS)], 1)
+            logits = self(suffix, cache=cache.select(r, slot + 1)).logits.float()
+            logp = logits.gather(-1, target[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
+            out.append(logp.sum(1))
+        return torch.cat(out)
+
+    def generation_budget(self, max_new: int, fed: int) -> int:
+        """How many ingredients generation may add after ``fed`` input positions: ``max_new`` capped by
+        ``max_len`` (with positions) and by the number of ingredients."""
+        if self.config.positions:
+            max_new = min(max_new, self.config.max_len - fed)
+        return max(0, min(max_new, self.config.vocab_size - NUM_SPECIALS))
 
     @inference
     def complete_ids(self, tokens: torch.Tensor, mask: torch.Tensor, max_new: int = 20,
@@ -364,29 +532,26 @@ class CausalDecoder(RecipeModel):
 
         The query is fed in the training order (``given``: as given; the rest is appended after it).
         Greedy (deterministic) when ``temperature == 0``; never repeats, never emits a special or a query id
-        (they are -inf in every step's distribution).
+        (they are -inf in every step's distribution). The padded queries ``[BOS] + q`` run once into a
+        :class:`KVCache`; each step then feeds one token per row (a finished row's is ignored).
         """
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         B = tokens.shape[0]
         cuisine = self._check_cuisine(cuisine, B)
         inp, m = self.with_bos(self._ordered(tokens, mask, 0), mask)
-        if self.config.positions:
-            max_new = min(max_new, self.config.max_len - inp.shape[1])
-        max_new = max(0, min(max_new, self.config.vocab_size - NUM_SPECIALS))
-        buf = torch.cat([inp, inp.new_full((B, max_new), PAD)], 1)
-        lengths = m.sum(1)
-        rows = torch.arange(B, device=buf.device)
-        done = torch.zeros(B, dtype=torch.bool, device=buf.device)
-        generated = torch.full((B, max_new), PAD, dtype=torch.long, device=buf.device)
+        max_new = self.generation_budget(max_new, inp.shape[1])
+        if max_new == 0:
+            return [[] for _ in range(B)]
+        rows = torch.arange(B, device=inp.device)
+        cache = KVCache()
+        last = self(inp, m, cuisine, cache=cache).logits[rows, m.sum(1) - 1]  # [B, V]
+        done = torch.zeros(B, dtype=torch.bool, device=inp.device)
+        generated = torch.full((B, max_new), PAD, dtype=torch.long, device=inp.device)
         for step in range(max_new):
-            width = int(lengths.max())
-            logits = self(buf[:, :width], None, cuisine).logits
-            nxt = sample_from_logits(logits[rows, lengths - 1].float(), temperature, top_k, generator)
+            nxt = sample_from_logits(last.float(), temperature, top_k, generator)
             done = done | (nxt == EOS)
-            go = ~done
-            buf[rows[go], lengths[go]] = nxt[go]
-            generated[go, step] = nxt[go]
-            lengths = lengths + go.long()
-            if bool(done.all()):
+            generated[~done, step] = nxt[~done]
+            if bool(done.all()) or step == max_new - 1:
                 break
+            last = self(nxt[:, None], cache=cache).logits[:, 0]
         return [[i for i in row if i >= NUM_SPECIALS] for row in generated.tolist()]

@@ -22,7 +22,6 @@ from recipeset.models.base import (
     InputEmbedding,
     ModelOutput,
     RecipeModel,
-    append_at_end,
     inference,
     init_weights,
     mask_ids,
@@ -120,14 +119,19 @@ class DeepSets(RecipeModel):
             raise RecipesetError("deep-sets has no segment embeddings (no coherence objective)")
         h = self.phi(self.embed(tokens))
         s = (h * mask.to(h.dtype)[..., None]).sum(1)  # sum-pool: padding contributes nothing
-        if self.cuisine_embed is not None:
-            s = s + self.cuisine_embed(self._cuisine_index(cuisine, tokens.shape[0], tokens.device))
-        pooled = self.ln_f(self.rho(s))
-        set_logits = self._head_logits(pooled, self.lm_head, self.embed.tied_weight) + self.logit_bias
+        pooled, set_logits = self._readout(s, cuisine)
         return ModelOutput(
             hidden=h, pooled=pooled, set_logits=mask_ids(set_logits, tokens, mask),
             cuisine_logits=None if self.cuisine_head is None else self.cuisine_head(pooled),
         )
+
+    def _readout(self, s: torch.Tensor, cuisine: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sum ``s [B, D]`` of φ over a set → ``pooled [B, D]`` (ρ, with the cuisine vector when conditioned)
+        and ``set_logits [B, V]`` (specials -inf; the set's own ids not yet)."""
+        if self.cuisine_embed is not None:
+            s = s + self.cuisine_embed(self._cuisine_index(cuisine, s.shape[0], s.device))
+        pooled = self.ln_f(self.rho(s))
+        return pooled, self._head_logits(pooled, self.lm_head, self.embed.tied_weight) + self.logit_bias
 
     @inference
     def completion_scores_ids(self, tokens: torch.Tensor, mask: torch.Tensor, mode: str = "next",
@@ -150,7 +154,10 @@ class DeepSets(RecipeModel):
         (greedy: that best one; sampling: a draw from the same distribution). No repeats/specials/query ids.
         With ``multilabel``: in one pass, every candidate with σ(logit) ≥ ``stop_threshold``, most probable
         first, at most ``max_new`` (sampling: each candidate is drawn independently with σ(logit/temperature),
-        among the ``top_k`` most probable when given)."""
+        among the ``top_k`` most probable when given).
+
+        One at a time, the query is encoded once: the pooled sum Σ φ(x) ``[B, D]`` grows by φ of each chosen
+        ingredient, and a ``[B, V]`` -inf table of the ids in the set grows with it (nothing is re-encoded)."""
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         B = tokens.shape[0]
         cuisine = self._check_cuisine(cuisine, B)
@@ -158,16 +165,20 @@ class DeepSets(RecipeModel):
             return self._complete_multilabel(tokens, mask, max_new, cuisine, temperature, top_k, generator)
         generated: list[list[int]] = [[] for _ in range(B)]
         active = torch.ones(B, dtype=torch.bool, device=tokens.device)
+        s = (self.phi(self.embed(tokens)) * mask[..., None]).sum(1)  # [B, D]
+        in_set = mask_ids(torch.zeros(B, self.config.vocab_size, device=tokens.device), tokens, mask)  # 0 / -inf
         for _ in range(max_new):
-            logp = safe_log_softmax(self(tokens, mask, cuisine).set_logits.float())
+            logp = safe_log_softmax((self._readout(s, cuisine)[1] + in_set).float())
             best = logp.amax(1)
             active = active & (best.exp() >= self.config.stop_threshold) & torch.isfinite(best)
             if not bool(active.any()):
                 break
             choice = sample_from_logits(logp, temperature, top_k, generator)
-            for b in torch.nonzero(active).squeeze(1).tolist():
+            rows = torch.nonzero(active).squeeze(1)
+            for b in rows.tolist():
                 generated[b].append(int(choice[b]))
-            tokens, mask = append_at_end(tokens, mask, choice, active)
+            s[rows] += self.phi(self.embed(choice[rows]))
+            in_set[rows, choice[rows]] = float("-inf")
         return generated
 
     def _complete_multilabel(self, tokens: torch.Tensor, mask: torch.Tensor, max_new: int,

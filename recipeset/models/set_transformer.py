@@ -227,6 +227,10 @@ class SetTransformer(RecipeModel):
         learned stop: MLM training gives a [MASK] the target [NULL] when nothing is missing), when the best
         ingredient's probability is below ``config.stop_threshold``, or after ``max_new``.
         Sampling (``temperature > 0``) draws from the same distributions, [NULL] included.
+
+        Without slots each step re-encodes the whole set: attention is global, so an added element changes every
+        element's encoding and nothing of the previous step's pass is reusable exactly (unlike a causal decoder's
+        keys/values or Deep Sets' pooled sum).
         """
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         B = tokens.shape[0]
