@@ -126,7 +126,9 @@ class EvalConfig:
     joint: bool = True                # decoders: also report `joint` scoring
     max_queries: int | None = spec(None, ge=1)  # cap on evaluation queries (None: all)
     joint_max_queries: int = spec(500, ge=1)  # decoders' `joint` scoring costs a forward pass per candidate
-    val_max_queries: int | None = spec(2000, ge=1)  # the validation evaluation (model selection) on this many
+    val_max_queries: int | None = spec(2000, ge=1)  # after training, the stop-threshold tuning and the
+    #                                 validation evaluation (model selection) use a seeded subset of this many
+    #                                 validation recipes (default 2000; None: the whole split)
 
 
 @dataclass

@@ -148,6 +148,11 @@ class TrainState:
     best_step: int = -1
     bad_evals: int = 0
     run_id: str | None = None
+    # the time in training (batch order, loading and the optimisation steps; not validation, checkpoints or
+    # the progress line) and the recipes it trained on, over the whole run: a resumed run continues the
+    # checkpoint's (the steps it replays are counted once, when they are trained again)
+    train_s: float = 0.0
+    train_recipes: int = 0
     history: dict[str, list] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -354,12 +359,15 @@ class Trainer:
         stop = False
         try:
             while self.state.step < self.total_steps and not stop:
+                mark = time.perf_counter()  # TrainState.train_s counts from here to the end of each step
                 epoch = self.state.epoch
                 sets = self.epoch_sets(epoch)
                 batches = self.epoch_plan(epoch, sets)
                 for batch in self._loader(sets, batches[self.state.batch_in_epoch:]):
                     raise_if_terminated()  # a SIGTERM whose exception a finalizer swallowed stops here
                     info = self._step(batch.to(self.device, non_blocking=True))
+                    self.state.train_s += time.perf_counter() - mark
+                    self.state.train_recipes += len(batch)
                     progress.update(self.state.step, {"loss": info["loss/total"], "lr": info["lr"],
                                                       "rec/s": info["recipes_per_s"]})
                     if self.state.step % eval_every == 0 or self.state.step == self.total_steps:
@@ -368,6 +376,7 @@ class Trainer:
                         self.save()
                     if stop or self.state.step >= self.total_steps:
                         break
+                    mark = time.perf_counter()
                 else:
                     self.state.epoch += 1
                     self.state.batch_in_epoch = 0
