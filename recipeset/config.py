@@ -108,6 +108,9 @@ class TrainConfig:
     seed: int = 0                     # initialisation and data order (not the split)
     deterministic: bool = False       # torch deterministic kernels
     eval_every: int | None = spec(None, ge=1)  # validation every N steps (None: every epoch)
+    val_max_recipes: int | None = spec(20000, ge=1)  # the validation loss (early stopping, the best model) on a
+    #                                 seeded subset of this many validation recipes (None: all; flavornet's
+    #                                 whole split fits, a 1M-recipe dataset's 100k do not)
     checkpoint_every: int = spec(200, ge=1)  # atomic checkpoint every N steps
     early_stopping_patience: int | None = spec(None, ge=1)  # evaluations without improvement before stopping
     early_stopping_metric: str = "val/loss"

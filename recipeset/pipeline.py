@@ -206,7 +206,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
     with tracker if tracker is not None else contextlib.nullcontext():
         if tracker is not None and not resume:
             _log_inputs(tracker, data, out_dir, model)
-        trainer = Trainer(cfg, model, objectives, data.train, data.val, out_dir,
+        val_loss_sets = protocol.eval_subset(data.val, cfg.train.val_max_recipes, cfg.eval.seed)
+        trainer = Trainer(cfg, model, objectives, data.train, val_loss_sets, out_dir,
                           log=tracker.log_metrics if tracker is not None else None, progress=progress,
                           train_weights=data.train_weights, extra_files=extra)
         state = trainer.fit(resume=resume)

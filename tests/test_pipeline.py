@@ -19,7 +19,7 @@ from recipeset.data.prepare import prepare_data
 from recipeset.errors import RecipesetError
 from recipeset.pipeline import load_init_weights, run_data, run_training
 from recipeset.protocol import STOP_THRESHOLDS, evaluate_model
-from recipeset.training import load_trainer_state
+from recipeset.training import Trainer, load_trainer_state
 
 TINY = {"data.n_recipes": 400, "model.d_model": 16, "model.n_layers": 1, "train.batch_size": 32,
         "train.warmup_steps": 2, "train.device": "cpu", "eval.max_queries": 30, "eval.joint_max_queries": 10,
@@ -239,11 +239,21 @@ def test_tuning_validation_and_the_confusion_plot_use_the_capped_subsets(tmp_pat
     monkeypatch.setattr(protocol, "tune_stop_rule", recording("tune", protocol.tune_stop_rule))
     monkeypatch.setattr(recipeset.pipeline, "evaluate_cuisine",
                         recording("confusion", recipeset.pipeline.evaluate_cuisine))
+
+    class RecordingTrainer(Trainer):
+        def validate(self):
+            seen["val_loss"] = self.val
+            return super().validate()
+
+    monkeypatch.setattr(recipeset.pipeline, "Trainer", RecordingTrainer)
     cfg = tiny(**{"model.name": "deep-sets", "objectives.weights": {"mlm": 1.0, "cls": 0.5}, "train.max_steps": 2,
-                  "eval.val_max_queries": 12, "eval.max_queries": 25, "eval.tasks": ["set", "cuisine"]})
+                  "eval.val_max_queries": 12, "eval.max_queries": 25, "eval.tasks": ["set", "cuisine"],
+                  "train.val_max_recipes": 15})
     result = run_training(cfg, out_dir=tmp_path / "run", track=False, progress=False)
     data = prepare_data(cfg.data)
-    assert len(data.val_eval) > 12 and len(data.test_eval) > 25
+    assert len(data.val_eval) > 15 and len(data.test_eval) > 25
+    assert seen["val_loss"].to_lists() == protocol.eval_subset(data.val, 15, cfg.eval.seed).to_lists()
+    assert RunConfig().train.val_max_recipes == 20000  # flavornet's whole validation split (~5.6k recipes)
     assert seen["tune"].to_lists() == protocol.val_subset(data.val_eval, cfg).to_lists() and len(seen["tune"]) == 12
     assert result.val_metrics["cuisine/n"] == 12
     # the plots (made for tracked runs): the confusion matrix on the test metrics' own queries
