@@ -32,9 +32,8 @@ from recipeset.evaluation import (
     evaluate_cuisine,
     half_queries,
     leave_one_out_queries,
-    set_prf,
 )
-from recipeset.protocol import tune_stop_rule
+from recipeset.protocol import prefix_rule_f1s, tune_stop_rule
 
 RANKING_TASKS = ("completion", "set", "order")
 
@@ -161,13 +160,7 @@ class Baseline:
             i, p = self.ranked(torch.from_numpy(tokens), torch.from_numpy(mask), top)
             idx.append(i)
             pv.append(p)
-        I, P = np.concatenate(idx), np.concatenate(pv)
-        f1s = []
-        for rule, v in rules:
-            keep = _stop_keep(P, rule, v)
-            preds = EncodedSets.from_lengths(I[keep], keep.sum(1), np.full(len(I), -1))
-            f1s.append(set_prf(preds, truths)["micro_f1"])
-        return f1s
+        return prefix_rule_f1s(np.concatenate(idx), np.concatenate(pv), truths, rules)
 
     def classify_ids(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise RecipesetError(f"the {self.name} baseline cannot classify cuisines")

@@ -108,6 +108,9 @@ class TrainConfig:
     seed: int = 0                     # initialisation and data order (not the split)
     deterministic: bool = False       # torch deterministic kernels
     eval_every: int | None = spec(None, ge=1)  # validation every N steps (None: every epoch)
+    val_max_recipes: int | None = spec(20000, ge=1)  # the validation loss (early stopping, the best model) on a
+    #                                 seeded subset of this many validation recipes (None: all; flavornet's
+    #                                 whole split fits, a 1M-recipe dataset's 100k do not)
     checkpoint_every: int = spec(200, ge=1)  # atomic checkpoint every N steps
     early_stopping_patience: int | None = spec(None, ge=1)  # evaluations without improvement before stopping
     early_stopping_metric: str = "val/loss"
@@ -131,7 +134,9 @@ class EvalConfig:
     joint: bool = True                # decoders: also report `joint` scoring
     max_queries: int | None = spec(None, ge=1)  # cap on evaluation queries (None: all)
     joint_max_queries: int = spec(500, ge=1)  # decoders' `joint` scoring costs a forward pass per candidate
-    val_max_queries: int | None = spec(2000, ge=1)  # the validation evaluation (model selection) on this many
+    val_max_queries: int | None = spec(2000, ge=1)  # after training, the stop-threshold tuning and the
+    #                                 validation evaluation (model selection) use a seeded subset of this many
+    #                                 validation recipes (default 2000; None: the whole split)
 
 
 @dataclass

@@ -352,20 +352,38 @@ def evaluate_set_completion(scorer: Scorer, sets: EncodedSets, seed: int = 0, ma
     ``max_new`` defaults to the longest set in ``sets`` (a generous cap: stopping is the model's job).
     Returns micro_iou, micro_f1, micro_precision, micro_recall, mean_f1, pred_size, true_size and n.
     """
-    queries, truths, _ = half_queries(sets, seed)
-    if max_new is None:
-        max_new = int(sets.lengths.max(initial=1))
-    preds: list[list[int]] = [[] for _ in range(len(queries))]
-    for idx in _batches(queries, batch_size):
-        tokens, mask = _batch(queries, idx)
-        cuisine = torch.from_numpy(queries.cuisine[idx]) if conditioned else None
-        gen = [[int(t) for t in g] for g in scorer.complete_ids(tokens, mask, max_new=max_new, cuisine=cuisine)]
-        _check_generated(scorer, gen, tokens, mask)
-        for row, g in zip(idx, gen, strict=True):
-            preds[row] = g
+    preds, _, truths = complete_halves(scorer, sets, seed, max_new, batch_size, conditioned)
     out = set_prf(preds, truths) if len(truths) else {}
     out["n"] = int(len(truths))
     return out
+
+
+@torch.inference_mode()
+def complete_halves(scorer: Scorer, sets: EncodedSets, seed: int = 0, max_new: int | None = None,
+                    batch_size: int = 512, conditioned: bool = False, return_probs: bool = False
+                    ) -> tuple[list[list[int]], list[list[float]] | None, EncodedSets]:
+    """The scorer's completions of the half queries of :func:`evaluate_set_completion`: ``(generated,
+    probs, truths)``; ``probs`` (``return_probs``, scorers with ``returns_stop_probs``) is what each added
+    ingredient's stop rule compared with the threshold, else None."""
+    queries, truths, _ = half_queries(sets, seed)
+    if max_new is None:
+        max_new = int(sets.lengths.max(initial=1))
+    preds: list[list[int]] = [[] for _ in range(len(queries))]  # filled in query order (batches go by length)
+    probs: list[list[float]] | None = [[] for _ in range(len(queries))] if return_probs else None
+    for idx in _batches(queries, batch_size):
+        tokens, mask = _batch(queries, idx)
+        cuisine = torch.from_numpy(queries.cuisine[idx]) if conditioned else None
+        if return_probs:
+            gen, p = scorer.complete_ids(tokens, mask, max_new=max_new, cuisine=cuisine, return_probs=True)
+            for row, q in zip(idx, p, strict=True):
+                probs[row] = q
+        else:
+            gen = scorer.complete_ids(tokens, mask, max_new=max_new, cuisine=cuisine)
+        gen = [[int(t) for t in g] for g in gen]
+        _check_generated(scorer, gen, tokens, mask)
+        for row, g in zip(idx, gen, strict=True):
+            preds[row] = g
+    return preds, probs, truths
 
 
 @torch.inference_mode()

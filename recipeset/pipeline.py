@@ -39,7 +39,7 @@ from recipeset.registry import LOSSES, MODELS, OBJECTIVES
 from recipeset.runs import download_model_dir, load_model
 from recipeset.threads import resolve_threads
 from recipeset.tracking import Tracker
-from recipeset.training import STATE_FILE, Trainer, recover_checkpoint, seed_all
+from recipeset.training import STATE_FILE, Trainer, TrainState, recover_checkpoint, seed_all
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,13 @@ class RunResult:
     model_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
     val_metrics: dict[str, float] = field(default_factory=dict)
-    wall_s: float = 0.0
+    wall_s: float = 0.0   # this process, start to end (a resumed run: since the resume)
+    train_s: float = 0.0  # the Trainer's time in training steps over the whole run (TrainState.train_s)
+    eval_s: float = 0.0   # after training: threshold tuning, evaluation, plots, saving and logging the model
 
 
-def _plots(tracker: Tracker | None, history: dict, model: RecipeModel, data: PreparedData, out_dir: Path) -> None:
+def _plots(tracker: Tracker | None, history: dict, model: RecipeModel, data: PreparedData, out_dir: Path,
+           cfg: RunConfig) -> None:
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     figs = {"learning_curves.png": plot_learning_curves({k: v for k, v in history.items() if v})}
@@ -114,8 +117,9 @@ def _plots(tracker: Tracker | None, history: dict, model: RecipeModel, data: Pre
     if emb is not None:
         figs["ingredient_map.png"] = plot_embedding_map(emb.detach().cpu().numpy()[NUM_SPECIALS:],
                                                         data.vocab.ingredients, data.vocab.counts)
-    if model.can_classify and (data.test_eval.cuisine >= 0).any():
-        cm = evaluate_cuisine(model, data.test_eval)["confusion"]
+    test = protocol.test_subset(data.test_eval, cfg)  # the queries the test metrics are reported on
+    if model.can_classify and (test.cuisine >= 0).any():
+        cm = evaluate_cuisine(model, test)["confusion"]
         figs["cuisine_confusion.png"] = plot_confusion(np.asarray(cm), data.vocab.cuisines)
     for name, fig in figs.items():
         fig.savefig(plots / name, dpi=110, bbox_inches="tight")
@@ -215,18 +219,30 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
     with tracker if tracker is not None else contextlib.nullcontext():
         if tracker is not None and not resume:
             _log_inputs(tracker, data, out_dir, model)
-        trainer = Trainer(cfg, model, objectives, data.train, data.val, out_dir,
+        val_loss_sets = protocol.eval_subset(data.val, cfg.train.val_max_recipes, cfg.eval.seed)
+        trainer = Trainer(cfg, model, objectives, data.train, val_loss_sets, out_dir,
                           log=tracker.log_metrics if tracker is not None else None,
                           progress=progress and world.is_main, train_weights=data.train_weights, extra_files=extra)
         state = trainer.fit(resume=resume)
+        trained = time.perf_counter()
         if not world.is_main:
             return RunResult(out_dir=out_dir, run_id=None, model_dir=out_dir / "model")
         result = _finish(cfg, trainer, state, data, out_dir, tracker, evaluate)
         result.run_id = None if tracker is None else tracker.run_id
         result.wall_s = time.perf_counter() - started
+        result.train_s, result.eval_s = state.train_s, time.perf_counter() - trained
         if tracker is not None:
-            tracker.log_metrics({"time/wall_s": result.wall_s, "time/steps": state.step}, state.step)
+            tracker.log_metrics(time_metrics(result, state), state.step)
     return result
+
+
+def time_metrics(result: RunResult, state: TrainState) -> dict[str, float]:
+    """The run's cost: ``time/wall_s`` (this process), ``time/train_s`` (training steps, whole run),
+    ``time/eval_s`` (after training), ``time/steps`` and ``train/mean_recipes_per_s`` (the recipes trained on
+    over ``time/train_s``; ``train/recipes_per_s`` is each step's own rate)."""
+    mean = state.train_recipes / state.train_s if state.train_s > 0 else float("nan")
+    return {"time/wall_s": result.wall_s, "time/train_s": result.train_s, "time/eval_s": result.eval_s,
+            "time/steps": state.step, "train/mean_recipes_per_s": mean}
 
 
 def _finish(cfg: RunConfig, trainer: Trainer, state, data: PreparedData, out_dir: Path, tracker: Tracker | None,
@@ -234,14 +250,15 @@ def _finish(cfg: RunConfig, trainer: Trainer, state, data: PreparedData, out_dir
     best_dir = out_dir / "best"
     model = load_model(best_dir) if best_dir.exists() else trainer.model
     model.to(trainer.device)
-    tuned = protocol.tune_stop_rule(model, data.val_eval, seed=cfg.eval.seed)  # None: the model has no stop threshold
+    val = protocol.val_subset(data.val_eval, cfg)  # tuning and validation: a capped, seeded subset
+    tuned = protocol.tune_stop_rule(model, val, seed=cfg.eval.seed)  # None: the model has no stop threshold
     model_dir = out_dir / "model"
     save_model(model, model_dir, extra_files=trainer.extra_files)
     result = RunResult(out_dir=out_dir, run_id=None, model_dir=model_dir)
     if evaluate:
         # validation is what models are selected on (`next` scoring, as for every model and baseline); the
         # costly `joint` scoring is reported on test only
-        result.val_metrics = protocol.evaluate_model(model, protocol.val_subset(data.val_eval, cfg), cfg, joint=False)
+        result.val_metrics = protocol.evaluate_model(model, val, cfg, joint=False)
         result.metrics = protocol.evaluate_model(model, data.test_eval, cfg)
         if cfg.data.dataset == "synthetic" and not cfg.data.mix:
             result.metrics.update(protocol.oracle_references(cfg, data.vocab, data.test_eval))
@@ -257,7 +274,7 @@ def _finish(cfg: RunConfig, trainer: Trainer, state, data: PreparedData, out_dir
     if tracker is not None:
         if tuned is not None:
             tracker.log_metrics({"stop_threshold": tuned.value}, state.step)
-        _plots(tracker, state.history, model, data, out_dir)
+        _plots(tracker, state.history, model, data, out_dir, cfg)
         tracker.log_model_dir(model_dir)
     return result
 

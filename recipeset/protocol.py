@@ -6,7 +6,8 @@ the main job evaluates a model, the generator's reference ceilings, and the one 
   depend on ``eval.seed`` only, so models, baselines and the oracle see the same queries.
 - Stop rules: set completion stops on a probability threshold (models: ``config.stop_threshold``; baselines also
   on a fixed size). :func:`tune_stop_rule` picks, for both, the rule with the best validation set-completion
-  micro-F1 from one grid (:data:`STOP_THRESHOLDS`, :data:`STOP_SIZES`).
+  micro-F1 from one grid (:data:`STOP_THRESHOLDS`, :data:`STOP_SIZES`), every rule scored from one pass
+  (:func:`prefix_rule_f1s`: the baselines' ranking, or the models' greedy completion at the lowest threshold).
 - Tasks: ``eval.tasks`` names the registered evaluation tasks (:data:`recipeset.registry.EVAL_TASKS`), one name
   each in the config, the code and the metric keys.
 """
@@ -23,9 +24,9 @@ from recipeset.config import RunConfig
 from recipeset.data.prepare import PreparedData
 from recipeset.data.sets import EncodedSets
 from recipeset.data.sources.synthetic import SyntheticOracle
-from recipeset.data.vocab import Vocabulary
+from recipeset.data.vocab import PAD, Vocabulary
 from recipeset.errors import RecipesetError
-from recipeset.evaluation import evaluate_all, evaluate_set_completion
+from recipeset.evaluation import complete_halves, evaluate_all, evaluate_set_completion, set_prf
 from recipeset.registry import EVAL_TASKS
 
 # The stop-rule grids of models and baselines: the thresholds are the union of the models' former grid
@@ -94,27 +95,28 @@ class StopRule(NamedTuple):
 
 def tune_stop_rule(scorer: Any, val: EncodedSets, seed: int = 0, sizes: Sequence[int] = STOP_SIZES,
                    thresholds: Sequence[float] = STOP_THRESHOLDS) -> StopRule | None:
-    """The stop rule with the best set-completion micro-F1 on the protocol's half queries of ``val``, set on
-    ``scorer``; None for a scorer without a tunable stop rule.
+    """The stop rule with the best set-completion micro-F1 on the protocol's half queries of ``val`` (the run
+    passes :func:`val_subset`), set on ``scorer``; None for a scorer without a tunable stop rule.
 
     Models that stop on a probability threshold (``model.tunes_stop_threshold``: deep-sets, a set transformer
-    without slots) try every threshold; baselines (``stop_rule_f1s``) every fixed size, then every threshold.
-    Ties keep the earlier rule.
+    without slots) try every threshold — from one greedy pass at the lowest when they return the stop
+    probabilities (``returns_stop_probs``: a higher threshold's completion is a prefix of it), else one pass per
+    threshold; baselines (``stop_rule_f1s``) every fixed size, then every threshold, from one ranking. Ties keep
+    the earlier rule.
     """
     baseline = callable(getattr(scorer, "stop_rule_f1s", None))
     if baseline:  # fixed size or threshold, scored on one ranking of the queries
         rules = [("size", float(m)) for m in sizes] + [("threshold", float(t)) for t in thresholds]
-        f1s = scorer.stop_rule_f1s(val, rules, seed=seed)
     elif getattr(scorer, "tunes_stop_threshold", False):
         rules = [("threshold", float(t)) for t in thresholds]
-        f1s = []
-        for _, th in rules:
-            scorer.config.stop_threshold = th
-            f1s.append(evaluate_set_completion(scorer, val, seed=seed)["micro_f1"])
     else:
         return None
     if not rules:
         raise RecipesetError("tune_stop_rule: the stop-rule grid is empty")
+    if baseline:
+        f1s = scorer.stop_rule_f1s(val, rules, seed=seed)
+    else:
+        f1s = _threshold_f1s(scorer, val, [v for _, v in rules], seed)
     best = StopRule(*rules[0], -1.0)
     for (rule, value), f1 in zip(rules, f1s, strict=True):
         if f1 > best.micro_f1:
@@ -124,6 +126,48 @@ def tune_stop_rule(scorer: Any, val: EncodedSets, seed: int = 0, sizes: Sequence
     else:
         scorer.config.stop_threshold = best.value
     return best
+
+
+def prefix_rule_f1s(ids: np.ndarray, probs: np.ndarray, truths: EncodedSets,
+                    rules: Sequence[tuple[str, float]]) -> list[float]:
+    """The set-completion micro-F1 against ``truths`` of each stop rule ``(rule, value)`` applied to ranked or
+    generated candidates ``ids [N, L]`` with their probabilities ``probs [N, L]`` (< 0: no candidate).
+
+    A rule keeps a prefix of each row: ``size`` m the first m candidates, ``threshold`` τ the longest prefix
+    whose probabilities all reach τ, compared in ``probs``' dtype (float32 for a model: as its own stop test).
+    """
+    floor = np.minimum.accumulate(probs, axis=1) if probs.size else probs
+    real = probs >= 0
+    position = np.arange(probs.shape[1])[None, :]
+    f1s = []
+    for rule, value in rules:
+        keep = real & (position < int(value) if rule == "size" else floor >= probs.dtype.type(value))
+        preds = EncodedSets.from_lengths(ids[keep], keep.sum(1), np.full(len(ids), -1))
+        f1s.append(set_prf(preds, truths)["micro_f1"])
+    return f1s
+
+
+def _padded(rows: Sequence[Sequence[float]], fill: float, dtype) -> np.ndarray:
+    out = np.full((len(rows), max(map(len, rows), default=0)), fill, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
+def _threshold_f1s(model: Any, val: EncodedSets, thresholds: Sequence[float], seed: int) -> list[float]:
+    """The validation set-completion micro-F1 of ``model`` at each stop threshold."""
+    if not getattr(model, "returns_stop_probs", False):  # e.g. an extension's model: one pass per threshold
+        f1s = []
+        for th in thresholds:
+            model.config.stop_threshold = th
+            f1s.append(evaluate_set_completion(model, val, seed=seed)["micro_f1"])
+        return f1s
+    model.config.stop_threshold = min(thresholds)
+    preds, probs, truths = complete_halves(model, val, seed, return_probs=True)
+    if len(truths) == 0:
+        raise RecipesetError("validation has no set with >= 4 ingredients to tune the stop threshold on")
+    return prefix_rule_f1s(_padded(preds, PAD, np.int64), _padded(probs, -1.0, np.float32), truths,
+                           [("threshold", th) for th in thresholds])
 
 
 # ---- baselines --------------------------------------------------------------------------------------------------

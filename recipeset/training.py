@@ -180,6 +180,11 @@ class TrainState:
     best_step: int = -1
     bad_evals: int = 0
     run_id: str | None = None
+    # the time in training (batch order, loading and the optimisation steps; not validation, checkpoints or
+    # the progress line) and the recipes it trained on, over the whole run: a resumed run continues the
+    # checkpoint's (the steps it replays are counted once, when they are trained again)
+    train_s: float = 0.0
+    train_recipes: int = 0
     history: dict[str, list] = field(default_factory=dict)
     scaler: dict = field(default_factory=dict)  # the fp16 GradScaler's state ({} when it is disabled)
 
@@ -422,14 +427,18 @@ class Trainer:
         stop = False
         try:
             while self.state.step < self.total_steps and not stop:
+                mark = time.perf_counter()  # TrainState.train_s counts from here to the end of each step
                 epoch = self.state.epoch
                 sets = self.epoch_sets(epoch)
                 batches = self.epoch_plan(epoch, sets)
-                shards = [self.world.shard(b) for b in batches[self.state.batch_in_epoch:]]  # rank's rows, weight
+                todo = batches[self.state.batch_in_epoch:]  # the global batches left in this epoch
+                shards = [self.world.shard(b) for b in todo]  # this rank's rows of each, and its loss weight
                 loader = self._loader(sets, [rows for rows, _ in shards])
-                for batch, (_, weight) in zip(loader, shards, strict=True):
+                for batch, (_, weight), rows in zip(loader, shards, todo, strict=True):
                     raise_if_terminated()  # a SIGTERM whose exception a finalizer swallowed stops here
                     info = self.train_step(batch.to(self.device, non_blocking=True), weight)
+                    self.state.train_s += time.perf_counter() - mark
+                    self.state.train_recipes += len(rows)  # the global batch (all ranks)
                     progress.update(self.state.step, {"loss": info["loss/total"], "lr": info["lr"],
                                                       "rec/s": info["recipes_per_s"]})
                     if self.state.step % eval_every == 0 or self.state.step == self.total_steps:
@@ -438,6 +447,7 @@ class Trainer:
                         self.save()
                     if stop or self.state.step >= self.total_steps:
                         break
+                    mark = time.perf_counter()
                 else:
                     self.state.epoch += 1
                     self.state.batch_in_epoch = 0

@@ -356,6 +356,9 @@ def test_experiment_run_parent_children_skip_and_compare(mlflow_uri, tmp_path):
     # the generator's ceiling on the joint-scored queries comes from the decoder's run, whatever the run order
     assert math.isfinite(float(tables["completion"]["bayes-optimal (generator)"]["test/completion_joint/mrr"]))
     assert int(float(tables["training_cost"]["st"]["model.n_parameters"])) > 0
+    cost = tables["training_cost"]["st"]
+    assert float(cost["time/train_s"]) > 0 and float(cost["time/eval_s"]) > 0
+    assert float(cost["train/mean_recipes_per_s"]) > 0 and "train/recipes_per_s" not in cost
     markdown = ok("compare", "tiny-grid", "--plots", "figs").output
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["completion.png", "learning_curves.png"]
     assert (tmp_path / "figs" / "completion.png").read_bytes()[:4] == b"\x89PNG"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+import recipeset.study as study
 from recipeset.errors import RecipesetError
 from recipeset.experiments import load_experiment
 
@@ -178,6 +180,27 @@ def test_selection_picks_on_validation_and_reports_test():
     # no baselines: the model side alone, no verdict
     alone = selection_table(neural, pd.DataFrame())
     assert "target" not in alone.columns and set(alone.loc["completion", "model (best on val)"]) == {"a"}
+
+
+def test_the_training_cost_table_separates_training_evaluation_and_mean_throughput(monkeypatch):
+    runs = pd.DataFrame({
+        "run_id": ["r1", "r2", "r3"], "status": ["FINISHED"] * 3,
+        "time/wall_s": [100.0, 120.0, 50.0], "time/train_s": [60.0, 80.0, 40.0], "time/eval_s": [30.0, 30.0, 5.0],
+        "time/steps": [2000.0, 2000.0, 2000.0], "train/mean_recipes_per_s": [2000.0, 1600.0, 3200.0],
+        "train/recipes_per_s": [9999.0, 1.0, 5.0], "model.n_parameters": ["1000", "1000", "500"],
+        "test/completion/mrr": [0.3, 0.32, 0.2]})
+    variants = {"r1": "decoder", "r2": "decoder", "r3": "deep-sets"}
+    monkeypatch.setattr(study, "search_runs_table", lambda experiment, uri=None: runs)
+    monkeypatch.setattr(study, "run_tags", lambda ids, uri=None: {r: {"variant": variants[r]} for r in ids})
+    cost = study.results_tables("order_study")["training_cost"]
+    assert list(cost.columns) == ["seeds", "time/wall_s", "time/train_s", "time/eval_s", "time/steps",
+                                  "train/mean_recipes_per_s", "model.n_parameters"]  # not the last step's rate
+    assert cost.loc["decoder", "time/train_s"] == "70 ± 14" and cost.loc["decoder", "time/eval_s"] == "30 ± 0"
+    assert cost.loc["deep-sets"].to_dict() == {"seeds": 1, "time/wall_s": "50", "time/train_s": "40",
+                                               "time/eval_s": "5", "time/steps": "2000",
+                                               "train/mean_recipes_per_s": "3200", "model.n_parameters": "500"}
+    assert "| variant | seeds | time/wall_s | time/train_s | time/eval_s |" in study.tables_markdown(
+        {"training_cost": cost})
 
 
 # ---- every experiment file runs --------------------------------------------------------------------------------

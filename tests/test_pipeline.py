@@ -12,11 +12,14 @@ import pytest
 import torch
 
 import recipeset
+import recipeset.pipeline
+from recipeset import protocol
 from recipeset.config import RunConfig
+from recipeset.data.prepare import prepare_data
 from recipeset.errors import RecipesetError
 from recipeset.pipeline import load_init_weights, run_data, run_training
 from recipeset.protocol import STOP_THRESHOLDS, evaluate_model
-from recipeset.training import load_trainer_state
+from recipeset.training import Trainer, load_trainer_state
 
 TINY = {"data.n_recipes": 400, "model.d_model": 16, "model.n_layers": 1, "train.batch_size": 32,
         "train.warmup_steps": 2, "train.device": "cpu", "eval.max_queries": 30, "eval.joint_max_queries": 10,
@@ -82,8 +85,17 @@ def test_tracked_run_is_finished_with_params_metrics_and_artifacts(in_store):
     assert sorted(m.step for m in history) == list(range(1, 21))
     assert [m.step for m in c.get_metric_history(result.run_id, "val/loss")] == [10, 20]
     for key in ("train/lr", "train/grad_norm", "train/recipes_per_s", "train/tokens_per_s", "train/ppl/clm",
-                "test/completion/mrr", "test/completion_joint/mrr", "val_eval/completion/mrr", "time/wall_s"):
+                "test/completion/mrr", "test/completion_joint/mrr", "val_eval/completion/mrr", "time/wall_s",
+                "time/train_s", "time/eval_s", "train/mean_recipes_per_s"):
         assert key in run.data.metrics, key
+    m = run.data.metrics
+    assert 0 < m["time/train_s"] and 0 < m["time/eval_s"] and m["time/train_s"] + m["time/eval_s"] < m["time/wall_s"]
+    assert (m["time/train_s"], m["time/eval_s"]) == (result.train_s, result.eval_s)
+    state = load_trainer_state(result.out_dir / "checkpoint")[2]
+    n_train = len(prepare_data(in_store["cfg"].data).train)
+    epoch = [32] * (n_train // 32) + ([n_train % 32] if n_train % 32 else [])
+    assert state.train_recipes == sum((epoch * 20)[:20])  # the recipes of the 20 steps (batch 32)
+    assert m["train/mean_recipes_per_s"] == pytest.approx(state.train_recipes / state.train_s)
     # selection runs on `next` scoring; the costly joint scoring is a test-only report
     assert not any(k.startswith("val_eval/completion_joint/") for k in run.data.metrics)
     arts = artifact_paths(c, result.run_id)
@@ -213,6 +225,43 @@ def test_other_families_run_and_evaluate(tmp_path, over):
     assert len(out) == len(set(out)) <= 5 and model.vocab.token(8) not in out
     if over["model.name"] == "deep-sets":  # the stop threshold is tuned on validation and saved
         assert model.config.stop_threshold in STOP_THRESHOLDS
+
+
+def test_tuning_validation_and_the_confusion_plot_use_the_capped_subsets(tmp_path, monkeypatch):
+    seen = {}
+
+    def recording(name, real):
+        def wrapper(model, sets, **kw):
+            seen[name] = sets
+            return real(model, sets, **kw)
+        return wrapper
+
+    monkeypatch.setattr(protocol, "tune_stop_rule", recording("tune", protocol.tune_stop_rule))
+    monkeypatch.setattr(recipeset.pipeline, "evaluate_cuisine",
+                        recording("confusion", recipeset.pipeline.evaluate_cuisine))
+
+    class RecordingTrainer(Trainer):
+        def validate(self):
+            seen["val_loss"] = self.val
+            return super().validate()
+
+    monkeypatch.setattr(recipeset.pipeline, "Trainer", RecordingTrainer)
+    cfg = tiny(**{"model.name": "deep-sets", "objectives.weights": {"mlm": 1.0, "cls": 0.5}, "train.max_steps": 2,
+                  "eval.val_max_queries": 12, "eval.max_queries": 25, "eval.tasks": ["set", "cuisine"],
+                  "train.val_max_recipes": 15})
+    result = run_training(cfg, out_dir=tmp_path / "run", track=False, progress=False)
+    data = prepare_data(cfg.data)
+    assert len(data.val_eval) > 15 and len(data.test_eval) > 25
+    assert seen["val_loss"].to_lists() == protocol.eval_subset(data.val, 15, cfg.eval.seed).to_lists()
+    assert RunConfig().train.val_max_recipes == 20000  # flavornet's whole validation split (~5.6k recipes)
+    assert seen["tune"].to_lists() == protocol.val_subset(data.val_eval, cfg).to_lists() and len(seen["tune"]) == 12
+    assert result.val_metrics["cuisine/n"] == 12
+    # the plots (made for tracked runs): the confusion matrix on the test metrics' own queries
+    history = {"train/loss": [(1, 2.0), (2, 1.0)]}
+    recipeset.pipeline._plots(None, history, recipeset.load_model(result.model_dir), data, tmp_path, cfg)
+    assert (tmp_path / "plots" / "cuisine_confusion.png").exists()
+    assert seen["confusion"].to_lists() == protocol.test_subset(data.test_eval, cfg).to_lists()
+    assert result.metrics["cuisine/n"] == len(seen["confusion"]) == 25
 
 
 def test_untracked_run_is_deterministic(tmp_path):

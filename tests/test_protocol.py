@@ -15,12 +15,16 @@ import recipeset.config
 import recipeset.pipeline
 from recipeset import protocol
 from recipeset.cli import cli
-from recipeset.config import RunConfig
+from recipeset.config import RunConfig, resolve_objectives
+from recipeset.data.prepare import prepare_data
 from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.evaluation import evaluate_set_completion, half_queries
+from recipeset.objectives.tasks import Objectives
+from recipeset.pipeline import build_model
 from recipeset.protocol import STOP_SIZES, STOP_THRESHOLDS, StopRule, tune_stop_rule
+from recipeset.training import Trainer
 
 VOCAB = Vocabulary([f"i{j}" for j in range(12)])
 
@@ -121,6 +125,86 @@ def test_the_baseline_tuner_uses_the_same_grid_and_keeps_the_first_best():
     assert [v for r, v in b.rules if r == "size"] == list(STOP_SIZES)
     assert tuple(v for r, v in b.rules if r == "threshold") == STOP_THRESHOLDS
     assert b.rules.index(("size", 15.0)) < b.rules.index(("threshold", 0.01))  # sizes first: they win ties
+
+
+class TracedTableModel(TableModel):
+    """The table model returning its stop probabilities: the tuner completes once, at the lowest threshold."""
+
+    returns_stop_probs = True
+
+    def complete_ids(self, tokens, mask, max_new=20, cuisine=None, return_probs=False):
+        ids = super().complete_ids(tokens, mask, max_new, cuisine)
+        if not return_probs:
+            return ids
+        probs = [[dict(self.table[frozenset(t for t, k in zip(row, keep, strict=True) if k)])[i] for i in out]
+                 for row, keep, out in zip(tokens.tolist(), mask.tolist(), ids, strict=True)]
+        return ids, probs
+
+
+def test_the_model_tuner_scores_every_threshold_from_one_pass_on_the_hand_built_case():
+    ids = [NUM_SPECIALS + j for j in range(12)]
+    val = EncodedSets.from_lists([ids[:6], ids[6:]])
+    queries, truths, _ = half_queries(val, seed=0)
+    table = {frozenset(q): list(zip(t, (0.6, 0.35, 0.16), strict=True))
+             + list(zip([i for i in ids if i not in q and i not in t][:2], (0.12, 0.03), strict=True))
+             for q, t in zip(queries.to_lists(), truths.to_lists(), strict=True)}
+    model = TracedTableModel(table)
+    assert tune_stop_rule(model, val, seed=0) == StopRule("threshold", 0.15, pytest.approx(1.0))
+    assert model.seen == [min(STOP_THRESHOLDS)] and model.config.stop_threshold == 0.15
+
+
+def test_a_threshold_keeps_the_prefix_whose_probabilities_all_reach_it():
+    ids = np.array([[10, 11, 12, 13], [14, 15, 0, 0]])
+    probs = np.array([[0.5, 0.2, 0.3, 0.05], [0.04, 0.9, -1, -1]], dtype=np.float32)  # greedy: not monotone
+    truths = EncodedSets.from_lists([[10, 11, 12], [14, 15]])
+    f1_low, f1_mid, f1_high, size2 = protocol.prefix_rule_f1s(
+        ids, probs, truths, [("threshold", 0.04), ("threshold", 0.1), ("threshold", 0.6), ("size", 2)])
+    assert f1_low == pytest.approx(2 * 5 / (2 * 5 + 1))     # everything: 5 right, 1 wrong
+    assert f1_mid == pytest.approx(2 * 3 / (2 * 3 + 2))     # row 0 stops at 0.05 (keeps 0.3 after 0.2); row 1 none
+    assert f1_high == pytest.approx(0.0)
+    assert size2 == pytest.approx(2 * 4 / (2 * 4 + 1))
+    # compared in float32, as a model's own stop test (a float32 probability equal to float32(0.01) passes 0.01)
+    edge = np.array([[np.float32(0.01)]], dtype=np.float32)
+    assert protocol.prefix_rule_f1s(np.array([[10]]), edge, EncodedSets.from_lists([[10]]),
+                                    [("threshold", 0.01)]) == [1.0]
+
+
+def old_threshold_loop(model, val, seed=0) -> tuple[list[float], StopRule]:
+    """The tuner before one-pass scoring, kept as the reference: one greedy completion per threshold."""
+    f1s = []
+    for th in STOP_THRESHOLDS:
+        model.config.stop_threshold = th
+        f1s.append(evaluate_set_completion(model, val, seed=seed)["micro_f1"])
+    best = max(range(len(f1s)), key=lambda i: (f1s[i], -i))  # the first best
+    return f1s, StopRule("threshold", STOP_THRESHOLDS[best], f1s[best])
+
+
+def trained_tiny(over: dict, out_dir):
+    """A tiny model trained for 40 steps on the synthetic default (its probabilities spread over the grid)."""
+    cfg = RunConfig().override({"data.n_recipes": 400, "model.d_model": 16, "train.batch_size": 32,
+                                "train.warmup_steps": 2, "train.device": "cpu", "train.max_steps": 40,
+                                "train.lr": 1e-2, "train.eval_every": 40, **over}, source="test")
+    weights = resolve_objectives(cfg)
+    cfg.objectives.weights = weights
+    data = prepare_data(cfg.data)
+    torch.manual_seed(0)
+    model = build_model(cfg, data.vocab, weights, int(data.train.lengths.max()))
+    Trainer(cfg, model, Objectives(cfg, weights), data.train, data.val, out_dir, progress=False).fit()
+    return model, data.val_eval
+
+
+@pytest.mark.parametrize("over", [
+    {"model.name": "deep-sets"},
+    {"model.name": "deep-sets", "loss.name": "multilabel"},
+    {"model.name": "set-transformer", "model.n_layers": 1, "objectives.weights": {"mlm": 1.0}},
+], ids=["deep-sets-softmax", "deep-sets-multilabel", "set-transformer-mlm"])
+def test_one_pass_tuning_equals_the_per_threshold_loop_on_trained_models(over, tmp_path):
+    model, val = trained_tiny(over, tmp_path)
+    assert model.tunes_stop_threshold and model.returns_stop_probs
+    f1s, old = old_threshold_loop(model, val)
+    assert len(set(f1s)) > 3  # the thresholds really differ on this model
+    assert protocol._threshold_f1s(model, val, STOP_THRESHOLDS, seed=0) == f1s  # bit-identical, every threshold
+    assert tune_stop_rule(model, val, seed=0) == old and model.config.stop_threshold == old.value
 
 
 def test_a_scorer_without_a_stop_rule_is_not_tuned():

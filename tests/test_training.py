@@ -171,10 +171,14 @@ def test_resume_in_process_gives_identical_weights(tmp_path, data, deterministic
     first = make_trainer(tmp_path / "b", data=data, log=crash_after_checkpoint, **over)
     with pytest.raises(Crash):
         first.fit()
-    assert load_trainer_state(first.checkpoint_dir)[2].step == 5
+    checkpointed = load_trainer_state(first.checkpoint_dir)[2]
+    assert checkpointed.step == 5
     resumed = make_trainer(tmp_path / "b", data=data, **over)
     state = resumed.fit(resume=True)
     assert state.step == 13 and state.epoch == straight.state.epoch
+    # the training time and recipes continue the checkpoint's: steps 1-5 there, 6-13 (7 replayed) here
+    assert 0 < checkpointed.train_recipes == 5 * 32 and state.train_recipes == straight.state.train_recipes
+    assert 0 < checkpointed.train_s < state.train_s
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert state.history == straight.state.history  # (step, value) tuples, also for the restored part

@@ -270,6 +270,10 @@ class RecipeModel(nn.Module):
     default_objective: ClassVar[str] = ""
     #: the completion scoring modes the evaluation reports for this model ("joint" costs a pass per candidate)
     scoring_modes: ClassVar[tuple[str, ...]] = ("next",)
+    #: ``complete_ids(..., return_probs=True)`` also returns, for each added ingredient, the probability its stop
+    #: rule compared with ``config.stop_threshold``; greedy, a higher threshold's completion is then the prefix
+    #: whose probabilities all reach it, so the stop-threshold tuner scores every threshold from one pass
+    returns_stop_probs: ClassVar[bool] = False
     #: one-line descriptions for the README's "what runs with what" table
     about: ClassVar[dict[str, str]] = {}
 

@@ -78,6 +78,7 @@ class DeepSets(RecipeModel):
     set_head = "pooled"
     masked_prediction = "held-out"
     default_objective = "mlm"
+    returns_stop_probs = True
     about = {"what": "Deep Sets (Zaheer et al. 2017): sum-pool → MLP → one `[B, V]` vector of candidate logits; "
                      "`mlm` = one ingredient held out (softmax), `set` = binary relevance (one sigmoid each)",
              "stops": "a probability threshold tuned on validation (`mlm`: greedy, one at a time; `set`: every "
@@ -149,7 +150,7 @@ class DeepSets(RecipeModel):
     @inference
     def complete_ids(self, tokens: torch.Tensor, mask: torch.Tensor, max_new: int = 20,
                      cuisine: torch.Tensor | None = None, temperature: float = 0.0, top_k: int | None = None,
-                     generator: torch.Generator | None = None) -> list[list[int]]:
+                     generator: torch.Generator | None = None, return_probs: bool = False):
         """Add ingredients one at a time while the best one's probability is ≥ ``config.stop_threshold``
         (greedy: that best one; sampling: a draw from the same distribution). No repeats/specials/query ids.
         With ``multilabel``: in one pass, every candidate with σ(logit) ≥ ``stop_threshold``, most probable
@@ -157,33 +158,40 @@ class DeepSets(RecipeModel):
         among the ``top_k`` most probable when given).
 
         One at a time, the query is encoded once: the pooled sum Σ φ(x) ``[B, D]`` grows by φ of each chosen
-        ingredient, and a ``[B, V]`` -inf table of the ids in the set grows with it (nothing is re-encoded)."""
+        ingredient, and a ``[B, V]`` -inf table of the ids in the set grows with it (nothing is re-encoded).
+
+        ``return_probs``: ``(ids, probs)``, ``probs[b][i]`` the probability the stop rule tested when
+        ``ids[b][i]`` was added (the best one's; multilabel: its σ) — see ``returns_stop_probs``."""
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         B = tokens.shape[0]
         cuisine = self._check_cuisine(cuisine, B)
         if self.config.multilabel:
-            return self._complete_multilabel(tokens, mask, max_new, cuisine, temperature, top_k, generator)
+            return self._complete_multilabel(tokens, mask, max_new, cuisine, temperature, top_k, generator,
+                                             return_probs)
         generated: list[list[int]] = [[] for _ in range(B)]
+        probs: list[list[float]] = [[] for _ in range(B)]
         active = torch.ones(B, dtype=torch.bool, device=tokens.device)
         s = (self.phi(self.embed(tokens)) * mask[..., None]).sum(1)  # [B, D]
         in_set = mask_ids(torch.zeros(B, self.config.vocab_size, device=tokens.device), tokens, mask)  # 0 / -inf
         for _ in range(max_new):
             logp = safe_log_softmax((self._readout(s, cuisine)[1] + in_set).float())
             best = logp.amax(1)
-            active = active & (best.exp() >= self.config.stop_threshold) & torch.isfinite(best)
+            best_p = best.exp()
+            active = active & (best_p >= self.config.stop_threshold) & torch.isfinite(best)
             if not bool(active.any()):
                 break
             choice = sample_from_logits(logp, temperature, top_k, generator)
             rows = torch.nonzero(active).squeeze(1)
             for b in rows.tolist():
                 generated[b].append(int(choice[b]))
+                probs[b].append(float(best_p[b]))
             s[rows] += self.phi(self.embed(choice[rows]))
             in_set[rows, choice[rows]] = float("-inf")
-        return generated
+        return (generated, probs) if return_probs else generated
 
     def _complete_multilabel(self, tokens: torch.Tensor, mask: torch.Tensor, max_new: int,
                              cuisine: torch.Tensor | None, temperature: float, top_k: int | None,
-                             generator: torch.Generator | None) -> list[list[int]]:
+                             generator: torch.Generator | None, return_probs: bool = False):
         logits = self(tokens, mask, cuisine).set_logits.float()
         if temperature > 0:
             p = torch.sigmoid(logits / temperature)
@@ -197,4 +205,8 @@ class DeepSets(RecipeModel):
         chosen &= torch.isfinite(logits)  # never a special or a query ingredient
         order = p.masked_fill(~chosen, -1.0).argsort(1, descending=True)[:, :max_new]
         counts = chosen.sum(1).clamp(max=max_new).tolist()
-        return [order[b, :counts[b]].tolist() for b in range(tokens.shape[0])]
+        generated = [order[b, :counts[b]].tolist() for b in range(tokens.shape[0])]
+        if not return_probs:
+            return generated
+        ranked_p = p.gather(1, order)
+        return generated, [ranked_p[b, :counts[b]].tolist() for b in range(tokens.shape[0])]

@@ -78,6 +78,7 @@ class SetTransformer(RecipeModel):
     objectives = ("mlm", "rtd", "cls", "coherence", "set")
     set_head = "slots"
     default_objective = "mlm"
+    returns_stop_probs = True  # without slots (the slot decoder tunes no threshold)
     about = {"what": "permutation-equivariant SAB/ISAB encoder; `mlm` scores a query plus one `[MASK]`; the "
                      "`set` objective adds the slot decoder (K = `n_slots` slots, max-pooled to score)",
              "stops": "`mlm`: the `[MASK]` predicts `[NULL]` (a learned stop) or a threshold tuned on validation;"
@@ -218,7 +219,7 @@ class SetTransformer(RecipeModel):
     @inference
     def complete_ids(self, tokens: torch.Tensor, mask: torch.Tensor, max_new: int = 20,
                      cuisine: torch.Tensor | None = None, temperature: float = 0.0, top_k: int | None = None,
-                     generator: torch.Generator | None = None) -> list[list[int]]:
+                     generator: torch.Generator | None = None, return_probs: bool = False):
         """Generate the rest of each query ``[B, T]``; no repeats, no specials, no query ids.
 
         With slots: every slot whose best choice (among ∅ and the ingredients not in the query) is not ∅
@@ -231,11 +232,15 @@ class SetTransformer(RecipeModel):
         Without slots each step re-encodes the whole set: attention is global, so an added element changes every
         element's encoding and nothing of the previous step's pass is reusable exactly (unlike a causal decoder's
         keys/values or Deep Sets' pooled sum).
+        ``return_probs`` (without slots): ``(ids, probs)``, ``probs[b][i]`` the best ingredient's probability
+        when ``ids[b][i]`` was added (what the threshold is compared with) — see ``returns_stop_probs``.
         """
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         B = tokens.shape[0]
         cuisine = self._check_cuisine(cuisine, B)
         if self.has_slots:
+            if return_probs:
+                raise RecipesetError("return_probs: the slot decoder does not stop on a threshold")
             logits = self(tokens, mask, cuisine).slot_logits.float()  # [B, K, V]
             K, V = logits.shape[1:]
             logits = mask_ids(logits.reshape(B * K, V), tokens.repeat_interleave(K, 0),
@@ -251,6 +256,7 @@ class SetTransformer(RecipeModel):
             return out
 
         generated: list[list[int]] = [[] for _ in range(B)]
+        probs: list[list[float]] = [[] for _ in range(B)]
         active = torch.ones(B, dtype=torch.bool, device=tokens.device)
         for _ in range(max_new):
             logp = self._candidate_log_probs(tokens, mask, cuisine)  # [B, V], NULL included
@@ -258,12 +264,14 @@ class SetTransformer(RecipeModel):
                 torch.arange(NUM_SPECIALS, device=logp.device) == NULL, logp[:, :NUM_SPECIALS], float("-inf"))
             choice = sample_from_logits(logp, temperature, top_k, generator)
             best_ingredient = logp[:, NUM_SPECIALS:].amax(1)
-            stop = (choice == NULL) | (best_ingredient.exp() < self.config.stop_threshold)
+            best_p = best_ingredient.exp()
+            stop = (choice == NULL) | (best_p < self.config.stop_threshold)
             stop |= torch.isinf(best_ingredient)  # nothing left to add
             active = active & ~stop
             if not bool(active.any()):
                 break
             for b in torch.nonzero(active).squeeze(1).tolist():
                 generated[b].append(int(choice[b]))
+                probs[b].append(float(best_p[b]))
             tokens, mask = append_at_end(tokens, mask, choice, active)
-        return generated
+        return (generated, probs) if return_probs else generated
