@@ -13,6 +13,16 @@ import numpy as np
 from recipeset.data.vocab import PAD
 
 
+def csr_take(offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gather rows ``idx`` of a CSR layout: ``(positions of their values in the flat array, new offsets)``."""
+    starts = offsets[idx]
+    lengths = offsets[idx + 1] - starts
+    new_offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    seg = np.repeat(np.arange(len(idx), dtype=np.int64), lengths)
+    return starts[seg] + (np.arange(new_offsets[-1], dtype=np.int64) - new_offsets[seg]), new_offsets
+
+
 @dataclass(frozen=True)
 class EncodedSets:
     """``N`` variable-length sets of token ids.
@@ -72,15 +82,8 @@ class EncodedSets:
     def take(self, idx: np.ndarray | Sequence[int]) -> EncodedSets:
         """The sets at ``idx`` (vectorised gather)."""
         idx = np.asarray(idx, dtype=np.int64)
-        starts = self.offsets[idx]
-        lengths = self.offsets[idx + 1] - starts
-        new_offsets = np.zeros(len(idx) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=new_offsets[1:])
-        # position of every output value in the source: start of its set + rank inside the set
-        seg = np.repeat(np.arange(len(idx)), lengths)
-        within = np.arange(new_offsets[-1]) - new_offsets[seg]
-        values = self.values[starts[seg] + within]
-        return EncodedSets(values, new_offsets, self.cuisine[idx].copy())
+        positions, new_offsets = csr_take(self.offsets, idx)
+        return EncodedSets(self.values[positions], new_offsets, self.cuisine[idx].copy())
 
     def with_values(self, values: np.ndarray) -> EncodedSets:
         """Same layout, new values (for reorderings)."""
