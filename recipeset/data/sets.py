@@ -19,8 +19,17 @@ def csr_take(offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarr
     lengths = offsets[idx + 1] - starts
     new_offsets = np.zeros(len(idx) + 1, dtype=np.int64)
     np.cumsum(lengths, out=new_offsets[1:])
-    seg = np.repeat(np.arange(len(idx), dtype=np.int64), lengths)
-    return starts[seg] + (np.arange(new_offsets[-1], dtype=np.int64) - new_offsets[seg]), new_offsets
+    # position of every output value in the source: its set's start + its rank inside the set
+    positions = np.repeat(starts - new_offsets[:-1], lengths)
+    positions += np.arange(new_offsets[-1], dtype=np.int64)
+    return positions, new_offsets
+
+
+def csr_kept_offsets(offsets: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The offsets of a CSR layout after keeping only the values where ``mask`` is True."""
+    kept = np.zeros(len(mask) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(mask, dtype=bool).view(np.int8), dtype=np.int64, out=kept[1:])  # 10x a bool cumsum
+    return kept[offsets]
 
 
 @dataclass(frozen=True)

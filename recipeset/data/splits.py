@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recipeset.data.sets import csr_kept_offsets
 from recipeset.data.table import RecipeTable
 from recipeset.errors import RecipesetError
 from recipeset.io_utils import atomic_write_text
@@ -131,12 +132,9 @@ def ingredient_set_groups(table: RecipeTable) -> np.ndarray:
         return pd.factorize(keys, sort=True)[0].astype(np.int64)
     rank = np.empty(len(names), dtype=np.int64)
     rank[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
-    order, key = coded.sort_within(rank)  # each set sorted by rank
-    first = np.ones(len(key), dtype=bool)
-    first[1:] = key[1:] != key[:-1]  # a set: drop repeated names
-    offsets = np.zeros(len(coded) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(coded.segment_ids[order[first]], minlength=len(coded)), out=offsets[1:])
-    return _lexicographic_groups(rank[coded.codes[order[first]]], offsets, len(names))
+    _, ranks = coded.sort_within(rank)  # each set sorted by rank
+    first = ~coded.repeats_sorted(ranks)  # a set: drop repeated names
+    return _lexicographic_groups(ranks[first], csr_kept_offsets(coded.offsets, first), len(names))
 
 
 def _rank_words(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray, word: int, per_word: int,

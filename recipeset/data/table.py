@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recipeset.data.sets import EncodedSets, csr_take
+from recipeset.data.sets import EncodedSets, csr_kept_offsets, csr_take
 from recipeset.data.vocab import UNK, UnknownIngredientError, Vocabulary
 from recipeset.errors import RecipesetError
 
@@ -73,6 +73,20 @@ class CodedSets:
         return cls.from_lengths(codes, lengths, names)
 
     @classmethod
+    def from_raw(cls, raw: Sequence[str] | np.ndarray, lengths: Sequence[int] | np.ndarray,
+                 drop_empty: bool = True, indices: np.ndarray | None = None) -> CodedSets:
+        """From flat raw names (set after set, ``lengths`` each), normalised by :func:`normalize_names`;
+        with ``indices``, ``raw`` holds distinct raw names and ``indices`` the one of each piece.
+        ``drop_empty`` drops the names that normalise to ``""`` (blank pieces of a delimited cell)."""
+        codes, names = normalize_names(raw)
+        if indices is not None:
+            codes = codes[indices]
+        lengths = np.asarray(lengths, dtype=np.int64)
+        empty = np.flatnonzero(names == "")
+        out = cls.from_lengths(codes, lengths, names)
+        return out.keep(codes != empty[0]) if drop_empty and empty.size else out
+
+    @classmethod
     def from_lengths(cls, codes: np.ndarray, lengths: np.ndarray, names: np.ndarray) -> CodedSets:
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -97,32 +111,47 @@ class CodedSets:
 
     def take(self, idx: np.ndarray) -> CodedSets:
         """The sets at (non-negative) ``idx``."""
+        if len(idx) == len(self) and np.array_equal(idx, np.arange(len(self))):
+            return self
         positions, offsets = csr_take(self.offsets, idx)
         return CodedSets(self.codes[positions], offsets, self.names)
 
     def keep(self, mask: np.ndarray) -> CodedSets:
         """The same sets with only the codes where ``mask`` (``[total]`` bool) is True."""
-        lengths = np.bincount(self.segment_ids[mask], minlength=len(self))
-        return CodedSets.from_lengths(self.codes[mask], lengths, self.names)
+        if mask.all():
+            return self
+        return CodedSets(self.codes[mask], csr_kept_offsets(self.offsets, mask), self.names)
 
     def counts(self) -> np.ndarray:
         """int64 ``[len(names)]``: occurrences of each name."""
         return np.bincount(self.codes, minlength=len(self.names)).astype(np.int64)
 
     def sort_within(self, rank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Order each set by ``rank[code]`` (default: the code; ranks in ``0..len(names)-1``), sets in place:
-        ``(permutation of the flat codes, int64 sorted key)``, stable, so equal ranks keep their order; equal
-        keys mean the same set and rank."""
+        """Order each set by ``rank[code]`` (default: the code), sets in place: ``(permutation of the flat
+        positions, the ranks in that order)``; stable, so equal ranks keep their written order. Sets of
+        each length are sorted together as the rows of one matrix."""
         value = self.codes if rank is None else rank[self.codes]
-        key = self.segment_ids * max(len(self.names), 1) + value
-        order = np.argsort(key, kind="stable")
-        return order, key[order]
+        order = np.arange(len(self.codes), dtype=np.int64)
+        lengths = self.lengths
+        for length in np.unique(lengths[lengths > 1]).tolist():
+            positions = self.offsets[:-1][lengths == length][:, None] + np.arange(length)
+            inner = np.argsort(value[positions], axis=1, kind="stable")
+            order[positions] = np.take_along_axis(positions, inner, axis=1)
+        return order, value[order]
+
+    def repeats_sorted(self, sorted_values: np.ndarray) -> np.ndarray:
+        """bool over the positions of :meth:`sort_within`'s order: True where the value equals the previous
+        one of the same set."""
+        out = np.zeros(len(sorted_values), dtype=bool)
+        out[1:] = sorted_values[1:] == sorted_values[:-1]
+        out[self.offsets[:-1][self.lengths > 0]] = False  # a set's first value repeats nothing
+        return out
 
     def repeats(self) -> np.ndarray:
         """bool ``[total]``: True on a code that already occurred earlier in the same set."""
-        order, key = self.sort_within()
-        out = np.zeros(len(key), dtype=bool)
-        out[order[1:]] = key[1:] == key[:-1]
+        order, values = self.sort_within()
+        out = np.zeros(len(values), dtype=bool)
+        out[order[self.repeats_sorted(values)]] = True
         return out
 
 
@@ -283,10 +312,11 @@ class RecipeTable:
                      sha256: str | None = None, report: CleaningReport | None = None) -> RecipeTable:
         """Build a table from Python lists (ids default to ``"{name}:{i}"``, 0-based)."""
         n = len(ingredients)
-        coded = CodedSets.from_lists(ingredients)
         if normalize:
-            codes, names = normalize_names(coded.names)
-            coded = CodedSets(codes[coded.codes], coded.offsets, names)
+            coded = CodedSets.from_raw(list(itertools.chain.from_iterable(ingredients)),
+                                       np.fromiter(map(len, ingredients), dtype=np.int64, count=n), drop_empty=False)
+        else:
+            coded = CodedSets.from_lists(ingredients)
         ids = [f"{name}:{i}" for i in range(n)] if recipe_ids is None else [str(r) for r in recipe_ids]
         cu = [None] * n if cuisines is None else [normalize_cuisine(c) for c in cuisines]
         src = [source] * n if isinstance(source, str) else list(source)
@@ -388,12 +418,12 @@ class RecipeTable:
         coded = self.coded
         ids = self.meta["recipe_id"]
         if dedupe:
-            repeated = coded.repeats()
-            removed = np.bincount(coded.segment_ids[repeated], minlength=len(coded))
+            deduped = coded.keep(~coded.repeats())
+            removed = coded.lengths - deduped.lengths
             report.add("duplicate_ingredients", int(removed.sum()),
                        f"repeated ingredients removed inside {int((removed > 0).sum())} recipes (a recipe is a set)",
                        ids[removed > 0].head(5))
-            coded = coded.keep(~repeated)
+            coded = deduped
         if min_count > 1:
             coded = self._drop_rare(coded, min_count, report)
         if not drop_empty:
@@ -483,7 +513,7 @@ class RecipeTable:
             if unknown == "unk":
                 ids[missing] = UNK
             else:
-                lengths = lengths - np.bincount(coded.segment_ids[missing], minlength=len(lengths))
+                lengths = np.diff(csr_kept_offsets(coded.offsets, ~missing))
                 ids = ids[~missing]
         cuisine = self._cuisine_ids(vocab, strict=unknown == "error")
         return EncodedSets.from_lengths(ids, lengths, cuisine)
