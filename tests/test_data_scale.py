@@ -21,9 +21,10 @@ import pandas as pd
 import pytest
 
 from recipeset.bench import write_million_csv
-from recipeset.data.sources import load_dataset
-from recipeset.data.splits import split_table
-from recipeset.data.table import RecipeTable
+from recipeset.data.sources import load_dataset, tabular
+from recipeset.data.sources.tabular import PY_WHITESPACE
+from recipeset.data.splits import ingredient_set_groups, split_table
+from recipeset.data.table import RecipeTable, normalize_names
 from recipeset.data.vocab import Vocabulary
 from recipeset.errors import RecipesetError
 
@@ -243,3 +244,74 @@ if __name__ == "__main__":  # print EXPECTED for the implementation on sys.path
 
     with tempfile.TemporaryDirectory() as d:
         print(json.dumps({k: outcome(f) for k, f in cases(Path(d)).items()}, indent=1))
+
+
+# ---- randomised comparisons with the references ----------------------------------------------------------
+NOISE = [" ", "  ", "\t", "\u00a0", "\u2003", "\x1c", "\x85", "\u3000", "_", "-"]
+LETTERS = ["a", "B", "é", "İ", "ß", "Σ", "x", "Y", "ǅ", "ﬃ"]
+
+
+def _noisy_names(rng: np.random.Generator, n: int) -> list[str]:
+    alphabet = NOISE + LETTERS
+    return ["".join(rng.choice(alphabet, size=rng.integers(0, 7)).tolist()) for _ in range(n)]
+
+
+def test_python_whitespace_class_is_str_isspace():
+    assert set(PY_WHITESPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}
+
+
+def test_normalize_names_equals_the_per_ingredient_normaliser():
+    rng = np.random.default_rng(0)
+    raw = _noisy_names(rng, 3000)
+    raw += raw[::7]  # repeats: normalised once, mapped back
+    codes, names = normalize_names(raw)
+    assert [names[c] for c in codes] == [reference_normalize(x) for x in raw]
+    assert len(set(names.tolist())) == len(names)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clean_and_groups_equal_the_references(seed):
+    rng = np.random.default_rng(seed)
+    pool = ["a", "a_b", "ab", "b", "a\x01", "b\tc", "c", "d", "e", "f", "a_"][:8 + seed]
+    sets = [rng.choice(pool, size=rng.integers(0, 7)).tolist() for _ in range(400)]
+    table = RecipeTable.from_records(sets, normalize=False)
+    assert np.array_equal(ingredient_set_groups(table), reference_groups(sets))
+    for min_count in (1, 3, 40):
+        assert table.clean(min_count=min_count).ingredients == reference_clean(sets, min_count)
+    normal = RecipeTable.from_records([[x for x in r if "\t" not in x and "\x01" not in x] for r in sets],
+                                      normalize=False)  # the integer path (no name holds a char <= "\t")
+    assert np.array_equal(ingredient_set_groups(normal), reference_groups(normal.ingredients))
+
+
+def _random_csv(rng: np.random.Generator, quoted: bool) -> str:
+    """A small CSV with blank and whitespace lines, wrong widths, empty and repeated ids, noisy names."""
+    lines = ["id,ingredients,cuisine"]
+    for _ in range(rng.integers(1, 60)):
+        kind = rng.random()
+        if kind < 0.06:
+            lines.append(rng.choice(["", "  ", "\t", "\u00a0"]))
+        elif kind < 0.1:
+            lines.append("x,y")
+        elif kind < 0.13:
+            lines.append("p,q;r,s,t")
+        else:
+            rid = rng.choice(["", " ", f" r{rng.integers(0, 40)} ", f"r{rng.integers(0, 40)}"])
+            cell = ";".join(_noisy_names(rng, int(rng.integers(0, 5))))
+            cell = f'"{cell}"' if quoted and rng.random() < 0.3 else cell
+            lines.append(f"{rid},{cell},{rng.choice(['', ' Thai', 'Greek ', 'x'])}")
+    return "\n".join(lines) + rng.choice(["", "\n"])
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_simple_csv_parser_equals_the_csv_module(tmp_path, monkeypatch, seed):
+    """The pyarrow parser of quote-free CSVs and the csv-module reader agree on every outcome."""
+    rng = np.random.default_rng(seed)
+    text = _random_csv(rng, quoted=False)
+    if seed % 3 == 0:
+        text = text.replace("\n", "\r\n")
+    path = _file(tmp_path, "r.csv", text)
+    assert tabular._is_simple_csv(Path(path).read_bytes(), ",", ";")
+    options = [{"id_column": "id"}, {}, {"id_column": "id", "lenient": True}, {"lenient": True}]
+    with_arrow = [outcome(lambda o=o: load_dataset(path, **o)) for o in options]
+    monkeypatch.setattr(tabular, "_is_simple_csv", lambda *a: False)
+    assert [outcome(lambda o=o: load_dataset(path, **o)) for o in options] == with_arrow

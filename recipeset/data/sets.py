@@ -25,6 +25,19 @@ def csr_take(offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return positions, new_offsets
 
 
+def csr_sort_within(offsets: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """The permutation of the flat positions that sorts each row of a CSR layout by ``key`` (stable: equal
+    keys keep their order; rows stay in place) — ``np.lexsort((key, row ids))`` without the global sort:
+    the rows of each length are sorted together as the rows of one matrix."""
+    order = np.arange(len(key), dtype=np.int64)
+    lengths = np.diff(offsets)
+    for length in np.unique(lengths[lengths > 1]).tolist():
+        positions = offsets[:-1][lengths == length][:, None] + np.arange(length)
+        inner = np.argsort(key[positions], axis=1, kind="stable")
+        order[positions] = np.take_along_axis(positions, inner, axis=1)
+    return order
+
+
 def csr_kept_offsets(offsets: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The offsets of a CSR layout after keeping only the values where ``mask`` is True."""
     kept = np.zeros(len(mask) + 1, dtype=np.int64)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recipeset.data.sets import EncodedSets, csr_kept_offsets, csr_take
+from recipeset.data.sets import EncodedSets, csr_kept_offsets, csr_sort_within, csr_take
 from recipeset.data.vocab import UNK, UnknownIngredientError, Vocabulary
 from recipeset.errors import RecipesetError
 
@@ -128,15 +128,9 @@ class CodedSets:
 
     def sort_within(self, rank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Order each set by ``rank[code]`` (default: the code), sets in place: ``(permutation of the flat
-        positions, the ranks in that order)``; stable, so equal ranks keep their written order. Sets of
-        each length are sorted together as the rows of one matrix."""
+        positions, the ranks in that order)``; stable, so equal ranks keep their written order."""
         value = self.codes if rank is None else rank[self.codes]
-        order = np.arange(len(self.codes), dtype=np.int64)
-        lengths = self.lengths
-        for length in np.unique(lengths[lengths > 1]).tolist():
-            positions = self.offsets[:-1][lengths == length][:, None] + np.arange(length)
-            inner = np.argsort(value[positions], axis=1, kind="stable")
-            order[positions] = np.take_along_axis(positions, inner, axis=1)
+        order = csr_sort_within(self.offsets, value)
         return order, value[order]
 
     def repeats_sorted(self, sorted_values: np.ndarray) -> np.ndarray:
