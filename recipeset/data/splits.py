@@ -170,7 +170,7 @@ def _lexicographic_groups(values: np.ndarray, offsets: np.ndarray, n_symbols: in
     starts[1:] = key[1:] != key[:-1]
     word = 1
     while True:
-        run = np.cumsum(starts) - 1
+        run = np.cumsum(starts.view(np.int8), dtype=np.int64) - 1
         first = np.flatnonzero(starts)
         longest = np.maximum.reduceat(lengths[order], first)
         tied = (np.diff(np.append(first, n)) > 1) & (longest > word * per_word)
@@ -185,22 +185,23 @@ def _lexicographic_groups(values: np.ndarray, offsets: np.ndarray, n_symbols: in
         starts[positions[1:]] |= key[1:] != key[:-1]
         word += 1
     group = np.empty(n, dtype=np.int64)
-    group[order] = np.cumsum(starts) - 1
+    group[order] = np.cumsum(starts.view(np.int8), dtype=np.int64) - 1
     return group
 
 
 def _majority_strata(table: RecipeTable, group: np.ndarray, n_groups: int) -> np.ndarray:
     """int64 ``[n_groups]``: each group's stratum, its majority cuisine (ties: a labelled cuisine over none,
-    then the smallest label), as dense ids."""
+    then the smallest label), as dense ids. A one-recipe group takes its recipe's cuisine; the others count
+    votes in a ``[groups, cuisines]`` table whose first maximum per row is the winner (None coded last)."""
     codes, labels = pd.factorize(table.meta["cuisine"], sort=True)
-    none = len(labels)  # recipes without a cuisine vote after every label
-    key = group * (none + 1) + np.where(codes < 0, none, codes)
-    pair, votes = np.unique(key, return_counts=True)
-    pair_group, pair_cuisine = pair // (none + 1), pair % (none + 1)
-    best = np.lexsort((pair_cuisine, -votes, pair_group))
-    winner = best[np.flatnonzero(np.diff(pair_group[best], prepend=-1))]
+    codes = np.where(codes < 0, len(labels), codes)  # recipes without a cuisine vote after every label
     stratum = np.empty(n_groups, dtype=np.int64)
-    stratum[pair_group[winner]] = pair_cuisine[winner]
+    size = np.bincount(group, minlength=n_groups)
+    single = size[group] == 1
+    stratum[group[single]] = codes[single]
+    shared, compact = np.unique(group[~single], return_inverse=True)
+    votes = np.bincount(compact * (len(labels) + 1) + codes[~single], minlength=len(shared) * (len(labels) + 1))
+    stratum[shared] = votes.reshape(len(shared), len(labels) + 1).argmax(axis=1)
     return np.unique(stratum, return_inverse=True)[1].astype(np.int64)
 
 
