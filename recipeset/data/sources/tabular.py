@@ -304,6 +304,11 @@ def _parse_simple_csv(data: bytes, start: int, layout: _CsvLayout) -> _Parsed | 
     return parsed
 
 
+def _column(fields: pa.ListArray, i: int) -> pa.Array:
+    """Field ``i`` of every row of ``fields`` (each row has more than ``i``): a take, ~15x ``list_element``."""
+    return fields.values.take(pc.add(fields.offsets.slice(0, len(fields)), i))
+
+
 def _parse_lines(lines: pa.Array, first_line: int, layout: _CsvLayout, out: _Parsed) -> None:
     """One chunk of lines: blank lines skipped, rows of the wrong width and empty ids rejected, the rest's
     cells split (ingredients: into dictionary-encoded raw pieces; cuisine: normalised once per label)."""
@@ -319,14 +324,14 @@ def _parse_lines(lines: pa.Array, first_line: int, layout: _CsvLayout, out: _Par
     good = ~blank & ~wrong
     fields, numbers = fields.filter(pa.array(good)), numbers[good]
     if layout.i_id is not None:
-        ids = pc.replace_substring_regex(pc.list_element(fields, layout.i_id), f"^{_WS}+|{_WS}+$", "")
+        ids = pc.replace_substring_regex(_column(fields, layout.i_id), f"^{_WS}+|{_WS}+$", "")
         empty = (pc.binary_length(ids).to_numpy() == 0)
         out.reject(numbers[empty], [f"empty id in column {layout.id_column!r}"] * int(empty.sum()))
         keep = pa.array(~empty)
         fields, numbers = fields.filter(keep), numbers[~empty]
         out.ids.append(ids.filter(keep))
     out.lines.append(numbers)
-    pieces = pc.split_pattern(pc.list_element(fields, layout.i_ing), layout.delimiter)
+    pieces = pc.split_pattern(_column(fields, layout.i_ing), layout.delimiter)
     out.lengths.append(pc.list_value_length(pieces).to_numpy())
     encoded = pc.dictionary_encode(pieces.flatten())
     out.pieces.append(encoded.indices.to_numpy())
@@ -334,7 +339,7 @@ def _parse_lines(lines: pa.Array, first_line: int, layout: _CsvLayout, out: _Par
     if layout.i_cu is None:
         out.cuisines.append(np.full(len(numbers), None, dtype=object))
     else:
-        labels = pc.dictionary_encode(pc.list_element(fields, layout.i_cu))
+        labels = pc.dictionary_encode(_column(fields, layout.i_cu))
         normal = np.array([normalize_cuisine(x) for x in labels.dictionary.to_pylist()] + [None], dtype=object)
         out.cuisines.append(normal[labels.indices.to_numpy()])
 
