@@ -99,11 +99,6 @@ class CodedSets:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    @property
-    def segment_ids(self) -> np.ndarray:
-        """int64 ``[total]``: which set each code belongs to."""
-        return np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)
-
     def to_lists(self) -> list[list[str]]:
         flat = self.names[self.codes].tolist()
         bounds = self.offsets.tolist()
