@@ -12,6 +12,9 @@ measurement in one process, so that machine noise hits both sides alike.
 - :func:`bench_joint_scoring`: decoder ``joint`` scoring from the KV-cached prefix against the reference
   (one full forward pass per candidate sequence, :mod:`recipeset.models.decoder_reference`) on the same
   queries, interleaved, with the largest score difference.
+- :func:`bench_million`: a million-recipe CSV through the data layer (``data stats``; load + clean + split +
+  encode) and to the first training step, against ``pandas.read_csv`` of the same file, with each piece's peak
+  RSS (each piece in a fresh interpreter).
 
 Speed targets live here, never in timed unit tests: the machines are shared, so ratios measured side by side
 in one process are what counts, reported with the load average beside them.
@@ -19,15 +22,20 @@ in one process are what counts, reported with the load average beside them.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -37,6 +45,7 @@ from recipeset.data.batching import real_fraction
 from recipeset.data.collate import Batch, collate
 from recipeset.data.prepare import PreparedData, prepare_data
 from recipeset.data.sets import EncodedSets
+from recipeset.data.sources import load_dataset
 from recipeset.data.vocab import NULL, NUM_SPECIALS, Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.evaluation import leave_one_out_queries
@@ -47,7 +56,7 @@ from recipeset.models.set_transformer import SetTransformer, SetTransformerConfi
 from recipeset.objectives.losses import IGNORE, hungarian_loss, standard_loss
 from recipeset.objectives.matching import HungarianMatcher
 from recipeset.objectives.tasks import Objectives, split_query
-from recipeset.pipeline import build_model
+from recipeset.pipeline import build_model, run_training
 from recipeset.protocol import eval_subset
 from recipeset.registry import MODELS, losses_for
 from recipeset.training import Trainer, epoch_batches, make_optimizer, step_generator
@@ -449,3 +458,179 @@ def bench_joint_scoring(dataset: str = "flavornet", path: str | None = None, n_q
         "torch_threads": used_threads,
         "load_avg_1min": round(os.getloadavg()[0], 2),
     }
+
+
+# ================================================================================================
+# A million recipes: load + clean + encode + split against pandas.read_csv on the same file
+# ================================================================================================
+MILLION_CUISINES = ("NorthAmerican", "SouthernEuropean", "LatinAmerican", "WesternEuropean", "EastAsian",
+                    "MiddleEastern", "SouthAsian", "SoutheastAsian", "EasternEuropean", "African",
+                    "NorthernEuropean")
+_SYLLABLES = ("ba", "ko", "ri", "san", "mel", "to", "pe", "gar", "lin", "chi", "vo", "dul", "ma", "ne", "ros",
+              "tam", "fen", "qui", "lo", "zu", "pra", "bel", "cor", "sal")
+
+
+def _million_names(n_names: int, rng: np.random.Generator) -> list[str]:
+    """``n_names`` distinct made-up ingredient names of one to three words (``"ba kori melto"``)."""
+    names: dict[str, None] = {}
+    while len(names) < n_names:
+        words = [("".join(rng.choice(_SYLLABLES, size=rng.integers(2, 4)))) for _ in range(rng.integers(1, 4))]
+        names[" ".join(words)] = None
+    return list(names)
+
+
+def _noisy_variants(name: str) -> list[str]:
+    """Spellings of one name that normalise to it (case, whitespace) plus a plural that does not."""
+    words = name.split()
+    return [name, name.title(), name.upper(), "  " + "   ".join(words) + " ", "\t".join(words) + " ",
+            name + "s"]
+
+
+def write_million_csv(path: str | os.PathLike, n: int = 1_000_000, n_names: int = 1200, seed: int = 0) -> Path:
+    """A synthetic recipe CSV (``ingredients;separated;by;semicolons,cuisine``) of ``n`` recipes.
+
+    Set sizes follow flavornet's shape (mean ~8.4, 1..~40); ingredient popularity is Zipf-like over
+    ``n_names`` names; ~12% of mentions are written with noise (case, extra or tab whitespace: the same
+    ingredient after normalisation; a plural ``s``: a different one), ~1% of recipes repeat an ingredient,
+    ~0.2% hold only separators (dropped as empty), and a few cuisine labels carry stray spaces.
+    """
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    names = _million_names(n_names, rng)
+    variants = np.array([_noisy_variants(x) for x in names], dtype=object)  # [n_names, 6]
+    sizes = np.clip(rng.negative_binomial(7, 0.45, size=n) + 1, 1, 40)   # mean ~9.6 before dedupe of repeats
+    sizes = np.clip(np.round(sizes * 0.875).astype(np.int64), 1, 40)
+    total = int(sizes.sum())
+    popularity = 1.0 / np.arange(1, n_names + 1) ** 0.9
+    name_idx = rng.choice(n_names, size=total, p=popularity / popularity.sum())
+    noise = rng.random(total)
+    variant = np.where(noise < 0.88, 0, rng.integers(1, 6, size=total))
+    variant[noise > 0.995] = 5                                            # plural: another ingredient
+    pieces = variants[name_idx, variant]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    repeat = np.flatnonzero(rng.random(n) < 0.01)
+    cuisine = np.array(MILLION_CUISINES, dtype=object)[np.minimum(rng.geometric(0.35, size=n) - 1, 10)]
+    cuisine[rng.random(n) < 0.001] = " EastAsian "
+    empty = set(np.flatnonzero(rng.random(n) < 0.002).tolist())
+    repeat_set = set(repeat.tolist())
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write("ingredients,cuisine\n")
+        for i in range(n):
+            row = pieces[offsets[i]:offsets[i + 1]].tolist()
+            if i in empty:
+                row = [" ", ""]
+            elif i in repeat_set:
+                row.append(row[0].lower())
+            f.write(f"{';'.join(row)},{cuisine[i]}\n")
+    return path
+
+
+MILLION_PIECES = ("read_csv", "stats", "prepare", "first_step")
+
+
+class _FirstStepDone(Exception):
+    """Raised after the first optimizer step of the timed training run, to stop it there."""
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set size so far, MiB (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _time_to_first_step(path: str, model: str = "decoder", d_model: int = 64) -> float:
+    """Seconds from calling ``run_training`` (what ``recipeset train`` runs; no MLflow) on ``path`` to the end
+    of its first optimizer step: data loading, split, vocabulary, encoding, model and first batch included."""
+    cfg = RunConfig.from_dict({"data": {"dataset": path}, "model": {"name": model, "d_model": d_model},
+                               "train": {"device": "cpu", "max_steps": 10}})
+    original = Trainer.train_step
+    started = time.perf_counter()
+    done: dict[str, float] = {}
+
+    def first_step(self: Trainer, batch, weight: float = 1.0):  # the real step, then stop the run
+        original(self, batch, weight)
+        done["seconds"] = time.perf_counter() - started
+        raise _FirstStepDone
+
+    with tempfile.TemporaryDirectory(prefix="recipeset-bench-") as out, \
+            mock.patch.object(Trainer, "train_step", first_step):
+        try:
+            run_training(cfg, out_dir=out, track=False, progress=False, evaluate=False)
+        except _FirstStepDone:
+            pass
+    if "seconds" not in done:
+        raise RecipesetError("bench: the training run ended before its first step")
+    return done["seconds"]
+
+
+def _seconds(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def million_piece(piece: str, path: str) -> dict:
+    """Run one piece of :func:`bench_million` in this process: ``{"seconds", "peak_rss_mb",
+    "rss_before_mb"}`` (``rss_before_mb``: after the imports, before the piece).
+
+    - ``read_csv``: ``pandas.read_csv(path)`` (the reference: parsing the file and nothing else; median of 3);
+    - ``stats``: what ``recipeset data stats`` does: ``load_dataset`` (read, normalise, clean) + ``describe()``;
+    - ``prepare``: ``prepare_data`` (load, clean, group split, training vocabulary, encode train/val/test)
+      + ``describe()`` — the data layer's whole job before training;
+    - ``first_step``: ``run_training`` until its first optimizer step has finished (a d_model-64 decoder).
+    """
+    if piece not in MILLION_PIECES:
+        raise RecipesetError(f"bench: unknown piece {piece!r}; one of {', '.join(MILLION_PIECES)}")
+    before = _peak_rss_mb()
+    if piece == "read_csv":  # the reference is short and noisy on a shared machine: the median of 3 reads
+        return {"seconds": round(statistics.median(_seconds(pd.read_csv, path) for _ in range(3)), 3),
+                "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_before_mb": round(before, 1)}
+    t0 = time.perf_counter()
+    if piece == "stats":
+        load_dataset(path).describe()
+    elif piece == "prepare":
+        prepare_data(DataConfig(dataset=path)).table.describe()
+    seconds = _time_to_first_step(path) if piece == "first_step" else time.perf_counter() - t0
+    return {"seconds": round(seconds, 3), "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_before_mb": round(before, 1)}
+
+
+def _run_piece(piece: str, path: Path, timeout: float) -> dict:
+    """:func:`million_piece` in a fresh interpreter, so that its peak RSS is its own."""
+    code = ("import json, sys; from recipeset.bench import million_piece; "
+            "print(json.dumps(million_piece(sys.argv[1], sys.argv[2])))")
+    proc = subprocess.run([sys.executable, "-c", code, piece, str(path)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        raise RecipesetError(f"bench: the {piece} piece failed: {tail[0]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_million(n: int = 1_000_000, path: str | os.PathLike | None = None, repeats: int = 1,
+                  timeout: float = 1800.0) -> dict:
+    """The million-recipe data benchmark (the issue's "Done when": ``stats`` and ``prepare`` <= 8x
+    ``read_csv``, <= 1 GB peak; first training step <= 2x ``prepare``).
+
+    Writes the CSV of :func:`write_million_csv` to ``path`` (kept; reused when it exists) or to a temporary
+    file (removed), then runs every piece of :func:`million_piece` ``repeats`` times, each in its own fresh
+    interpreter (so each peak RSS is that piece's alone, imports included), interleaved so that machine
+    noise hits all alike; reports the median seconds and the largest peak of each piece, and the ratios.
+    """
+    with tempfile.TemporaryDirectory(prefix="recipeset-million-") as tmp:
+        csv_path = Path(path) if path is not None else Path(tmp) / "million.csv"
+        if not csv_path.exists():
+            write_million_csv(csv_path, n=n)
+        runs: dict[str, list[dict]] = {p: [] for p in MILLION_PIECES}
+        for _ in range(repeats):
+            for piece in MILLION_PIECES:
+                runs[piece].append(_run_piece(piece, csv_path, timeout))
+        size_mb = csv_path.stat().st_size / 2**20
+    out: dict = {"n_recipes": n, "csv_mb": round(size_mb, 1), "repeats": repeats,
+                 "load_average": [round(x, 2) for x in os.getloadavg()]}
+    for piece, rs in runs.items():
+        out[f"{piece}_s"] = statistics.median(r["seconds"] for r in rs)
+        out[f"{piece}_peak_rss_mb"] = max(r["peak_rss_mb"] for r in rs)
+        out[f"{piece}_rss_before_mb"] = max(r["rss_before_mb"] for r in rs)
+    out["stats_over_read_csv"] = round(out["stats_s"] / out["read_csv_s"], 2)
+    out["prepare_over_read_csv"] = round(out["prepare_s"] / out["read_csv_s"], 2)
+    out["first_step_over_prepare"] = round(out["first_step_s"] / out["prepare_s"], 2)
+    return out

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from recipeset.data.sets import EncodedSets
+from recipeset.data.sets import EncodedSets, csr_sort_within
 from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.registry import ORDERS, OrderEntry
@@ -75,8 +75,7 @@ def _set_keys(sets: EncodedSets, seed: int) -> np.ndarray:
 
 
 def _sort_within(sets: EncodedSets, key: np.ndarray) -> EncodedSets:
-    order = np.lexsort((key, sets.segment_ids))
-    return sets.with_values(sets.values[order])
+    return sets.with_values(sets.values[csr_sort_within(sets.offsets, key)])
 
 
 def reorder(sets: EncodedSets, strategy: str, vocab: Vocabulary, seed: int = 0, epoch: int = 0) -> EncodedSets:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from recipeset.config import DataConfig
-from recipeset.data.sets import EncodedSets
+from recipeset.data.sets import EncodedSets, csr_kept_offsets
 from recipeset.data.sources import dataset_label, load_dataset
 from recipeset.data.splits import Split, split_table
 from recipeset.data.table import RecipeTable
@@ -60,7 +60,7 @@ def load_table(cfg: DataConfig) -> RecipeTable:
 def _cap_length(table: RecipeTable, max_len: int | None) -> RecipeTable:
     if max_len is None:
         return table
-    keep = np.flatnonzero(table.frame["ingredients"].map(len).to_numpy() <= max_len)
+    keep = np.flatnonzero(table.set_sizes <= max_len)
     dropped = len(table) - len(keep)
     out = table.subset(keep)
     if dropped:
@@ -88,7 +88,7 @@ def mix_weights(table: RecipeTable, cfg: DataConfig, rows: np.ndarray) -> np.nda
     """Per-recipe sampling weights for mixing: dataset ``d`` gets ``weight_d`` of the draws in total."""
     if not cfg.mix:
         return None
-    names = table.frame["recipe_id"].iloc[rows].str.split("/", n=1).str[0].to_numpy()
+    names = table.meta["recipe_id"].iloc[rows].str.split("/", n=1).str[0].to_numpy()
     w = np.zeros(len(rows))
     for entry in cfg.mix:
         sel = names == dataset_label(str(entry["dataset"]))
@@ -111,7 +111,8 @@ def prepare_data(cfg: DataConfig, split_path: str | Path | None = None,
         split = split_table(table, seed=cfg.split_seed)
     train_t, val_t, test_t = split.tables(table)
     if vocab is None:
-        vocab = Vocabulary.build(train_t.ingredients, table.cuisines, min_count=cfg.min_count)
+        vocab = Vocabulary.from_counts(train_t.ingredient_counts(), table.meta["cuisine"].dropna().unique(),
+                                       min_count=cfg.min_count)
     train = train_t.encode(vocab, unknown="skip")
     keep = np.flatnonzero(train.lengths > 0)
     if len(keep) < len(train):  # recipes made only of rare ingredients (min_count > 1)
@@ -125,7 +126,7 @@ def prepare_data(cfg: DataConfig, split_path: str | Path | None = None,
 def drop_unk(sets: EncodedSets) -> EncodedSets:
     """The sets without [UNK] ids, and without sets left empty."""
     keep = sets.values != UNK
-    seg = sets.segment_ids
-    lengths = np.bincount(seg[keep], minlength=len(sets))
-    out = EncodedSets.from_lengths(sets.values[keep], lengths, sets.cuisine)
-    return out.take(np.flatnonzero(lengths > 0))
+    if keep.all() and (sets.lengths > 0).all():
+        return sets
+    out = EncodedSets(sets.values[keep], csr_kept_offsets(sets.offsets, keep), sets.cuisine)
+    return out.take(np.flatnonzero(out.lengths > 0))

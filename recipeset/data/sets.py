@@ -13,6 +13,45 @@ import numpy as np
 from recipeset.data.vocab import PAD
 
 
+def index_dtype(size: int) -> type[np.signedinteger]:
+    """int32 for positions in arrays shorter than 2**31 (half the memory, and fewer fresh pages), else int64."""
+    return np.int32 if size < 2**31 - 1 else np.int64
+
+
+def csr_take(offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gather rows ``idx`` of a CSR layout: ``(positions of their values in the flat array, new offsets)``."""
+    starts = offsets[idx]
+    lengths = offsets[idx + 1] - starts
+    new_offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    # position of every output value in the source: its set's start + its rank inside the set
+    dtype = index_dtype(int(offsets[-1]))
+    positions = np.repeat((starts - new_offsets[:-1]).astype(dtype), lengths)
+    positions += np.arange(new_offsets[-1], dtype=dtype)
+    return positions, new_offsets
+
+
+def csr_sort_within(offsets: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """The permutation of the flat positions that sorts each row of a CSR layout by ``key`` (stable: equal
+    keys keep their order; rows stay in place) — ``np.lexsort((key, row ids))`` without the global sort:
+    the rows of each length are sorted together as the rows of one matrix."""
+    order = np.arange(len(key), dtype=index_dtype(len(key)))
+    lengths = np.diff(offsets)
+    for length in np.unique(lengths[lengths > 1]).tolist():
+        positions = offsets[:-1][lengths == length][:, None] + np.arange(length)
+        inner = np.argsort(key[positions], axis=1, kind="stable")
+        order[positions] = np.take_along_axis(positions, inner, axis=1)
+    return order
+
+
+def csr_kept_offsets(offsets: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The offsets of a CSR layout after keeping only the values where ``mask`` is True."""
+    dtype = index_dtype(len(mask))
+    kept = np.zeros(len(mask) + 1, dtype=dtype)
+    np.cumsum(np.asarray(mask, dtype=bool).view(np.int8), dtype=dtype, out=kept[1:])  # 10x a bool cumsum
+    return kept[offsets].astype(np.int64)
+
+
 @dataclass(frozen=True)
 class EncodedSets:
     """``N`` variable-length sets of token ids.
@@ -72,15 +111,8 @@ class EncodedSets:
     def take(self, idx: np.ndarray | Sequence[int]) -> EncodedSets:
         """The sets at ``idx`` (vectorised gather)."""
         idx = np.asarray(idx, dtype=np.int64)
-        starts = self.offsets[idx]
-        lengths = self.offsets[idx + 1] - starts
-        new_offsets = np.zeros(len(idx) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=new_offsets[1:])
-        # position of every output value in the source: start of its set + rank inside the set
-        seg = np.repeat(np.arange(len(idx)), lengths)
-        within = np.arange(new_offsets[-1]) - new_offsets[seg]
-        values = self.values[starts[seg] + within]
-        return EncodedSets(values, new_offsets, self.cuisine[idx].copy())
+        positions, new_offsets = csr_take(self.offsets, idx)
+        return EncodedSets(self.values[positions], new_offsets, self.cuisine[idx].copy())
 
     def with_values(self, values: np.ndarray) -> EncodedSets:
         """Same layout, new values (for reorderings)."""

@@ -5,18 +5,23 @@ sets into training. Recipes are grouped by their sorted ingredient set; each gro
 cuisine (ties: a labelled cuisine over none, then the alphabetically first label); inside each cuisine
 stratum the groups are shuffled (seeded) and dealt out whole, so that each stratum gets ~80/10/10 of its
 *recipes*. The split is a function of the table's content and the seed, not of its row order.
+
+Everything runs on integer arrays: a set's key is its sorted, de-duplicated ingredient ranks, and groups are
+numbered in the order of the ``"\t"``-joined sorted names (see :func:`ingredient_set_groups`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from recipeset.data.sets import csr_kept_offsets
 from recipeset.data.table import RecipeTable
 from recipeset.errors import RecipesetError
 from recipeset.io_utils import atomic_write_text
@@ -108,11 +113,96 @@ class Split:
         return split
 
 
+_AT_MOST_TAB = re.compile("[\x00-\x09]")
+
+
 def ingredient_set_groups(table: RecipeTable) -> np.ndarray:
-    """int64 ``[N]``: group id of each recipe, equal iff the ingredient sets are equal (ids in key order)."""
-    keys = table.frame["ingredients"].map(lambda r: "\t".join(sorted(set(r))))
-    codes, _ = pd.factorize(keys, sort=True)
-    return codes.astype(np.int64)
+    """int64 ``[N]``: group id of each recipe, equal iff the ingredient sets are equal; ids in the order of
+    the key ``"\t".join(sorted(set(recipe)))``.
+
+    That order is the lexicographic order of the sorted name sequences (a shorter prefix first) whenever no
+    name holds a character <= ``"\t"``; it is computed on the integer ranks of the names (an MSD sort of
+    packed rank words, see :func:`_lexicographic_groups`). Names with such characters (never produced by
+    normalisation) fall back to the string keys.
+    """
+    coded = table.coded
+    names = coded.names.tolist()
+    if any(not isinstance(x, str) or _AT_MOST_TAB.search(x) for x in names):
+        keys = pd.Series(["\t".join(sorted(set(r))) for r in coded.to_lists()], dtype=object)
+        return pd.factorize(keys, sort=True)[0].astype(np.int64)
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
+    _, ranks = coded.sort_within(rank)  # each set sorted by rank
+    first = ~coded.repeats_sorted(ranks)  # a set: drop repeated names
+    return _lexicographic_groups(ranks[first], csr_kept_offsets(coded.offsets, first), len(names))
+
+
+def _rank_words(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray, word: int, per_word: int,
+                bits: int) -> np.ndarray:
+    """uint64 key of symbols ``word*per_word ..`` of each row: (rank + 1) per symbol, 0 past the row's end."""
+    lengths = offsets[rows + 1] - offsets[rows]
+    out = np.zeros(len(rows), dtype=np.uint64)
+    for t in range(per_word):
+        pos = word * per_word + t
+        has = lengths > pos
+        symbol = np.zeros(len(rows), dtype=np.uint64)
+        symbol[has] = values[offsets[rows[has]] + pos].astype(np.uint64) + np.uint64(1)
+        out = (out << np.uint64(bits)) | symbol
+    return out
+
+
+def _lexicographic_groups(values: np.ndarray, offsets: np.ndarray, n_symbols: int) -> np.ndarray:
+    """Group ids of CSR rows of ranks in ``0..n_symbols-1``, numbered in lexicographic order of the rows
+    (a proper prefix first). Rows are sorted by their first packed word, then only rows still tied with
+    another are re-sorted, inside their tie, by the next word, until no tie is longer than what was compared.
+    """
+    n = len(offsets) - 1
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    bits = max(1, int(n_symbols).bit_length())
+    per_word = max(1, 64 // bits)
+    lengths = np.diff(offsets)
+    everything = np.arange(n, dtype=np.int64)
+    key = _rank_words(values, offsets, everything, 0, per_word, bits)
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    starts = np.ones(n, dtype=bool)  # True where a run of equal keys begins
+    starts[1:] = key[1:] != key[:-1]
+    word = 1
+    while True:
+        run = np.cumsum(starts.view(np.int8), dtype=np.int64) - 1
+        first = np.flatnonzero(starts)
+        longest = np.maximum.reduceat(lengths[order], first)
+        tied = (np.diff(np.append(first, n)) > 1) & (longest > word * per_word)
+        if not tied.any():
+            break
+        positions = np.flatnonzero(tied[run])
+        rows, runs = order[positions], run[positions]
+        key = _rank_words(values, offsets, rows, word, per_word, bits)
+        inner = np.lexsort((key, runs))  # runs are ascending: sorts each tie in place
+        order[positions] = rows[inner]
+        key, runs = key[inner], runs[inner]
+        starts[positions[1:]] |= key[1:] != key[:-1]
+        word += 1
+    group = np.empty(n, dtype=np.int64)
+    group[order] = np.cumsum(starts.view(np.int8), dtype=np.int64) - 1
+    return group
+
+
+def _majority_strata(table: RecipeTable, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """int64 ``[n_groups]``: each group's stratum, its majority cuisine (ties: a labelled cuisine over none,
+    then the smallest label), as dense ids. A one-recipe group takes its recipe's cuisine; the others count
+    votes in a ``[groups, cuisines]`` table whose first maximum per row is the winner (None coded last)."""
+    codes, labels = pd.factorize(table.meta["cuisine"], sort=True)
+    codes = np.where(codes < 0, len(labels), codes)  # recipes without a cuisine vote after every label
+    stratum = np.empty(n_groups, dtype=np.int64)
+    size = np.bincount(group, minlength=n_groups)
+    single = size[group] == 1
+    stratum[group[single]] = codes[single]
+    shared, compact = np.unique(group[~single], return_inverse=True)
+    votes = np.bincount(compact * (len(labels) + 1) + codes[~single], minlength=len(shared) * (len(labels) + 1))
+    stratum[shared] = votes.reshape(len(shared), len(labels) + 1).argmax(axis=1)
+    return np.unique(stratum, return_inverse=True)[1].astype(np.int64)
 
 
 def split_table(table: RecipeTable, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
@@ -124,15 +214,7 @@ def split_table(table: RecipeTable, fractions: tuple[float, float, float] = (0.8
     n_groups = int(group.max()) + 1 if n else 0
     size = np.bincount(group, minlength=n_groups)
 
-    # Majority cuisine of each group; ties -> a labelled cuisine, then the smallest label.
-    cu = table.frame["cuisine"]
-    votes = (pd.DataFrame({"g": group, "none": cu.isna().to_numpy(), "c": cu.fillna("").to_numpy()})
-             .groupby(["g", "none", "c"], sort=False).size().reset_index(name="n")
-             .sort_values(["g", "n", "none", "c"], ascending=[True, False, True, True], kind="stable")
-             .drop_duplicates("g"))
-    stratum = np.empty(n_groups, dtype=np.int64)
-    stratum[votes["g"].to_numpy()] = pd.factorize(votes["c"].where(~votes["none"], None), sort=True,
-                                                  use_na_sentinel=False)[0]
+    stratum = _majority_strata(table, group, n_groups)
 
     # Shuffle groups inside each stratum, then deal them out by the midpoint of their cumulative recipe
     # count, so each stratum's recipes split ~fr (whole groups, so approximately).

@@ -3,18 +3,24 @@
 Columns: ``recipe_id`` (str, unique), ``ingredients`` (list[str], normalised names), ``cuisine`` (str or None),
 ``source`` (str). Every transformation (``clean``, ``map_cuisines``, ``subset``) returns a new table; the
 cleaning report travels with it, so ``describe()`` can always say what was dropped and why.
+
+Inside, the ingredient sets are :class:`CodedSets` — integer codes into the distinct names, with offsets
+(CSR) — and the other columns a frame (``meta``); the ``frame`` with its per-recipe lists is built only when
+asked for. Cleaning, counting, encoding, ``describe()`` and the split work on the integer arrays, and names
+are normalised once per distinct raw string (:func:`normalize_names`), so a million recipes cost seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from recipeset.data.sets import EncodedSets
+from recipeset.data.sets import EncodedSets, csr_kept_offsets, csr_sort_within, csr_take
 from recipeset.data.vocab import UNK, UnknownIngredientError, Vocabulary
 from recipeset.errors import RecipesetError
 
@@ -27,6 +33,115 @@ def normalize_ingredient(name: str) -> str:
     ``" Soy Sauce "`` -> ``"soy_sauce"``. Every loader uses this, so names agree across datasets.
     """
     return "_".join(name.strip().lower().split())
+
+
+def normalize_names(raw: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Normalise a flat sequence of raw ingredient names, each DISTINCT string once.
+
+    Returns ``(codes, names)``: int32 ``codes[i]`` indexes the object array ``names`` of distinct normalised
+    names (in order of first appearance), ``names[codes[i]] == normalize_ingredient(raw[i])``.
+    """
+    raw_codes, uniques = pd.factorize(np.asarray(raw, dtype=object), use_na_sentinel=False)
+    codes, names = _factorize_names([normalize_ingredient(u) for u in uniques])
+    return codes[raw_codes].astype(np.int32), names
+
+
+def _factorize_names(values: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
+    """``(int64 codes, object array of the distinct values)``, first-appearance order, None kept as a value."""
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    codes, uniques = pd.factorize(arr, use_na_sentinel=False)
+    names = np.empty(len(uniques), dtype=object)
+    names[:] = list(uniques)
+    return codes.astype(np.int64), names
+
+
+@dataclass(frozen=True)
+class CodedSets:
+    """Ingredient sets as int32 ``codes`` into ``names`` (distinct names, object array), recipe ``i`` being
+    ``names[codes[offsets[i]:offsets[i+1]]]`` in its written order. ``names`` may hold names no set uses."""
+
+    codes: np.ndarray
+    offsets: np.ndarray
+    names: np.ndarray
+
+    @classmethod
+    def from_lists(cls, sets: Sequence[Sequence[str]]) -> CodedSets:
+        """From Python lists of names (codes in order of first appearance)."""
+        lengths = np.fromiter(map(len, sets), dtype=np.int64, count=len(sets))
+        codes, names = _factorize_names(list(itertools.chain.from_iterable(sets)))
+        return cls.from_lengths(codes, lengths, names)
+
+    @classmethod
+    def from_raw(cls, raw: Sequence[str] | np.ndarray, lengths: Sequence[int] | np.ndarray,
+                 drop_empty: bool = True, indices: np.ndarray | None = None) -> CodedSets:
+        """From flat raw names (set after set, ``lengths`` each), normalised by :func:`normalize_names`;
+        with ``indices``, ``raw`` holds distinct raw names and ``indices`` the one of each piece.
+        ``drop_empty`` drops the names that normalise to ``""`` (blank pieces of a delimited cell)."""
+        codes, names = normalize_names(raw)
+        if indices is not None:
+            codes = codes[indices]
+        lengths = np.asarray(lengths, dtype=np.int64)
+        empty = np.flatnonzero(names == "")
+        out = cls.from_lengths(codes, lengths, names)
+        return out.keep(codes != empty[0]) if drop_empty and empty.size else out
+
+    @classmethod
+    def from_lengths(cls, codes: np.ndarray, lengths: np.ndarray, names: np.ndarray) -> CodedSets:
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return cls(np.asarray(codes, dtype=np.int32), offsets, names)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def to_lists(self) -> list[list[str]]:
+        flat = self.names[self.codes].tolist()
+        bounds = self.offsets.tolist()
+        return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def take(self, idx: np.ndarray) -> CodedSets:
+        """The sets at (non-negative) ``idx``."""
+        if len(idx) == len(self) and np.array_equal(idx, np.arange(len(self))):
+            return self
+        positions, offsets = csr_take(self.offsets, idx)
+        return CodedSets(self.codes[positions], offsets, self.names)
+
+    def keep(self, mask: np.ndarray) -> CodedSets:
+        """The same sets with only the codes where ``mask`` (``[total]`` bool) is True."""
+        if mask.all():
+            return self
+        return CodedSets(self.codes[mask], csr_kept_offsets(self.offsets, mask), self.names)
+
+    def counts(self) -> np.ndarray:
+        """int64 ``[len(names)]``: occurrences of each name."""
+        return np.bincount(self.codes, minlength=len(self.names)).astype(np.int64)
+
+    def sort_within(self, rank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Order each set by ``rank[code]`` (default: the code), sets in place: ``(permutation of the flat
+        positions, the ranks in that order)``; stable, so equal ranks keep their written order."""
+        value = self.codes if rank is None else rank[self.codes]
+        order = csr_sort_within(self.offsets, value)
+        return order, value[order]
+
+    def repeats_sorted(self, sorted_values: np.ndarray) -> np.ndarray:
+        """bool over the positions of :meth:`sort_within`'s order: True where the value equals the previous
+        one of the same set."""
+        out = np.zeros(len(sorted_values), dtype=bool)
+        out[1:] = sorted_values[1:] == sorted_values[:-1]
+        out[self.offsets[:-1][self.lengths > 0]] = False  # a set's first value repeats nothing
+        return out
+
+    def repeats(self) -> np.ndarray:
+        """bool ``[total]``: True on a code that already occurred earlier in the same set."""
+        order, values = self.sort_within()
+        out = np.zeros(len(values), dtype=bool)
+        out[order[self.repeats_sorted(values)]] = True
+        return out
 
 
 def normalize_cuisine(label: object) -> str | None:
@@ -116,12 +231,30 @@ class CleaningReport:
 
 
 # ---- the table ---------------------------------------------------------------------------------------
-class RecipeTable:
-    """Recipes as ingredient sets (a thin, immutable-by-convention wrapper over a DataFrame).
+META_COLUMNS = ("recipe_id", "cuisine", "source")
 
-    ``frame`` has the columns ``recipe_id``, ``ingredients``, ``cuisine``, ``source`` and a 0..N-1 index.
-    ``name`` names the dataset, ``source_path`` where it was read from, ``sha256`` the combined hash of the
-    source files (lineage), ``report`` what loading and cleaning dropped.
+
+def _meta_frame(recipe_id: object, cuisine: object, source: object) -> pd.DataFrame:
+    """The non-ingredient columns, as object columns (missing cuisine -> None), index 0..N-1."""
+    return pd.DataFrame({"recipe_id": pd.Series(recipe_id, dtype=object).reset_index(drop=True),
+                         "cuisine": pd.Series(_none_for_missing(cuisine), dtype=object),
+                         "source": pd.Series(source, dtype=object).reset_index(drop=True)})
+
+
+def _none_for_missing(values: object) -> np.ndarray:
+    """An object array of ``values`` with every missing value (None, NaN, NA) as None."""
+    out = pd.Series(values, dtype=object).to_numpy(dtype=object, copy=True)
+    out[pd.isna(out)] = None
+    return out
+
+
+class RecipeTable:
+    """Recipes as ingredient sets (immutable by convention).
+
+    ``frame`` is a DataFrame with the columns ``recipe_id``, ``ingredients``, ``cuisine``, ``source`` and a
+    0..N-1 index (built on first use); ``coded`` holds the sets as integer codes (:class:`CodedSets`) and
+    ``meta`` the other three columns. ``name`` names the dataset, ``source_path`` where it was read from,
+    ``sha256`` the combined hash of the source files (lineage), ``report`` what loading and cleaning dropped.
     """
 
     def __init__(self, frame: pd.DataFrame, name: str, source_path: str | None = None,
@@ -129,18 +262,37 @@ class RecipeTable:
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:
             raise ValueError(f"RecipeTable frame lacks columns {missing}")
-        frame = frame.loc[:, list(COLUMNS)].reset_index(drop=True)
-        frame["recipe_id"] = frame["recipe_id"].astype(object)
-        frame["cuisine"] = frame["cuisine"].astype(object).where(frame["cuisine"].notna(), None)
-        frame["source"] = frame["source"].astype(object)
-        if not frame["recipe_id"].is_unique:
-            dup = frame["recipe_id"][frame["recipe_id"].duplicated()].iloc[0]
+        meta = _meta_frame(frame["recipe_id"], frame["cuisine"], frame["source"])
+        self._setup(meta, CodedSets.from_lists(frame["ingredients"].tolist()), name, source_path, sha256, report,
+                    check_ids=True)
+
+    def _setup(self, meta: pd.DataFrame, coded: CodedSets, name: str, source_path: str | None,
+               sha256: str | None, report: CleaningReport | None, check_ids: bool) -> None:
+        if len(meta) != len(coded):
+            raise ValueError("RecipeTable: one ingredient set per row")
+        if check_ids and not meta["recipe_id"].is_unique:
+            dup = meta["recipe_id"][meta["recipe_id"].duplicated()].iloc[0]
             raise RecipesetError(f"{name}: duplicate recipe id {dup!r}; recipe ids must be unique")
-        self.frame = frame
+        self.meta = meta
+        self.coded = coded
         self.name = name
         self.source_path = source_path
         self.sha256 = sha256
         self.report = report if report is not None else CleaningReport()
+        self._frame: pd.DataFrame | None = None
+
+    @classmethod
+    def from_coded(cls, coded: CodedSets, recipe_ids: Sequence[str] | np.ndarray,
+                   cuisines: Sequence[str | None] | np.ndarray, source: str | Sequence[str] | np.ndarray,
+                   name: str, source_path: str | None = None, sha256: str | None = None,
+                   report: CleaningReport | None = None, check_ids: bool = True) -> RecipeTable:
+        """A table straight from coded sets (names as given: not normalised) and per-recipe columns.
+        ``check_ids=False`` skips the uniqueness check of ids the caller has already checked."""
+        n = len(coded)
+        src = np.full(n, source, dtype=object) if isinstance(source, str) else source
+        table = cls.__new__(cls)
+        table._setup(_meta_frame(recipe_ids, cuisines, src), coded, name, source_path, sha256, report, check_ids)
+        return table
 
     @classmethod
     def from_records(cls, ingredients: Sequence[Sequence[str]], cuisines: Sequence[str | None] | None = None,
@@ -149,57 +301,76 @@ class RecipeTable:
                      sha256: str | None = None, report: CleaningReport | None = None) -> RecipeTable:
         """Build a table from Python lists (ids default to ``"{name}:{i}"``, 0-based)."""
         n = len(ingredients)
-        sets = [[normalize_ingredient(x) for x in r] if normalize else list(r) for r in ingredients]
+        if normalize:
+            coded = CodedSets.from_raw(list(itertools.chain.from_iterable(ingredients)),
+                                       np.fromiter(map(len, ingredients), dtype=np.int64, count=n), drop_empty=False)
+        else:
+            coded = CodedSets.from_lists(ingredients)
         ids = [f"{name}:{i}" for i in range(n)] if recipe_ids is None else [str(r) for r in recipe_ids]
         cu = [None] * n if cuisines is None else [normalize_cuisine(c) for c in cuisines]
         src = [source] * n if isinstance(source, str) else list(source)
         if not (len(ids) == len(cu) == len(src) == n):
             raise ValueError("ingredients, cuisines, recipe_ids and source must have the same length")
-        frame = pd.DataFrame({"recipe_id": pd.Series(ids, dtype=object),
-                              "ingredients": pd.Series(sets, dtype=object),
-                              "cuisine": pd.Series(cu, dtype=object),
-                              "source": pd.Series(src, dtype=object)})
-        return cls(frame, name=name, source_path=source_path, sha256=sha256, report=report)
+        return cls.from_coded(coded, ids, cu, src, name=name, source_path=source_path, sha256=sha256,
+                              report=report)
 
-    def _replace(self, frame: pd.DataFrame, report: CleaningReport | None = None) -> RecipeTable:
-        return RecipeTable(frame, name=self.name, source_path=self.source_path, sha256=self.sha256,
-                           report=self.report.copy() if report is None else report)
+    def _replace(self, meta: pd.DataFrame, coded: CodedSets, report: CleaningReport | None = None) -> RecipeTable:
+        table = RecipeTable.__new__(RecipeTable)
+        table._setup(meta.reset_index(drop=True), coded, self.name, self.source_path, self.sha256,
+                     self.report.copy() if report is None else report, check_ids=False)
+        return table
 
     # ---- access -------------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.frame)
+        return len(self.meta)
 
     def __repr__(self) -> str:
         return (f"RecipeTable({self.name!r}: {len(self)} recipes, {len(self.ingredient_counts())} ingredients, "
-                f"{self.frame['cuisine'].nunique()} cuisines)")
+                f"{self.meta['cuisine'].nunique()} cuisines)")
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The table as a DataFrame (``ingredients``: a list of names per recipe); built once, on first use."""
+        if self._frame is None:
+            frame = self.meta.copy()
+            frame.insert(1, "ingredients", pd.Series(self.coded.to_lists(), dtype=object))
+            self._frame = frame
+        return self._frame
 
     @property
     def recipe_ids(self) -> list[str]:
-        return self.frame["recipe_id"].tolist()
+        return self.meta["recipe_id"].tolist()
 
     @property
     def ingredients(self) -> list[list[str]]:
-        return self.frame["ingredients"].tolist()
+        return self.coded.to_lists()
 
     @property
     def cuisines(self) -> list[str | None]:
-        return self.frame["cuisine"].tolist()
+        return self.meta["cuisine"].tolist()
+
+    @property
+    def set_sizes(self) -> np.ndarray:
+        """int64 ``[N]``: ingredients per recipe."""
+        return self.coded.lengths
 
     def ingredient_counts(self) -> pd.Series:
         """Number of recipes containing each ingredient, descending (ties by name)."""
-        flat = self.frame["ingredients"].explode().dropna()
-        counts = flat.value_counts()
-        if counts.empty:
+        counts = self.coded.counts()
+        names = self.coded.names
+        present = [i for i in np.flatnonzero(counts).tolist() if names[i] is not None and names[i] == names[i]]
+        if not present:
             return pd.Series(dtype=np.int64)
-        order = sorted(zip(counts.index, counts.to_numpy(), strict=True), key=lambda x: (-x[1], x[0]))
-        return pd.Series([c for _, c in order], index=[n for n, _ in order], dtype=np.int64)
+        order = sorted(present, key=lambda i: (-counts[i], names[i]))
+        return pd.Series(counts[order].tolist(), index=names[order].tolist(), dtype=np.int64)
 
     def subset(self, indices: np.ndarray | Sequence[int]) -> RecipeTable:
         """The rows at ``indices`` (positional), re-indexed 0..len-1; name, lineage and report are kept."""
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"subset index out of range for a table of {len(self)} recipes")
-        return self._replace(self.frame.iloc[idx])
+        idx = np.where(idx < 0, idx + len(self), idx)
+        return self._replace(self.meta.iloc[idx], self.coded.take(idx))
 
     # ---- cleaning -----------------------------------------------------------------------------------
     def map_cuisines(self, mapping: Mapping[str, str | None], keep_unmapped: bool = False,
@@ -207,20 +378,21 @@ class RecipeTable:
         """Relabel cuisines with ``mapping``. Labels the mapping lacks (or maps to None/"") are dropped with
         their recipes — or kept with cuisine None when ``keep_unmapped`` — and counted in the report.
         Recipes without a cuisine are left as they are."""
-        cu = self.frame["cuisine"]
-        mapped = cu.map(lambda c: (mapping.get(c) or None) if c is not None else None)
-        unmapped = cu.notna() & mapped.isna()
+        cu = self.meta["cuisine"]
+        labels_of = {c: (mapping.get(c) or None) for c in cu.dropna().unique().tolist()}  # each label once
+        mapped = cu.map(labels_of)
+        unmapped = (cu.notna() & mapped.isna()).to_numpy()
         report = self.report.copy()
         n = int(unmapped.sum())
         labels = sorted(cu[unmapped].unique().tolist())
-        frame = self.frame.assign(cuisine=mapped)
+        meta = self.meta.assign(cuisine=pd.Series(_none_for_missing(mapped), dtype=object))
         if keep_unmapped:
             report.add("unmapped_cuisine", n, f"cuisine label not mapped by {where}; kept with cuisine None", labels)
-        else:
-            frame = frame[~unmapped.to_numpy()]
-            report.add("unmapped_cuisine", n, f"recipes dropped: cuisine label not mapped by {where} "
-                       f"(pass keep_unmapped=True to keep them unlabelled)", labels)
-        return self._replace(frame, report)
+            return self._replace(meta, self.coded, report)
+        report.add("unmapped_cuisine", n, f"recipes dropped: cuisine label not mapped by {where} "
+                   f"(pass keep_unmapped=True to keep them unlabelled)", labels)
+        keep = np.flatnonzero(~unmapped)
+        return self._replace(meta.iloc[keep], self.coded.take(keep), report)
 
     def clean(self, min_count: int = 1, dedupe: bool = True, drop_empty: bool = True) -> RecipeTable:
         """A cleaned copy: duplicate ingredients inside a recipe removed (first occurrence kept), ingredients
@@ -232,36 +404,40 @@ class RecipeTable:
         if min_count < 1:
             raise RecipesetError(f"clean: min_count must be >= 1, not {min_count}")
         report = self.report.copy()
-        sets = self.frame["ingredients"]
+        coded = self.coded
+        ids = self.meta["recipe_id"]
         if dedupe:
-            lengths = sets.map(len)
-            deduped = sets.map(lambda r: list(dict.fromkeys(r)))
-            removed = lengths - deduped.map(len)
-            n_dup = int(removed.sum())
-            report.add("duplicate_ingredients", n_dup,
+            deduped = coded.keep(~coded.repeats())
+            removed = coded.lengths - deduped.lengths
+            report.add("duplicate_ingredients", int(removed.sum()),
                        f"repeated ingredients removed inside {int((removed > 0).sum())} recipes (a recipe is a set)",
-                       self.frame["recipe_id"][removed > 0].head(5))
-            sets = deduped
+                       ids[removed > 0].head(5))
+            coded = deduped
         if min_count > 1:
-            counts = sets.explode().dropna().value_counts()
-            rare = set(counts.index[counts < min_count])
-            if rare:
-                before = sets.map(len)
-                sets = sets.map(lambda r: [x for x in r if x not in rare])
-                n_rare_occ = int((before - sets.map(len)).sum())
-                emptied = (before > 0) & (sets.map(len) == 0)
-                report.add("rare_ingredients", len(rare),
-                           f"ingredients in fewer than {min_count} recipes removed ({n_rare_occ} occurrences)",
-                           sorted(rare))
-                report.add("recipes_emptied_by_min_count", int(emptied.sum()),
-                           f"recipes whose every ingredient was rarer than min_count={min_count}")
-        frame = self.frame.assign(ingredients=sets)
-        if drop_empty:
-            empty = (sets.map(len) == 0).to_numpy()
-            report.add("empty_recipes", int(empty.sum()), "recipes without ingredients dropped",
-                       self.frame["recipe_id"][empty].head(5))
-            frame = frame[~empty]
-        return self._replace(frame, report)
+            coded = self._drop_rare(coded, min_count, report)
+        if not drop_empty:
+            return self._replace(self.meta, coded, report)
+        empty = coded.lengths == 0
+        report.add("empty_recipes", int(empty.sum()), "recipes without ingredients dropped", ids[empty].head(5))
+        keep = np.flatnonzero(~empty)
+        return self._replace(self.meta.iloc[keep], coded.take(keep), report)
+
+    @staticmethod
+    def _drop_rare(coded: CodedSets, min_count: int, report: CleaningReport) -> CodedSets:
+        """``coded`` without the names in fewer than ``min_count`` sets (reported)."""
+        counts = coded.counts()
+        rare = (counts > 0) & (counts < min_count)
+        if not rare.any():
+            return coded
+        rare_occurrence = rare[coded.codes]
+        out = coded.keep(~rare_occurrence)
+        emptied = (coded.lengths > 0) & (out.lengths == 0)
+        report.add("rare_ingredients", int(rare.sum()),
+                   f"ingredients in fewer than {min_count} recipes removed ({int(rare_occurrence.sum())} occurrences)",
+                   sorted(coded.names[rare].tolist()))
+        report.add("recipes_emptied_by_min_count", int(emptied.sum()),
+                   f"recipes whose every ingredient was rarer than min_count={min_count}")
+        return out
 
     # ---- summaries ----------------------------------------------------------------------------------
     def describe(self, top: int = 20) -> dict:
@@ -271,17 +447,17 @@ class RecipeTable:
         cuisine), ``set_size`` (min/mean/median/max and a ``{size: count}`` histogram), ``per_cuisine``,
         ``per_source``, ``top_ingredients`` (``[[name, count], ...]``), ``sha256``, ``cleaning``.
         """
-        sizes = self.frame["ingredients"].map(len).to_numpy(dtype=np.int64)
+        sizes = self.coded.lengths
         counts = self.ingredient_counts()
-        per_cuisine = self.frame["cuisine"].dropna().value_counts()
-        per_source = self.frame["source"].value_counts()
+        per_cuisine = self.meta["cuisine"].dropna().value_counts()
+        per_source = self.meta["source"].value_counts()
         hist = np.bincount(sizes) if sizes.size else np.zeros(0, dtype=np.int64)
         return {
             "name": self.name,
             "recipes": int(len(self)),
             "ingredients": int(len(counts)),
             "cuisines": int(len(per_cuisine)),
-            "unlabelled": int(self.frame["cuisine"].isna().sum()),
+            "unlabelled": int(self.meta["cuisine"].isna().sum()),
             "set_size": {
                 "min": int(sizes.min()) if sizes.size else 0,
                 "mean": round(float(sizes.mean()), 3) if sizes.size else 0.0,
@@ -308,32 +484,31 @@ class RecipeTable:
         """
         if unknown not in ("error", "skip", "unk"):
             raise RecipesetError(f"encode: unknown must be 'error', 'skip' or 'unk', not {unknown!r}")
-        sets = self.frame["ingredients"]
-        lengths = sets.map(len).to_numpy(dtype=np.int64)
-        flat = pd.Series([x for r in sets for x in r], dtype=object)
-        ids = flat.map(vocab._ids).to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
-        missing = np.isnan(ids)
+        coded = self.coded
+        lookup = np.fromiter((vocab._ids.get(n, -1) for n in coded.names), dtype=np.int64, count=len(coded.names))
+        ids = lookup[coded.codes]
+        lengths = coded.lengths
+        missing = ids < 0
         if missing.any():
             if unknown == "error":
                 pos = int(np.flatnonzero(missing)[0])
-                row = int(np.searchsorted(np.cumsum(lengths), pos, side="right"))
+                row = int(np.searchsorted(coded.offsets[1:], pos, side="right"))
                 try:
-                    vocab.id(flat.iloc[pos])
+                    vocab.id(coded.names[coded.codes[pos]])
                 except UnknownIngredientError as e:
                     raise UnknownIngredientError(
-                        f"{self.name} recipe {self.frame['recipe_id'].iloc[row]}: {e} "
+                        f"{self.name} recipe {self.meta['recipe_id'].iloc[row]}: {e} "
                         f"({int(missing.sum())} unknown occurrences; encode(unknown='skip') drops them)") from None
             if unknown == "unk":
                 ids[missing] = UNK
             else:
-                seg = np.repeat(np.arange(len(lengths)), lengths)
-                lengths = lengths - np.bincount(seg[missing], minlength=len(lengths))
+                lengths = np.diff(csr_kept_offsets(coded.offsets, ~missing))
                 ids = ids[~missing]
         cuisine = self._cuisine_ids(vocab, strict=unknown == "error")
-        return EncodedSets.from_lengths(ids.astype(np.int64), lengths, cuisine)
+        return EncodedSets.from_lengths(ids, lengths, cuisine)
 
     def _cuisine_ids(self, vocab: Vocabulary, strict: bool) -> np.ndarray:
-        cu = self.frame["cuisine"]
+        cu = self.meta["cuisine"]
         ids = cu.map(vocab._cuisine_ids)
         bad = cu.notna() & ids.isna()
         if bad.any() and strict and vocab.num_cuisines:
@@ -341,5 +516,5 @@ class RecipeTable:
             try:
                 vocab.cuisine_id(cu.iloc[row])
             except RecipesetError as e:  # re-raise naming the recipe
-                raise RecipesetError(f"{self.name} recipe {self.frame['recipe_id'].iloc[row]}: {e}") from None
+                raise RecipesetError(f"{self.name} recipe {self.meta['recipe_id'].iloc[row]}: {e}") from None
         return ids.fillna(-1).to_numpy(dtype=np.int64)

@@ -6,7 +6,7 @@ import difflib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from recipeset.errors import RecipesetError
@@ -53,7 +53,14 @@ class Vocabulary:
         counter: Counter[str] = Counter()
         for recipe in recipes:
             counter.update(recipe)
-        kept = sorted(((n, c) for n, c in counter.items() if c >= min_count), key=lambda x: (-x[1], x[0]))
+        return cls.from_counts(counter, cuisines, min_count)
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int], cuisines: Iterable[str | None] = (),
+                    min_count: int = 1) -> Vocabulary:
+        """Build from ``{ingredient: occurrences}`` (a dict, a Counter or ``RecipeTable.ingredient_counts()``)
+        as :meth:`build` does after counting: descending count, then name; cuisines sorted."""
+        kept = sorted(((n, int(c)) for n, c in counts.items() if c >= min_count), key=lambda x: (-x[1], x[0]))
         labels = sorted({c for c in cuisines if c is not None and c == c})
         return cls([n for n, _ in kept], labels, [c for _, c in kept])
 

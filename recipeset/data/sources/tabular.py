@@ -2,6 +2,11 @@
 
 Shared with the other loaders: strict UTF-8 reading with line-numbered errors, and :class:`BadLines`,
 which raises on the first malformed line (strict) or skips and counts them (lenient).
+
+Ingredient names are collected raw and normalised once per distinct string (``CodedSets.from_raw``). A CSV
+without quote characters, NUL bytes or lone carriage returns (the common case, and every large file) is
+parsed with pyarrow string kernels in chunks (:func:`_parse_simple_csv`); anything else goes through the
+``csv`` module row by row. Both give the same recipes, ids, errors and report.
 """
 
 from __future__ import annotations
@@ -11,10 +16,22 @@ import hashlib
 import io
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from recipeset.data.table import CleaningReport, RecipeTable, combined_sha256, normalize_cuisine, normalize_ingredient
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recipeset.data.table import CleaningReport, CodedSets, RecipeTable, combined_sha256, normalize_cuisine
 from recipeset.errors import RecipesetError
+
+# What str.strip()/str.split() treat as whitespace (str.isspace), as an RE2 character class.
+PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+                 "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+_WS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE) + "]"
+CHUNK_BYTES = 1 << 23  # the simple-CSV parser works on ~8 MiB of lines at a time
 
 
 # ---- shared helpers ----------------------------------------------------------------------------------
@@ -41,12 +58,18 @@ def decode_utf8(data: bytes, path: Path) -> str:
                              f"re-save the file as UTF-8") from None
 
 
+def read_data(path: Path, what: str = "file", allow_empty: bool = False) -> tuple[bytes, str]:
+    """``(bytes, sha256)`` of a file; an empty (or all-whitespace) file is an error unless ``allow_empty``."""
+    data = read_bytes(path, what)
+    if not allow_empty and (not data or data.isspace()):
+        raise RecipesetError(f"{path}: empty file, expected recipes")
+    return data, hashlib.sha256(data).hexdigest()
+
+
 def read_text(path: Path, what: str = "file", allow_empty: bool = False) -> tuple[str, str]:
     """``(text, sha256)`` of a UTF-8 file; an empty file is an error unless ``allow_empty``."""
-    data = read_bytes(path, what)
-    if not allow_empty and not data.strip():
-        raise RecipesetError(f"{path}: empty file, expected recipes")
-    return decode_utf8(data, Path(path)), hashlib.sha256(data).hexdigest()
+    data, sha = read_data(path, what, allow_empty)
+    return decode_utf8(data, Path(path)), sha
 
 
 class BadLines:
@@ -71,41 +94,37 @@ class BadLines:
                    self.examples)
 
 
-def split_cell(cell: str, delimiter: str) -> list[str]:
-    """``"Soy Sauce; ginger;"`` -> ``["soy_sauce", "ginger"]`` (empty pieces ignored)."""
-    return [n for n in (normalize_ingredient(x) for x in cell.split(delimiter)) if n]
-
-
 def _ingredients_value(value: object, delimiter: str) -> list[str] | str:
-    """A JSON ingredients value -> names, or an error message string."""
+    """A JSON ingredients value -> raw names (normalised later), or an error message string."""
     if isinstance(value, str):
-        return split_cell(value, delimiter)
+        return value.split(delimiter)
     if isinstance(value, list):
         if not all(isinstance(x, str) for x in value):
             return "ingredients list holds a non-string"
-        return [n for n in (normalize_ingredient(x) for x in value) if n]
+        return value
     return f"ingredients must be a list of strings or a delimited string, not {type(value).__name__}"
 
 
-def _finish(path: Path, name: str, source: str, ids: list[str], sets: list[list[str]],
-            cuisines: list[str | None], sha: str, bad: BadLines) -> RecipeTable:
-    if not ids:
+def _finish(path: Path, name: str, source: str, ids: list[str] | np.ndarray, coded: CodedSets,
+            cuisines: list[str | None] | np.ndarray, sha: str, bad: BadLines) -> RecipeTable:
+    """The cleaned table of a file's recipes (ids already checked unique), with the skipped lines reported."""
+    if not len(ids):
         raise RecipesetError(f"{path}: no recipes (every line was skipped or the file holds none)")
     report = CleaningReport()
     bad.add_to(report)
-    table = RecipeTable.from_records(sets, cuisines, ids, source=source, name=name, normalize=False,
-                                     source_path=str(path), sha256=combined_sha256({path.name: sha}),
-                                     report=report)
+    table = RecipeTable.from_coded(coded, ids, cuisines, source, name=name, source_path=str(path),
+                                   sha256=combined_sha256({path.name: sha}), report=report, check_ids=False)
     return table.clean()
 
 
 class _Rows:
-    """Collects recipes row by row, checking ids for duplicates."""
+    """Collects recipes row by row (raw ingredient names, flat), checking ids for duplicates."""
 
     def __init__(self, bad: BadLines) -> None:
         self.bad = bad
         self.ids: list[str] = []
-        self.sets: list[list[str]] = []
+        self.pieces: list[str] = []
+        self.lengths: list[int] = []
         self.cuisines: list[str | None] = []
         self.seen: set[str] = set()
 
@@ -115,8 +134,13 @@ class _Rows:
             return
         self.seen.add(rid)
         self.ids.append(rid)
-        self.sets.append(ingredients)
+        self.pieces.extend(ingredients)
+        self.lengths.append(len(ingredients))
         self.cuisines.append(cuisine)
+
+    def finish(self, path: Path, name: str, source: str, sha: str) -> RecipeTable:
+        coded = CodedSets.from_raw(self.pieces, self.lengths)
+        return _finish(path, name, source, self.ids, coded, self.cuisines, sha, self.bad)
 
 
 def _record_id(value: object) -> str | None:
@@ -127,6 +151,34 @@ def _record_id(value: object) -> str | None:
 
 
 # ---- CSV ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _CsvLayout:
+    """A CSV's columns, from its header, and the options that shape a data row."""
+
+    path: Path
+    n_fields: int
+    i_ing: int
+    i_cu: int | None
+    i_id: int | None
+    id_column: str | None
+    sep: str
+    delimiter: str
+
+
+def _csv_layout(path: Path, header: list[str], ingredients_column: str, cuisine_column: str | None,
+                id_column: str | None, sep: str, delimiter: str) -> _CsvLayout:
+    header = [h.strip() for h in header]
+    col = {h: i for i, h in enumerate(header)}
+    for what, c in (("ingredients", ingredients_column), ("cuisine", cuisine_column), ("id", id_column)):
+        if c is not None and c not in col:
+            raise RecipesetError(f"{path}:1: no {what} column {c!r} in the header (columns: {', '.join(header)}); "
+                                 f"pass the right --{what}-column / {what}_column")
+    if cuisine_column is None and "cuisine" in col:
+        cuisine_column = "cuisine"
+    return _CsvLayout(path, len(header), col[ingredients_column], col.get(cuisine_column) if cuisine_column else None,
+                      col[id_column] if id_column else None, id_column, sep, delimiter)
+
+
 def load_csv(path: str | os.PathLike, ingredients_column: str = "ingredients", delimiter: str = ";",
              cuisine_column: str | None = None, id_column: str | None = None, sep: str = ",",
              lenient: bool = False, name: str | None = None) -> RecipeTable:
@@ -136,49 +188,183 @@ def load_csv(path: str | os.PathLike, ingredients_column: str = "ingredients", d
     recipes ``"<file stem>:<line>"``. ``sep`` is the CSV field separator.
     """
     path = Path(path)
-    text, sha = read_text(path, "CSV file")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
+    data, sha = read_data(path, "CSV file")
+    simple = _is_simple_csv(data, sep, delimiter)
+    header_end = data.find(b"\n") + 1 or len(data)
+    reader = csv.reader(io.StringIO(decode_utf8(data[:header_end] if simple else data, path), newline=""),
+                        delimiter=sep, strict=True)
     try:
         header = next(reader)
     except csv.Error as e:
         raise RecipesetError(f"{path}:1: malformed CSV header ({e})") from None
-    header = [h.strip() for h in header]
-    col = {h: i for i, h in enumerate(header)}
-    for what, c in (("ingredients", ingredients_column), ("cuisine", cuisine_column), ("id", id_column)):
-        if c is not None and c not in col:
-            raise RecipesetError(f"{path}:1: no {what} column {c!r} in the header (columns: {', '.join(header)}); "
-                                 f"pass the right --{what}-column / {what}_column")
-    if cuisine_column is None and "cuisine" in col:
-        cuisine_column = "cuisine"
-    i_ing, i_cu = col[ingredients_column], col.get(cuisine_column) if cuisine_column else None
-    i_id = col[id_column] if id_column else None
+    layout = _csv_layout(path, header, ingredients_column, cuisine_column, id_column, sep, delimiter)
     bad = BadLines(path, lenient)
+    if simple:
+        parsed = _parse_simple_csv(data, header_end, layout)
+        if parsed is not None:
+            del data  # the file's bytes are no longer needed while the table is built
+            return _simple_csv_table(parsed, layout, bad, name or path.stem, sha)
+        reader = csv.reader(io.StringIO(decode_utf8(data, path), newline=""), delimiter=sep, strict=True)
+        next(reader)
     rows = _Rows(bad)
-    stem = path.stem
+    _read_csv_rows(reader, layout, rows)
+    return rows.finish(path, name or path.stem, path.stem, sha)
+
+
+def _read_csv_rows(reader, layout: _CsvLayout, rows: _Rows) -> None:
+    """The data rows of ``reader`` (past the header) into ``rows``, malformed ones to ``rows.bad``."""
+    stem = layout.path.stem
     while True:
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as e:
-            bad(reader.line_num, f"malformed CSV ({e})")
+            rows.bad(reader.line_num, f"malformed CSV ({e})")
             continue
         line = reader.line_num
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank line
-        if len(row) != len(header):
-            bad(line, f"expected {len(header)} fields, found {len(row)}")
+        if len(row) != layout.n_fields:
+            rows.bad(line, f"expected {layout.n_fields} fields, found {len(row)}")
             continue
-        if i_id is not None:
-            rid = _record_id(row[i_id])
+        if layout.i_id is not None:
+            rid = _record_id(row[layout.i_id])
             if rid is None:
-                bad(line, f"empty id in column {id_column!r}")
+                rows.bad(line, f"empty id in column {layout.id_column!r}")
                 continue
         else:
             rid = f"{stem}:{line}"
-        cuisine = normalize_cuisine(row[i_cu]) if i_cu is not None else None
-        rows.add(line, rid, split_cell(row[i_ing], delimiter), cuisine)
-    return _finish(path, name or stem, stem, rows.ids, rows.sets, rows.cuisines, sha, bad)
+        cuisine = normalize_cuisine(row[layout.i_cu]) if layout.i_cu is not None else None
+        rows.add(line, rid, row[layout.i_ing].split(layout.delimiter), cuisine)
+
+
+# ---- CSV without quoting: pyarrow string kernels on chunks of lines -------------------------------------
+def _is_simple_csv(data: bytes, sep: str, delimiter: str) -> bool:
+    """True when every physical line is one record and the ``csv`` module would split it on ``sep`` alone:
+    no quote character, no NUL, every carriage return part of a CRLF; valid UTF-8 (else the row-by-row
+    reader reports the line)."""
+    if len(sep) != 1 or sep in '"\r\n\x00' or not delimiter or "\r" in delimiter:
+        return False
+    if b'"' in data or b"\x00" in data:
+        return False
+    cr = data.count(b"\r")
+    if cr and cr != data.count(b"\r\n"):
+        return False
+    if data.isascii():
+        return True
+    try:
+        _string_array(pa.py_buffer(data)).validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _string_array(buf: pa.Buffer) -> pa.Array:
+    """A one-element large_string array over ``buf`` (no copy)."""
+    offsets = pa.py_buffer(np.array([0, buf.size], dtype=np.int64))
+    return pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, buf])
+
+
+@dataclass
+class _Parsed:
+    """What the simple-CSV parser gathers, chunk by chunk, before the table is built."""
+
+    lines: list[np.ndarray] = field(default_factory=list)       # line number of each good row
+    lengths: list[np.ndarray] = field(default_factory=list)     # raw pieces per good row
+    pieces: list[np.ndarray] = field(default_factory=list)      # index of each piece into its chunk's dict
+    distinct: list[list[str]] = field(default_factory=list)     # each chunk's distinct raw pieces
+    cuisines: list[np.ndarray] = field(default_factory=list)    # normalised cuisine (object) per good row
+    ids: list[pa.Array] = field(default_factory=list)           # stripped ids (id column only)
+    bad: list[tuple[int, str]] = field(default_factory=list)    # (line, message) of every rejected row
+
+    def reject(self, lines: np.ndarray, messages: list[str]) -> None:
+        self.bad.extend(zip(lines.tolist(), messages, strict=True))
+
+
+def _parse_simple_csv(data: bytes, start: int, layout: _CsvLayout) -> _Parsed | None:
+    """The data lines of ``data`` from byte ``start`` (line 2), parsed ~8 MiB at a time; None when a line
+    is longer than the ``csv`` module's field limit (then its reader has the last word)."""
+    parsed = _Parsed()
+    buf = pa.py_buffer(data)
+    crlf = b"\r" in data
+    line_no, pos = 2, start
+    while pos < len(data):
+        end = data.find(b"\n", min(pos + CHUNK_BYTES, len(data)) - 1) + 1 or len(data)
+        lines = pc.split_pattern(_string_array(buf.slice(pos, end - pos)), "\n").flatten()
+        if data[end - 1:end] == b"\n":
+            lines = lines.slice(0, len(lines) - 1)  # the piece after the chunk's last newline
+        if crlf:
+            lines = pc.utf8_rtrim(lines, characters="\r")
+        if len(lines) and pc.max(pc.binary_length(lines)).as_py() > csv.field_size_limit():
+            return None
+        _parse_lines(lines, line_no, layout, parsed)
+        line_no, pos = line_no + len(lines), end
+    pa.default_memory_pool().release_unused()  # the chunks' buffers, back to the system
+    return parsed
+
+
+def _column(fields: pa.ListArray, i: int) -> pa.Array:
+    """Field ``i`` of every row of ``fields`` (each row has more than ``i``): a take, ~15x ``list_element``."""
+    return fields.values.take(pc.add(fields.offsets.slice(0, len(fields)), i))
+
+
+def _parse_lines(lines: pa.Array, first_line: int, layout: _CsvLayout, out: _Parsed) -> None:
+    """One chunk of lines: blank lines skipped, rows of the wrong width and empty ids rejected, the rest's
+    cells split (ingredients: into dictionary-encoded raw pieces; cuisine: normalised once per label)."""
+    numbers = np.arange(first_line, first_line + len(lines), dtype=np.int64)
+    fields = pc.split_pattern(lines, layout.sep)
+    width = pc.list_value_length(fields).to_numpy()
+    blank = width == 1  # of these, the lines of whitespace only (csv.reader: [] or one blank field)
+    if blank.any():
+        one_field = pc.match_substring_regex(lines.filter(pa.array(blank)), f"^{_WS}*$")
+        blank[blank] = one_field.to_numpy(zero_copy_only=False)
+    wrong = (width != layout.n_fields) & ~blank
+    out.reject(numbers[wrong], [f"expected {layout.n_fields} fields, found {k}" for k in width[wrong].tolist()])
+    good = ~blank & ~wrong
+    fields, numbers = fields.filter(pa.array(good)), numbers[good]
+    if layout.i_id is not None:
+        ids = pc.replace_substring_regex(_column(fields, layout.i_id), f"^{_WS}+|{_WS}+$", "")
+        empty = (pc.binary_length(ids).to_numpy() == 0)
+        out.reject(numbers[empty], [f"empty id in column {layout.id_column!r}"] * int(empty.sum()))
+        keep = pa.array(~empty)
+        fields, numbers = fields.filter(keep), numbers[~empty]
+        out.ids.append(ids.filter(keep))
+    out.lines.append(numbers)
+    pieces = pc.split_pattern(_column(fields, layout.i_ing), layout.delimiter)
+    out.lengths.append(pc.list_value_length(pieces).to_numpy())
+    encoded = pc.dictionary_encode(pieces.flatten())
+    out.pieces.append(encoded.indices.to_numpy())
+    out.distinct.append(encoded.dictionary.to_pylist())
+    if layout.i_cu is None:
+        out.cuisines.append(np.full(len(numbers), None, dtype=object))
+    else:
+        labels = pc.dictionary_encode(_column(fields, layout.i_cu))
+        normal = np.array([normalize_cuisine(x) for x in labels.dictionary.to_pylist()] + [None], dtype=object)
+        out.cuisines.append(normal[labels.indices.to_numpy()])
+
+
+def _simple_csv_table(parsed: _Parsed, layout: _CsvLayout, bad: BadLines, name: str, sha: str) -> RecipeTable:
+    """The table of the parsed chunks: duplicate ids rejected, rejected rows reported in line order."""
+    lines = np.concatenate([np.zeros(0, dtype=np.int64), *parsed.lines])
+    if layout.i_id is not None:
+        ids = pa.concat_arrays([pa.array([], pa.large_string()), *parsed.ids]).to_numpy(zero_copy_only=False)
+        repeated = pd.Series(ids, dtype=object).duplicated().to_numpy()
+        parsed.reject(lines[repeated], [f"duplicate recipe id {r!r}" for r in ids[repeated].tolist()])
+    else:
+        numbers = pc.cast(pa.array(lines), pa.string())
+        ids = pc.binary_join_element_wise(f"{layout.path.stem}:", numbers, "").to_numpy(zero_copy_only=False)
+        repeated = np.zeros(len(ids), dtype=bool)
+    for line, message in sorted(parsed.bad, key=lambda b: b[0]):
+        bad(line, message)
+    base = np.cumsum([0] + [len(d) for d in parsed.distinct])
+    indices = np.concatenate([np.zeros(0, dtype=np.int32)]
+                             + [p + np.int32(b) for p, b in zip(parsed.pieces, base[:-1].tolist(), strict=True)])
+    coded = CodedSets.from_raw([x for d in parsed.distinct for x in d], np.concatenate([lines[:0], *parsed.lengths]),
+                               indices=indices)
+    keep = np.flatnonzero(~repeated)
+    cuisines = np.concatenate([np.zeros(0, dtype=object), *parsed.cuisines])
+    return _finish(layout.path, name, layout.path.stem, ids[keep], coded.take(keep), cuisines[keep], sha, bad)
 
 
 # ---- JSON Lines --------------------------------------------------------------------------------------
@@ -204,7 +390,7 @@ def load_jsonl(path: str | os.PathLike, ingredients_column: str = "ingredients",
             bad(line, f"not valid JSON ({e.msg})")
             continue
         _add_object(rows, bad, line, obj, ingredients_column, delimiter, cu_key, id_column, f"{stem}:{line}")
-    return _finish(path, name or stem, stem, rows.ids, rows.sets, rows.cuisines, sha, bad)
+    return rows.finish(path, name or stem, stem, sha)
 
 
 def _add_object(rows: _Rows, bad: BadLines, where: int | str, obj: object, ingredients_column: str,
@@ -255,4 +441,4 @@ def load_json(path: str | os.PathLike, ingredients_column: str = "ingredients", 
     cu_key = cuisine_column or "cuisine"
     for i, obj in enumerate(data):
         _add_object(rows, bad, f"item {i}", obj, ingredients_column, delimiter, cu_key, id_column, f"{stem}:{i}")
-    return _finish(path, name or stem, source or stem, rows.ids, rows.sets, rows.cuisines, sha, bad)
+    return rows.finish(path, name or stem, source or stem, sha)
