@@ -174,6 +174,18 @@ def bench_hungarian_vs_standard(batch_size: int = 64, n_slots: int = 32, vocab_s
 
 
 # ---- the performance report ------------------------------------------------------------------------------------
+def bench_data(dataset: str, path: str | None) -> tuple[PreparedData, DataConfig, str]:
+    """The data a benchmark runs on: ``(prepared data, its data config, its name for the report)`` —
+    ``dataset``, or the synthetic default when flavornet's files are not found (the name then says why)."""
+    config = DataConfig(dataset=dataset, path=path)
+    try:
+        return prepare_data(config), config, dataset
+    except (RecipesetError, OSError) as err:
+        if dataset != "flavornet":
+            raise
+        return prepare_data(DataConfig()), DataConfig(), f"synthetic ({dataset} unavailable: {err})"
+
+
 def study_variants() -> dict[str, dict]:
     """One benchmark variant per model × set loss the registries allow, plus each model's default objective:
     ``{name: dotted overrides}`` (the models and losses ``order_study`` compares)."""
@@ -268,15 +280,10 @@ def performance_report(dataset: str = "flavornet", path: str | None = None, batc
     process, beside the dense-matmul FLOP/s measured in the same run and the Hungarian/standard step ratio.
     ``achieved_over_matmul`` is the achieved useful FLOP/s (real positions only) over the dense-matmul FLOP/s."""
     echo = echo or (lambda line: None)
-    try:
-        cfg = RunConfig().override({"data.dataset": dataset, "data.path": path})
-        data = prepare_data(cfg.data)
-    except RecipesetError as e:
-        if dataset != "flavornet":
-            raise
-        echo(f"flavornet not found ({e}); benchmarking on the synthetic dataset")
-        cfg, dataset = RunConfig(), "synthetic"
-        data = prepare_data(cfg.data)
+    data, data_config, dataset = bench_data(dataset, path)
+    if data_config.dataset != dataset:
+        echo(f"benchmarking on {dataset}")
+    cfg = RunConfig().override({"data.dataset": data_config.dataset, "data.path": data_config.path})
     matmul = dense_matmul_flops()
     report: dict = {"dataset": dataset, "batch_size": batch_size, "d_model": d_model,
                     "torch_threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
@@ -322,9 +329,10 @@ def bench_bucketing(models: tuple[str, ...] = ("decoder", "set-transformer"), da
     if threads is not None:
         torch.set_num_threads(threads)
     load_before = os.getloadavg()
-    base = RunConfig().override({"data.dataset": dataset, "data.path": path, "train.batch_size": batch_size,
-                                 "model.d_model": d_model, "train.device": "cpu"}, source="bench")
-    data = prepare_data(base.data)
+    data, data_config, dataset = bench_data(dataset, path)
+    base = RunConfig().override({"data.dataset": data_config.dataset, "data.path": data_config.path,
+                                 "train.batch_size": batch_size, "model.d_model": d_model, "train.device": "cpu"},
+                                source="bench")
     sets, lengths = data.train, data.train.lengths
     plans = {"plain": epoch_batches(len(sets), batch_size, seed, 0),
              "grouped": epoch_batches(len(sets), batch_size, seed, 0, lengths, bucket_pool)}
@@ -376,12 +384,7 @@ def _interleaved_steps(model: nn.Module, objectives: Objectives, sets, plans: di
 def _joint_queries(dataset: str, path: str | None, n_queries: int, seed: int):
     """(vocabulary, leave-one-out queries of ``n_queries`` seeded test recipes, the data's name): the dataset's
     test split, or the synthetic benchmark when the dataset's files are missing."""
-    try:
-        data = prepare_data(DataConfig(dataset=dataset, path=path))
-    except (RecipesetError, OSError) as err:
-        if dataset == "synthetic":
-            raise
-        data, dataset = prepare_data(DataConfig(dataset="synthetic")), f"synthetic ({dataset} unavailable: {err})"
+    data, _, dataset = bench_data(dataset, path)
     queries, _, _ = leave_one_out_queries(eval_subset(data.test_eval, n_queries, seed), seed)
     return data.vocab, queries, dataset
 
