@@ -250,11 +250,6 @@ def what_runs_with_what() -> str:
     return "\n".join(rows)
 
 
-def names_help(registry: Registry[Any]) -> str:
-    """``a | b | c`` for help texts."""
-    return " | ".join(registry.names())
-
-
 if __name__ == "__main__":  # python -m recipeset.registry: print the README table
     # the entries register into the imported module recipeset.registry, not into this __main__ copy
     from recipeset.registry import what_runs_with_what as table
