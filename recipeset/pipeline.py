@@ -76,10 +76,10 @@ def build_model(cfg: RunConfig, vocab: Vocabulary, weights: dict[str, float], ma
     return cls(cls.config_class(**params), vocab, input_features)
 
 
-def load_init_weights(model: RecipeModel, init_from: str) -> list[str]:
-    """Copy matching weights from a trained model (a directory or a runs:/ URI) for fine-tuning; new heads start
-    fresh. Returns new keys."""
-    source = load_model(init_from)
+def load_init_weights(model: RecipeModel, init_from: str, source: RecipeModel | None = None) -> list[str]:
+    """Copy matching weights from a trained model (a directory or a runs:/ URI; ``source``: that model, already
+    loaded) for fine-tuning; new heads start fresh. Returns new keys."""
+    source = load_model(init_from) if source is None else source
     if source.vocab != model.vocab:
         raise RecipesetError(f"--init-from {init_from}: its vocabulary differs from this run's; fine-tune on the "
                              "same dataset and data.min_count")
@@ -197,8 +197,9 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
         torch.set_num_threads(resolve_threads(cfg.train.threads))
         out_dir.mkdir(parents=True, exist_ok=True)
         init_from = _init_source(cfg, init_from, resume)
-        init_vocab = load_model(init_from).vocab if init_from is not None else None
-        data = prepare_data(cfg.data, split_path=out_dir / "split.json" if resume else None, vocab=init_vocab)
+        source = load_model(init_from) if init_from is not None else None  # loaded (downloaded) once
+        data = prepare_data(cfg.data, split_path=out_dir / "split.json" if resume else None,
+                            vocab=None if source is None else source.vocab)
         if not resume and world.is_main:
             data.split.save(out_dir / "split.json")
             cfg.save(out_dir / "config.json")
@@ -207,7 +208,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
     torch.manual_seed(cfg.train.seed)  # initialisation is a function of the seed only
     model = build_model(cfg, data.vocab, weights, max_set, input_features_for(cfg, data.vocab))
     if init_from is not None and not resume:
-        log.info("initialised from %s; new parameters: %s", init_from, load_init_weights(model, init_from))
+        log.info("initialised from %s; new parameters: %s", init_from, load_init_weights(model, init_from, source))
     extra = {"run_config.json": json.dumps(cfg.to_dict(), indent=1),
              "split.json": (out_dir / "split.json").read_text(encoding="utf-8")}
     class_weights = (cuisine_class_weights(cfg.objectives.cls_class_weight, data.train.cuisine,
