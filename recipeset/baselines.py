@@ -33,7 +33,8 @@ from recipeset.evaluation import (
     half_queries,
     leave_one_out_queries,
 )
-from recipeset.protocol import prefix_rule_f1s, tune_stop_rule
+from recipeset.models.base import offset_probs
+from recipeset.protocol import prefix_rule_f1s, tune_cuisine_rule, tune_stop_rule
 
 RANKING_TASKS = ("completion", "set", "order")
 
@@ -438,9 +439,11 @@ class LogisticCuisineBaseline(Baseline):
     def __init__(self, vocab: Vocabulary, C: float = 1.0, class_weight: str | None = None, **kw: Any) -> None:
         super().__init__(vocab, **kw)
         self.C, self.class_weight = C, class_weight
+        self.cuisine_offsets: tuple[float, ...] = ()
 
     def params(self) -> dict[str, Any]:
-        return {"C": self.C, "class_weight": self.class_weight}
+        return {"C": self.C, "class_weight": self.class_weight,
+                **({"cuisine_offsets": list(self.cuisine_offsets)} if self.cuisine_offsets else {})}
 
     def _fit(self, X: sp.csr_matrix, train: EncodedSets) -> None:
         from sklearn.linear_model import LogisticRegression
@@ -456,7 +459,11 @@ class LogisticCuisineBaseline(Baseline):
         P = self.clf.predict_proba(_tokens_multi_hot(tokens, mask, self.n_ing))
         out = np.zeros((P.shape[0], max(self.vocab.num_cuisines, int(self.clf.classes_.max()) + 1)))
         out[:, self.clf.classes_] = P
-        return torch.from_numpy(out).float()
+        return offset_probs(torch.from_numpy(out).float(), self.cuisine_offsets)
+
+    def set_cuisine_offsets(self, offsets: Sequence[float]) -> None:
+        """Set the decision rule of :meth:`classify_ids` (per-cuisine log-offsets)."""
+        self.cuisine_offsets = tuple(float(b) for b in offsets)
 
     def completion_scores_ids(self, tokens, mask, mode="next", cuisine=None):  # noqa: ANN001
         raise RecipesetError("the logistic-cuisine baseline is a classifier; it does not score completions")
@@ -494,8 +501,9 @@ def fit_baseline(name: str, train: EncodedSets, vocab: Vocabulary, val: EncodedS
     best, best_score, scores = None, -np.inf, []
     for point in grid:
         b = cls(vocab, **point, seed=seed).fit(train)
-        if cls.select == "cuisine/macro_f1":
-            score = evaluate_cuisine(b, val)["macro_f1"]
+        if cls.select == "cuisine/macro_f1":  # with its decision rule tuned on validation, as for the models
+            rule = tune_cuisine_rule(b, val)
+            score = rule.macro_f1 if rule is not None else evaluate_cuisine(b, val)["macro_f1"]
         else:
             score = evaluate_completion(b, val, seed=eval_seed)["mrr"]
         scores.append(score)

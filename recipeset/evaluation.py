@@ -387,11 +387,9 @@ def complete_halves(scorer: Scorer, sets: EncodedSets, seed: int = 0, max_new: i
 
 
 @torch.inference_mode()
-def evaluate_cuisine(scorer: Scorer, sets: EncodedSets, batch_size: int = 512) -> dict:
-    """Cuisine classification on the labelled sets ([UNK] dropped from the input).
-
-    Returns accuracy, macro_f1, n and ``confusion`` (int64 ``[C, C]``, rows = true, columns = predicted).
-    """
+def cuisine_probs(scorer: Scorer, sets: EncodedSets, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """The scorer's cuisine probabilities ``[N, C]`` for the labelled sets ([UNK] dropped from the input) and
+    their labels ``[N]``."""
     if not getattr(scorer, "can_classify", False):
         raise RecipesetError(f"{type(scorer).__name__} cannot classify cuisines")
     rows = np.flatnonzero(sets.cuisine >= 0)
@@ -405,11 +403,30 @@ def evaluate_cuisine(scorer: Scorer, sets: EncodedSets, batch_size: int = 512) -
         if P is None:
             P = np.zeros((len(sub), probs.shape[1]), dtype=probs.dtype)
         P[idx] = probs
+    return P, sub.cuisine
+
+
+def evaluate_cuisine(scorer: Scorer, sets: EncodedSets, batch_size: int = 512) -> dict:
+    """Cuisine classification on the labelled sets ([UNK] dropped from the input).
+
+    Returns accuracy, macro_f1, n and ``confusion`` (int64 ``[C, C]``, rows = true, columns = predicted).
+    """
+    P, labels = cuisine_probs(scorer, sets, batch_size)
     C = max(scorer.vocab.num_cuisines, P.shape[1])
-    labels = sub.cuisine
     confusion = np.zeros((C, C), dtype=np.int64)
     np.add.at(confusion, (labels, P.argmax(1)), 1)
     return {**cuisine_metrics(P, labels), "n": int(len(labels)), "confusion": confusion}
+
+
+def macro_f1(labels: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Macro-F1 over the classes present in truth or prediction (zero_division=0), as
+    :func:`cuisine_metrics` computes it with scikit-learn, from one confusion count (fast enough to call in a
+    search loop)."""
+    conf = np.bincount(labels * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    tp, true, predicted = np.diag(conf), conf.sum(1), conf.sum(0)
+    present = (true + predicted) > 0
+    f1 = np.divide(2 * tp, true + predicted, out=np.zeros(n_classes), where=present)
+    return float(f1[present].mean()) if present.any() else 0.0
 
 
 def _order_keys(sets: EncodedSets, batch_size: int, n_orders: int, gen: torch.Generator) -> torch.Tensor:

@@ -253,6 +253,7 @@ def _finish(cfg: RunConfig, trainer: Trainer, state, data: PreparedData, out_dir
     model.to(trainer.device)
     val = protocol.val_subset(data.val_eval, cfg)  # tuning and validation: a capped, seeded subset
     tuned = protocol.tune_stop_rule(model, val, seed=cfg.eval.seed)  # None: the model has no stop threshold
+    cuisine_rule = protocol.tune_cuisine_rule(model, val)  # None: no cuisine head or no labels
     model_dir = out_dir / "model"
     save_model(model, model_dir, extra_files=trainer.extra_files)
     result = RunResult(out_dir=out_dir, run_id=None, model_dir=model_dir)
@@ -275,6 +276,9 @@ def _finish(cfg: RunConfig, trainer: Trainer, state, data: PreparedData, out_dir
     if tracker is not None:
         if tuned is not None:
             tracker.log_metrics({"stop_threshold": tuned.value}, state.step)
+        if cuisine_rule is not None:
+            tracker.log_metrics({"cuisine_rule/val_macro_f1": cuisine_rule.macro_f1,
+                                 "cuisine_rule/val_plain_macro_f1": cuisine_rule.plain_macro_f1}, state.step)
         _plots(tracker, state.history, model, data, out_dir, cfg)
         tracker.log_model_dir(model_dir)
     return result

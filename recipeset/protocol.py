@@ -26,7 +26,14 @@ from recipeset.data.sets import EncodedSets
 from recipeset.data.sources.synthetic import SyntheticOracle
 from recipeset.data.vocab import PAD, Vocabulary
 from recipeset.errors import RecipesetError
-from recipeset.evaluation import complete_halves, evaluate_all, evaluate_set_completion, set_prf
+from recipeset.evaluation import (
+    complete_halves,
+    cuisine_probs,
+    evaluate_all,
+    evaluate_set_completion,
+    macro_f1,
+    set_prf,
+)
 from recipeset.registry import EVAL_TASKS
 
 # The stop-rule grids of models and baselines: the thresholds are the union of the models' former grid
@@ -126,6 +133,45 @@ def tune_stop_rule(scorer: Any, val: EncodedSets, seed: int = 0, sizes: Sequence
     else:
         scorer.config.stop_threshold = best.value
     return best
+
+
+class CuisineRule(NamedTuple):
+    offsets: tuple[float, ...]  # per-cuisine log-offsets added to the log-probabilities before the argmax
+    macro_f1: float             # validation macro-F1 with them
+    plain_macro_f1: float       # validation macro-F1 of the plain argmax
+
+
+CUISINE_OFFSETS: tuple[float, ...] = tuple(np.round(np.arange(-4.0, 4.01, 0.25), 2))  # each class's search grid
+
+
+def tune_cuisine_rule(scorer: Any, val: EncodedSets, rounds: int = 3) -> CuisineRule | None:
+    """The cuisine decision rule with the best validation macro-F1, set on ``scorer``: per-class log-offsets
+    ``b`` (predict ``argmax log p + b``; a prior correction), found by coordinate ascent over
+    :data:`CUISINE_OFFSETS` (``rounds`` sweeps over the classes; a class's offset moves only when macro-F1
+    improves, so the plain argmax is kept unless the rule beats it). None for a scorer that cannot classify or
+    a validation split without labels."""
+    if not getattr(scorer, "can_classify", False) or not (val.cuisine >= 0).any():
+        return None
+    scorer.set_cuisine_offsets(())
+    P, labels = cuisine_probs(scorer, val)
+    logp = np.log(np.clip(P, 1e-30, None))
+    C = P.shape[1]
+    b = np.zeros(C)
+    plain = best = macro_f1(labels, logp.argmax(1), C)
+    for _ in range(rounds):
+        moved = False
+        for c in range(C):
+            for value in CUISINE_OFFSETS:
+                trial = b.copy()
+                trial[c] = value
+                f1 = macro_f1(labels, (logp + trial).argmax(1), C)
+                if f1 > best + 1e-12:
+                    best, b, moved = f1, trial, True
+        if not moved:
+            break
+    offsets = tuple(float(x) for x in b) if best > plain else ()
+    scorer.set_cuisine_offsets(offsets)
+    return CuisineRule(offsets, best, plain)
 
 
 def prefix_rule_f1s(ids: np.ndarray, probs: np.ndarray, truths: EncodedSets,

@@ -217,6 +217,17 @@ def placeholder_features(config) -> torch.Tensor | None:
     return None
 
 
+def offset_probs(probs: torch.Tensor, offsets: Sequence[float]) -> torch.Tensor:
+    """Class probabilities ``[B, C]`` re-weighted by per-class log-offsets (a tuned decision rule, e.g. a prior
+    correction): ``softmax(log p + b)``; unchanged when ``offsets`` is empty."""
+    if not len(offsets):
+        return probs
+    b = torch.as_tensor(list(offsets), dtype=probs.dtype, device=probs.device)
+    if b.shape[0] != probs.shape[1]:
+        raise RecipesetError(f"cuisine_offsets has {b.shape[0]} values for {probs.shape[1]} cuisines")
+    return torch.softmax(torch.log(probs.clamp_min(1e-30)) + b, dim=1)
+
+
 def init_weights(module: nn.Module) -> None:
     """GPT-2 initialisation of one module: N(0, 0.02) weights for Linear and Embedding, zero Linear biases."""
     if isinstance(module, nn.Linear):
@@ -375,7 +386,12 @@ class RecipeModel(nn.Module):
             raise RecipesetError(f"this {self.model_type} model has no cuisine head; train it with the cls "
                                  "objective to classify")
         tokens, mask = self._classify_inputs(tokens.to(self.device), mask.to(self.device))
-        return F.softmax(self(tokens, mask).cuisine_logits.float(), dim=-1)
+        return offset_probs(F.softmax(self(tokens, mask).cuisine_logits.float(), dim=-1),
+                            self.config.cuisine_offsets)
+
+    def set_cuisine_offsets(self, offsets: Sequence[float]) -> None:
+        """Set the decision rule of :meth:`classify_ids` (per-cuisine log-offsets; saved with the config)."""
+        self.config.cuisine_offsets = tuple(float(b) for b in offsets)
 
     # ---- the string API ---------------------------------------------------------------------------
     def encode_sets(self, sets: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:

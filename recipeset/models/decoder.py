@@ -188,6 +188,7 @@ class DecoderConfig:
     positions: bool = False  # learned absolute positions; off = "no positions" (the causal mask still orders)
     cuisine_condition: bool = False  # prepend a learned cuisine vector (never together with cuisine_head)
     cuisine_head: bool = False  # cuisine classifier on the mean-pooled hidden states
+    cuisine_offsets: tuple[float, ...] = ()  # per-cuisine log-offsets of the decision rule, tuned on validation
     coherence_head: bool = False  # "do these belong together" logit on the pooled state; adds segment embeddings
     embedding: str = spec("learned", choices=EMBEDDINGS, kind="embedding")  # "learned" table (tied to the
     #                                 output head) | "features" (fixed, projected)

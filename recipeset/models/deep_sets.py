@@ -57,6 +57,7 @@ class DeepSetsConfig:
     rho_layers: int = spec(2, ge=0)  # residual MLP blocks applied to the pooled sum
     dropout: float = spec(0.0, ge=0, lt=1)
     cuisine_head: bool = False  # cuisine classifier on the pooled representation
+    cuisine_offsets: tuple[float, ...] = ()  # per-cuisine log-offsets of the decision rule, tuned on validation
     cuisine_condition: bool = False  # add a learned cuisine vector to the pooled sum (never with cuisine_head)
     embedding: str = spec("learned", choices=EMBEDDINGS, kind="embedding")  # "learned" table (tied to the
     #                                 output head) | "features" (fixed, projected)

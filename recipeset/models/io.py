@@ -73,7 +73,8 @@ def _read_config(path: Path) -> tuple[type[RecipeModel], object]:
     if unknown:
         raise RecipesetError(f"{file}: unknown config key(s) {unknown} for {model_type}; written by a newer "
                              "recipeset?")
-    return MODELS.get(model_type), config_cls(**meta["config"])
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}  # JSON lists: tuples
+    return MODELS.get(model_type), config_cls(**values)
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> RecipeModel:

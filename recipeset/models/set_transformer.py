@@ -56,6 +56,7 @@ class SetTransformerConfig:
     n_inducing: int = spec(16, ge=1)
     dropout: float = spec(0.0, ge=0, lt=1)
     cuisine_head: bool = False  # cuisine classifier on the PMA(1) pooled vector
+    cuisine_offsets: tuple[float, ...] = ()  # per-cuisine log-offsets of the decision rule, tuned on validation
     coherence_head: bool = False  # "do these belong together" logit on the pooled vector; adds segment embeddings
     rtd_head: bool = False  # per-element "this ingredient was replaced" logit
     n_slots: int = spec(0, ge=0)  # > 0 adds the slot decoder with this many slots (≥ the largest target set)
