@@ -90,6 +90,9 @@ class ObjectivesConfig:
     detach: bool = False              # train the task heads on detached features ("detach_CLS")
     alpha: float | None = spec(None, ge=0, le=1)  # fine-tuning: L = α·L_task + (1−α)·L_LM (None: weighted sum)
     mlm_prob: float = spec(0.15, gt=0, le=1)  # MLM: fraction of each set masked (at least one)
+    held_out: str = spec("all", choices=("one", "all"), kind="held-out mode")  # MLM of a model that holds
+    #                                 ingredients out (deep-sets; the others mask elements, mlm_prob): one random
+    #                                 ingredient per set, or every ingredient of every set from one sum
     rtd_prob: float = spec(0.15, gt=0, le=1)  # RTD: fraction of each set replaced
     null_prob: float = spec(0.1, ge=0, le=1)  # MLM on an encoder: chance of a [MASK] slot whose target is [NULL]
     cls_class_weight: str = spec("none", choices=CLASS_WEIGHTS, kind="class weighting")  # cuisine loss weights
@@ -312,7 +315,8 @@ class RunConfig:
         results go) left out. Leaving out defaults keeps a config's hash when a later version adds a field, so
         the finished children of a grid are still recognised (and skipped) after an upgrade. A loss parameter
         counts as a default when it equals its loss's declared default (model parameters always count); a field of
-        :data:`HASH_BASELINES` counts as one when it has the value listed there (``train.bucket_pool = 0``)."""
+        :data:`HASH_BASELINES` counts as one when it has the value listed there (``train.bucket_pool = 0``,
+        ``objectives.held_out = "one"``)."""
         d, default = self.to_dict(), RunConfig().to_dict()
         d.pop("tracking")
         default["loss"].update(LOSSES.get(self.loss.name).defaults())
@@ -331,7 +335,7 @@ _MISSING = object()
 # Fields whose default changed what a run trains: config_hash compares them with the value that reproduces the
 # runs from before the change, not with today's default, so a finished run from before is not taken for one of
 # today's defaults (a grid re-trains it) and a config that sets the old value still matches those runs.
-HASH_BASELINES: dict[str, dict[str, Any]] = {"train": {"bucket_pool": 0}}
+HASH_BASELINES: dict[str, dict[str, Any]] = {"train": {"bucket_pool": 0}, "objectives": {"held_out": "one"}}
 
 
 def canonical_json(obj: Any) -> str:

@@ -321,3 +321,31 @@ def test_multilabel_set_objective_is_the_bce_of_the_hidden_part(data):
             else:
                 assert v not in hidden
     assert got == pytest.approx(total / len(targets), rel=1e-4)
+
+
+def test_held_out_all_is_the_mean_of_every_leave_one_out_query():
+    """objectives.held_out = "all": each set's loss is the mean over its ingredients of the loss of predicting
+    that ingredient from the rest (one model call per leave-one-out query, done by hand here)."""
+    from recipeset.data.sets import EncodedSets
+    from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
+    from recipeset.models import DeepSets, DeepSetsConfig
+
+    vocab = Vocabulary([f"i{k}" for k in range(7)])
+    torch.manual_seed(0)
+    model = DeepSets(DeepSetsConfig(d_model=8), vocab).eval()
+    lists = [[NUM_SPECIALS + k for k in s] for s in ([0, 3, 5], [1, 2], [6])]
+    batch = collate(EncodedSets.from_lists(lists), np.arange(3))
+    cfg = RunConfig().override({"model.name": "deep-sets", "objectives.weights": {"mlm": 1.0},
+                                "objectives.held_out": "all"})
+    got = Objectives(cfg, {"mlm": 1.0}, class_weights=None)(model, batch, torch.Generator())["loss/mlm"]
+    per_set = []
+    for s in lists:
+        losses = []
+        for i, target in enumerate(s):
+            rest = [t for j, t in enumerate(s) if j != i] or [0]  # an empty rest: one padded position
+            mask = torch.tensor([[len(s) > 1] * len(rest)])
+            logits = model(torch.tensor([rest]), mask).set_logits[0]
+            losses.append(-torch.log_softmax(logits, 0)[target])
+        per_set.append(torch.stack(losses).mean())
+    assert torch.allclose(got, torch.stack(per_set).mean(), atol=1e-5)
+

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recipeset.data.vocab import Vocabulary
+from recipeset.data.vocab import PAD, Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.fields import spec
 from recipeset.models.base import (
@@ -126,6 +126,24 @@ class DeepSets(RecipeModel):
             hidden=h, pooled=pooled, set_logits=mask_ids(set_logits, tokens, mask),
             cuisine_logits=None if self.cuisine_head is None else self.cuisine_head(pooled),
         )
+
+    def held_out_logits(self, tokens: torch.Tensor, mask: torch.Tensor, cuisine: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+        """Leave-one-out logits of every real position at once, from one pooled sum: row ``i`` of the result
+        ``[N, V]`` (N = real positions, in ``mask`` order) is ``set_logits`` of its set without element ``i``
+        (ρ of Σφ − φ(x_i)) with the other elements -inf and ``x_i`` allowed — what the ``mlm`` objective with
+        ``objectives.held_out = "all"`` trains on (each ingredient the target once per step)."""
+        h = self.phi(self.embed(tokens))
+        m = mask.to(h.dtype)[..., None]
+        rest = (h * m).sum(1, keepdim=True) - h  # [B, T, D]: the sum without each element
+        b = torch.nonzero(mask)[:, 0]
+        cond = None if cuisine is None else cuisine[b]
+        _, logits = self._readout(rest[mask], cond)  # [N, V]
+        present = torch.zeros(tokens.shape[0], logits.shape[1], dtype=torch.bool, device=tokens.device)
+        present.scatter_(1, torch.where(mask, tokens, PAD), True)
+        others = present[b]
+        others[torch.arange(len(b), device=tokens.device), tokens[mask]] = False
+        return logits.masked_fill(others, float("-inf"))
 
     def _readout(self, s: torch.Tensor, cuisine: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The sum ``s [B, D]`` of φ over a set → ``pooled [B, D]`` (ρ, with the cuisine vector when conditioned)

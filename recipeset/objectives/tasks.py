@@ -29,6 +29,7 @@ from recipeset.fields import spec
 from recipeset.models.base import ModelOutput, RecipeModel
 from recipeset.objectives.losses import (
     IGNORE,
+    _cross_entropy,
     hungarian_loss,
     min_perm_loss,
     mlm_set_loss,
@@ -160,6 +161,8 @@ def clm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, c
 
 @register_objective("mlm", perplexity=True, help="masked ingredients (BERT 80/10/10), or one held-out ingredient")
 def mlm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
+    if model.masked_prediction == "held-out" and o.obj.held_out == "all":
+        return _held_out_all(o, model, batch)
     if model.masked_prediction == "held-out":
         # one mask: drop one random ingredient per set, predict it from the rest
         tokens, mask = batch.tokens, batch.mask
@@ -174,6 +177,17 @@ def mlm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, c
                   null_prob=o.obj.null_prob)
     out = model(mb.tokens, mb.mask)
     return mlm_set_loss(out.logits, mb.labels, mb.masked_with_token, o.ls)
+
+
+def _held_out_all(o: Objectives, model: RecipeModel, batch: Batch) -> torch.Tensor:
+    """Every ingredient of every set predicted from the rest (``model.held_out_logits``), each set weighted
+    equally (the mean over its ingredients), as the evaluation's one query per recipe weights them."""
+    tokens, mask = batch.tokens, batch.mask
+    logits = model.held_out_logits(tokens, mask, model.condition(batch.cuisine))  # type: ignore[attr-defined]
+    loss = _cross_entropy(logits.float(), tokens[mask], o.ls)
+    n = mask.sum(1)
+    per_row = (1.0 / n.clamp_min(1).to(loss.dtype))[torch.nonzero(mask)[:, 0]]
+    return (loss * per_row).sum() / (n > 0).sum().clamp_min(1)
 
 
 @register_objective("cls", head="cuisine_head", task=True, help="cuisine classification")
