@@ -3,7 +3,9 @@ the main job evaluates a model, the generator's reference ceilings, and the one 
 
 - Queries: test on :func:`test_subset` (a seeded subset of ``eval.max_queries`` recipes), validation (model and
   baseline selection) on :func:`val_subset`, decoders' ``joint`` scoring on :func:`joint_subset`. The draws
-  depend on ``eval.seed`` only, so models, baselines and the oracle see the same queries.
+  depend on ``eval.seed`` only, so models, baselines and the oracle see the same queries. Completion scores
+  ``eval.query_draws`` held-out draws per recipe (decoders' ``joint``: one); a run's per-query ranks
+  (:func:`per_query_table`, saved as :data:`PER_QUERY_FILE`) let :mod:`recipeset.stats` compare two runs paired.
 - Stop rules: set completion stops on a probability threshold (models: ``config.stop_threshold``; baselines also
   on a fixed size). :func:`tune_stop_rule` picks, for both, the rule with the best validation set-completion
   micro-F1 from one grid (:data:`STOP_THRESHOLDS`, :data:`STOP_SIZES`), every rule scored from one pass
