@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
@@ -481,14 +482,15 @@ BASELINES: dict[str, type[Baseline]] = {cls.name: cls for cls in (
 # Tuning and running
 # ================================================================================================
 def fit_baseline(name: str, train: EncodedSets, vocab: Vocabulary, val: EncodedSets | None = None,
-                 seed: int = 0, eval_seed: int = 0, grid: Sequence[Mapping[str, Any]] | None = None
-                 ) -> tuple[Baseline, dict[str, Any]]:
+                 seed: int = 0, eval_seed: int = 0, grid: Sequence[Mapping[str, Any]] | None = None,
+                 draws: int = 1) -> tuple[Baseline, dict[str, Any]]:
     """Fit baseline ``name`` on ``train``; with ``val``, pick its hyper-parameters on validation.
 
     The grid point with the best validation ``cls.select`` metric (completion MRR; cuisine macro-F1 for
     the classifier) wins, then the stop rule is tuned on validation set-completion micro-F1. Without ``val``
     the first grid point and a fixed size ``m = round(median train size / 2)`` are used. ``seed`` drives the
-    baselines' own randomness; ``eval_seed`` the protocol's queries. Returns (baseline, chosen parameters).
+    baselines' own randomness; ``eval_seed`` and ``draws`` (held-out draws per recipe) the protocol's queries.
+    Returns (baseline, chosen parameters).
     """
     if name not in BASELINES:
         raise RecipesetError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
@@ -505,7 +507,7 @@ def fit_baseline(name: str, train: EncodedSets, vocab: Vocabulary, val: EncodedS
             rule = tune_cuisine_rule(b, val)
             score = rule.macro_f1 if rule is not None else evaluate_cuisine(b, val)["macro_f1"]
         else:
-            score = evaluate_completion(b, val, seed=eval_seed)["mrr"]
+            score = evaluate_completion(b, val, seed=eval_seed, draws=draws)["mrr"]
         scores.append(score)
         if score > best_score:  # ties keep the earlier (simpler) grid point
             best, best_score = b, score
@@ -520,11 +522,14 @@ def fit_baseline(name: str, train: EncodedSets, vocab: Vocabulary, val: EncodedS
 
 def run_baselines(train: EncodedSets, val: EncodedSets, test: EncodedSets, vocab: Vocabulary,
                   names: Sequence[str] | None = None, seed: int = 0, eval_seed: int = 0,
-                  tasks: Sequence[str] | None = None, batch_size: int = 512) -> dict[str, dict[str, Any]]:
-    """Fit, tune on ``val`` and evaluate every baseline on ``val`` and ``test`` with :func:`evaluate_all`.
+                  tasks: Sequence[str] | None = None, batch_size: int = 512, draws: int = 1,
+                  per_query: dict[str, dict[str, list[pd.DataFrame]]] | None = None) -> dict[str, dict[str, Any]]:
+    """Fit, tune on ``val`` and evaluate every baseline on ``val`` and ``test`` with :func:`evaluate_all`
+    (completion: ``draws`` held-out draws per recipe).
 
     Returns ``{name: {"params": chosen hyper-parameters, "val": metrics, "test": metrics, "seconds": wall}}``;
-    ``tasks`` restricts each baseline's own tasks (ranking: completion/set/order; classifier: cuisine).
+    ``tasks`` restricts each baseline's own tasks (ranking: completion/set/order; classifier: cuisine). With
+    ``per_query``, the completion ranks are collected as ``per_query[name][split]`` (evaluate_all's frames).
     """
     names = list(BASELINES) if names is None else list(names)
     bad = [n for n in names if n not in BASELINES]
@@ -533,13 +538,15 @@ def run_baselines(train: EncodedSets, val: EncodedSets, test: EncodedSets, vocab
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         t0 = time.perf_counter()
-        b, params = fit_baseline(name, train, vocab, val, seed=seed, eval_seed=eval_seed)
+        b, params = fit_baseline(name, train, vocab, val, seed=seed, eval_seed=eval_seed, draws=draws)
         own = [t for t in b.tasks if tasks is None or t in tasks]
         if "cuisine" in own and not (test.cuisine >= 0).any():
             own.remove("cuisine")
         res = {"params": params}
         for split, sets in (("val", val), ("test", test)):
-            res[split] = evaluate_all(b, sets, tasks=own, seed=eval_seed, batch_size=batch_size)
+            frames = None if per_query is None else per_query.setdefault(name, {}).setdefault(split, [])
+            res[split] = evaluate_all(b, sets, tasks=own, seed=eval_seed, batch_size=batch_size, draws=draws,
+                                      per_query=frames)
         res["seconds"] = time.perf_counter() - t0
         out[name] = res
     return out

@@ -140,6 +140,8 @@ class EvalConfig:
     val_max_queries: int | None = spec(2000, ge=1)  # after training, the stop-threshold tuning and the
     #                                 validation evaluation (model selection) use a seeded subset of this many
     #                                 validation recipes (default 2000; None: the whole split)
+    query_draws: int = spec(5, ge=1)  # completion: held-out draws per recipe (metrics are their mean; 1: the
+    #                                 single seeded draw of before). Test and validation alike; `joint`: 1 draw
 
 
 @dataclass
@@ -316,7 +318,7 @@ class RunConfig:
         the finished children of a grid are still recognised (and skipped) after an upgrade. A loss parameter
         counts as a default when it equals its loss's declared default (model parameters always count); a field of
         :data:`HASH_BASELINES` counts as one when it has the value listed there (``train.bucket_pool = 0``,
-        ``objectives.held_out = "one"``)."""
+        ``objectives.held_out = "one"``, ``eval.query_draws = 1``)."""
         d, default = self.to_dict(), RunConfig().to_dict()
         d.pop("tracking")
         default["loss"].update(LOSSES.get(self.loss.name).defaults())
@@ -335,7 +337,9 @@ _MISSING = object()
 # Fields whose default changed what a run trains: config_hash compares them with the value that reproduces the
 # runs from before the change, not with today's default, so a finished run from before is not taken for one of
 # today's defaults (a grid re-trains it) and a config that sets the old value still matches those runs.
-HASH_BASELINES: dict[str, dict[str, Any]] = {"train": {"bucket_pool": 0}, "objectives": {"held_out": "one"}}
+# eval.query_draws: runs from before it scored one draw (and saved no per-query ranks), so a grid re-runs them.
+HASH_BASELINES: dict[str, dict[str, Any]] = {"train": {"bucket_pool": 0}, "objectives": {"held_out": "one"},
+                                             "eval": {"query_draws": 1}}
 
 
 def canonical_json(obj: Any) -> str:

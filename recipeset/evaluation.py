@@ -220,17 +220,39 @@ def leave_one_out_queries(sets: EncodedSets, seed: int = 0) -> tuple[EncodedSets
     For every set with ``>= 2`` ingredients (counting unknown ones), one ingredient chosen with ``seed`` is
     held out; the query is the rest in its original order, without [UNK]. Returns (queries, held_out ids
     ``[N]`` — [UNK] when the vocabulary lacks the held-out ingredient, a guaranteed miss —, row ``[N]`` of each
-    query in ``sets``).
+    query in ``sets``). It is draw 0 of :func:`leave_one_out_draws`.
     """
+    queries, held_out, rows, _ = leave_one_out_draws(sets, seed, draws=1)
+    return queries, held_out, rows
+
+
+def leave_one_out_draws(sets: EncodedSets, seed: int = 0, draws: int = 1
+                        ) -> tuple[EncodedSets, np.ndarray, np.ndarray, np.ndarray]:
+    """``draws`` leave-one-out queries of every set with ``>= 2`` ingredients, draw-major (every set of draw 0,
+    then of draw 1, ...): the queries of all draws scored in one pass.
+
+    ``seed`` draws one random order of each set; draw ``d`` holds out the ingredient at position ``d mod n`` of
+    it, so draw 0 is :func:`leave_one_out_queries`' query and a set's draws hold out distinct ingredients as far
+    as its size ``n`` allows (then they start over: a set of 2 with 5 draws holds out a, b, a, b, a — unbiased,
+    since the order is random). Returns (queries ``[D·N]``, held_out ids ``[D·N]``, row ``[D·N]`` of each query
+    in ``sets``, draw ``[D·N]``).
+    """
+    if draws < 1:
+        raise RecipesetError(f"leave-one-out needs draws >= 1, not {draws}")
     rows = np.flatnonzero(sets.lengths >= 2)
     sub = sets.take(rows)
     _, rank = _shuffled_positions(sub, np.random.default_rng(seed))
-    held = rank == 0
-    held_out = sub.values[held]  # one per set, in set order (positions are grouped by set)
-    keep = ~held & (sub.values >= NUM_SPECIALS)
-    lengths = np.bincount(sub.segment_ids[keep], minlength=len(sub))
-    queries = EncodedSets.from_lengths(sub.values[keep], lengths, sub.cuisine.copy())
-    return queries, held_out.astype(np.int64), rows
+    n_sets, n_values = len(sub), len(sub.values)
+    draw = np.repeat(np.arange(draws), n_values)           # every value position once per draw
+    values = np.tile(sub.values, draws)
+    segment = np.tile(sub.segment_ids, draws) + draw * n_sets
+    held = np.tile(rank, draws) == draw % np.tile(sub.lengths[sub.segment_ids], draws)
+    held_out = values[held]  # one per set and draw, draw-major (positions are grouped by set)
+    keep = ~held & (values >= NUM_SPECIALS)
+    lengths = np.bincount(segment[keep], minlength=n_sets * draws)
+    queries = EncodedSets.from_lengths(values[keep], lengths, np.tile(sub.cuisine, draws))
+    return (queries, held_out.astype(np.int64), np.tile(rows, draws),
+            np.repeat(np.arange(draws, dtype=np.int64), n_sets))
 
 
 def half_queries(sets: EncodedSets, seed: int = 0) -> tuple[EncodedSets, EncodedSets, np.ndarray]:
@@ -307,21 +329,35 @@ def _completion_ranks(scorer: Scorer, queries: EncodedSets, held_out: np.ndarray
     return ranks
 
 
-def _ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
+def ranking_metrics(ranks: np.ndarray, draws: int = 1) -> dict[str, float]:
+    """Recall@1, Recall@10, MRR and mean rank of the per-query ``ranks`` of ``draws`` draws of ``n`` recipes each
+    (the mean over the draws of each draw's metric: every draw has the same recipes), ``n`` and ``draws``."""
     return {"recall@1": recall_at_k(ranks, 1), "recall@10": recall_at_k(ranks, 10), "mrr": mrr(ranks),
-            "mean_rank": mean_rank(ranks), "n": int(len(ranks))}
+            "mean_rank": mean_rank(ranks), "n": int(len(ranks)) // draws, "draws": int(draws)}
 
 
 @torch.inference_mode()
+def completion_ranks(scorer: Scorer, sets: EncodedSets, mode: str = "next", seed: int = 0, batch_size: int = 512,
+                     conditioned: bool = False, draws: int = 1) -> pd.DataFrame:
+    """The per-query ranks of leave-one-out completion: one row per (recipe, draw) of
+    :func:`leave_one_out_draws` — ``recipe`` (row in ``sets``), ``draw``, ``target`` (the held-out id) and
+    ``rank`` (its mid-rank). The queries of all draws are batched together (by length), as one split of
+    ``draws × n`` queries."""
+    queries, held_out, rows, draw = leave_one_out_draws(sets, seed, draws)
+    ranks = _completion_ranks(scorer, queries, held_out, mode, batch_size, conditioned)
+    return pd.DataFrame({"recipe": rows, "draw": draw, "target": held_out, "rank": ranks})
+
+
 def evaluate_completion(scorer: Scorer, sets: EncodedSets, mode: str = "next", seed: int = 0,
-                        batch_size: int = 512, conditioned: bool = False) -> dict[str, float]:
-    """Leave-one-out completion: Recall@1, Recall@10, MRR, mean rank (mid-ranks) and n.
+                        batch_size: int = 512, conditioned: bool = False, draws: int = 1) -> dict[str, float]:
+    """Leave-one-out completion: Recall@1, Recall@10, MRR, mean rank (mid-ranks) over ``draws`` held-out draws
+    per recipe (:func:`leave_one_out_draws`; 1: the one seeded draw), n (recipes) and draws.
 
     ``mode`` is passed to the scorer (``next``/``joint`` for decoders; baselines ignore it). Cuisine is
     withheld unless ``conditioned``.
     """
-    queries, held_out, _ = leave_one_out_queries(sets, seed)
-    return _ranking_metrics(_completion_ranks(scorer, queries, held_out, mode, batch_size, conditioned))
+    ranks = completion_ranks(scorer, sets, mode, seed, batch_size, conditioned, draws)
+    return ranking_metrics(ranks["rank"].to_numpy(), draws)
 
 
 def _check_generated(scorer: Scorer, gen: list[list[int]], tokens: torch.Tensor, mask: torch.Tensor) -> None:
@@ -532,6 +568,8 @@ class EvalOptions:
     max_new: int | None = None
     order_queries: int | None = 1000
     nll_orders: int = 8
+    draws: int = 1                           # completion: held-out draws per recipe
+    per_query: list[pd.DataFrame] | None = None  # completion: each mode's per-query ranks are appended here
 
 
 def _mode_suffix(mode: str) -> str:
@@ -555,8 +593,10 @@ def _prefixed(prefix: str, metrics: Mapping) -> dict[str, float]:
 def _completion_task(scorer: Scorer, sets: EncodedSets, o: EvalOptions) -> dict[str, float]:
     out: dict[str, float] = {}
     for mode in o.modes:
-        out.update(_prefixed(f"completion{_mode_suffix(mode)}",
-                             evaluate_completion(scorer, sets, mode, o.seed, o.batch_size)))
+        ranks = completion_ranks(scorer, sets, mode, o.seed, o.batch_size, draws=o.draws)
+        out.update(_prefixed(f"completion{_mode_suffix(mode)}", ranking_metrics(ranks["rank"].to_numpy(), o.draws)))
+        if o.per_query is not None:
+            o.per_query.append(ranks.assign(mode=mode))
     return out
 
 
@@ -591,18 +631,22 @@ def _nll_task(scorer: Scorer, sets: EncodedSets, o: EvalOptions) -> dict[str, fl
 
 def evaluate_all(scorer: Scorer, sets: EncodedSets, tasks: Sequence[str] = DEFAULT_TASKS, seed: int = 0,
                  modes: Sequence[str] = ("next",), batch_size: int = 512, max_new: int | None = None,
-                 order_queries: int | None = 1000, nll_orders: int = 8) -> dict[str, float]:
+                 order_queries: int | None = 1000, nll_orders: int = 8, draws: int = 1,
+                 per_query: list[pd.DataFrame] | None = None) -> dict[str, float]:
     """Every requested task (:data:`recipeset.registry.EVAL_TASKS` names) on ``sets``: a flat
     ``{"task/metric": value}`` dict.
 
-    Keys: ``completion/recall@1|recall@10|mrr|mean_rank|n`` (mode ``next``; other modes as
+    Completion scores ``draws`` held-out draws per recipe (:func:`leave_one_out_draws`) and appends each mode's
+    per-query ranks (:func:`completion_ranks` with a ``mode`` column) to ``per_query`` when given.
+
+    Keys: ``completion/recall@1|recall@10|mrr|mean_rank|n|draws`` (mode ``next``; other modes as
     ``completion_<mode>/...``), ``set/micro_iou|micro_f1|mean_f1|pred_size|true_size|...``,
     ``cuisine/accuracy|macro_f1|n`` (skipped when the scorer cannot classify or the sets carry no labels;
     the confusion matrix is in :func:`evaluate_cuisine`), ``order/tv|recall@10_spread|...`` (and
     ``order_<mode>/...``), ``nll/...`` (only for scorers with an ``order_log_likelihood(tokens, mask)`` method).
     """
     entries = [EVAL_TASKS.get(t) for t in tasks]
-    options = EvalOptions(seed, tuple(modes), batch_size, max_new, order_queries, nll_orders)
+    options = EvalOptions(seed, tuple(modes), batch_size, max_new, order_queries, nll_orders, draws, per_query)
     out: dict[str, float] = {}
     for entry in entries:
         raise_if_terminated()

@@ -6,6 +6,7 @@ A run directory (``runs/<run name>/`` by default) holds everything a run needs t
     checkpoint/     the latest atomic checkpoint (model/ + the trainer state)
     best/           the best model on validation     model/       the final model (= best), loadable by
     eval.json/.csv  the evaluation table                          ``recipeset.load_model``
+    per_query_ranks.csv.gz  every completion query's rank (split, mode, recipe, draw, target): paired comparisons
     plots/          learning curves, confusion matrix, ingredient-embedding map
 """
 
@@ -260,8 +261,13 @@ def _finish(cfg: RunConfig, trainer: Trainer, state, data: PreparedData, out_dir
     if evaluate:
         # validation is what models are selected on (`next` scoring, as for every model and baseline); the
         # costly `joint` scoring is reported on test only
-        result.val_metrics = protocol.evaluate_model(model, val, cfg, joint=False)
-        result.metrics = protocol.evaluate_model(model, data.test_eval, cfg)
+        val_ranks: list = []
+        test_ranks: list = []
+        result.val_metrics = protocol.evaluate_model(model, val, cfg, joint=False, per_query=val_ranks)
+        result.metrics = protocol.evaluate_model(model, data.test_eval, cfg, per_query=test_ranks)
+        val_rows = protocol.subset_rows(len(data.val_eval), protocol.val_caps(cfg), cfg.eval.seed)
+        per_query = protocol.save_per_query(protocol.per_query_table(
+            {"val": (val_ranks, val_rows), "test": (test_ranks, None)}), out_dir / protocol.PER_QUERY_FILE)
         if cfg.data.dataset == "synthetic" and not cfg.data.mix:
             result.metrics.update(protocol.oracle_references(cfg, data.vocab, data.test_eval))
             if "completion_joint/n" in result.metrics:  # the ceilings on the joint-scored queries too
@@ -273,6 +279,7 @@ def _finish(cfg: RunConfig, trainer: Trainer, state, data: PreparedData, out_dir
             tracker.log_metrics({f"test/{k}": v for k, v in result.metrics.items()}, state.step)
             tracker.log_metrics({f"val_eval/{k}": v for k, v in result.val_metrics.items()}, state.step)
             tracker.log_table(table, "eval")
+            tracker.log_artifact(per_query)
     if tracker is not None:
         if tuned is not None:
             tracker.log_metrics({"stop_threshold": tuned.value}, state.step)

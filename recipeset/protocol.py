@@ -3,7 +3,9 @@ the main job evaluates a model, the generator's reference ceilings, and the one 
 
 - Queries: test on :func:`test_subset` (a seeded subset of ``eval.max_queries`` recipes), validation (model and
   baseline selection) on :func:`val_subset`, decoders' ``joint`` scoring on :func:`joint_subset`. The draws
-  depend on ``eval.seed`` only, so models, baselines and the oracle see the same queries.
+  depend on ``eval.seed`` only, so models, baselines and the oracle see the same queries. Completion scores
+  ``eval.query_draws`` held-out draws per recipe (decoders' ``joint``: one); a run's per-query ranks
+  (:func:`per_query_table`, saved as :data:`PER_QUERY_FILE`) let :mod:`recipeset.stats` compare two runs paired.
 - Stop rules: set completion stops on a probability threshold (models: ``config.stop_threshold``; baselines also
   on a fixed size). :func:`tune_stop_rule` picks, for both, the rule with the best validation set-completion
   micro-F1 from one grid (:data:`STOP_THRESHOLDS`, :data:`STOP_SIZES`), every rule scored from one pass
@@ -14,11 +16,14 @@ the main job evaluates a model, the generator's reference ceilings, and the one 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 
 from recipeset.config import RunConfig
 from recipeset.data.prepare import PreparedData
@@ -43,54 +48,133 @@ STOP_SIZES: tuple[int, ...] = tuple(range(1, 16))
 
 
 # ---- query subsets ---------------------------------------------------------------------------------------------
+def subset_rows(n_total: int, caps: Sequence[int | None], seed: int = 0) -> np.ndarray:
+    """The rows of a split of ``n_total`` recipes that :func:`eval_subset` keeps with each cap of ``caps`` in turn
+    (a subset of the subset), in split order."""
+    rows = np.arange(n_total)
+    for n in caps:
+        if n is not None and len(rows) > n:
+            rng = np.random.default_rng([seed, 0xE7A1])
+            rows = rows[np.sort(rng.choice(len(rows), size=n, replace=False))]
+    return rows
+
+
 def eval_subset(sets: EncodedSets, n: int | None, seed: int = 0) -> EncodedSets:
     """A seeded random subset of ``n`` recipes (in their original order), the same for every model; all of
     them when ``n`` is None. (Splits list recipes grouped by source and cuisine, so a prefix would be biased.)"""
-    if n is None or len(sets) <= n:
-        return sets
-    rng = np.random.default_rng([seed, 0xE7A1])
-    return sets.take(np.sort(rng.choice(len(sets), size=n, replace=False)))
+    rows = subset_rows(len(sets), [n], seed)
+    return sets if len(rows) == len(sets) else sets.take(rows)
+
+
+def test_caps(cfg: RunConfig) -> list[int | None]:
+    """The caps of :func:`test_subset` (for :func:`subset_rows`)."""
+    return [cfg.eval.max_queries]
+
+
+def val_caps(cfg: RunConfig) -> list[int | None]:
+    """The caps of :func:`val_subset` (for :func:`subset_rows`)."""
+    return [cfg.eval.val_max_queries, cfg.eval.max_queries]
+
+
+def joint_caps(cfg: RunConfig) -> list[int | None]:
+    """The caps of :func:`joint_subset` (for :func:`subset_rows`)."""
+    return [cfg.eval.max_queries, cfg.eval.joint_max_queries]
+
+
+def _capped(sets: EncodedSets, caps: Sequence[int | None], seed: int) -> tuple[EncodedSets, np.ndarray]:
+    """The subset of ``sets`` that ``caps`` keep (``sets`` itself when they keep all) and its rows in ``sets``."""
+    rows = subset_rows(len(sets), caps, seed)
+    return (sets if len(rows) == len(sets) else sets.take(rows)), rows
 
 
 def test_subset(test_eval: EncodedSets, cfg: RunConfig) -> EncodedSets:
     """The test queries every model and baseline is reported on: ``eval.max_queries`` seeded recipes."""
-    return eval_subset(test_eval, cfg.eval.max_queries, cfg.eval.seed)
+    return _capped(test_eval, test_caps(cfg), cfg.eval.seed)[0]
 
 
 test_subset.__test__ = False  # a protocol function, not a test (pytest collects ``test_*`` names it imports)
+test_caps.__test__ = False
 
 
 def val_subset(val_eval: EncodedSets, cfg: RunConfig) -> EncodedSets:
     """The validation queries a model (or baseline) is selected on: ``eval.val_max_queries`` seeded recipes of
     the validation split, then capped at ``eval.max_queries`` like every evaluation."""
-    val = eval_subset(val_eval, cfg.eval.val_max_queries, cfg.eval.seed)
-    return eval_subset(val, cfg.eval.max_queries, cfg.eval.seed)
+    return _capped(val_eval, val_caps(cfg), cfg.eval.seed)[0]
 
 
 def joint_subset(sets: EncodedSets, cfg: RunConfig) -> EncodedSets:
     """The queries decoders are scored ``joint`` on: ``eval.joint_max_queries`` seeded recipes of the
     evaluated ones (``eval.max_queries``)."""
-    return eval_subset(eval_subset(sets, cfg.eval.max_queries, cfg.eval.seed), cfg.eval.joint_max_queries,
-                       cfg.eval.seed)
+    return _capped(sets, joint_caps(cfg), cfg.eval.seed)[0]
+
+
+# ---- per-query ranks --------------------------------------------------------------------------------------------
+PER_QUERY_FILE = "per_query_ranks.csv.gz"
+PER_QUERY_COLUMNS = ("split", "mode", "recipe", "draw", "target", "rank")
+
+
+def per_query_table(splits: Mapping[str, tuple[Sequence[pd.DataFrame], np.ndarray | None]]) -> pd.DataFrame:
+    """One table of the completion ranks of a run: ``{split: (frames, rows)}`` — the frames ``evaluate_all``
+    collected (``per_query``) on a subset of the split, whose row ``i`` is the split's row ``rows[i]`` (None: the
+    whole split) — as columns :data:`PER_QUERY_COLUMNS`, ``recipe`` a row of the split."""
+    parts = []
+    for split, (frames, rows) in splits.items():
+        for frame in frames:
+            recipe = frame["recipe"].to_numpy() if rows is None else np.asarray(rows)[frame["recipe"].to_numpy()]
+            parts.append(frame.assign(split=split, recipe=recipe))
+    if not parts:
+        return pd.DataFrame(columns=list(PER_QUERY_COLUMNS))
+    return pd.concat(parts, ignore_index=True)[list(PER_QUERY_COLUMNS)]
+
+
+def save_per_query(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a per-query table (:func:`per_query_table`, plus any label columns) as gzipped CSV, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_csv(tmp, index=False, compression="gzip")
+    os.replace(tmp, path)
+    return path
+
+
+def load_per_query(path: str | os.PathLike) -> pd.DataFrame:
+    """Read back :func:`save_per_query`'s table (``recipe``, ``draw`` and ``target`` as int64, ``rank`` float64)."""
+    return pd.read_csv(path, dtype={"split": str, "mode": str, "recipe": np.int64, "draw": np.int64,
+                                    "target": np.int64, "rank": np.float64})
 
 
 # ---- models -----------------------------------------------------------------------------------------------------
-def evaluate_model(model, sets: EncodedSets, cfg: RunConfig, joint: bool | None = None) -> dict[str, float]:
+def evaluate_model(model, sets: EncodedSets, cfg: RunConfig, joint: bool | None = None,
+                   per_query: list[pd.DataFrame] | None = None) -> dict[str, float]:
     """The evaluation protocol on ``sets`` (a split encoded with [UNK] for unknown ingredients).
 
-    Decoders are also scored ``joint`` (on a seeded subset of ``eval.joint_max_queries`` recipes: it costs one
-    forward pass per candidate and order, the bulk of a decoder's evaluation) unless ``joint`` is False
-    (default: ``eval.joint``). Order sensitivity is measured with ``next`` scoring only.
+    Completion scores ``eval.query_draws`` held-out draws per recipe; its per-query ranks (rows of ``sets``) are
+    appended to ``per_query`` when given (for :func:`per_query_table`). Decoders are also scored ``joint`` (on a
+    seeded subset of ``eval.joint_max_queries`` recipes, one draw — draw 0: it costs one forward pass per
+    candidate and order, the bulk of a decoder's evaluation, and a budget of queries buys more on more recipes
+    than on more draws of the same ones) unless ``joint`` is False (default: ``eval.joint``). Order sensitivity
+    is measured with ``next`` scoring only.
     """
     tasks = cfg.eval.tasks
-    sets = eval_subset(sets, cfg.eval.max_queries, cfg.eval.seed)
-    out = evaluate_all(model, sets, tasks=tasks, seed=cfg.eval.seed, modes=("next",))
+    test, rows = _capped(sets, test_caps(cfg), cfg.eval.seed)
+    frames: list[pd.DataFrame] = []
+    out = evaluate_all(model, test, tasks=tasks, seed=cfg.eval.seed, modes=("next",), draws=cfg.eval.query_draws,
+                       per_query=frames)
+    _add_per_query(per_query, frames, rows)
     joint = cfg.eval.joint if joint is None else joint
     if "joint" in getattr(model, "scoring_modes", ()) and joint and "completion" in tasks:
-        scored = evaluate_all(model, joint_subset(sets, cfg), tasks=("completion",), seed=cfg.eval.seed,
-                              modes=("joint",))
+        joint_sets, rows = _capped(sets, joint_caps(cfg), cfg.eval.seed)
+        frames = []
+        scored = evaluate_all(model, joint_sets, tasks=("completion",), seed=cfg.eval.seed, modes=("joint",),
+                              per_query=frames)
         out.update({k: v for k, v in scored.items() if k.startswith("completion_joint/")})
+        _add_per_query(per_query, frames, rows)
     return out
+
+
+def _add_per_query(per_query: list[pd.DataFrame] | None, frames: Sequence[pd.DataFrame], rows: np.ndarray) -> None:
+    """Append ``frames`` (ranks of a subset of the split) to ``per_query`` with ``recipe`` a row of the split."""
+    if per_query is not None:
+        per_query += [f.assign(recipe=rows[f["recipe"].to_numpy()]) for f in frames]
 
 
 # ---- the stop-rule tuner ----------------------------------------------------------------------------------------
@@ -218,15 +302,24 @@ def _threshold_f1s(model: Any, val: EncodedSets, thresholds: Sequence[float], se
 
 # ---- baselines --------------------------------------------------------------------------------------------------
 def run_baselines_on(cfg: RunConfig, data: PreparedData, names: Sequence[str] | None = None,
-                     seed: int = 0) -> dict[str, dict[str, Any]]:
+                     seed: int = 0, per_query: dict[str, pd.DataFrame] | None = None) -> dict[str, dict[str, Any]]:
     """The classical baselines fit on ``data.train``, tuned on :func:`val_subset` and evaluated on that and on
-    :func:`test_subset` with ``eval.tasks`` and ``eval.seed`` — exactly the queries the models get. ``seed``
-    drives the baselines' own randomness. Returns :func:`recipeset.baselines.run_baselines`'s dict."""
+    :func:`test_subset` with ``eval.tasks``, ``eval.seed`` and ``eval.query_draws`` — exactly the queries the
+    models get. ``seed`` drives the baselines' own randomness. Returns :func:`recipeset.baselines.run_baselines`'s
+    dict; with ``per_query``, each baseline's completion ranks as ``per_query[name]`` (:func:`per_query_table`)."""
     # imported here, not at the top: recipeset.baselines imports this module's tune_stop_rule (an import cycle)
     from recipeset.baselines import run_baselines
 
-    return run_baselines(data.train, val_subset(data.val_eval, cfg), test_subset(data.test_eval, cfg), data.vocab,
-                         names=names, seed=seed, eval_seed=cfg.eval.seed, tasks=cfg.eval.tasks)
+    val, val_rows = _capped(data.val_eval, val_caps(cfg), cfg.eval.seed)
+    test, test_rows = _capped(data.test_eval, test_caps(cfg), cfg.eval.seed)
+    frames: dict[str, dict[str, list[pd.DataFrame]]] = {}
+    results = run_baselines(data.train, val, test, data.vocab, names=names, seed=seed, eval_seed=cfg.eval.seed,
+                            tasks=cfg.eval.tasks, draws=cfg.eval.query_draws, per_query=frames)
+    if per_query is not None:
+        for name, by_split in frames.items():
+            per_query[name] = per_query_table({"val": (by_split.get("val", []), val_rows),
+                                               "test": (by_split.get("test", []), test_rows)})
+    return results
 
 
 # ---- the generator's references (synthetic data) ----------------------------------------------------------------
@@ -239,8 +332,8 @@ def oracle_metrics(cfg: RunConfig, vocab: Vocabulary, sets: EncodedSets, ordered
     ``ordered=False`` is the best any order-free scorer can do — the ceiling without the order's information."""
     oracle = SyntheticOracle(vocab, ordered=cfg.data.ordered if ordered is None else ordered)
     tasks = [t for t in cfg.eval.tasks if EVAL_TASKS.get(t).oracle]
-    sets = eval_subset(sets, cfg.eval.max_queries, cfg.eval.seed)
-    return evaluate_all(oracle, sets, tasks=tasks, seed=cfg.eval.seed, modes=("next",))
+    return evaluate_all(oracle, test_subset(sets, cfg), tasks=tasks, seed=cfg.eval.seed, modes=("next",),
+                        draws=cfg.eval.query_draws)
 
 
 def oracle_references(cfg: RunConfig, vocab: Vocabulary, sets: EncodedSets) -> dict[str, float]:
@@ -254,7 +347,8 @@ def oracle_references(cfg: RunConfig, vocab: Vocabulary, sets: EncodedSets) -> d
 
 def joint_subset_oracle_metrics(cfg: RunConfig, vocab: Vocabulary, sets: EncodedSets) -> dict[str, float]:
     """``bayes/completion_joint/*`` (and ``bayes_unordered/...`` on ordered data): the Bayes ceilings of
-    completion on exactly the queries decoders are scored ``joint`` on, so the two compare query for query."""
-    only = replace(cfg, eval=replace(cfg.eval, tasks=["completion"], max_queries=None))
+    completion on exactly the queries decoders are scored ``joint`` on (one draw, as theirs), so the two compare
+    query for query."""
+    only = replace(cfg, eval=replace(cfg.eval, tasks=["completion"], max_queries=None, query_draws=1))
     return {k.replace("/completion/", "/completion_joint/", 1): v
             for k, v in oracle_references(only, vocab, joint_subset(sets, cfg)).items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -18,7 +19,9 @@ import os
 import signal
 import sys
 import sysconfig
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +36,10 @@ from recipeset.io_utils import atomic_write_text
 from recipeset.pipeline import run_training
 from recipeset.plots import new_figure
 from recipeset.processes import ChildExit, ChildProcesses
-from recipeset.protocol import run_baselines_on
+from recipeset.protocol import PER_QUERY_FILE, load_per_query, run_baselines_on, save_per_query
 from recipeset.runs import find_finished_run, metric_history, run_tags, search_runs_table
 from recipeset.signals import install_sigterm_handler
+from recipeset.stats import paired_bootstrap, paired_ranks
 from recipeset.threads import default_threads, set_passive_wait_policy
 from recipeset.tracking import Tracker, ensure_experiment, resolve_tracking_uri, start_parent_run
 from recipeset.training import STATE_FILE, recover_checkpoint
@@ -104,8 +108,11 @@ def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str) -> Chil
 
 
 def baselines_hash(planned: PlannedRun) -> str:
-    """The config hash that identifies the baselines child (distinct from every neural child's)."""
-    return hashlib.sha256(f"baselines:{planned.config.data}".encode()).hexdigest()
+    """The config hash that identifies the baselines child (distinct from every neural child's): its data, and
+    ``eval.query_draws`` when it is not 1 (the baselines children from before it scored one draw)."""
+    draws = planned.config.eval.query_draws
+    return hashlib.sha256(f"baselines:{planned.config.data}{f':draws={draws}' if draws != 1 else ''}"
+                          .encode()).hexdigest()
 
 
 def _run_baselines_child(exp: Experiment, planned: PlannedRun, parent_id: str, uri: str,
@@ -120,8 +127,13 @@ def _run_baselines_child(exp: Experiment, planned: PlannedRun, parent_id: str, u
         data = prepare_data(cfg.data)
         # The same test and validation queries, seed and tasks as the neural children (``test/``, ``val_eval/``):
         # otherwise the tables would compare different query sets.
-        results = run_baselines_on(cfg, data, names=QUICK_BASELINES if quick else None, seed=0)
+        per_query: dict[str, pd.DataFrame] = {}
+        results = run_baselines_on(cfg, data, names=QUICK_BASELINES if quick else None, seed=0, per_query=per_query)
         tracker.log_dict({k: {kk: vv for kk, vv in v.items()} for k, v in results.items()}, "baselines.json")
+        if per_query:  # one table, a `baseline` column naming each one's rows
+            with tempfile.TemporaryDirectory() as tmp:
+                tracker.log_artifact(save_per_query(pd.concat([t.assign(baseline=b) for b, t in per_query.items()],
+                                                              ignore_index=True), Path(tmp) / PER_QUERY_FILE))
         for bname, r in results.items():
             for split, prefix in (("test", "test"), ("val", "val_eval")):
                 tracker.log_metrics({f"{bname}/{prefix}/{k}": v for k, v in r[split].items()
@@ -345,10 +357,7 @@ def results_tables(experiment: str, uri: str | None = None) -> dict[str, pd.Data
     out: dict[str, pd.DataFrame] = {}
     if runs.empty:
         return out
-    variants = {rid: tags.get("variant", "") for rid, tags in run_tags(runs["run_id"], uri).items()}
-    runs = runs.assign(variant=runs["run_id"].map(variants))
-    neural = runs[(runs["variant"] != "baselines") & (runs["status"] == "FINISHED")]
-    base_runs = runs[runs["variant"] == "baselines"]
+    neural, base_runs = _neural_and_baselines(runs, uri)
     for table, metrics in TABLES.items():
         rows = {}
         cols = [m for m in metrics if m in neural.columns]
@@ -359,10 +368,37 @@ def results_tables(experiment: str, uri: str | None = None) -> dict[str, pd.Data
             rows.update(_baseline_rows(base_runs, metrics))
         if rows:
             out[table] = pd.DataFrame.from_dict(rows, orient="index").rename_axis("variant")
-    selection = selection_table(neural, base_runs)
+    selection = selection_table(neural, base_runs, functools.cache(lambda run_id: run_per_query(run_id, uri)))
     if not selection.empty:
         out["best_on_validation"] = selection
     return out
+
+
+def _neural_and_baselines(runs: pd.DataFrame, uri: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The experiment's finished neural children, newest first, and its baselines children, newest first, each
+    with its ``variant`` tag. A (variant, seed) run again after a config change of :data:`HASH_BASELINES` (its
+    hash changed, so the grid re-ran it) counts once: its newest run."""
+    variants = {rid: tags.get("variant", "") for rid, tags in run_tags(runs["run_id"], uri).items()}
+    runs = runs.assign(variant=runs["run_id"].map(variants))
+    neural = runs[(runs["variant"] != "baselines") & (runs["status"] == "FINISHED")]
+    if "train.seed" in neural.columns:  # search_runs_table lists the newest first
+        neural = neural.drop_duplicates(["variant", "train.seed"], keep="first")
+    return neural, runs[runs["variant"] == "baselines"]
+
+
+def run_per_query(run_id: str, uri: str | None = None) -> pd.DataFrame | None:
+    """The per-query completion ranks a run logged (:data:`~recipeset.protocol.PER_QUERY_FILE`), or None for a
+    run without them (one from before ``eval.query_draws``)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PER_QUERY_FILE, dst_path=tmp,
+                                                       tracking_uri=resolve_tracking_uri(uri))
+        except (MlflowException, OSError):
+            return None
+        return load_per_query(path)
 
 
 def _oracle_rows(neural: pd.DataFrame, metrics: list[str]) -> dict[str, dict]:
@@ -401,12 +437,19 @@ SELECTION: list[tuple[str, str, list[str], float]] = [
     ("set_completion", "set/micro_f1", ["set/micro_f1"], 0.0),
     ("cuisine", "cuisine/macro_f1", ["cuisine/macro_f1"], 0.0),
 ]
+# The reported metrics with a paired bootstrap interval (recipeset.stats), from the runs' per-query test ranks.
+PAIRED_METRICS: dict[str, str] = {"completion/recall_at_10": "recall@10", "completion/mrr": "mrr"}
+CI_COLUMN, EXCLUDES_COLUMN = "paired 95% CI", "CI excludes 0"
 
 
-def selection_table(neural: pd.DataFrame, base_runs: pd.DataFrame) -> pd.DataFrame:
+def selection_table(neural: pd.DataFrame, base_runs: pd.DataFrame,
+                    per_query: Callable[[str], pd.DataFrame | None] | None = None) -> pd.DataFrame:
     """"Best" as the protocol defines it: the neural variant and the baseline with the best *validation* score
     (mean over seeds), both reported on *test*; one row per (task, reported metric) with the difference and
-    whether it meets the target (beat the baseline by at least the margin; a plain "beat" when it is 0)."""
+    whether it meets the target (beat the baseline by at least the margin; a plain "beat" when it is 0).
+
+    For :data:`PAIRED_METRICS`, the difference's paired 95% bootstrap interval over test recipes
+    (:func:`paired_cells`) from the per-query ranks ``per_query(run_id)`` returns (None: the run saved none)."""
     rows = []
     for task, select, report, margin in SELECTION:
         val_col = f"val_eval/{select}"
@@ -437,8 +480,38 @@ def selection_table(neural: pd.DataFrame, base_runs: pd.DataFrame) -> pd.DataFra
                             "baseline val": f"{base_val:.4g}" if metric == select else "",
                             "baseline test": f"{bval:.4g}", "difference": f"{diff:+.4f}",
                             "target": ("met" if met else "not met") + (f" (≥ {margin:+.2f})" if margin else " (> 0)")})
+                if metric in PAIRED_METRICS:
+                    row.update(paired_cells(group, base_runs.iloc[0], base, PAIRED_METRICS[metric], per_query))
             rows.append(row)
     return pd.DataFrame(rows).set_index("task") if rows else pd.DataFrame()
+
+
+def paired_cells(group: pd.DataFrame, base_row: pd.Series, base: str, metric: str,
+                 per_query: Callable[[str], pd.DataFrame | None] | None) -> dict[str, str]:
+    """The interval cells of a best-model-vs-best-baseline row: every seed's run of the model paired with the
+    baseline on the same test queries (``next`` scoring) and pooled — the difference is the mean over seeds of
+    the paired difference (the table's "difference"), the interval resamples test recipes with all their draws
+    and seeds (:func:`~recipeset.stats.paired_bootstrap`; the seeds' own spread is the model's ± std). A run
+    without per-query ranks (one from before them) gets "n/a" and the reason, never a number."""
+    def missing(why: str) -> dict[str, str]:
+        return {CI_COLUMN: f"n/a: {why}", EXCLUDES_COLUMN: ""}
+
+    if per_query is None or "run_id" not in group.columns or pd.isna(base_row.get("run_id")):
+        return missing("no per-query ranks read")
+    run_ids = [*group["run_id"], base_row["run_id"]]
+    tables = {rid: per_query(rid) for rid in run_ids}
+    absent = [rid for rid, t in tables.items() if t is None]
+    if absent:
+        return missing(f"run(s) {', '.join(r[:8] for r in absent)} saved no per-query ranks (from before "
+                       "eval.query_draws)")
+    base_table = tables.pop(base_row["run_id"])
+    try:
+        pairs = [paired_ranks(t, base_table[base_table["baseline"] == base]) for t in tables.values()]
+    except RecipesetError as e:
+        return missing(str(e))
+    result = paired_bootstrap(np.concatenate([a for a, _ in pairs], axis=1),
+                              np.concatenate([b for _, b in pairs], axis=1), metric)
+    return {CI_COLUMN: result.interval(), EXCLUDES_COLUMN: "yes" if result.excludes_zero else "no"}
 
 
 def study_figures(experiment: str, uri: str | None = None) -> dict[str, object]:
@@ -448,10 +521,7 @@ def study_figures(experiment: str, uri: str | None = None) -> dict[str, object]:
     runs = search_runs_table(experiment, uri)
     if runs.empty:
         return {}
-    tags = run_tags(runs["run_id"], uri)
-    runs = runs.assign(variant=runs["run_id"].map(lambda r: tags[r].get("variant", "")))
-    neural = runs[(runs["variant"] != "baselines") & (runs["status"] == "FINISHED")]
-    base_runs = runs[runs["variant"] == "baselines"]
+    neural, base_runs = _neural_and_baselines(runs, uri)
     figs: dict[str, object] = {}
     metrics = [m for m in ("test/completion/recall_at_10", "test/completion/mrr") if m in neural.columns]
     if metrics and not neural.empty:

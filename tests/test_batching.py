@@ -107,8 +107,9 @@ def test_config_hash_tells_grouped_runs_from_the_runs_before_grouping():
 
     # the hash of a default config from before train.bucket_pool existed: every section empty
     before = hashlib.sha256(canonical_json({s: {} for s in RunConfig().to_dict() if s != "tracking"}).encode())
-    assert RunConfig().override({"train.bucket_pool": 0}).config_hash() == before.hexdigest()
-    assert RunConfig().config_hash() != before.hexdigest()  # the new default trains differently: re-run
+    old = {"train.bucket_pool": 0, "eval.query_draws": 1}  # both defaults of before
+    assert RunConfig().override(old).config_hash() == before.hexdigest()
+    assert RunConfig().override({"eval.query_draws": 1}).config_hash() != before.hexdigest()  # trains differently
     assert RunConfig().override({"train.bucket_pool": 32}).config_hash() != RunConfig().config_hash()
 
 
