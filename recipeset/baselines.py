@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
 from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import NUM_SPECIALS, PAD, Vocabulary
@@ -35,6 +34,7 @@ from recipeset.evaluation import (
     leave_one_out_queries,
 )
 from recipeset.models.base import offset_probs
+from recipeset.objectives.losses import item_cross_entropy
 from recipeset.protocol import prefix_rule_f1s, tune_cuisine_rule, tune_stop_rule
 
 RANKING_TASKS = ("completion", "set", "order")
@@ -83,10 +83,15 @@ class Baseline:
         self.popularity = np.ones(self.n_ing)
 
     # ---- to implement ---------------------------------------------------------------------------
-    def fit(self, train: EncodedSets) -> Baseline:
+    def fit(self, train: EncodedSets, val: EncodedSets | None = None, eval_seed: int = 0,
+            draws: int = 1) -> Baseline:
+        """Fit on ``train``. A baseline trained by epochs stops early on the validation MRR of ``val`` (the
+        protocol's queries: ``eval_seed``, ``draws``); the others ignore ``val``."""
         X = multi_hot(train, self.n_ing)
         self.popularity = np.asarray(X.sum(0)).ravel() + 1.0  # +1: an unseen ingredient keeps a little mass
+        self.val, self.eval_seed, self.draws = val, eval_seed, draws
         self._fit(X, train)
+        self.val = None  # not kept with the fitted baseline
         return self
 
     def _fit(self, X: sp.csr_matrix, train: EncodedSets) -> None:
@@ -339,15 +344,19 @@ class NMFBaseline(Baseline):
 
 
 class _SoftmaxRegression(torch.nn.Module):
-    """Multi-hot query -> logits over the ingredients; ``hidden=0`` is linear, else a one-hidden-layer MLP."""
+    """Multi-hot query -> logits over the ingredients; ``hidden=0`` is linear, else an MLP with ``layers``
+    hidden ReLU layers of width ``hidden`` (dropout after each)."""
 
-    def __init__(self, V: int, n_ing: int, hidden: int, dropout: float) -> None:
+    def __init__(self, V: int, n_ing: int, hidden: int, dropout: float, layers: int = 1) -> None:
         super().__init__()
         width = hidden or n_ing
         self.bag = torch.nn.EmbeddingBag(V, width, mode="sum", padding_idx=PAD)  # = W·multi-hot, from ids
         self.bias = torch.nn.Parameter(torch.zeros(width))
         torch.nn.init.normal_(self.bag.weight, std=0.01)
-        self.head = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Dropout(dropout),
+        blocks: list[torch.nn.Module] = []
+        for _ in range(layers - 1 if hidden else 0):
+            blocks += [torch.nn.ReLU(), torch.nn.Dropout(dropout), torch.nn.Linear(hidden, hidden)]
+        self.head = torch.nn.Sequential(*blocks, torch.nn.ReLU(), torch.nn.Dropout(dropout),
                                         torch.nn.Linear(hidden, n_ing)) if hidden else torch.nn.Identity()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -359,23 +368,33 @@ class LinearCompletionBaseline(Baseline):
     """Leave-one-out softmax regression: from the multi-hot query predict the held-out ingredient.
 
     Trained with AdamW on leave-one-out examples of the train sets (a fresh held-out ingredient per recipe
-    every epoch); the query's own ingredients are masked out of the softmax, as in evaluation.
+    every epoch, label smoothing optional); the query's own ingredients are masked out of the softmax, as in
+    evaluation. Given validation queries (:meth:`Baseline.fit`), the epoch is chosen on them: the weights of the
+    best validation MRR are kept and training stops after ``patience`` epochs without a better one, at most
+    ``epochs``.
     """
 
     name = "linear"
     grid = ({"weight_decay": 0.0}, {"weight_decay": 1e-4}, {"weight_decay": 1e-3})
     hidden_default = 0
 
-    def __init__(self, vocab: Vocabulary, hidden: int | None = None, dropout: float = 0.2, epochs: int = 8,
-                 lr: float = 3e-3, weight_decay: float = 0.0, batch_size: int = 512, **kw: Any) -> None:
+    def __init__(self, vocab: Vocabulary, hidden: int | None = None, layers: int = 1, dropout: float = 0.2,
+                 label_smoothing: float = 0.0, epochs: int = 30, patience: int = 3, lr: float = 1e-3,
+                 weight_decay: float = 0.0, batch_size: int = 256, **kw: Any) -> None:
         super().__init__(vocab, **kw)
         self.hidden = self.hidden_default if hidden is None else hidden
-        self.dropout, self.epochs, self.lr = dropout, epochs, lr
+        self.layers, self.dropout, self.label_smoothing = layers, dropout, label_smoothing
+        self.epochs, self.patience, self.lr = epochs, patience, lr
         self.weight_decay, self.batch_size = weight_decay, batch_size
+        self.best_epoch = 0
 
     def params(self) -> dict[str, Any]:
-        return {"hidden": self.hidden, "weight_decay": self.weight_decay, "epochs": self.epochs,
-                **super().params()}
+        own = {"hidden": self.hidden, "weight_decay": self.weight_decay, "epochs": self.best_epoch}
+        if self.hidden:
+            own.update(layers=self.layers, dropout=self.dropout)
+        if self.label_smoothing:
+            own["label_smoothing"] = self.label_smoothing
+        return {**own, **super().params()}
 
     def _masked_logits(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         tokens = torch.where(mask & (tokens >= NUM_SPECIALS) & (tokens < len(self.vocab)), tokens, PAD)
@@ -384,25 +403,43 @@ class LinearCompletionBaseline(Baseline):
         present.scatter_(1, tokens, True)
         return logits.masked_fill(present[:, NUM_SPECIALS:], float("-inf"))
 
+    def _epoch(self, known: EncodedSets, opt: torch.optim.Optimizer, epoch: int, rng: np.random.Generator) -> None:
+        queries, held, _ = leave_one_out_queries(known, seed=self.seed * 1000 + epoch)
+        order = rng.permutation(len(queries))
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            tokens, mask = queries.padded(idx, max_len=max(1, int(queries.lengths[idx].max())))
+            logits = self._masked_logits(torch.from_numpy(tokens), torch.from_numpy(mask))
+            loss = item_cross_entropy(logits, torch.from_numpy(held[idx] - NUM_SPECIALS), self.label_smoothing).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
     def _fit(self, X: sp.csr_matrix, train: EncodedSets) -> None:
         torch.manual_seed(self.seed)
-        self.net = _SoftmaxRegression(len(self.vocab), self.n_ing, self.hidden, self.dropout)
+        self.net = _SoftmaxRegression(len(self.vocab), self.n_ing, self.hidden, self.dropout, self.layers)
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         rng = np.random.default_rng(self.seed)
         known = drop_unknown(train)
-        self.net.train()
+        best, best_state, since, self.val_curve = -np.inf, None, 0, []
         for epoch in range(self.epochs):
-            queries, held, _ = leave_one_out_queries(known, seed=self.seed * 1000 + epoch)
-            order = rng.permutation(len(queries))
-            for s in range(0, len(order), self.batch_size):
-                idx = order[s:s + self.batch_size]
-                tokens, mask = queries.padded(idx, max_len=max(1, int(queries.lengths[idx].max())))
-                tokens, mask = torch.from_numpy(tokens), torch.from_numpy(mask)
-                logits = self._masked_logits(tokens, mask)
-                loss = F.cross_entropy(logits, torch.from_numpy(held[idx] - NUM_SPECIALS))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            self.net.train()
+            self._epoch(known, opt, epoch, rng)
+            self.net.eval()
+            if self.val is None:
+                self.best_epoch = epoch + 1
+                continue
+            score = evaluate_completion(self, self.val, seed=self.eval_seed, draws=self.draws)["mrr"]
+            self.val_curve.append(score)
+            if score > best:
+                best, since, self.best_epoch = score, 0, epoch + 1
+                best_state = {k: v.clone() for k, v in self.net.state_dict().items()}
+            else:
+                since += 1
+                if since >= self.patience:
+                    break
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
         self.net.eval()
 
     def candidate_probs(self, X: sp.csr_matrix) -> np.ndarray:
@@ -420,8 +457,10 @@ class MLPCompletionBaseline(LinearCompletionBaseline):
     """The leave-one-out classifier with one hidden ReLU layer (dropout)."""
 
     name = "mlp"
-    grid = ({"hidden": 256}, {"hidden": 512})
-    hidden_default = 256
+    # depth 1-2, width 512-2048, dropout and label smoothing; the epoch is chosen on validation for each point
+    grid = ({"hidden": 512}, {"hidden": 1024, "layers": 2}, {"hidden": 2048},
+            {"hidden": 2048, "layers": 2, "dropout": 0.5}, {"hidden": 1024, "layers": 2, "label_smoothing": 0.1})
+    hidden_default = 512
 
 
 # ================================================================================================
@@ -502,7 +541,7 @@ def fit_baseline(name: str, train: EncodedSets, vocab: Vocabulary, val: EncodedS
         return b, b.params()
     best, best_score, scores = None, -np.inf, []
     for point in grid:
-        b = cls(vocab, **point, seed=seed).fit(train)
+        b = cls(vocab, **point, seed=seed).fit(train, val=val, eval_seed=eval_seed, draws=draws)
         if cls.select == "cuisine/macro_f1":  # with its decision rule tuned on validation, as for the models
             rule = tune_cuisine_rule(b, val)
             score = rule.macro_f1 if rule is not None else evaluate_cuisine(b, val)["macro_f1"]

@@ -143,3 +143,19 @@ def test_bad_names():
         fit_baseline("knn", clustered_sets(10, 0), VOCAB)
     with pytest.raises(RecipesetError, match="unknown baseline"):
         run_baselines(clustered_sets(10, 0), clustered_sets(10, 1), clustered_sets(10, 2), VOCAB, names=["nope"])
+
+
+def test_mlp_epochs_are_chosen_on_validation(data):
+    """With validation queries the MLP keeps the weights of its best validation MRR and stops after
+    ``patience`` epochs without a better one."""
+    from recipeset.baselines import MLPCompletionBaseline
+
+    train, val, _ = data
+    b = MLPCompletionBaseline(VOCAB, hidden=64, layers=2, label_smoothing=0.1, epochs=12, patience=2, lr=3e-3,
+                              seed=0).fit(train, val=val)
+    curve = b.val_curve
+    assert b.best_epoch == int(np.argmax(curve)) + 1
+    assert len(curve) == 12 or len(curve) == b.best_epoch + 2  # stopped after 2 epochs without a better one
+    assert evaluate_completion(b, val)["mrr"] == pytest.approx(max(curve), abs=1e-9)
+    assert b.params()["epochs"] == b.best_epoch and b.params()["layers"] == 2
+    assert sum(isinstance(m, torch.nn.Linear) for m in b.net.modules()) == 2  # 64→64, 64→ingredients

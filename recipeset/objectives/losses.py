@@ -25,6 +25,7 @@ from recipeset.objectives.matching import IGNORE, HungarianMatcher
 
 __all__ = [
     "IGNORE",
+    "item_cross_entropy",
     "standard_loss",
     "hungarian_loss",
     "set_ar_loss",
@@ -49,7 +50,7 @@ def _smoothing_term(logp: torch.Tensor) -> torch.Tensor:
     return -torch.where(finite, logp, 0.0).sum(-1) / finite.sum(-1).clamp_min(1)
 
 
-def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
+def item_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
                    weight: torch.Tensor | None = None) -> torch.Tensor:
     """Per-item CE ``[N, V], [N] -> [N]``, 0 where the target is ``IGNORE``; ``weight`` (``[V]``) multiplies
     each item's loss by the weight of its target class, as ``F.cross_entropy(weight=...)`` does without
@@ -91,7 +92,7 @@ def standard_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: 
     B, T, V = logits.shape
     if targets.shape != (B, T):
         raise RecipesetError(f"standard_loss: targets shape {tuple(targets.shape)} != logits [B, T] = {(B, T)}")
-    loss = _cross_entropy(logits.reshape(B * T, V), targets.reshape(B * T), label_smoothing).view(B, T)
+    loss = item_cross_entropy(logits.reshape(B * T, V), targets.reshape(B * T), label_smoothing).view(B, T)
     if reduction == "none":
         return loss.sum(1)
     if reduction == "sum":
@@ -135,7 +136,7 @@ def hungarian_loss(slot_logits: torch.Tensor, targets: torch.Tensor, null_id: in
     weight = torch.ones(V, dtype=torch.float32, device=slot_logits.device)
     weight[null_id] = null_weight
     flat_targets = slot_targets.reshape(B * K)
-    loss = _cross_entropy(slot_logits.reshape(B * K, V), flat_targets, label_smoothing, weight)
+    loss = item_cross_entropy(slot_logits.reshape(B * K, V), flat_targets, label_smoothing, weight)
     denom = torch.where(flat_targets != IGNORE, weight[flat_targets.clamp_min(0)], 0.0).sum()
     return loss.sum() / denom.clamp_min(1e-12)
 

@@ -29,8 +29,8 @@ from recipeset.fields import spec
 from recipeset.models.base import ModelOutput, RecipeModel
 from recipeset.objectives.losses import (
     IGNORE,
-    _cross_entropy,
     hungarian_loss,
+    item_cross_entropy,
     min_perm_loss,
     mlm_set_loss,
     multilabel_loss,
@@ -184,7 +184,7 @@ def _held_out_all(o: Objectives, model: RecipeModel, batch: Batch) -> torch.Tens
     equally (the mean over its ingredients), as the evaluation's one query per recipe weights them."""
     tokens, mask = batch.tokens, batch.mask
     logits = model.held_out_logits(tokens, mask, model.condition(batch.cuisine))  # type: ignore[attr-defined]
-    loss = _cross_entropy(logits.float(), tokens[mask], o.ls)
+    loss = item_cross_entropy(logits.float(), tokens[mask], o.ls)
     n = mask.sum(1)
     per_row = (1.0 / n.clamp_min(1).to(loss.dtype))[torch.nonzero(mask)[:, 0]]
     return (loss * per_row).sum() / (n > 0).sum().clamp_min(1)
