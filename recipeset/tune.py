@@ -300,7 +300,8 @@ def _summarise(study: optuna.Study, spec: TuneSpec, fixed: RunConfig, experiment
     finished = counts.get("complete", 0) + counts.get("pruned", 0)
     parent.log_metrics({f"tune/{k}": float(v) for k, v in counts.items()}, finished)
     if not counts.get("complete"):
-        raise RecipesetError(f"study {study.study_name}: no trial completed yet ({format_params(counts) or 'none'});"
+        raise RecipesetError(f"study {study.study_name}: no trial completed yet ("
+                             + ", ".join(f"{v} {k}" for k, v in counts.items()) + ");"
                              " re-run the command to continue it")
     best = study.best_trial
     cfg = fixed.override({**best.params, "tracking.experiment": experiment, "tracking.run_name": None,
