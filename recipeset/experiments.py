@@ -142,17 +142,17 @@ class Experiment:
     tune: TuneSpec | None = None  # the [tune] section, if any
 
     def variant(self, name: str | None) -> Variant:
-        """The grid variant ``name`` (None: the only variant, else an error listing them)."""
+        """The grid variant ``name`` (None: ``[base]`` alone, no overrides)."""
+        if name is None:
+            return Variant("base", {})
         names = [v.name for v in self.variants]
-        if name is None and len(names) == 1:
-            return self.variants[0]
         if name not in names:
-            what = f"unknown variant '{name}'{suggest(name, names)}" if name else "choose a variant with --variant"
-            raise RecipesetError(f"{self.path}: {what} — valid: {', '.join(names)}")
+            raise RecipesetError(f"{self.path}: unknown variant '{name}'{suggest(name, names)} — valid: "
+                                 f"{', '.join(names)}")
         return self.variants[names.index(name)]
 
     def fixed_config(self, variant: str | None = None, quick: bool = False) -> RunConfig:
-        """The fixed part of a search: ``[base]`` with one variant's overrides at the first seed (and the
+        """The fixed part of a search: ``[base]`` (with one variant's overrides) at the first seed (and the
         ``[quick]`` overrides with ``quick``)."""
         return self._resolve(self.variant(variant), self.seeds[0], quick)
 
@@ -242,8 +242,8 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     exp.runs(quick=True)
     if "tune" in raw:
         exp.tune = _parse_tune(raw["tune"], path)
-        for run in exp.runs(quick=False):
-            _check_tune(exp.tune, run.config, path)
+        for variant in (None, *(v.name for v in variants)):
+            _check_tune(exp.tune, exp.fixed_config(variant), path)
     return exp
 
 

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from recipeset.cli import cli
 from recipeset.config import load_config
+from recipeset.errors import RecipesetError
 from recipeset.experiments import load_experiment
 from recipeset.tune import open_study, recover_interrupted
 
@@ -102,6 +103,16 @@ def test_a_file_without_tune_and_an_unknown_variant(tmp_path):
     path.write_text('[base]\n"train.epochs" = 1\n', encoding="utf-8")
     assert "no [tune] section" in invoke("tune", str(path)).output
     assert "unknown variant 'nope'" in invoke("tune", str(write(tmp_path)), "--variant", "nope").output
+
+
+def test_base_or_one_variant_gives_the_fixed_part(tmp_path):
+    path = write(tmp_path)
+    path.write_text(path.read_text() + '[[grid]]\nname = "wide"\n"model.d_model" = 16\n')
+    exp = load_experiment(path)
+    assert exp.fixed_config().model.params["d_model"] == 8
+    assert exp.fixed_config("wide").model.params["d_model"] == 16
+    with pytest.raises(RecipesetError, match="unknown variant 'wdie' \\(did you mean 'wide'\\?\\)"):
+        exp.fixed_config("wdie")
 
 
 def test_the_example_tune_file_loads():
@@ -212,7 +223,7 @@ def test_an_interrupted_trial_is_failed_and_queued_again_once(tmp_path):
 def test_sigkilled_search_resumes_without_repeating_finished_trials(mlflow_uri, tmp_path):
     from mlflow import MlflowClient
 
-    path = write(tmp_path, "killed-tune", steps=30, tune="pruner = \"none\"")
+    path = write(tmp_path, "killed-tune", steps=60, tune="pruner = \"none\"")
     path.write_text(path.read_text().replace("trials = 2", "trials = 3"))
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": mlflow_uri, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "recipeset.cli", "tune", str(path), "--out", "study"]
@@ -220,17 +231,11 @@ def test_sigkilled_search_resumes_without_repeating_finished_trials(mlflow_uri, 
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     try:
-        while True:  # one trial finished and the next one has a checkpoint: kill it mid-trial
+        # trials run one after another: trial 1 with a checkpoint means trial 0 finished; kill it mid-trial (the
+        # files, not the study, are watched: the test must not touch the SQLite file the search writes)
+        while not (tmp_path / "study" / "trial-1" / "checkpoint").exists():
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-2000:]
-            try:
-                trials = optuna.load_study(study_name="killed-tune", storage=storage).trials
-            except KeyError:  # the study does not exist yet
-                trials = []
-            running = [t for t in trials if t.state.name == "RUNNING"]
-            if (sum(t.state.name == "COMPLETE" for t in trials) >= 1 and running
-                    and (tmp_path / "study" / f"trial-{running[0].number}" / "checkpoint").exists()):
-                break
-            time.sleep(0.3)
+            time.sleep(0.2)
         proc.send_signal(signal.SIGKILL)
     finally:
         if proc.poll() is None:
