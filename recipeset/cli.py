@@ -399,6 +399,34 @@ def experiment_child(spec) -> None:
 
 
 @cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--trials", type=click.IntRange(min=1), default=None,
+              help="The study's total of finished trials [default: the file's tune.trials].")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Start no new trial after M minutes [default: the file's tune.minutes].")
+@click.option("--variant", default=None, help="The [[grid]] variant that gives the fixed part [default: [base]].")
+@click.option("--quick", is_flag=True, help="With the file's [quick] overrides (a separate study).")
+@click.option("--tracking-uri", default=None, help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
+@click.option("--out", default=None, help="The study's directory: optuna.db, trial-<n>/, best_config.toml "
+              "[default: runs/tune/<study>].")
+def tune(file, trials, minutes, variant, quick, tracking_uri, out) -> None:
+    """Search FILE's [tune] space on validation with Optuna (TPE, median pruning on the periodic validation):
+    one parent MLflow run, a child run per trial. Re-running the same command continues the study."""
+    from recipeset.tune import run_tune
+
+    if not Path(file).exists():
+        raise RecipesetError(f"{file}: experiment file not found (see experiments/)")
+    r = run_tune(file, trials=trials, minutes=minutes, uri=tracking_uri, out=out, variant=variant, quick=quick,
+                 echo=click.echo)
+    click.echo(f"study {r.study}: " + ", ".join(f"{v} {k}" for k, v in r.counts.items()) + f"  ({r.storage})")
+    click.echo(f"best trial {r.best_trial}: {r.metric} = {r.best_value:.5g} ({r.direction})")
+    for key, value in r.best_params.items():
+        click.echo(f"  {key:<34} {value:.5g}" if isinstance(value, float) else f"  {key:<34} {value}")
+    click.echo(f"best config: {r.config_path}  (recipeset train --config {r.config_path})")
+    click.echo(f"mlflow parent run: {r.parent_run_id}")
+
+
+@cli.command()
 @click.argument("experiment_name")
 @click.option("--metric", default=None, help="Sort the runs by this metric (e.g. test/completion/mrr).")
 @click.option("--tracking-uri", default=None, help="MLflow store.")

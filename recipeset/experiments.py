@@ -26,12 +26,24 @@ values = [0, 1, 2]                   # set train.seed: initialisation and data o
 variants = ["decoder-ce-frequency"]  # default: all variants
 seeds = [0]                          # default: the first seed
 overrides = { "train.max_steps" = 50 }   # default: { "train.epochs" = 1 }
+
+[tune]                               # `recipeset tune FILE`: a hyper-parameter search (recipeset.tune)
+metric = "val/loss"                  # val/loss[/<objective>] (periodic validation) or val_eval/<task>/<metric>
+direction = "minimize"               # default: minimize for losses and mean ranks, else maximize
+trials = 40                          # the study's finished trials, and/or
+minutes = 120                        # start no new trial after this long (per command)
+sampler = "tpe"                      # tpe | random, seeded with `seed` (default 0)
+pruner = "median"                    # median | none; `pruner_startup_trials` (default 5) are never pruned
+[tune.space]                         # dotted RunConfig keys: a range (ints when low/high are) or choices
+"train.lr" = { low = 1e-4, high = 3e-3, log = true }
+"train.batch_size" = { choices = [64, 128] }
 ```
 
 Every variant's resolved config is validated when the file is loaded, so a typo fails before any training.
 A run is named ``<experiment>/<variant>/seed<seed>`` and identified by ``params_hash`` (the resolved config's
 hash), which the grid runner uses to skip a child run that already finished. Quick runs are tracked in a
-separate MLflow experiment, ``<name>-quick``, so they never mix with the study's results.
+separate MLflow experiment, ``<name>-quick``, so they never mix with the study's results. The ``[tune]`` search
+space is checked against every variant's config when the file is loaded, too.
 """
 
 from __future__ import annotations
@@ -43,11 +55,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recipeset.config import SECTIONS, RunConfig, read_table_file
+from recipeset.config import SECTIONS, RunConfig, read_table_file, resolve_objectives
 from recipeset.errors import RecipesetError
 from recipeset.registry import suggest
 
-TOP_LEVEL = ("experiment", "base", "grid", "seeds", "quick")
+TOP_LEVEL = ("experiment", "base", "grid", "seeds", "quick", "tune")
+TUNE_KEYS = ("metric", "direction", "trials", "minutes", "sampler", "seed", "pruner", "pruner_startup_trials",
+             "space")
+SPACE_KEYS = ("low", "high", "log", "type", "choices")
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "none")
+DIRECTIONS = ("minimize", "maximize")
 DEFAULT_QUICK_OVERRIDES = {"train.epochs": 1}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
@@ -76,6 +94,39 @@ class QuickSpec:
     overrides: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_QUICK_OVERRIDES))
 
 
+@dataclass(frozen=True)
+class SearchParam:
+    """One dimension of a tuning search space: a dotted config key with a range or a list of choices."""
+
+    key: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple | None = None
+
+
+@dataclass
+class TuneSpec:
+    """``[tune]``: what a hyper-parameter search optimises, over which space, with which budget."""
+
+    metric: str
+    direction: str
+    trials: int | None
+    minutes: float | None
+    space: list[SearchParam]
+    sampler: str = "tpe"
+    seed: int = 0
+    pruner: str = "median"
+    pruner_startup_trials: int = 5
+
+    @property
+    def periodic(self) -> bool:
+        """Whether the metric is one of the trainer's periodic validation losses (``val/...``), rather than the
+        validation evaluation after training (``val_eval/...``)."""
+        return self.metric.startswith("val/")
+
+
 @dataclass
 class Experiment:
     """A parsed, validated experiment file; :meth:`runs` expands it into :class:`PlannedRun` s."""
@@ -88,6 +139,22 @@ class Experiment:
     seeds: list[int]
     quick: QuickSpec
     baselines: bool = False  # also run the classical baselines on the base config's data (one child run)
+    tune: TuneSpec | None = None  # the [tune] section, if any
+
+    def variant(self, name: str | None) -> Variant:
+        """The grid variant ``name`` (None: ``[base]`` alone, no overrides)."""
+        if name is None:
+            return Variant("base", {})
+        names = [v.name for v in self.variants]
+        if name not in names:
+            raise RecipesetError(f"{self.path}: unknown variant '{name}'{suggest(name, names)} — valid: "
+                                 f"{', '.join(names)}")
+        return self.variants[names.index(name)]
+
+    def fixed_config(self, variant: str | None = None, quick: bool = False) -> RunConfig:
+        """The fixed part of a search: ``[base]`` (with one variant's overrides) at the first seed (and the
+        ``[quick]`` overrides with ``quick``)."""
+        return self._resolve(self.variant(variant), self.seeds[0], quick)
 
     def tracking_experiment(self, quick: bool = False) -> str:
         """The MLflow experiment the runs go to (``<name>-quick`` for quick runs)."""
@@ -173,6 +240,10 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     # Resolve everything now: a typo in any variant fails at load time, not hours into the grid.
     exp.runs(quick=False)
     exp.runs(quick=True)
+    if "tune" in raw:
+        exp.tune = _parse_tune(raw["tune"], path)
+        for variant in (None, *(v.name for v in variants)):
+            _check_tune(exp.tune, exp.fixed_config(variant), path)
     return exp
 
 
@@ -248,3 +319,117 @@ def _nest(dotted: Mapping[str, Any], path: Path) -> dict[str, dict[str, Any]]:
                                  f" — valid: {', '.join(SECTIONS)}")
         nested.setdefault(section, {})[rest] = value
     return nested
+
+
+# ---- [tune] ---------------------------------------------------------------------------------------------------
+def _parse_tune(raw: Any, path: Path) -> TuneSpec:
+    """``[tune]``: the metric, budget, sampler, pruner and search space (each a one-line error naming the key)."""
+    where = f"{path}: tune"
+    if not isinstance(raw, Mapping):
+        raise RecipesetError(f"{where}: [tune] must be a table")
+    _check_keys(raw, TUNE_KEYS, where)
+    metric = raw.get("metric", "val/loss")
+    periodic = isinstance(metric, str) and (metric == "val/loss" or metric.startswith("val/loss/"))
+    if not periodic and not (isinstance(metric, str) and metric.startswith("val_eval/")):
+        raise RecipesetError(f"{where}.metric: {metric!r} is not a validation metric — use val/loss or "
+                             "val/loss/<objective> (the periodic validation, which feeds the pruner), or "
+                             "val_eval/<task>/<metric> (the validation evaluation after training, e.g. "
+                             "val_eval/completion/mrr)")
+    lower_is_better = periodic or metric.endswith(("mean_rank", "/loss", "nll"))
+    direction = _tune_choice(raw, "direction", "minimize" if lower_is_better else "maximize", DIRECTIONS, where)
+    if periodic and direction != "minimize":
+        raise RecipesetError(f"{where}.direction: {metric} is a loss of the periodic validation: minimize it")
+    trials = _tune_number(raw, "trials", int, where)
+    minutes = _tune_number(raw, "minutes", float, where)
+    if trials is None and minutes is None:
+        raise RecipesetError(f"{where}: no budget — give trials = N and/or minutes = M")
+    space = raw.get("space")
+    if not isinstance(space, Mapping) or not space:
+        raise RecipesetError(f"{where}.space: expected a table of dotted config keys, e.g. "
+                             '"train.lr" = { low = 1e-4, high = 3e-3, log = true }')
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise RecipesetError(f"{where}.seed: expected an integer, got {seed!r}")
+    startup = _tune_number(raw, "pruner_startup_trials", int, where, minimum=0)
+    return TuneSpec(metric=metric, direction=direction, trials=trials, minutes=minutes, seed=seed,
+                    sampler=_tune_choice(raw, "sampler", "tpe", SAMPLERS, where),
+                    pruner=_tune_choice(raw, "pruner", "median", PRUNERS, where),
+                    pruner_startup_trials=5 if startup is None else startup,
+                    space=[_parse_space_entry(str(k), v, f"{where}.space") for k, v in _dotted(space).items()])
+
+
+def _tune_choice(raw: Mapping[str, Any], key: str, default: str, valid: tuple[str, ...], where: str) -> str:
+    value = raw.get(key, default)
+    if value not in valid:
+        raise RecipesetError(f"{where}.{key}: unknown value {value!r}{suggest(value, valid)} — valid: "
+                             f"{', '.join(valid)}")
+    return value
+
+
+def _tune_number(raw: Mapping[str, Any], key: str, kind: type, where: str, minimum: int = 1) -> Any:
+    """An optional int ``>= minimum`` (``trials``) or positive number (``minutes``); None when not given."""
+    if key not in raw:
+        return None
+    value = raw[key]
+    if kind is int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise RecipesetError(f"{where}.{key}: expected an integer >= {minimum}, got {value!r}")
+    elif not _number(value) or value <= 0:
+        raise RecipesetError(f"{where}.{key}: expected a positive number, got {value!r}")
+    return kind(value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _parse_space_entry(key: str, entry: Any, where: str) -> SearchParam:
+    """One search dimension: ``{low, high[, log][, type]}`` or ``{choices = [...]}``."""
+    where = f"{where}.{key}"
+    if not isinstance(entry, Mapping):
+        raise RecipesetError(f"{where}: expected {{ low = ..., high = ... }} or {{ choices = [...] }}, got {entry!r}")
+    _check_keys(entry, SPACE_KEYS, where)
+    if "choices" in entry:
+        choices = entry["choices"]
+        if set(entry) != {"choices"}:
+            raise RecipesetError(f"{where}: give either choices or low/high, not both")
+        if not isinstance(choices, list) or not choices:
+            raise RecipesetError(f"{where}.choices: expected a non-empty list")
+        if not all(isinstance(c, str | bool) or _number(c) for c in choices):
+            raise RecipesetError(f"{where}.choices: only numbers, strings and booleans can be choices")
+        return SearchParam(key, choices=tuple(choices))
+    low, high = entry.get("low"), entry.get("high")
+    if not (_number(low) and _number(high)):
+        raise RecipesetError(f"{where}: expected numbers low and high (or choices = [...]), got low={low!r}, "
+                             f"high={high!r}")
+    kind = entry.get("type", "int" if isinstance(low, int) and isinstance(high, int) else "float")
+    if kind not in ("int", "float"):
+        raise RecipesetError(f"{where}.type: unknown type {kind!r} — valid: int, float")
+    log = entry.get("log", False)
+    if not isinstance(log, bool):
+        raise RecipesetError(f"{where}.log: expected true or false")
+    if low >= high:
+        raise RecipesetError(f"{where}: low must be < high, got low={low}, high={high}")
+    if log and low <= 0:
+        raise RecipesetError(f"{where}: a log range needs low > 0, got low={low}")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise RecipesetError(f"{where}: an int range needs whole low and high, got {low}, {high}")
+    integer = kind == "int"
+    return SearchParam(key, low=int(low) if integer else float(low), high=int(high) if integer else float(high),
+                       log=log, integer=integer)
+
+
+def _check_tune(spec: TuneSpec, config: RunConfig, path: Path) -> None:
+    """Every search key is a valid config key, and the ends of every range and every choice valid values of it;
+    a ``val/loss/<objective>`` metric names an objective the run trains."""
+    source = f"{path} [tune.space]"
+    for p in spec.space:
+        for value in p.choices if p.choices is not None else (p.low, p.high):
+            config.override({p.key: value}, source=source)
+    if spec.metric.startswith("val/loss/"):
+        objective = spec.metric.removeprefix("val/loss/")
+        trained = resolve_objectives(config)
+        if objective not in trained:
+            raise RecipesetError(f"{path}: tune.metric: the run trains no objective '{objective}'"
+                                 f"{suggest(objective, trained)} — valid: val/loss, "
+                                 + ", ".join(f"val/loss/{o}" for o in trained))

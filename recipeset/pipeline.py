@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from recipeset.registry import LOSSES, MODELS, OBJECTIVES
 from recipeset.runs import download_model_dir, load_model
 from recipeset.threads import resolve_threads
 from recipeset.tracking import Tracker
-from recipeset.training import STATE_FILE, Trainer, TrainState, recover_checkpoint, seed_all
+from recipeset.training import STATE_FILE, MetricsFn, Trainer, TrainState, recover_checkpoint, seed_all
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class RunResult:
     wall_s: float = 0.0   # this process, start to end (a resumed run: since the resume)
     train_s: float = 0.0  # the Trainer's time in training steps over the whole run (TrainState.train_s)
     eval_s: float = 0.0   # after training: threshold tuning, evaluation, plots, saving and logging the model
+    best_val: float = math.inf  # the best periodic value of train.early_stopping_metric (the best model's)
 
 
 def _plots(tracker: Tracker | None, history: dict, model: RecipeModel, data: PreparedData, out_dir: Path,
@@ -181,8 +183,12 @@ def _log_inputs(tracker: Tracker, data: PreparedData, out_dir: Path, model: Reci
 
 def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
                  init_from: str | None = None, track: bool = True, parent_run_id: str | None = None,
-                 progress: bool = True, evaluate: bool = True, tags: dict[str, str] | None = None) -> RunResult:
+                 progress: bool = True, evaluate: bool = True, tags: dict[str, str] | None = None,
+                 on_validate: MetricsFn | None = None) -> RunResult:
     """Train (or resume) one run, evaluate it on its own test split, and track everything in MLflow.
+
+    ``on_validate(metrics, step)`` is called at every periodic validation (:class:`~recipeset.training.Trainer`);
+    a :class:`~recipeset.tracking.RunStopped` it raises ends the run early with that status and tags.
 
     Under ``torchrun`` (inside :func:`recipeset.distributed.process_group`) every rank trains on its part of each
     batch; rank 0 alone writes the run directory, tracks the run and evaluates, and the other ranks return a
@@ -224,7 +230,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
         val_loss_sets = protocol.eval_subset(data.val, cfg.train.val_max_recipes, cfg.eval.seed)
         trainer = Trainer(cfg, model, objectives, data.train, val_loss_sets, out_dir,
                           log=tracker.log_metrics if tracker is not None else None,
-                          progress=progress and world.is_main, train_weights=data.train_weights, extra_files=extra)
+                          progress=progress and world.is_main, train_weights=data.train_weights, extra_files=extra,
+                          on_validate=on_validate)
         state = trainer.fit(resume=resume)
         trained = time.perf_counter()
         if not world.is_main:
@@ -233,6 +240,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
         result.run_id = None if tracker is None else tracker.run_id
         result.wall_s = time.perf_counter() - started
         result.train_s, result.eval_s = state.train_s, time.perf_counter() - trained
+        result.best_val = state.best_metric
         if tracker is not None:
             tracker.log_metrics(time_metrics(result, state), state.step)
     return result

@@ -234,6 +234,9 @@ class Tracker:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.end("FINISHED")
+        elif issubclass(exc_type, RunStopped):
+            self.set_tags(exc.tags)
+            self.end(exc.status)
         elif issubclass(exc_type, KeyboardInterrupt):
             self.end("KILLED")
         else:
@@ -393,6 +396,15 @@ class Tracker:
         return uri
 
 
+class RunStopped(Exception):
+    """Raised inside a tracked run to stop it early on purpose (a pruned tuning trial, :mod:`recipeset.tune`):
+    the run ends ``status`` (KILLED: it did not reach its end) with ``tags`` saying why, not FAILED."""
+
+    def __init__(self, message: str, tags: Mapping[str, Any], status: str = "KILLED") -> None:
+        super().__init__(message)
+        self.tags, self.status = dict(tags), status
+
+
 def _default_tags() -> dict[str, str]:
     tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": Path(sys.argv[0]).name or "python"}
     try:
@@ -415,20 +427,35 @@ def _get_run(client: MlflowClient, run_id: str):
         raise RecipesetError(f"no MLflow run '{run_id}' in {client.tracking_uri}") from None
 
 
+def _run_in(client: MlflowClient, run_id: str, experiment_id: str) -> bool:
+    """Whether the store holds the run ``run_id`` in the experiment ``experiment_id``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id).info.experiment_id == experiment_id
+    except MlflowException:
+        return False
+
+
 def start_parent_run(experiment: str, run_name: str, uri: str | None = None,
                      tags: Mapping[str, Any] | None = None, description: str | None = None,
-                     reuse: bool = True) -> Tracker:
+                     reuse: bool = True, run_id: str | None = None) -> Tracker:
     """Start the parent run of a grid (children pass ``parent_run_id=parent.run_id`` to :meth:`Tracker.start`).
 
     With ``reuse``, an unfinished parent of the same name (a grid that was killed or failed) is continued, so a
-    resumed grid keeps all its children under one parent.
+    resumed grid keeps all its children under one parent. ``run_id`` (a tuning study's parent, kept in its Optuna
+    storage) is continued whatever its status, when the experiment holds it.
     """
     uri = resolve_tracking_uri(uri)
     experiment_id = ensure_experiment(experiment, uri, description)
     client = mlflow_client(uri)
-    run_id = None
+    if run_id is not None and not _run_in(client, run_id, experiment_id):
+        run_id = None
     with _creating_run(client) as creating:
-        if reuse:
+        if run_id is not None:
+            creating["run_id"] = run_id
+            client.update_run(run_id, status="RUNNING")
+        elif reuse:
             escaped = run_name.replace("'", "\\'")
             found = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=1,
                                        filter_string=f"tags.run_kind = 'parent' and attributes.run_name = '{escaped}' "
@@ -444,6 +471,7 @@ def start_parent_run(experiment: str, run_name: str, uri: str | None = None,
 
 
 __all__ = [
-    "EXPERIMENT_KIND_TAG", "CLASSIC_ML_KIND", "PARENT_RUN_TAG", "RunTerminated", "Tracker", "resolve_tracking_uri",
+    "EXPERIMENT_KIND_TAG", "CLASSIC_ML_KIND", "PARENT_RUN_TAG", "RunStopped", "RunTerminated", "Tracker",
+    "resolve_tracking_uri",
     "mlflow_client", "ensure_experiment", "start_parent_run", "metric_key", "git_commit",
 ]

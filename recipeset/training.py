@@ -276,18 +276,22 @@ class Trainer:
     ``objectives(model, batch, generator) -> {"loss/total": ..., ...}`` gives the losses; ``log(metrics,
     step)`` receives per-step and validation metrics (the tracker buffers them); checkpoints go to
     ``out_dir/checkpoint`` (atomically, every ``train.checkpoint_every`` steps) and the best model on the
-    validation metric to ``out_dir/best``.
+    validation metric to ``out_dir/best``. ``on_validate(metrics, step)`` sees every periodic validation (the
+    ``val/...`` metrics, after they are logged and the best model is kept) — a tuning trial's pruner is fed from
+    it, and may stop the run by raising.
     """
 
     def __init__(self, cfg: RunConfig, model: torch.nn.Module, objectives: Callable, train: EncodedSets,
                  val: EncodedSets, out_dir: Path, log: MetricsFn | None = None, progress: bool = True,
-                 train_weights: np.ndarray | None = None, extra_files: dict[str, str] | None = None) -> None:
+                 train_weights: np.ndarray | None = None, extra_files: dict[str, str] | None = None,
+                 on_validate: MetricsFn | None = None) -> None:
         self.cfg, self.t = cfg, cfg.train
         self.model, self.objectives = model, objectives
         self.vocab: Vocabulary = model.vocab  # type: ignore[assignment]
         self.val = val
         self.out_dir = Path(out_dir)
         self.log = log or (lambda metrics, step: None)
+        self.on_validate = on_validate
         self.progress_enabled = progress
         self.train_weights = train_weights
         self.extra_files = extra_files or {}
@@ -413,6 +417,8 @@ class Trainer:
             save_model(self.model, self.out_dir / "best", extra_files=self.extra_files)
         else:
             self.state.bad_evals += 1
+        if self.on_validate is not None:
+            self.on_validate(metrics, self.state.step)
         patience = self.t.early_stopping_patience
         return patience is not None and self.state.bad_evals >= patience
 
