@@ -18,9 +18,9 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pandas as pd
 
@@ -30,6 +30,8 @@ from recipeset.models.io import REMOTE_PREFIXES
 from recipeset.models.io import load_model as load_model_dir
 from recipeset.registry import suggest
 from recipeset.tracking import PARENT_RUN_TAG, metric_key, mlflow_client, resolve_tracking_uri
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -158,4 +160,20 @@ def load_model(path_or_uri: str | os.PathLike, map_location: str | torch.device 
 
 
 __all__ = ["find_finished_run", "search_runs_table", "lower_is_better", "run_tags", "metric_history",
-           "download_model_dir", "load_model"]
+           "read_run_artifact", "download_model_dir", "load_model"]
+
+
+def read_run_artifact(run_id: str, artifact_path: str, reader: Callable[[Path], T], uri: str | None = None
+                      ) -> T | None:
+    """``reader`` applied to the file ``artifact_path`` a run logged (downloaded to a temporary directory), or
+    None when the run has no such file."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp,
+                                                       tracking_uri=resolve_tracking_uri(uri))
+        except (MlflowException, OSError):
+            return None
+        return reader(Path(path))

@@ -37,7 +37,7 @@ from recipeset.pipeline import run_training
 from recipeset.plots import new_figure
 from recipeset.processes import ChildExit, ChildProcesses
 from recipeset.protocol import PER_QUERY_FILE, load_per_query, run_baselines_on, save_per_query
-from recipeset.runs import find_finished_run, metric_history, run_tags, search_runs_table
+from recipeset.runs import find_finished_run, metric_history, read_run_artifact, run_tags, search_runs_table
 from recipeset.signals import install_sigterm_handler
 from recipeset.stats import paired_bootstrap, paired_ranks
 from recipeset.threads import default_threads, set_passive_wait_policy
@@ -389,16 +389,7 @@ def _neural_and_baselines(runs: pd.DataFrame, uri: str | None) -> tuple[pd.DataF
 def run_per_query(run_id: str, uri: str | None = None) -> pd.DataFrame | None:
     """The per-query completion ranks a run logged (:data:`~recipeset.protocol.PER_QUERY_FILE`), or None for a
     run without them (one from before ``eval.query_draws``)."""
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PER_QUERY_FILE, dst_path=tmp,
-                                                       tracking_uri=resolve_tracking_uri(uri))
-        except (MlflowException, OSError):
-            return None
-        return load_per_query(path)
+    return read_run_artifact(run_id, PER_QUERY_FILE, load_per_query, uri)
 
 
 def _oracle_rows(neural: pd.DataFrame, metrics: list[str]) -> dict[str, dict]:
