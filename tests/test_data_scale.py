@@ -93,6 +93,15 @@ NOISY_CSV = ('id,ingredients,cuisine\n'
              'a5,basil;garlic,Greek\n'
              'a6,basil,Greek\n')
 BAD_CSV = 'id,ingredients\n1,a;b\n2,c,extra\n3,d\n,e\n1,f\n4,g;h\n'
+CLEAN_CSV = ('id,ingredients,cuisine\n'  # every line a well-formed row: the multi-threaded parser's files
+             ' a1 ,Crème  Fraîche;crème fraîche;Tomatoes;tomato; TOMATO ,Thai\n'
+             'a2,\u00a0Soy\u2003Sauce ;soy sauce;;Basil\t, Thai \n'
+             'a3,; ;\t,Thai\n'
+             'a4,,\n'
+             'a5,basil;Basil;basils;BASIL ;basil;,Greek\n'
+             'a6,garlic,\n'
+             'a7,Garlic;;garlic;,greek\n'
+             'a8,ﬃ;ǅ;İstanbul,Greek\n')
 QUOTED_CSV = 'id,ingredients,cuisine\r\n1,"a;b\r\nc",x\r\n2,"d ""e""",y\r\n3,f,z\r\n'
 JSONL = ('{"ingredients": ["Soy Sauce", "ginger", "soy  sauce"], "cuisine": "Chinese"}\n\n'
          '{"ingredients": "rice; Nori;", "cuisine": null}\n'
@@ -117,6 +126,13 @@ def cases(tmp: Path) -> dict[str, Callable[[], RecipeTable]]:
     noisy, bad = _file(tmp, "noisy.csv", NOISY_CSV), _file(tmp, "bad.csv", BAD_CSV)
     quoted, jsonl = _file(tmp, "quoted.csv", QUOTED_CSV), _file(tmp, "r.jsonl", JSONL)
     js, piped = _file(tmp, "r.json", JSON), _file(tmp, "piped.csv", "id|items|kind\n7|a,B , b|x\n8|c|x\n9|c,a|y\n")
+    clean, clean_crlf = _file(tmp, "clean.csv", CLEAN_CSV), _file(tmp, "clean_crlf.csv", CLEAN_CSV, newline="\r\n")
+    clean_bom = _file(tmp, "clean_bom.csv", "\ufeff" + CLEAN_CSV.rstrip("\n"))
+    multi = _file(tmp, "multi.csv", CLEAN_CSV.replace(";", " || "))
+    tabbed = _file(tmp, "tabbed.csv", CLEAN_CSV.replace("\t", " ").replace(",", "\t").replace(";", "§"))
+    tab_bad = _file(tmp, "tab_bad.csv", CLEAN_CSV.replace(",", "\t"))
+    blank_end = _file(tmp, "blank_end.csv", CLEAN_CSV + "\n")
+    single = _file(tmp, "single.csv", "ingredients\nA;b\n\n  \nb;B;c\n;\nc\n")
     records = [["Tomato", " basil ", "tomato"], [], ["Olive  Oil", "garlic"], ["garlic", "basil"], ["saffron"],
                ["a", "a\x01", "a_b"], ["a_b", "a"], ["a\x01"], ["a", "a_b"], ["b"], ["b", "c", "b"]]
     cuisines = ["Italian", "Italian", None, "Italian", "Spanish", "x", "y", None, "y", "x", "Italian"]
@@ -128,6 +144,15 @@ def cases(tmp: Path) -> dict[str, Callable[[], RecipeTable]]:
         "bad_strict": lambda: load_dataset(bad, id_column="id"),
         "bad_lenient": lambda: load_dataset(bad, id_column="id", lenient=True),
         "bad_no_id": lambda: load_dataset(bad, lenient=True),
+        "clean": lambda: load_dataset(clean, id_column="id"),
+        "clean_no_id": lambda: load_dataset(clean),
+        "clean_crlf": lambda: load_dataset(clean_crlf, id_column="id"),
+        "clean_bom": lambda: load_dataset(clean_bom),
+        "clean_multichar_delimiter": lambda: load_dataset(multi, delimiter=" || ", id_column="id"),
+        "clean_tabs": lambda: load_dataset(tabbed, sep="\t", delimiter="§", id_column="id"),
+        "clean_tabs_bad_line": lambda: load_dataset(tab_bad, sep="\t", id_column="id"),
+        "clean_blank_end": lambda: load_dataset(blank_end, id_column="id"),
+        "single_column": lambda: load_dataset(single),
         "quoted": lambda: load_dataset(quoted, id_column="id"),
         "piped": lambda: load_dataset(piped, sep="|", ingredients_column="items", delimiter=",",
                                       cuisine_column="kind", id_column="id"),
@@ -215,6 +240,41 @@ EXPECTED: dict[str, dict[str, str]] = {  # computed with the per-recipe implemen
     'synthetic_ordered': {
         'recipes': '97915c7ed265a55f', 'report': '44136fa355b3678a', 'describe': '5c51146fc348a9d5',
         'split': '6fc4e20d41200e7b', 'vocab': '37c4006f83471b19', 'encode': 'baa3b584c478b28c',
+    },
+    # files of well-formed rows (and their neighbours), computed before the pyarrow.csv reader (commit c858f64)
+    'clean': {
+        'recipes': 'a8bdc68df1f781e1', 'report': 'f0a47c2c06502c7f', 'describe': '55665f4a540506e4',
+        'split': 'f108a78935470af2', 'vocab': '512438e61e870ac4', 'encode': '7453bcc4f93ce723',
+    },
+    'clean_no_id': {
+        'recipes': '469d37e07e0e96a9', 'report': '689729cfe1f3a6ce', 'describe': '49f739396d4f7d73',
+        'split': 'f108a78935470af2', 'vocab': '512438e61e870ac4', 'encode': '7453bcc4f93ce723',
+    },
+    'clean_crlf': {
+        'recipes': '5ccef1dc69fb8c09', 'report': 'f0a47c2c06502c7f', 'describe': '6f506ae6c0004c56',
+        'split': 'f108a78935470af2', 'vocab': '512438e61e870ac4', 'encode': '7453bcc4f93ce723',
+    },
+    'clean_bom': {
+        'recipes': 'f9b2bb37380afc15', 'report': '9b387d8d63e8b957', 'describe': '7d41179b2c85bdbd',
+        'split': 'f108a78935470af2', 'vocab': '512438e61e870ac4', 'encode': '7453bcc4f93ce723',
+    },
+    'clean_multichar_delimiter': {
+        'recipes': '3dc25b355e8b3df3', 'report': 'f0a47c2c06502c7f', 'describe': 'e7b7c7ec2aa1a007',
+        'split': 'f108a78935470af2', 'vocab': '512438e61e870ac4', 'encode': '7453bcc4f93ce723',
+    },
+    'clean_tabs': {
+        'recipes': 'ff28038d7044ee63', 'report': 'f0a47c2c06502c7f', 'describe': '26a5a9ee9d7b1e9a',
+        'split': 'f108a78935470af2', 'vocab': '512438e61e870ac4', 'encode': '7453bcc4f93ce723',
+    },
+    'clean_tabs_bad_line': {
+        'error': 'tab_bad.csv:3: expected 3 fields, found 4 (pass lenient=True / --lenient to skip bad lines)'},
+    'clean_blank_end': {
+        'recipes': 'c8a7fed120351392', 'report': 'f0a47c2c06502c7f', 'describe': '31205c999c3f75d5',
+        'split': 'f108a78935470af2', 'vocab': '512438e61e870ac4', 'encode': '7453bcc4f93ce723',
+    },
+    'single_column': {
+        'recipes': '729c54df78f9c022', 'report': 'a0eace551f98b7ad', 'describe': '98458a299dbdb23e',
+        'split': '022e2a2bb76a0a80', 'vocab': 'fef592f1a42123dc', 'encode': '5533a286e0f05724',
     },
     'flavornet': {
         'recipes': 'd036d0f9662c2270', 'report': 'a346888ec8a9311d', 'describe': '8f2ecb5328e7b4d1',
