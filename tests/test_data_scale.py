@@ -343,11 +343,12 @@ def test_clean_and_groups_equal_the_references(seed):
     assert np.array_equal(ingredient_set_groups(normal), reference_groups(normal.ingredients))
 
 
-def _random_csv(rng: np.random.Generator, quoted: bool) -> str:
-    """A small CSV with blank and whitespace lines, wrong widths, empty and repeated ids, noisy names."""
+def _random_csv(rng: np.random.Generator, quoted: bool, bad: float = 0.13) -> str:
+    """A small CSV with blank and whitespace lines and wrong widths (``bad`` of the lines), empty and repeated
+    ids, noisy names."""
     lines = ["id,ingredients,cuisine"]
     for _ in range(rng.integers(1, 60)):
-        kind = rng.random()
+        kind = rng.random() * 0.13 / bad if bad else 1.0
         if kind < 0.06:
             lines.append(rng.choice(["", "  ", "\t", "\u00a0"]))
         elif kind < 0.1:
@@ -372,6 +373,22 @@ def test_simple_csv_parser_equals_the_csv_module(tmp_path, monkeypatch, seed):
     path = _file(tmp_path, "r.csv", text)
     assert tabular._is_simple_csv(Path(path).read_bytes(), ",", ";")
     options = [{"id_column": "id"}, {}, {"id_column": "id", "lenient": True}, {"lenient": True}]
+    with_arrow = [outcome(lambda o=o: load_dataset(path, **o)) for o in options]
+    monkeypatch.setattr(tabular, "_is_simple_csv", lambda *a: False)
+    assert [outcome(lambda o=o: load_dataset(path, **o)) for o in options] == with_arrow
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pyarrow_csv_reader_equals_the_csv_module(tmp_path, monkeypatch, seed):
+    """Files whose every line is a well-formed row are read by pyarrow.csv, with the csv-module outcomes."""
+    rng = np.random.default_rng(100 + seed)
+    text = _random_csv(rng, quoted=False, bad=0.0)
+    text = text.replace("\n", "\r\n") if seed % 3 == 0 else text
+    path = _file(tmp_path, "r.csv", text)
+    data = Path(path).read_bytes()
+    layout = tabular._csv_layout(Path(path), ["id", "ingredients", "cuisine"], "ingredients", None, None, ",", ";")
+    assert tabular._parse_csv_arrow(data, layout) is not None
+    options = [{"id_column": "id"}, {}, {"id_column": "id", "lenient": True}]
     with_arrow = [outcome(lambda o=o: load_dataset(path, **o)) for o in options]
     monkeypatch.setattr(tabular, "_is_simple_csv", lambda *a: False)
     assert [outcome(lambda o=o: load_dataset(path, **o)) for o in options] == with_arrow
