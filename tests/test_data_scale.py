@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from recipeset.bench import write_million_csv
+from recipeset.data.sets import csr_sort_within
 from recipeset.data.sources import load_dataset, tabular
 from recipeset.data.sources.tabular import PY_WHITESPACE
 from recipeset.data.splits import ingredient_set_groups, split_table
@@ -341,6 +342,20 @@ def test_clean_and_groups_equal_the_references(seed):
     normal = RecipeTable.from_records([[x for x in r if "\t" not in x and "\x01" not in x] for r in sets],
                                       normalize=False)  # the integer path (no name holds a char <= "\t")
     assert np.array_equal(ingredient_set_groups(normal), reference_groups(normal.ingredients))
+
+
+@pytest.mark.parametrize("kind", ["small", "negative", "uint64", "float", "huge"])
+def test_csr_sort_within_equals_lexsort(kind):
+    """Both ways of sorting inside rows (one keyed argsort; length classes) give the stable lexsort."""
+    rng = np.random.default_rng(len(kind))
+    lengths = rng.integers(0, 9, size=500)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    key = {"small": rng.integers(0, 5, size=offsets[-1]), "negative": rng.integers(-3, 3, size=offsets[-1]),
+           "uint64": rng.integers(0, 2**63, size=offsets[-1], dtype=np.uint64) * np.uint64(2),
+           "float": rng.integers(0, 4, size=offsets[-1]) / 2, "huge": rng.integers(-2**62, 2**62, size=offsets[-1])}
+    key = key[kind]
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    assert np.array_equal(csr_sort_within(offsets, key), np.lexsort((key, rows)))
 
 
 def _random_csv(rng: np.random.Generator, quoted: bool, bad: float = 0.13) -> str:

@@ -15,10 +15,12 @@ import csv
 import functools
 import hashlib
 import io
+import itertools
 import json
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -284,6 +286,15 @@ class _Parsed:
     def reject(self, lines: np.ndarray, messages: list[str]) -> None:
         self.bad.extend(zip(lines.tolist(), messages, strict=True))
 
+    @classmethod
+    def merge(cls, parts: Iterable[_Parsed]) -> _Parsed:
+        """The chunks of ``parts``, one after another."""
+        out = cls()
+        for part in parts:
+            for f in fields(cls):
+                getattr(out, f.name).extend(getattr(part, f.name))
+        return out
+
 
 def _parse_simple_csv(data: bytes, start: int, layout: _CsvLayout) -> _Parsed | None:
     """The data lines of ``data`` from byte ``start`` (line 2): all at once by ``pyarrow.csv`` when every
@@ -331,10 +342,16 @@ def _parse_csv_arrow(data: bytes, layout: _CsvLayout) -> _Parsed | None:
     if any((pc.max(n).as_py() or 0) > csv.field_size_limit() for n in sizes) or \
             pc.any(pc.equal(functools.reduce(pc.add, sizes), 0)).as_py():
         return None
-    parsed, line_no = _Parsed(), 2
-    for batch in table.to_batches():
-        _parse_rows(batch.column, np.arange(line_no, line_no + batch.num_rows, dtype=np.int64), layout, parsed)
-        line_no += batch.num_rows
+    batches = table.to_batches()
+    first_lines = np.cumsum([2] + [b.num_rows for b in batches]).tolist()
+    with ThreadPoolExecutor(max_workers=pa.cpu_count()) as pool:  # numpy and pyarrow kernels release the GIL
+        return _Parsed.merge(pool.map(_parse_batch, batches, first_lines, itertools.repeat(layout)))
+
+
+def _parse_batch(batch: pa.RecordBatch, first_line: int, layout: _CsvLayout) -> _Parsed:
+    """The rows of one block that ``pyarrow.csv`` read (lines ``first_line``, ...)."""
+    parsed = _Parsed()
+    _parse_rows(batch.column, np.arange(first_line, first_line + batch.num_rows, dtype=np.int64), layout, parsed)
     return parsed
 
 
