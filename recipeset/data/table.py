@@ -56,6 +56,13 @@ def _factorize_names(values: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int64), names
 
 
+def _drops_only_empty(lengths: np.ndarray, idx: np.ndarray) -> bool:
+    """True when ``idx`` keeps rows in order and leaves out empty ones only (the clean of empty recipes)."""
+    if len(idx) == 0 or (len(idx) > 1 and (np.diff(idx) <= 0).any()):
+        return False
+    return int(lengths[idx].sum()) == int(lengths.sum())
+
+
 @dataclass(frozen=True)
 class CodedSets:
     """Ingredient sets as int32 ``codes`` into ``names`` (distinct names, object array), recipe ``i`` being
@@ -108,6 +115,8 @@ class CodedSets:
         """The sets at (non-negative) ``idx``."""
         if len(idx) == len(self) and np.array_equal(idx, np.arange(len(self))):
             return self
+        if _drops_only_empty(self.lengths, idx):  # the codes stay as they are
+            return CodedSets(self.codes, np.append(self.offsets[idx], self.offsets[-1]), self.names)
         positions, offsets = csr_take(self.offsets, idx)
         return CodedSets(self.codes[positions], offsets, self.names)
 
