@@ -461,7 +461,7 @@ class RecipeTable:
         """
         sizes = self.coded.lengths
         counts = self.ingredient_counts()
-        per_cuisine = self.meta["cuisine"].dropna().value_counts()
+        per_cuisine = self.meta["cuisine"].value_counts()  # missing ones left out
         per_source = self.meta["source"].value_counts()
         hist = np.bincount(sizes) if sizes.size else np.zeros(0, dtype=np.int64)
         return {
@@ -469,7 +469,7 @@ class RecipeTable:
             "recipes": int(len(self)),
             "ingredients": int(len(counts)),
             "cuisines": int(len(per_cuisine)),
-            "unlabelled": int(self.meta["cuisine"].isna().sum()),
+            "unlabelled": int(len(self) - per_cuisine.sum()),
             "set_size": {
                 "min": int(sizes.min()) if sizes.size else 0,
                 "mean": round(float(sizes.mean()), 3) if sizes.size else 0.0,
