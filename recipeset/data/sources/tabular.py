@@ -303,6 +303,7 @@ def _parse_simple_csv(data: bytes, start: int, layout: _CsvLayout) -> _Parsed | 
     its reader has the last word)."""
     parsed = _parse_csv_arrow(data, layout)
     if parsed is not None:
+        pa.default_memory_pool().release_unused()  # pyarrow's table, back to the system
         return parsed
     parsed = _Parsed()
     buf = pa.py_buffer(data)
