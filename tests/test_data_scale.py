@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from recipeset.bench import write_million_csv
+from recipeset.data.sets import csr_sort_within
 from recipeset.data.sources import load_dataset, tabular
 from recipeset.data.sources.tabular import PY_WHITESPACE
 from recipeset.data.splits import ingredient_set_groups, split_table
@@ -93,6 +94,15 @@ NOISY_CSV = ('id,ingredients,cuisine\n'
              'a5,basil;garlic,Greek\n'
              'a6,basil,Greek\n')
 BAD_CSV = 'id,ingredients\n1,a;b\n2,c,extra\n3,d\n,e\n1,f\n4,g;h\n'
+CLEAN_CSV = ('id,ingredients,cuisine\n'  # every line a well-formed row: the multi-threaded parser's files
+             ' a1 ,Crème  Fraîche;crème fraîche;Tomatoes;tomato; TOMATO ,Thai\n'
+             'a2,\u00a0Soy\u2003Sauce ;soy sauce;;Basil\t, Thai \n'
+             'a3,; ;\t,Thai\n'
+             'a4,,\n'
+             'a5,basil;Basil;basils;BASIL ;basil;,Greek\n'
+             'a6,garlic,\n'
+             'a7,Garlic;;garlic;,greek\n'
+             'a8,ﬃ;ǅ;İstanbul,Greek\n')
 QUOTED_CSV = 'id,ingredients,cuisine\r\n1,"a;b\r\nc",x\r\n2,"d ""e""",y\r\n3,f,z\r\n'
 JSONL = ('{"ingredients": ["Soy Sauce", "ginger", "soy  sauce"], "cuisine": "Chinese"}\n\n'
          '{"ingredients": "rice; Nori;", "cuisine": null}\n'
@@ -117,6 +127,13 @@ def cases(tmp: Path) -> dict[str, Callable[[], RecipeTable]]:
     noisy, bad = _file(tmp, "noisy.csv", NOISY_CSV), _file(tmp, "bad.csv", BAD_CSV)
     quoted, jsonl = _file(tmp, "quoted.csv", QUOTED_CSV), _file(tmp, "r.jsonl", JSONL)
     js, piped = _file(tmp, "r.json", JSON), _file(tmp, "piped.csv", "id|items|kind\n7|a,B , b|x\n8|c|x\n9|c,a|y\n")
+    clean, clean_crlf = _file(tmp, "clean.csv", CLEAN_CSV), _file(tmp, "clean_crlf.csv", CLEAN_CSV, newline="\r\n")
+    clean_bom = _file(tmp, "clean_bom.csv", "\ufeff" + CLEAN_CSV.rstrip("\n"))
+    multi = _file(tmp, "multi.csv", CLEAN_CSV.replace(";", " || "))
+    tabbed = _file(tmp, "tabbed.csv", CLEAN_CSV.replace("\t", " ").replace(",", "\t").replace(";", "§"))
+    tab_bad = _file(tmp, "tab_bad.csv", CLEAN_CSV.replace(",", "\t"))
+    blank_end = _file(tmp, "blank_end.csv", CLEAN_CSV + "\n")
+    single = _file(tmp, "single.csv", "ingredients\nA;b\n\n  \nb;B;c\n;\nc\n")
     records = [["Tomato", " basil ", "tomato"], [], ["Olive  Oil", "garlic"], ["garlic", "basil"], ["saffron"],
                ["a", "a\x01", "a_b"], ["a_b", "a"], ["a\x01"], ["a", "a_b"], ["b"], ["b", "c", "b"]]
     cuisines = ["Italian", "Italian", None, "Italian", "Spanish", "x", "y", None, "y", "x", "Italian"]
@@ -128,6 +145,15 @@ def cases(tmp: Path) -> dict[str, Callable[[], RecipeTable]]:
         "bad_strict": lambda: load_dataset(bad, id_column="id"),
         "bad_lenient": lambda: load_dataset(bad, id_column="id", lenient=True),
         "bad_no_id": lambda: load_dataset(bad, lenient=True),
+        "clean": lambda: load_dataset(clean, id_column="id"),
+        "clean_no_id": lambda: load_dataset(clean),
+        "clean_crlf": lambda: load_dataset(clean_crlf, id_column="id"),
+        "clean_bom": lambda: load_dataset(clean_bom),
+        "clean_multichar_delimiter": lambda: load_dataset(multi, delimiter=" || ", id_column="id"),
+        "clean_tabs": lambda: load_dataset(tabbed, sep="\t", delimiter="§", id_column="id"),
+        "clean_tabs_bad_line": lambda: load_dataset(tab_bad, sep="\t", id_column="id"),
+        "clean_blank_end": lambda: load_dataset(blank_end, id_column="id"),
+        "single_column": lambda: load_dataset(single),
         "quoted": lambda: load_dataset(quoted, id_column="id"),
         "piped": lambda: load_dataset(piped, sep="|", ingredients_column="items", delimiter=",",
                                       cuisine_column="kind", id_column="id"),
@@ -216,6 +242,41 @@ EXPECTED: dict[str, dict[str, str]] = {  # computed with the per-recipe implemen
         'recipes': '97915c7ed265a55f', 'report': '44136fa355b3678a', 'describe': '5c51146fc348a9d5',
         'split': '6fc4e20d41200e7b', 'vocab': '37c4006f83471b19', 'encode': 'baa3b584c478b28c',
     },
+    # files of well-formed rows (and their neighbours), computed before the pyarrow.csv reader (commit c858f64)
+    'clean': {
+        'recipes': 'a8bdc68df1f781e1', 'report': 'f0a47c2c06502c7f', 'describe': '55665f4a540506e4',
+        'split': 'f108a78935470af2', 'vocab': '512438e61e870ac4', 'encode': '7453bcc4f93ce723',
+    },
+    'clean_no_id': {
+        'recipes': '469d37e07e0e96a9', 'report': '689729cfe1f3a6ce', 'describe': '49f739396d4f7d73',
+        'split': 'f108a78935470af2', 'vocab': '512438e61e870ac4', 'encode': '7453bcc4f93ce723',
+    },
+    'clean_crlf': {
+        'recipes': '5ccef1dc69fb8c09', 'report': 'f0a47c2c06502c7f', 'describe': '6f506ae6c0004c56',
+        'split': 'f108a78935470af2', 'vocab': '512438e61e870ac4', 'encode': '7453bcc4f93ce723',
+    },
+    'clean_bom': {
+        'recipes': 'f9b2bb37380afc15', 'report': '9b387d8d63e8b957', 'describe': '7d41179b2c85bdbd',
+        'split': 'f108a78935470af2', 'vocab': '512438e61e870ac4', 'encode': '7453bcc4f93ce723',
+    },
+    'clean_multichar_delimiter': {
+        'recipes': '3dc25b355e8b3df3', 'report': 'f0a47c2c06502c7f', 'describe': 'e7b7c7ec2aa1a007',
+        'split': 'f108a78935470af2', 'vocab': '512438e61e870ac4', 'encode': '7453bcc4f93ce723',
+    },
+    'clean_tabs': {
+        'recipes': 'ff28038d7044ee63', 'report': 'f0a47c2c06502c7f', 'describe': '26a5a9ee9d7b1e9a',
+        'split': 'f108a78935470af2', 'vocab': '512438e61e870ac4', 'encode': '7453bcc4f93ce723',
+    },
+    'clean_tabs_bad_line': {
+        'error': 'tab_bad.csv:3: expected 3 fields, found 4 (pass lenient=True / --lenient to skip bad lines)'},
+    'clean_blank_end': {
+        'recipes': 'c8a7fed120351392', 'report': 'f0a47c2c06502c7f', 'describe': '31205c999c3f75d5',
+        'split': 'f108a78935470af2', 'vocab': '512438e61e870ac4', 'encode': '7453bcc4f93ce723',
+    },
+    'single_column': {
+        'recipes': '729c54df78f9c022', 'report': 'a0eace551f98b7ad', 'describe': '98458a299dbdb23e',
+        'split': '022e2a2bb76a0a80', 'vocab': 'fef592f1a42123dc', 'encode': '5533a286e0f05724',
+    },
     'flavornet': {
         'recipes': 'd036d0f9662c2270', 'report': 'a346888ec8a9311d', 'describe': '8f2ecb5328e7b4d1',
         'split': '6b01fbd17f869d68', 'vocab': '2337211e854c71ec', 'encode': '51e6fb225d418bd4',
@@ -283,11 +344,26 @@ def test_clean_and_groups_equal_the_references(seed):
     assert np.array_equal(ingredient_set_groups(normal), reference_groups(normal.ingredients))
 
 
-def _random_csv(rng: np.random.Generator, quoted: bool) -> str:
-    """A small CSV with blank and whitespace lines, wrong widths, empty and repeated ids, noisy names."""
+@pytest.mark.parametrize("kind", ["small", "negative", "uint64", "float", "huge"])
+def test_csr_sort_within_equals_lexsort(kind):
+    """Both ways of sorting inside rows (one keyed argsort; length classes) give the stable lexsort."""
+    rng = np.random.default_rng(len(kind))
+    lengths = rng.integers(0, 9, size=500)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    key = {"small": rng.integers(0, 5, size=offsets[-1]), "negative": rng.integers(-3, 3, size=offsets[-1]),
+           "uint64": rng.integers(0, 2**63, size=offsets[-1], dtype=np.uint64) * np.uint64(2),
+           "float": rng.integers(0, 4, size=offsets[-1]) / 2, "huge": rng.integers(-2**62, 2**62, size=offsets[-1])}
+    key = key[kind]
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    assert np.array_equal(csr_sort_within(offsets, key), np.lexsort((key, rows)))
+
+
+def _random_csv(rng: np.random.Generator, quoted: bool, bad: float = 0.13) -> str:
+    """A small CSV with blank and whitespace lines and wrong widths (``bad`` of the lines), empty and repeated
+    ids, noisy names."""
     lines = ["id,ingredients,cuisine"]
     for _ in range(rng.integers(1, 60)):
-        kind = rng.random()
+        kind = rng.random() * 0.13 / bad if bad else 1.0
         if kind < 0.06:
             lines.append(rng.choice(["", "  ", "\t", "\u00a0"]))
         elif kind < 0.1:
@@ -312,6 +388,23 @@ def test_simple_csv_parser_equals_the_csv_module(tmp_path, monkeypatch, seed):
     path = _file(tmp_path, "r.csv", text)
     assert tabular._is_simple_csv(Path(path).read_bytes(), ",", ";")
     options = [{"id_column": "id"}, {}, {"id_column": "id", "lenient": True}, {"lenient": True}]
+    with_arrow = [outcome(lambda o=o: load_dataset(path, **o)) for o in options]
+    monkeypatch.setattr(tabular, "_is_simple_csv", lambda *a: False)
+    assert [outcome(lambda o=o: load_dataset(path, **o)) for o in options] == with_arrow
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pyarrow_csv_reader_equals_the_csv_module(tmp_path, monkeypatch, seed):
+    """Files whose every line is a well-formed row are read by pyarrow.csv, with the csv-module outcomes."""
+    rng = np.random.default_rng(100 + seed)
+    text = _random_csv(rng, quoted=False, bad=0.0)
+    text = re.sub("^,,$", ",,x", text, flags=re.M)  # a row of empty fields goes line by line
+    text = text.replace("\n", "\r\n") if seed % 3 == 0 else text
+    path = _file(tmp_path, "r.csv", text)
+    data = Path(path).read_bytes()
+    layout = tabular._csv_layout(Path(path), ["id", "ingredients", "cuisine"], "ingredients", None, None, ",", ";")
+    assert tabular._parse_csv_arrow(data, layout) is not None
+    options = [{"id_column": "id"}, {}, {"id_column": "id", "lenient": True}]
     with_arrow = [outcome(lambda o=o: load_dataset(path, **o)) for o in options]
     monkeypatch.setattr(tabular, "_is_simple_csv", lambda *a: False)
     assert [outcome(lambda o=o: load_dataset(path, **o)) for o in options] == with_arrow

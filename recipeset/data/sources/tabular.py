@@ -12,17 +12,22 @@ parsed with pyarrow string kernels in chunks (:func:`_parse_simple_csv`); anythi
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
+import itertools
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from recipeset.data.table import CleaningReport, CodedSets, RecipeTable, combined_sha256, normalize_cuisine
 from recipeset.errors import RecipesetError
@@ -248,7 +253,7 @@ def _is_simple_csv(data: bytes, sep: str, delimiter: str) -> bool:
         return False
     if b'"' in data or b"\x00" in data:
         return False
-    cr = data.count(b"\r")
+    cr = data.count(b"\r") if b"\r" in data else 0
     if cr and cr != data.count(b"\r\n"):
         return False
     if data.isascii():
@@ -281,10 +286,25 @@ class _Parsed:
     def reject(self, lines: np.ndarray, messages: list[str]) -> None:
         self.bad.extend(zip(lines.tolist(), messages, strict=True))
 
+    @classmethod
+    def merge(cls, parts: Iterable[_Parsed]) -> _Parsed:
+        """The chunks of ``parts``, one after another."""
+        out = cls()
+        for part in parts:
+            for f in fields(cls):
+                getattr(out, f.name).extend(getattr(part, f.name))
+        return out
+
 
 def _parse_simple_csv(data: bytes, start: int, layout: _CsvLayout) -> _Parsed | None:
-    """The data lines of ``data`` from byte ``start`` (line 2), parsed ~8 MiB at a time; None when a line
-    is longer than the ``csv`` module's field limit (then its reader has the last word)."""
+    """The data lines of ``data`` from byte ``start`` (line 2): all at once by ``pyarrow.csv`` when every
+    one is a well-formed row (:func:`_parse_csv_arrow`), else ~8 MiB at a time by string kernels that find,
+    number and report the bad ones; None when a line is longer than the ``csv`` module's field limit (then
+    its reader has the last word)."""
+    parsed = _parse_csv_arrow(data, layout)
+    if parsed is not None:
+        pa.default_memory_pool().release_unused()  # pyarrow's table, back to the system
+        return parsed
     parsed = _Parsed()
     buf = pa.py_buffer(data)
     crlf = b"\r" in data
@@ -304,14 +324,45 @@ def _parse_simple_csv(data: bytes, start: int, layout: _CsvLayout) -> _Parsed | 
     return parsed
 
 
+def _parse_csv_arrow(data: bytes, layout: _CsvLayout) -> _Parsed | None:
+    """The data lines parsed by ``pyarrow.csv`` (multi-threaded, ~8 MiB blocks) when every one is a row of the
+    header's width and no field is longer than the ``csv`` module's limit, else None. Its rows are then the
+    lines 2, 3, ... An empty line (skipped by the csv module) is a row of empty fields to pyarrow, so files
+    with such a row go line by line, as do one-column files (where a line of whitespace is a row)."""
+    if layout.n_fields < 2 or not layout.sep.isascii():
+        return None
+    names = [str(i) for i in range(layout.n_fields)]
+    read = pacsv.ReadOptions(skip_rows=1, column_names=names, block_size=CHUNK_BYTES)
+    parse = pacsv.ParseOptions(delimiter=layout.sep, quote_char=False, ignore_empty_lines=False)
+    convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.large_string()), strings_can_be_null=False)
+    try:
+        table = pacsv.read_csv(pa.py_buffer(data), read_options=read, parse_options=parse, convert_options=convert)
+    except pa.ArrowInvalid:
+        return None
+    sizes = [pc.binary_length(c) for c in table.columns]
+    if any((pc.max(n).as_py() or 0) > csv.field_size_limit() for n in sizes) or \
+            pc.any(pc.equal(functools.reduce(pc.add, sizes), 0)).as_py():
+        return None
+    batches = table.to_batches()
+    first_lines = np.cumsum([2] + [b.num_rows for b in batches]).tolist()
+    with ThreadPoolExecutor(max_workers=pa.cpu_count()) as pool:  # numpy and pyarrow kernels release the GIL
+        return _Parsed.merge(pool.map(_parse_batch, batches, first_lines, itertools.repeat(layout)))
+
+
+def _parse_batch(batch: pa.RecordBatch, first_line: int, layout: _CsvLayout) -> _Parsed:
+    """The rows of one block that ``pyarrow.csv`` read (lines ``first_line``, ...)."""
+    parsed = _Parsed()
+    _parse_rows(batch.column, np.arange(first_line, first_line + batch.num_rows, dtype=np.int64), layout, parsed)
+    return parsed
+
+
 def _column(fields: pa.ListArray, i: int) -> pa.Array:
     """Field ``i`` of every row of ``fields`` (each row has more than ``i``): a take, ~15x ``list_element``."""
     return fields.values.take(pc.add(fields.offsets.slice(0, len(fields)), i))
 
 
 def _parse_lines(lines: pa.Array, first_line: int, layout: _CsvLayout, out: _Parsed) -> None:
-    """One chunk of lines: blank lines skipped, rows of the wrong width and empty ids rejected, the rest's
-    cells split (ingredients: into dictionary-encoded raw pieces; cuisine: normalised once per label)."""
+    """One chunk of lines: blank lines skipped, rows of the wrong width rejected, the rest to :func:`_parse_rows`."""
     numbers = np.arange(first_line, first_line + len(lines), dtype=np.int64)
     fields = pc.split_pattern(lines, layout.sep)
     width = pc.list_value_length(fields).to_numpy()
@@ -322,26 +373,62 @@ def _parse_lines(lines: pa.Array, first_line: int, layout: _CsvLayout, out: _Par
     wrong = (width != layout.n_fields) & ~blank
     out.reject(numbers[wrong], [f"expected {layout.n_fields} fields, found {k}" for k in width[wrong].tolist()])
     good = ~blank & ~wrong
-    fields, numbers = fields.filter(pa.array(good)), numbers[good]
+    fields = fields.filter(pa.array(good))
+    _parse_rows(lambda i: _column(fields, i), numbers[good], layout, out)
+
+
+def _parse_rows(column: Callable[[int], pa.Array], numbers: np.ndarray, layout: _CsvLayout, out: _Parsed) -> None:
+    """Rows of the right width (``column(i)``: their field ``i``; ``numbers``: their lines): empty ids rejected,
+    ingredient cells into dictionary-encoded raw pieces (:func:`_encode_cells`), cuisines normalised once per
+    label."""
+    cells = column(layout.i_ing)
+    labels = column(layout.i_cu) if layout.i_cu is not None else None
     if layout.i_id is not None:
-        ids = pc.replace_substring_regex(_column(fields, layout.i_id), f"^{_WS}+|{_WS}+$", "")
+        ids = pc.replace_substring_regex(column(layout.i_id), f"^{_WS}+|{_WS}+$", "")
         empty = (pc.binary_length(ids).to_numpy() == 0)
         out.reject(numbers[empty], [f"empty id in column {layout.id_column!r}"] * int(empty.sum()))
-        keep = pa.array(~empty)
-        fields, numbers = fields.filter(keep), numbers[~empty]
-        out.ids.append(ids.filter(keep))
+        if empty.any():
+            keep = pa.array(~empty)
+            ids, cells, numbers = ids.filter(keep), cells.filter(keep), numbers[~empty]
+            labels = labels.filter(keep) if labels is not None else None
+        out.ids.append(ids)
     out.lines.append(numbers)
-    pieces = pc.split_pattern(_column(fields, layout.i_ing), layout.delimiter)
-    out.lengths.append(pc.list_value_length(pieces).to_numpy())
-    encoded = pc.dictionary_encode(pieces.flatten())
-    out.pieces.append(encoded.indices.to_numpy())
-    out.distinct.append(encoded.dictionary.to_pylist())
-    if layout.i_cu is None:
+    lengths, indices, distinct = _encode_cells(cells, layout.delimiter)
+    out.lengths.append(lengths)
+    out.pieces.append(indices)
+    out.distinct.append(distinct)
+    if labels is None:
         out.cuisines.append(np.full(len(numbers), None, dtype=object))
     else:
-        labels = pc.dictionary_encode(_column(fields, layout.i_cu))
+        labels = pc.dictionary_encode(labels)
         normal = np.array([normalize_cuisine(x) for x in labels.dictionary.to_pylist()] + [None], dtype=object)
         out.cuisines.append(normal[labels.indices.to_numpy()])
+
+
+def _encode_cells(cells: pa.Array, delimiter: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(pieces per cell, index of each piece into the distinct pieces, the distinct pieces)`` of cells cut at
+    every ``delimiter`` as ``str.split`` cuts them.
+
+    A one-byte delimiter is found by numpy in the cells' bytes, and the pieces are views of those bytes that
+    keep it at their end (each but a cell's last): it is trimmed from the distinct pieces only. Longer ones go
+    through ``split_pattern``."""
+    if len(delimiter.encode()) != 1 or cells.null_count:
+        split = pc.split_pattern(cells, delimiter)
+        encoded = pc.dictionary_encode(split.flatten())
+        return (pc.list_value_length(split).to_numpy(), encoded.indices.to_numpy(),
+                encoded.dictionary.to_pylist())
+    _, offsets, data = cells.buffers()
+    data = data if data is not None else pa.py_buffer(b"")
+    bounds = np.frombuffer(offsets, np.int64 if pa.types.is_large_string(cells.type) else np.int32)
+    bounds = bounds[cells.offset:cells.offset + len(cells) + 1]
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8)[bounds[0]:bounds[-1]] == ord(delimiter))
+    ends = ends.astype(bounds.dtype) + (bounds[0] + 1)  # where a piece ends, past its delimiter
+    starts = np.concatenate([bounds, ends])
+    starts.sort(kind="stable")  # two sorted runs: a merge
+    encoded = pc.dictionary_encode(pa.Array.from_buffers(cells.type, len(starts) - 1,
+                                                         [None, pa.py_buffer(starts), data]))
+    lengths = np.diff(np.searchsorted(ends, bounds, side="right")) + 1
+    return lengths, encoded.indices.to_numpy(), pc.utf8_rtrim(encoded.dictionary, characters=delimiter).to_pylist()
 
 
 def _simple_csv_table(parsed: _Parsed, layout: _CsvLayout, bad: BadLines, name: str, sha: str) -> RecipeTable:
