@@ -48,7 +48,9 @@ from recipeset.models.base import (
 )
 from recipeset.registry import ORDERS, register_model
 
-WORK_CHUNK = 1 << 18  # logits per pass of the cached joint scoring (1 << 20 and 1 << 16 measured slower)
+WORK_CHUNK = 1 << 20  # logits (and copied keys/values) per pass of the cached joint scoring
+SHARED_SUFFIX = 1  # joint suffixes up to this long attend to an un-copied prefix (SharedPrefix); longer ones amortise
+#                    copying it per candidate (KVCache.select + the fused attention kernel), measured faster
 
 
 class CausalSelfAttention(nn.Module):
@@ -574,16 +576,21 @@ class CausalDecoder(RecipeModel):
                           budget: int) -> torch.Tensor:
         """``[N]`` log p(seq[r, slot:] + [EOS] | [BOS] + seq[r, :slot] + [y]) for ``rows [N]`` (sorted), candidates
         ``y [N]``: the suffix ``[y] + seq[r, slot:]`` (L = n - slot + 1 positions) runs from ``cache`` (the pass
-        over ``[BOS] + seq``) cut after the prefix, shared by all candidates of a query (:class:`SharedPrefix`),
-        in chunks of at most ``min(budget, WORK_CHUNK)`` logits."""
+        over ``[BOS] + seq``) cut after the prefix: shared by all candidates of a query (:class:`SharedPrefix`) for
+        suffixes up to ``SHARED_SUFFIX`` long, else copied per candidate (:meth:`KVCache.select`); in chunks of at
+        most ``min(budget, WORK_CHUNK)`` logits and copied keys/values."""
         V = self.config.vocab_size
         L = seq.shape[1] - slot + 1
+        shared = L <= SHARED_SUFFIX
+        past_cols = 0 if shared else cache.prefix + slot + 1
+        per_row = L * V + 2 * len(self.blocks) * (past_cols + L) * self.config.d_model  # logits + keys/values
         out = []
-        for chunk in torch.arange(len(rows), device=seq.device).split(max(1, min(budget, WORK_CHUNK) // (L * V))):
+        for chunk in torch.arange(len(rows), device=seq.device).split(max(1, min(budget, WORK_CHUNK) // per_row)):
             r = rows[chunk]
             suffix = torch.cat([y[chunk, None], seq[r, slot:]], 1)  # [N, L]
             target = torch.cat([seq[r, slot:], suffix.new_full((len(r), 1), EOS)], 1)
-            logits = self(suffix, cache=SharedPrefix(cache, r, slot + 1)).logits.float()
+            past = SharedPrefix(cache, r, slot + 1) if shared else cache.select(r, slot + 1)
+            logits = self(suffix, cache=past).logits.float()
             logp = logits.gather(-1, target[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
             out.append(logp.sum(1))
         return torch.cat(out)
