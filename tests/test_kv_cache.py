@@ -15,7 +15,7 @@ from recipeset.bench import bench_joint_scoring
 from recipeset.data.vocab import BOS, EOS, NUM_SPECIALS, Vocabulary
 from recipeset.models import CausalDecoder, DecoderConfig, DeepSets, DeepSetsConfig
 from recipeset.models.base import append_at_end, pad_ids, safe_log_softmax, sample_from_logits
-from recipeset.models.decoder import KVCache
+from recipeset.models.decoder import KVCache, SharedPrefix
 from recipeset.models.decoder_reference import complete_ids_reference, joint_scores_reference
 
 torch.set_num_threads(1)
@@ -102,6 +102,24 @@ def test_cache_select_and_attention_mask():
     sub = cache.select(torch.tensor([0, 0]), 2)
     assert not sub.padded and sub.attention_mask(1) is None and sub.keys[1].shape == (2, 2, 3, 8)
     assert sub.attention_mask(2)[0, 0].tolist() == [[True] * 4 + [False], [True] * 5]
+
+
+@pytest.mark.parametrize("name", ["frequency", "frequency-cuisine-positions"])
+def test_shared_prefix_continues_like_copied_rows(name):
+    """Many continuations per cached row (repeats adjacent or not) from the un-copied prefix give the logits of
+    the same continuations from KVCache.select's copies."""
+    model = DECODERS[name]
+    tokens = torch.tensor([[BOS, 8, 9, 10, 11], [BOS, 12, 13, 14, 15], [BOS, 16, 17, 18, 19]])
+    rows = torch.tensor([0, 0, 0, 2, 2, 1, 0])
+    new = torch.tensor([[20, 10, 11], [21, 10, 11], [22, 10, 11], [20, 18, 19], [23, 18, 19], [8, 14, 15],
+                        [24, 10, 11]])
+    with torch.no_grad():
+        cache = KVCache()
+        model(tokens, None, _cuisine(model, 3), cache=cache)
+        shared = model(new, cache=SharedPrefix(cache, rows, 2)).logits
+        copied = model(new, cache=cache.select(rows, 2)).logits
+    torch.testing.assert_close(shared, copied, **ATOL)
+    assert len(cache.tokens[0]) == 5  # the shared view extends nothing
 
 
 def test_positions_past_max_len_are_refused_with_a_cache():

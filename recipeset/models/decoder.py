@@ -48,7 +48,9 @@ from recipeset.models.base import (
 )
 from recipeset.registry import ORDERS, register_model
 
-WORK_CHUNK = 1 << 20  # logits (and copied keys/values, candidate indices) per pass of the cached joint scoring
+WORK_CHUNK = 1 << 20  # logits (and copied keys/values) per pass of the cached joint scoring
+SHARED_SUFFIX = 1  # joint suffixes up to this long attend to an un-copied prefix (SharedPrefix); longer ones amortise
+#                    copying it per candidate (KVCache.select + the fused attention kernel), measured faster
 
 
 class CausalSelfAttention(nn.Module):
@@ -60,11 +62,13 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(d_model, d_model)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | SharedPrefixLayer | None = None,
                 attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """
         x:         ``[B, T, D]`` the new positions
-        past:      keys and values ``[B, H, P, D/H]`` of P earlier positions, or None (x is the whole sequence)
+        past:      keys and values ``[B, H, P, D/H]`` of P earlier positions, or a :class:`SharedPrefixLayer`
+                   (rows continuing shared prefixes: they attend to every prefix position, then causally), or
+                   None (x is the whole sequence)
         attn_mask: with ``past``: bool ``[B or 1, 1, T, P+T]`` (True = attend), or None = attend to everything
                    (right for one new position after an unpadded past); ignored without ``past`` (causal)
         returns    ``y [B, T, D]`` and the keys and values ``[B, H, P+T, D/H]`` of every position so far
@@ -75,6 +79,8 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         if past is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        elif isinstance(past, SharedPrefixLayer):
+            y = past.attend(q, k, v)
         else:
             k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
@@ -89,7 +95,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(d_model)
         self.mlp = MLP(d_model, dropout)
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | SharedPrefixLayer | None = None,
                 attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """``x [B, T, D]`` → ``[B, T, D]`` and this layer's keys/values ``[B, H, P+T, D/H]`` (see
         :meth:`CausalSelfAttention.forward` for ``past`` and ``attn_mask``)."""
@@ -174,6 +180,75 @@ class KVCache:
                        valid=self.valid[rows, :cut], tokens=self.tokens[rows, :upto],
                        lengths=torch.full_like(rows, upto), prefix=self.prefix,
                        padded=not bool(self.valid[rows, :cut].all()))
+
+
+@dataclass
+class SharedPrefixLayer:
+    """One layer's keys/values of Q cached prefixes and the N rows that continue them (see :class:`SharedPrefix`).
+
+    keys, values: ``[Q, H, P, D/H]`` the P positions of each prefix
+    query:        ``[N]`` the prefix each row continues
+    col:          ``[N]`` the row's index among the rows of its prefix (``width`` = the most rows of one prefix)
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    query: torch.Tensor
+    col: torch.Tensor
+    width: int
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention ``[N, H, T, D/H]`` of the rows' T new positions ``q, k, v [N, H, T, D/H]`` to every position of
+        their prefix and causally to their own, one softmax over both parts (no dropout: inference only).
+
+        The prefix part never copies a prefix's keys/values per row: the rows' queries are laid out
+        ``[Q, H, width·T, D/H]`` (zeros where a prefix has fewer rows) and meet their prefix's keys, then values,
+        in one batched matmul per prefix."""
+        N, H, T, Dh = q.shape
+        Q, _, P, _ = self.keys.shape
+        rows = (self.query, slice(None), self.col)  # [Q, H, width, T, ...] at each row → [N, H, T, ...]
+        laid = q.new_zeros(Q, H, self.width, T, Dh)
+        laid[rows] = q
+        to_prefix = (laid.view(Q, H, self.width * T, Dh) @ self.keys.transpose(-1, -2)).view(Q, H, self.width, T, P)
+        own = (q @ k.transpose(-1, -2)).masked_fill(
+            ~torch.ones(T, T, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+        w = torch.softmax(torch.cat([to_prefix[rows], own], -1) * Dh ** -0.5, -1)  # [N, H, T, P + T]
+        laid = q.new_zeros(Q, H, self.width, T, P)
+        laid[rows] = w[..., :P]
+        from_prefix = (laid.view(Q, H, self.width * T, P) @ self.values).view(Q, H, self.width, T, Dh)
+        return from_prefix[rows] + w[..., P:] @ v
+
+
+class SharedPrefix:
+    """A read-only view of a :class:`KVCache` for feeding many continuations of each cached row at once: the
+    rows ``rows [N]`` (repeats are the point; sort them so that a row's repeats are adjacent, which is what gets
+    shared) cut after their first ``upto`` token positions (no padding among those), as
+    :meth:`KVCache.select` would give, but without copying a row's keys/values for each repeat (attention to
+    them runs through :meth:`SharedPrefixLayer.attend`). :meth:`CausalDecoder.forward` takes it as ``cache``;
+    it keeps nothing of what it is fed (:meth:`extend` does nothing)."""
+
+    empty = False
+
+    def __init__(self, cache: KVCache, rows: torch.Tensor, upto: int) -> None:
+        cut = cache.prefix + upto
+        queries, query, counts = torch.unique_consecutive(rows, return_inverse=True, return_counts=True)
+        col = torch.arange(len(rows), device=rows.device) - (counts.cumsum(0) - counts)[query]
+        width = int(counts.max()) if len(rows) else 0
+        self.layers = [SharedPrefixLayer(k[queries, :, :cut], v[queries, :, :cut], query, col, width)
+                       for k, v in zip(cache.keys, cache.values, strict=True)]
+        self.tokens = cache.tokens[rows, :upto]
+        self.lengths = torch.full_like(rows, upto)
+        self.prefix = cache.prefix
+
+    def layer(self, i: int) -> SharedPrefixLayer:
+        return self.layers[i]
+
+    def attention_mask(self, T: int) -> None:
+        """None: :meth:`SharedPrefixLayer.attend` masks causally itself."""
+        return None
+
+    def extend(self, presents, tokens, mask, prefix) -> None:
+        """Nothing: a shared prefix is read-only."""
 
 
 @dataclass
@@ -305,7 +380,7 @@ class CausalDecoder(RecipeModel):
 
     # ---- forward --------------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, cuisine: torch.Tensor | None = None,
-                segments: torch.Tensor | None = None, cache: KVCache | None = None) -> ModelOutput:
+                segments: torch.Tensor | None = None, cache: KVCache | SharedPrefix | None = None) -> ModelOutput:
         """
         tokens:   ``[B, T]`` ``[BOS] + ingredients``, right-padded with [PAD]; with a non-empty ``cache``: the
                   next T tokens of every row (all real), fed after what the cache holds
@@ -313,7 +388,8 @@ class CausalDecoder(RecipeModel):
         cuisine:  ``[B]`` cuisine ids (-1 unknown); used only when ``config.cuisine_condition`` (and not with a
                   non-empty cache, whose first call already fed the cuisine prefix)
         segments: ``[B, T]`` 0/1 segment ids (coherence pairs); needs ``coherence_head``
-        cache:    a :class:`KVCache` to fill (empty) or continue (non-empty), extended in place; None = no cache
+        cache:    a :class:`KVCache` to fill (empty) or continue (non-empty), extended in place; or a
+                  :class:`SharedPrefix` to continue (read-only); None = no cache
         returns   ModelOutput with ``logits [B, T, V]`` (position t predicts token t+1; every id fed so far is
                   -inf), ``hidden [B, T, D]``, ``pooled [B, D]`` (mean of hidden over ``mask``) and the
                   configured heads — all over the T positions of this call
@@ -499,21 +575,23 @@ class CausalDecoder(RecipeModel):
 
     def _suffix_log_probs(self, cache: KVCache, seq: torch.Tensor, rows: torch.Tensor, slot: int, y: torch.Tensor,
                           budget: int) -> torch.Tensor:
-        """``[N]`` log p(seq[r, slot:] + [EOS] | [BOS] + seq[r, :slot] + [y]) for ``rows [N]``, candidates
+        """``[N]`` log p(seq[r, slot:] + [EOS] | [BOS] + seq[r, :slot] + [y]) for ``rows [N]`` (sorted), candidates
         ``y [N]``: the suffix ``[y] + seq[r, slot:]`` (L = n - slot + 1 positions) runs from ``cache`` (the pass
-        over ``[BOS] + seq``) cut after the prefix, in chunks of at most ``min(budget, WORK_CHUNK)`` logits and
-        keys/values (small passes reuse the allocator's memory: 16M-logit passes were measured 1.3x slower, most
-        of it spent on fresh pages for the copied keys/values)."""
+        over ``[BOS] + seq``) cut after the prefix: shared by all candidates of a query (:class:`SharedPrefix`) for
+        suffixes up to ``SHARED_SUFFIX`` long, else copied per candidate (:meth:`KVCache.select`); in chunks of at
+        most ``min(budget, WORK_CHUNK)`` logits and copied keys/values."""
         V = self.config.vocab_size
         L = seq.shape[1] - slot + 1
-        past_cols = cache.prefix + slot + 1
+        shared = L <= SHARED_SUFFIX
+        past_cols = 0 if shared else cache.prefix + slot + 1
         per_row = L * V + 2 * len(self.blocks) * (past_cols + L) * self.config.d_model  # logits + keys/values
         out = []
         for chunk in torch.arange(len(rows), device=seq.device).split(max(1, min(budget, WORK_CHUNK) // per_row)):
             r = rows[chunk]
             suffix = torch.cat([y[chunk, None], seq[r, slot:]], 1)  # [N, L]
             target = torch.cat([seq[r, slot:], suffix.new_full((len(r), 1), EOS)], 1)
-            logits = self(suffix, cache=cache.select(r, slot + 1)).logits.float()
+            past = SharedPrefix(cache, r, slot + 1) if shared else cache.select(r, slot + 1)
+            logits = self(suffix, cache=past).logits.float()
             logp = logits.gather(-1, target[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
             out.append(logp.sum(1))
         return torch.cat(out)
