@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +110,7 @@ class RunResult:
     train_s: float = 0.0  # the Trainer's time in training steps over the whole run (TrainState.train_s)
     eval_s: float = 0.0   # after training: threshold tuning, evaluation, plots, saving and logging the model
     best_val: float = math.inf  # the best periodic value of train.early_stopping_metric (the best model's)
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> test metrics, same queries
 
 
 def _plots(tracker: Tracker | None, history: dict, model: RecipeModel, data: PreparedData, out_dir: Path,
@@ -184,8 +186,11 @@ def _log_inputs(tracker: Tracker, data: PreparedData, out_dir: Path, model: Reci
 def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
                  init_from: str | None = None, track: bool = True, parent_run_id: str | None = None,
                  progress: bool = True, evaluate: bool = True, tags: dict[str, str] | None = None,
-                 on_validate: MetricsFn | None = None) -> RunResult:
+                 on_validate: MetricsFn | None = None, baselines: Sequence[str] = ()) -> RunResult:
     """Train (or resume) one run, evaluate it on its own test split, and track everything in MLflow.
+
+    ``baselines``: classical baselines (:data:`recipeset.baselines.BASELINES` names) fit, tuned and scored on the
+    same split and queries after the evaluation (``result.baselines``; logged as ``baseline/<name>/...``).
 
     ``on_validate(metrics, step)`` is called at every periodic validation (:class:`~recipeset.training.Trainer`);
     a :class:`~recipeset.tracking.RunStopped` it raises ends the run early with that status and tags.
@@ -237,6 +242,12 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
         if not world.is_main:
             return RunResult(out_dir=out_dir, run_id=None, model_dir=out_dir / "model")
         result = _finish(cfg, trainer, state, data, out_dir, tracker, evaluate)
+        if evaluate and baselines:
+            result.baselines = {name: r["test"] for name, r in
+                                protocol.run_baselines_on(cfg, data, names=list(baselines)).items()}
+            if tracker is not None:
+                tracker.log_metrics({f"baseline/{name}/{k}": v for name, m in result.baselines.items()
+                                     for k, v in m.items()}, state.step)
         result.run_id = None if tracker is None else tracker.run_id
         result.wall_s = time.perf_counter() - started
         result.train_s, result.eval_s = state.train_s, time.perf_counter() - trained

@@ -300,6 +300,41 @@ def _threshold_f1s(model: Any, val: EncodedSets, thresholds: Sequence[float], se
                            [("threshold", th) for th in thresholds])
 
 
+# ---- the headline table ------------------------------------------------------------------------------------------
+HEADLINE_METRICS: tuple[str, ...] = ("completion/recall@10", "completion/mrr", "set/micro_f1", "set/pred_size",
+                                     "cuisine/macro_f1", "cuisine/accuracy")
+CHEAP_BASELINES: tuple[str, ...] = ("popularity", "cooccurrence", "item-knn")  # seconds, beside every main job
+
+
+class HeadlineRow(NamedTuple):
+    metric: str
+    model: float
+    bayes: float | None               # the generator's Bayes-optimal value (synthetic data), else None
+    baseline: float | None            # the best baseline's value on the same queries
+    baseline_name: str | None
+
+
+def headline_rows(metrics: dict[str, float], baselines: dict[str, dict[str, float]] | None = None
+                  ) -> list[HeadlineRow]:
+    """The compact table of a run: each of :data:`HEADLINE_METRICS` the model reports, beside the Bayes-optimal
+    value (``bayes/<metric>`` on synthetic data) and the best baseline for it (highest; for ``set/pred_size`` the
+    true mean size is the reference, so the baseline closest to ``set/true_size`` is shown)."""
+    rows = []
+    for metric in HEADLINE_METRICS:
+        if metric not in metrics:
+            continue
+        scored = {name: m[metric] for name, m in (baselines or {}).items() if metric in m}
+        if metric == "set/pred_size":
+            truth = metrics.get("set/true_size", 0.0)
+            best = min(scored, key=lambda n: abs(scored[n] - truth), default=None)
+            bayes = truth
+        else:
+            best = max(scored, key=scored.get, default=None)
+            bayes = metrics.get(f"bayes/{metric}")
+        rows.append(HeadlineRow(metric, metrics[metric], bayes, None if best is None else scored[best], best))
+    return rows
+
+
 # ---- baselines --------------------------------------------------------------------------------------------------
 def run_baselines_on(cfg: RunConfig, data: PreparedData, names: Sequence[str] | None = None,
                      seed: int = 0, per_query: dict[str, pd.DataFrame] | None = None) -> dict[str, dict[str, Any]]:

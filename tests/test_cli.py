@@ -23,7 +23,9 @@ TINY_SETTINGS = ["data.n_recipes=400", "model.d_model=16", "model.n_layers=1", "
 
 
 def tiny_args(skip: tuple[str, ...] = ()) -> list[str]:
-    return [x for kv in TINY_SETTINGS if kv.split("=")[0] not in skip for x in ("--set", kv)]
+    """A tiny decoder run (the main job without --model trains deep-sets; these tests name the decoder)."""
+    model = [] if "model.n_layers" in skip else ["--model", "decoder"]
+    return model + [x for kv in TINY_SETTINGS if kv.split("=")[0] not in skip for x in ("--set", kv)]
 
 
 TINY = tiny_args()
@@ -227,8 +229,8 @@ def test_train_into_an_existing_run_dir_needs_resume(trained):
 
 def test_invalid_combination_and_bad_objective_weight(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    one_line_error(invoke("train", "--loss", "hungarian", "--no-track"), "hungarian", "decoder")
-    one_line_error(invoke("train", "--objective", "mlm", "--no-track"), "mlm")
+    one_line_error(invoke("train", "--loss", "hungarian", "--no-track"), "hungarian", "deep-sets")  # the main job
+    one_line_error(invoke("train", "--model", "decoder", "--objective", "mlm", "--no-track"), "mlm")
     one_line_error(invoke("train", "--objective", "cls=lots", "--no-track"), "cls=lots")
 
 

@@ -349,3 +349,18 @@ def test_held_out_all_is_the_mean_of_every_leave_one_out_query():
         per_set.append(torch.stack(losses).mean())
     assert torch.allclose(got, torch.stack(per_set).mean(), atol=1e-5)
 
+
+
+def test_deep_sets_one_sum_held_out_logits_equal_the_generic_per_query_version():
+    from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
+    from recipeset.models import DeepSets, DeepSetsConfig
+    from recipeset.models.base import RecipeModel, pad_ids
+
+    torch.manual_seed(1)
+    model = DeepSets(DeepSetsConfig(d_model=8, phi_layers=1), Vocabulary([f"i{k}" for k in range(9)])).eval()
+    tokens, mask = pad_ids([[NUM_SPECIALS + k for k in s] for s in ([0, 4, 2, 7], [3], [5, 1])])
+    fast = model.held_out_logits(tokens, mask)
+    generic = RecipeModel.held_out_logits(model, tokens, mask)
+    assert fast.shape == (7, len(model.vocab))
+    assert torch.equal(torch.isinf(fast), torch.isinf(generic))
+    assert torch.allclose(fast[torch.isfinite(fast)], generic[torch.isfinite(generic)], atol=1e-5)

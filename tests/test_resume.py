@@ -23,7 +23,7 @@ import torch
 
 from recipeset.training import STATE_FILE
 
-SETTINGS = ["data.n_recipes=400", "model.d_model=16", "model.n_layers=1", "train.batch_size=32",
+SETTINGS = ["model.name=decoder", "data.n_recipes=400", "model.d_model=16", "model.n_layers=1", "train.batch_size=32",
             "train.warmup_steps=2", "eval.max_queries=30", "eval.joint_max_queries=10", "train.device=cpu",
             "train.checkpoint_every=150", "train.eval_every=100", "eval.tasks=[\"completion\",\"set\"]"]
 MAX_STEPS = 350  # checkpoints at 150, 300, 350; metric flushes every 100 logging calls

@@ -326,6 +326,18 @@ class RecipeModel(nn.Module):
         """A batch's cuisine ids for ``forward`` when the model is cuisine-conditioned, else None."""
         return cuisine if self.accepts_cuisine else None
 
+    def held_out_logits(self, tokens: torch.Tensor, mask: torch.Tensor, cuisine: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+        """``set_logits`` of every leave-one-out query at once: row ``i`` of ``[N, V]`` (N = real positions, in
+        ``mask`` order) scores the set without its element ``i`` (the ``mlm`` objective of a ``held-out`` model
+        with ``objectives.held_out = "all"``). This generic version runs each query as its own row; a model
+        whose pooling allows it (Deep Sets: one sum minus each element) overrides it."""
+        where = torch.nonzero(mask)
+        rows = where[:, 0]
+        query_mask = mask[rows].clone()
+        query_mask[torch.arange(len(rows), device=mask.device), where[:, 1]] = False
+        return self(tokens[rows], query_mask, None if cuisine is None else cuisine[rows]).set_logits
+
     # ---- properties -------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
