@@ -261,8 +261,7 @@ def _finish(cfg: RunConfig, trainer: Trainer, state, data: PreparedData, out_dir
     model = load_model(best_dir) if best_dir.exists() else trainer.model
     model.to(trainer.device)
     val = protocol.val_subset(data.val_eval, cfg)  # tuning and validation: a capped, seeded subset
-    tuned = protocol.tune_stop_rule(model, val, seed=cfg.eval.seed)  # None: the model has no stop threshold
-    cuisine_rule = protocol.tune_cuisine_rule(model, val)  # None: no cuisine head or no labels
+    tuned, cuisine_rule = tune_rules(model, val, cfg)
     model_dir = out_dir / "model"
     save_model(model, model_dir, extra_files=trainer.extra_files)
     result = RunResult(out_dir=out_dir, run_id=None, model_dir=model_dir)
@@ -299,17 +298,32 @@ def _finish(cfg: RunConfig, trainer: Trainer, state, data: PreparedData, out_dir
     return result
 
 
-def run_data(model: RecipeModel, model_dir: str, split: str = "test", dataset: str | None = None,
-             path: str | None = None):
+def tune_rules(model, val, cfg: RunConfig) -> tuple[protocol.StopRule | None, protocol.CuisineRule | None]:
+    """What a run tunes on its validation queries ``val`` (:func:`~recipeset.protocol.val_subset`) after training,
+    set on ``model``: the stop rule (None: no stop threshold) and the cuisine rule (None: no cuisine head or no
+    labels)."""
+    return protocol.tune_stop_rule(model, val, seed=cfg.eval.seed), protocol.tune_cuisine_rule(model, val)
+
+
+def run_data(model, model_dir: str, split: str = "test", dataset: str | None = None, path: str | None = None,
+             tune: bool = False):
     """The run config saved with a model and the sets to evaluate it on: the run's own ``split`` (rebuilt from
-    its saved split and vocabulary), or every recipe of ``dataset`` encoded with the model's vocabulary."""
+    its saved split and vocabulary), or every recipe of ``dataset`` encoded with the model's vocabulary.
+
+    ``tune``: first tune ``model``'s rules on the run's validation queries as the run did (:func:`tune_rules`) —
+    for a scorer the run did not tune, e.g. an :class:`~recipeset.ensemble.Ensemble` of trained models."""
     local = Path(download_model_dir(str(model_dir)))
     run_cfg = local / "run_config.json"
     cfg = load_config(run_cfg) if run_cfg.exists() else RunConfig()
+    data = None
+    if dataset is None or tune:
+        if not (local / "split.json").exists():
+            fix = ("its validation split is what the ensemble is tuned on" if tune
+                   else "pass --dataset to evaluate on another dataset")
+            raise RecipesetError(f"{model_dir}: no split.json saved with this model; {fix}")
+        data = prepare_data(cfg.data, split_path=local / "split.json", vocab=model.vocab)
+        if tune:
+            tune_rules(model, protocol.val_subset(data.val_eval, cfg), cfg)
     if dataset is not None:
         return cfg, load_dataset(dataset, path=path).encode(model.vocab, unknown="unk")
-    if not (local / "split.json").exists():
-        raise RecipesetError(f"{model_dir}: no split.json saved with this model; pass --dataset to evaluate on "
-                             "another dataset")
-    data = prepare_data(cfg.data, split_path=local / "split.json", vocab=model.vocab)
     return cfg, data.test_eval if split == "test" else data.val_eval
