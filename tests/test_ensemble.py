@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_cli import invoke, ok, one_line_error, tiny_args
+from test_cli import invoke, ok, one_line_error, tiny_args, write_grid
 from test_model_io import QUERIES, VOCAB, _models
 
 import recipeset
@@ -207,3 +207,68 @@ def test_cli_evaluate_an_ensemble_of_two_runs(tmp_path, monkeypatch):
         assert both[key] == single[key]
     assert 0 < both["completion/mrr"] <= 1 and both["completion/mrr"] != single["completion/mrr"]
     one_line_error(invoke("evaluate", "r0/model", "--ensemble", "r9/model"), "r9")
+
+
+# ---- the study: [[ensemble]] entries -------------------------------------------------------------------------
+ENSEMBLE_TOML = """
+[[ensemble]]
+name = "dec+st"
+variants = ["dec", "st"]
+"""
+
+
+def test_experiment_file_ensembles_are_checked(tmp_path):
+    from recipeset.experiments import load_experiment
+
+    path = write_grid(tmp_path, "ens-grid")
+    base = path.read_text(encoding="utf-8")
+    path.write_text(base + ENSEMBLE_TOML, encoding="utf-8")
+    spec = load_experiment(path).ensembles[0]
+    assert (spec.name, spec.variants, spec.combine) == ("dec+st", ("dec", "st"), "logprob")
+    for bad, needle in (('name = "x"\nvariants = ["dex"]', "did you mean 'dec'"),
+                        ('name = "dec"\nvariants = ["st"]', "new name"),
+                        ('name = "x"\nvariants = ["st"]\ncombine = "max"', "combine"),
+                        ('name = "x"\nvariants = []', "non-empty"),
+                        ('name = "x"\nvariants = ["st"]\nseeds = [0]', "unknown key")):
+        path.write_text(base + f"\n[[ensemble]]\n{bad}\n", encoding="utf-8")
+        with pytest.raises(RecipesetError, match=needle) as err:
+            load_experiment(path)
+        assert "\n" not in str(err.value)
+    path.write_text(base.replace('name = "st"', 'name = "st"\n"data.min_count" = 2') + ENSEMBLE_TOML,
+                    encoding="utf-8")
+    with pytest.raises(RecipesetError, match=r"\[data\] settings differ"):
+        load_experiment(path)
+
+
+def test_experiment_run_evaluates_an_ensemble_child(mlflow_uri, tmp_path):
+    from mlflow import MlflowClient
+
+    from recipeset.protocol import PER_QUERY_FILE, load_per_query
+
+    path = write_grid(tmp_path, "ens-grid")
+    path.write_text(path.read_text(encoding="utf-8") + ENSEMBLE_TOML, encoding="utf-8")
+    first = ok("experiment", "run", str(path), "--out", "runs")
+    assert "run ens-grid/dec+st  (2 models)" in first.output and "3 run, 0 skipped" in first.output
+    c = MlflowClient(mlflow_uri)
+    exp = c.get_experiment_by_name("ens-grid")
+    runs = {r.info.run_name: r for r in c.search_runs([exp.experiment_id])}
+    ens = runs["ens-grid/dec+st"]
+    parent = runs["ens-grid/grid"]
+    assert ens.info.status == "FINISHED" and ens.data.tags["variant"] == "dec+st"
+    assert ens.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert ens.data.tags["members"] == "ens-grid/dec/seed0, ens-grid/st/seed0"
+    member = runs["ens-grid/dec/seed0"]
+    # the same test queries and draws as the members
+    assert ens.data.metrics["test/completion/n"] == member.data.metrics["test/completion/n"]
+    assert ens.data.metrics["test/completion/draws"] == member.data.metrics["test/completion/draws"]
+    assert "stop_threshold" in ens.data.metrics and "val_eval/completion/mrr" in ens.data.metrics
+    ranks = load_per_query(tmp_path / "runs" / "ens-grid" / "dec+st" / PER_QUERY_FILE)
+    theirs = load_per_query(tmp_path / "runs" / "ens-grid" / "dec" / "seed0" / PER_QUERY_FILE)
+    key = ["split", "mode", "recipe", "draw", "target"]
+    next_ranks = theirs[theirs["mode"] == "next"]
+    assert ranks[key].sort_values(key).to_numpy().tolist() == next_ranks[key].sort_values(key).to_numpy().tolist()
+    assert PER_QUERY_FILE in {a.path for a in c.list_artifacts(ens.info.run_id)}
+    tables = json.loads(ok("compare", "ens-grid", "--json").output)
+    assert tables["completion"]["dec+st"]["seeds"] == 1 and tables["completion"]["dec+st"]["test/completion/mrr"]
+    again = ok("experiment", "run", str(path), "--out", "runs")
+    assert "skip ens-grid/dec+st: finished as run" in again.output and "0 run, 3 skipped" in again.output
