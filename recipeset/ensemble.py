@@ -117,9 +117,13 @@ class Ensemble(RecipeModel):
         """Add one ingredient at a time from the ensemble's distribution over the grown set (greedy: its best;
         sampling: a draw) while the best candidate's probability is ≥ ``config.stop_threshold``, at most
         ``max_new``. ``return_probs``: ``(ids, probs)``, ``probs[b][i]`` that best probability when
-        ``ids[b][i]`` was added (``returns_stop_probs``)."""
+        ``ids[b][i]`` was added (``returns_stop_probs``). A member that bounds its input (``generation_budget(
+        max_new, fed)``: a decoder with positions) caps ``max_new`` so that the grown sets stay scoreable."""
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         B = tokens.shape[0]
+        for m in self.members:
+            if callable(getattr(m, "generation_budget", None)):
+                max_new = min(max_new, m.generation_budget(max_new, tokens.shape[1]))
         generated: list[list[int]] = [[] for _ in range(B)]
         probs: list[list[float]] = [[] for _ in range(B)]
         active = torch.ones(B, dtype=torch.bool, device=tokens.device)

@@ -17,7 +17,15 @@ import recipeset
 from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
 from recipeset.ensemble import Ensemble, combine_log_probs
 from recipeset.errors import RecipesetError
-from recipeset.models import DeepSets, DeepSetsConfig, SetTransformer, SetTransformerConfig, save_model
+from recipeset.models import (
+    CausalDecoder,
+    DecoderConfig,
+    DeepSets,
+    DeepSetsConfig,
+    SetTransformer,
+    SetTransformerConfig,
+    save_model,
+)
 from recipeset.models.base import pad_ids
 from recipeset.protocol import tune_cuisine_rule, tune_stop_rule
 
@@ -96,6 +104,14 @@ def test_minus_inf_only_where_every_member_has_it():
         torch.testing.assert_close(out.exp().sum(), torch.tensor(1.0))
     # the mean of the probabilities: (0.25, 0.5, 0.25) exactly
     torch.testing.assert_close(combine_log_probs(logps, "prob").exp()[0, 1:], torch.tensor([0.25, 0.5, 0.25]))
+
+
+def test_generation_stays_within_a_members_input_length():
+    torch.manual_seed(0)
+    short = CausalDecoder(DecoderConfig(d_model=16, n_layers=1, n_heads=2, positions=True, max_len=5), VOCAB).eval()
+    ens = Ensemble([short, _deep_sets(0)], stop_threshold=0.0)
+    out = ens.complete([["tomato", "basil"], ["rice"]], max_new=8)  # the grown sets must still fit max_len
+    assert [len(r) for r in out] == [3, 3]  # width 2: [BOS] + 2 + 3 - 1 = 5 positions at the last step
 
 
 def test_joint_needs_every_member(models):
