@@ -279,24 +279,36 @@ def _echo_metrics(metrics: dict) -> None:
 
 
 # ---- evaluate / complete / classify ---------------------------------------------------------------------
+ENSEMBLE_HELP = ("Another model (directory or runs:/ URI) to average with MODEL_DIR (repeatable): an ensemble of "
+                 "models sharing one vocabulary.")
+
+
+def _load_scorer(model_dir: str, ensemble: tuple[str, ...]):
+    """MODEL_DIR's model, or with ``--ensemble`` the ensemble of it and the other models."""
+    from recipeset.runs import load_ensemble, load_model
+
+    return load_ensemble([model_dir, *ensemble]) if ensemble else load_model(model_dir)
+
+
 @cli.command()
 @click.argument("model_dir")
+@click.option("--ensemble", "ensemble", multiple=True, metavar="MODEL_DIR", help=ENSEMBLE_HELP + " Its stop "
+              "threshold and cuisine rule are tuned on MODEL_DIR's run's validation split first.")
 @click.option("--dataset", default=None, help="Evaluate on all recipes of another dataset [default: the run's "
               "own test split].")
 @click.option("--path", default=None, help="Where --dataset's files are.")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", help="Which split of the run's data.")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None, help="Evaluate on N seeded recipes only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
-def evaluate(model_dir, dataset, path, split, max_queries, as_json) -> None:
-    """The evaluation table of a trained model (MODEL_DIR or runs:/<id>/model)."""
+def evaluate(model_dir, ensemble, dataset, path, split, max_queries, as_json) -> None:
+    """The evaluation table of a trained model (MODEL_DIR or runs:/<id>/model), or of an --ensemble."""
     import json
 
     from recipeset.pipeline import run_data
     from recipeset.protocol import evaluate_model
-    from recipeset.runs import load_model
 
-    m = load_model(model_dir)
-    cfg, sets = run_data(m, model_dir, split=split, dataset=dataset, path=path)
+    m = _load_scorer(model_dir, ensemble)
+    cfg, sets = run_data(m, model_dir, split=split, dataset=dataset, path=path, tune=bool(ensemble))
     if max_queries is not None:
         cfg.eval.max_queries = max_queries
     metrics = evaluate_model(m, sets, cfg)
@@ -323,13 +335,12 @@ def _split_names(text: str) -> list[str]:
 @click.option("--temperature", type=float, default=0.0, help="With --generate: 0 = greedy.")
 @click.option("--mode", type=click.Choice(["next", "joint"]), default="next", help="Decoder scoring mode.")
 @click.option("--cuisine", default=None, help="Condition on a cuisine (models trained with cuisine conditioning).")
-def complete(model_dir, ingredients, top, generate, max_new, temperature, mode, cuisine) -> None:
+@click.option("--ensemble", "ensemble", multiple=True, metavar="MODEL_DIR", help=ENSEMBLE_HELP)
+def complete(model_dir, ingredients, top, generate, max_new, temperature, mode, cuisine, ensemble) -> None:
     """Suggest what goes with INGREDIENTS ("tomato, basil"), or --generate the rest of the recipe."""
     import torch
 
-    from recipeset.runs import load_model
-
-    m = load_model(model_dir)
+    m = _load_scorer(model_dir, ensemble)
     query = _split_names(ingredients)
     if generate:
         out = m.complete([query], max_new=max_new, temperature=temperature, cuisine=cuisine)[0]
@@ -346,12 +357,11 @@ def complete(model_dir, ingredients, top, generate, max_new, temperature, mode, 
 @click.argument("model_dir")
 @click.argument("ingredients")
 @click.option("--top", type=click.IntRange(min=1), default=3, help="How many cuisines to show.")
-def classify(model_dir, ingredients, top) -> None:
+@click.option("--ensemble", "ensemble", multiple=True, metavar="MODEL_DIR", help=ENSEMBLE_HELP)
+def classify(model_dir, ingredients, top, ensemble) -> None:
     """Cuisine probabilities of INGREDIENTS ("soy_sauce, ginger")."""
-    from recipeset.runs import load_model
-
-    m = load_model(model_dir)
-    if not m.can_classify:
+    m = _load_scorer(model_dir, ensemble)
+    if not m.can_classify and not ensemble:  # an ensemble names the member without a head itself
         raise RecipesetError(f"{model_dir}: this model has no cuisine head; train it with --objective cls")
     probs = m.classify([_split_names(ingredients)])[0]
     for i in probs.argsort(descending=True)[:top].tolist():

@@ -22,6 +22,10 @@ model.name = "set-transformer"       # unquoted dotted keys work too
 [seeds]
 values = [0, 1, 2]                   # set train.seed: initialisation and data order, never the split
 
+[[ensemble]]                         # after the grid: the average of these variants' trained models (every
+name = "decoder-3-seeds"             # seed of each), evaluated on the same queries as one more child run
+variants = ["decoder-ce-frequency"]  # (tag variant=<name>); combine = "logprob" (default) | "prob"
+
 [quick]                              # what `--quick` runs (every key optional)
 variants = ["decoder-ce-frequency"]  # default: all variants
 seeds = [0]                          # default: the first seed
@@ -51,7 +55,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +63,9 @@ from recipeset.config import SECTIONS, RunConfig, read_table_file, resolve_objec
 from recipeset.errors import RecipesetError
 from recipeset.registry import suggest
 
-TOP_LEVEL = ("experiment", "base", "grid", "seeds", "quick", "tune")
+TOP_LEVEL = ("experiment", "base", "grid", "seeds", "quick", "tune", "ensemble")
+ENSEMBLE_KEYS = ("name", "variants", "combine")
+COMBINES = ("logprob", "prob")  # recipeset.ensemble.COMBINES (not imported: loading a file stays torch-free)
 TUNE_KEYS = ("metric", "direction", "trials", "minutes", "sampler", "seed", "pruner", "pruner_startup_trials",
              "space")
 SPACE_KEYS = ("low", "high", "log", "type", "choices")
@@ -85,6 +91,15 @@ class PlannedRun:
 class Variant:
     name: str
     overrides: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """``[[ensemble]]``: a named average of the trained models of some variants (every seed of each)."""
+
+    name: str
+    variants: tuple[str, ...]
+    combine: str = "logprob"
 
 
 @dataclass
@@ -140,6 +155,14 @@ class Experiment:
     quick: QuickSpec
     baselines: bool = False  # also run the classical baselines on the base config's data (one child run)
     tune: TuneSpec | None = None  # the [tune] section, if any
+    ensembles: list[EnsembleSpec] = field(default_factory=list)  # the [[ensemble]] entries
+
+    def ensemble_members(self, spec: EnsembleSpec, quick: bool = False,
+                         seeds: list[int] | None = None) -> list[PlannedRun]:
+        """The runs whose models ``spec`` averages: its variants' runs of the (quick) grid, at ``seeds`` only
+        when given; none when a variant of it is not in the quick grid."""
+        runs = [r for r in self.runs(quick=quick) if r.variant in spec.variants and (seeds is None or r.seed in seeds)]
+        return runs if {r.variant for r in runs} == set(spec.variants) else []
 
     def variant(self, name: str | None) -> Variant:
         """The grid variant ``name`` (None: ``[base]`` alone, no overrides)."""
@@ -240,6 +263,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     # Resolve everything now: a typo in any variant fails at load time, not hours into the grid.
     exp.runs(quick=False)
     exp.runs(quick=True)
+    exp.ensembles = _parse_ensembles(raw.get("ensemble", []), exp, path)
     if "tune" in raw:
         exp.tune = _parse_tune(raw["tune"], path)
         for variant in (None, *(v.name for v in variants)):
@@ -280,6 +304,47 @@ def _parse_grid(grid_raw: Any, path: Path) -> list[Variant]:
             raise RecipesetError(f"{path}: grid[{i}].name: duplicate variant name '{vname}'")
         variants.append(Variant(vname, _dotted({k: v for k, v in entry.items() if k != "name"})))
     return variants or [Variant("base", {})]
+
+
+def _parse_ensembles(raw: Any, exp: Experiment, path: Path) -> list[EnsembleSpec]:
+    """``[[ensemble]]`` entries: a new name, known variants whose runs share the data and evaluation settings (so
+    the ensemble's members were trained and are scored on the same split and queries), a combination rule."""
+    if not isinstance(raw, list):
+        raise RecipesetError(f"{path}: ensemble: use [[ensemble]] entries (an array of tables)")
+    names = [v.name for v in exp.variants]
+    specs: list[EnsembleSpec] = []
+    for i, entry in enumerate(raw):
+        where = f"{path}: ensemble[{i}]"
+        if not isinstance(entry, Mapping):
+            raise RecipesetError(f"{where}: expected a table")
+        _check_keys(entry, ENSEMBLE_KEYS, where)
+        name, variants = entry.get("name"), entry.get("variants")
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (*names, "baselines"):
+            raise RecipesetError(f"{where}.name: every ensemble needs a new name (letters, digits, . _ + -; not a "
+                                 f"variant's), got {name!r}")
+        if any(s.name == name for s in specs):
+            raise RecipesetError(f"{where}.name: duplicate ensemble name '{name}'")
+        if not isinstance(variants, list) or not variants or not all(isinstance(v, str) for v in variants):
+            raise RecipesetError(f"{where}.variants: expected a non-empty list of variant names")
+        for v in variants:
+            exp.variant(v)  # an unknown name fails with a suggestion
+        combine = entry.get("combine", "logprob")
+        if combine not in COMBINES:
+            raise RecipesetError(f"{where}.combine: expected one of {', '.join(COMBINES)}, got {combine!r}")
+        spec = EnsembleSpec(name, tuple(dict.fromkeys(variants)), combine)
+        members = exp.ensemble_members(spec)
+        for section in ("data", "eval"):
+            if any(_shared(r.config, section) != _shared(members[0].config, section) for r in members):
+                raise RecipesetError(f"{where}: its variants' [{section}] settings differ; an ensemble's members "
+                                     "must share the split and the queries")
+        specs.append(spec)
+    return specs
+
+
+def _shared(config: RunConfig, section: str) -> dict[str, Any]:
+    """A config section as the members of an ensemble must share it: ``[data]`` without the training order."""
+    values = asdict(getattr(config, section))
+    return {k: v for k, v in values.items() if section != "data" or k not in ("order", "k_perms")}
 
 
 def _parse_quick(quick_raw: Any, variants: list[Variant], path: Path) -> QuickSpec:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from recipeset import protocol
@@ -271,56 +272,100 @@ def _finish(cfg: RunConfig, trainer: Trainer, state, data: PreparedData, out_dir
     best_dir = out_dir / "best"
     model = load_model(best_dir) if best_dir.exists() else trainer.model
     model.to(trainer.device)
-    val = protocol.val_subset(data.val_eval, cfg)  # tuning and validation: a capped, seeded subset
-    tuned = protocol.tune_stop_rule(model, val, seed=cfg.eval.seed)  # None: the model has no stop threshold
-    cuisine_rule = protocol.tune_cuisine_rule(model, val)  # None: no cuisine head or no labels
+    tuned, cuisine_rule = tune_rules(model, protocol.val_subset(data.val_eval, cfg), cfg)
     model_dir = out_dir / "model"
     save_model(model, model_dir, extra_files=trainer.extra_files)
     result = RunResult(out_dir=out_dir, run_id=None, model_dir=model_dir)
     if evaluate:
-        # validation is what models are selected on (`next` scoring, as for every model and baseline); the
-        # costly `joint` scoring is reported on test only
-        val_ranks: list = []
-        test_ranks: list = []
-        result.val_metrics = protocol.evaluate_model(model, val, cfg, joint=False, per_query=val_ranks)
-        result.metrics = protocol.evaluate_model(model, data.test_eval, cfg, per_query=test_ranks)
-        val_rows = protocol.subset_rows(len(data.val_eval), protocol.val_caps(cfg), cfg.eval.seed)
-        per_query = protocol.save_per_query(protocol.per_query_table(
-            {"val": (val_ranks, val_rows), "test": (test_ranks, None)}), out_dir / protocol.PER_QUERY_FILE)
-        if cfg.data.dataset == "synthetic" and not cfg.data.mix:
-            result.metrics.update(protocol.oracle_references(cfg, data.vocab, data.test_eval))
-            if "completion_joint/n" in result.metrics:  # the ceilings on the joint-scored queries too
-                result.metrics.update(protocol.joint_subset_oracle_metrics(cfg, data.vocab, data.test_eval))
-        table = metrics_table({cfg.tracking.run_name: {"test": result.metrics, "val": result.val_metrics}})
-        save_metrics_table(table, out_dir / "eval.csv")
-        save_metrics_table(table, out_dir / "eval.json")
+        evaluation = evaluate_run(model, cfg, data, out_dir)
+        result.metrics, result.val_metrics = evaluation.metrics, evaluation.val_metrics
         if tracker is not None:
-            tracker.log_metrics({f"test/{k}": v for k, v in result.metrics.items()}, state.step)
-            tracker.log_metrics({f"val_eval/{k}": v for k, v in result.val_metrics.items()}, state.step)
-            tracker.log_table(table, "eval")
-            tracker.log_artifact(per_query)
+            log_evaluation(tracker, evaluation, state.step)
     if tracker is not None:
-        if tuned is not None:
-            tracker.log_metrics({"stop_threshold": tuned.value}, state.step)
-        if cuisine_rule is not None:
-            tracker.log_metrics({"cuisine_rule/val_macro_f1": cuisine_rule.macro_f1,
-                                 "cuisine_rule/val_plain_macro_f1": cuisine_rule.plain_macro_f1}, state.step)
+        log_rules(tracker, tuned, cuisine_rule, state.step)
         _plots(tracker, state.history, model, data, out_dir, cfg)
         tracker.log_model_dir(model_dir)
     return result
 
 
-def run_data(model: RecipeModel, model_dir: str, split: str = "test", dataset: str | None = None,
-             path: str | None = None):
+@dataclass
+class RunEvaluation:
+    """A scorer's evaluation on its run's data: what :func:`evaluate_run` wrote into the run directory."""
+
+    metrics: dict[str, float]      # test (and, on the synthetic default, the generator's ceilings)
+    val_metrics: dict[str, float]  # the validation queries (``next`` scoring)
+    table: pd.DataFrame            # both, as saved in eval.csv / eval.json
+    per_query: Path                # the per-query ranks (protocol.PER_QUERY_FILE)
+
+
+def evaluate_run(model, cfg: RunConfig, data: PreparedData, out_dir: Path) -> RunEvaluation:
+    """The evaluation after training, for a trained model or any scorer tuned like one (an ensemble): the
+    validation queries (what models are selected on; ``next`` scoring as for every model and baseline) and test
+    (the costly ``joint`` scoring on test only), the per-query ranks of both, the generator's ceilings on the
+    synthetic default, and the table ``eval.csv``/``eval.json`` in ``out_dir``."""
+    val_ranks: list = []
+    test_ranks: list = []
+    val_metrics = protocol.evaluate_model(model, protocol.val_subset(data.val_eval, cfg), cfg, joint=False,
+                                          per_query=val_ranks)
+    metrics = protocol.evaluate_model(model, data.test_eval, cfg, per_query=test_ranks)
+    val_rows = protocol.subset_rows(len(data.val_eval), protocol.val_caps(cfg), cfg.eval.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_query = protocol.save_per_query(protocol.per_query_table(
+        {"val": (val_ranks, val_rows), "test": (test_ranks, None)}), out_dir / protocol.PER_QUERY_FILE)
+    if cfg.data.dataset == "synthetic" and not cfg.data.mix:
+        metrics.update(protocol.oracle_references(cfg, data.vocab, data.test_eval))
+        if "completion_joint/n" in metrics:  # the ceilings on the joint-scored queries too
+            metrics.update(protocol.joint_subset_oracle_metrics(cfg, data.vocab, data.test_eval))
+    table = metrics_table({cfg.tracking.run_name: {"test": metrics, "val": val_metrics}})
+    save_metrics_table(table, out_dir / "eval.csv")
+    save_metrics_table(table, out_dir / "eval.json")
+    return RunEvaluation(metrics, val_metrics, table, per_query)
+
+
+def log_evaluation(tracker: Tracker, evaluation: RunEvaluation, step: int) -> None:
+    """Log :func:`evaluate_run`'s results: ``test/...`` and ``val_eval/...`` metrics, the table, the ranks."""
+    tracker.log_metrics({f"test/{k}": v for k, v in evaluation.metrics.items()}, step)
+    tracker.log_metrics({f"val_eval/{k}": v for k, v in evaluation.val_metrics.items()}, step)
+    tracker.log_table(evaluation.table, "eval")
+    tracker.log_artifact(evaluation.per_query)
+
+
+def log_rules(tracker: Tracker, tuned: protocol.StopRule | None, cuisine_rule: protocol.CuisineRule | None,
+              step: int) -> None:
+    """Log the decision rules :func:`tune_rules` chose."""
+    if tuned is not None:
+        tracker.log_metrics({"stop_threshold": tuned.value}, step)
+    if cuisine_rule is not None:
+        tracker.log_metrics({"cuisine_rule/val_macro_f1": cuisine_rule.macro_f1,
+                             "cuisine_rule/val_plain_macro_f1": cuisine_rule.plain_macro_f1}, step)
+
+
+def tune_rules(model, val, cfg: RunConfig) -> tuple[protocol.StopRule | None, protocol.CuisineRule | None]:
+    """What a run tunes on its validation queries ``val`` (:func:`~recipeset.protocol.val_subset`) after training,
+    set on ``model``: the stop rule (None: no stop threshold) and the cuisine rule (None: no cuisine head or no
+    labels)."""
+    return protocol.tune_stop_rule(model, val, seed=cfg.eval.seed), protocol.tune_cuisine_rule(model, val)
+
+
+def run_data(model, model_dir: str, split: str = "test", dataset: str | None = None, path: str | None = None,
+             tune: bool = False):
     """The run config saved with a model and the sets to evaluate it on: the run's own ``split`` (rebuilt from
-    its saved split and vocabulary), or every recipe of ``dataset`` encoded with the model's vocabulary."""
+    its saved split and vocabulary), or every recipe of ``dataset`` encoded with the model's vocabulary.
+
+    ``tune``: first tune ``model``'s rules on the run's validation queries as the run did (:func:`tune_rules`) —
+    for a scorer the run did not tune, e.g. an :class:`~recipeset.ensemble.Ensemble` of trained models."""
     local = Path(download_model_dir(str(model_dir)))
     run_cfg = local / "run_config.json"
     cfg = load_config(run_cfg) if run_cfg.exists() else RunConfig()
+    data = None
+    if dataset is None or tune:
+        if not (local / "split.json").exists():
+            fix = ("its validation split is what the ensemble is tuned on" if tune
+                   else "pass --dataset to evaluate on another dataset")
+            raise RecipesetError(f"{model_dir}: no split.json saved with this model; {fix}")
+        data = prepare_data(cfg.data, split_path=local / "split.json", vocab=model.vocab)
+        if tune:
+            tune_rules(model, protocol.val_subset(data.val_eval, cfg), cfg)
     if dataset is not None:
         return cfg, load_dataset(dataset, path=path).encode(model.vocab, unknown="unk")
-    if not (local / "split.json").exists():
-        raise RecipesetError(f"{model_dir}: no split.json saved with this model; pass --dataset to evaluate on "
-                             "another dataset")
-    data = prepare_data(cfg.data, split_path=local / "split.json", vocab=model.vocab)
     return cfg, data.test_eval if split == "test" else data.val_eval

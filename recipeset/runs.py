@@ -18,12 +18,13 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import pandas as pd
 
+from recipeset.ensemble import Ensemble
 from recipeset.errors import RecipesetError
 from recipeset.models.base import RecipeModel
 from recipeset.models.io import REMOTE_PREFIXES
@@ -159,8 +160,19 @@ def load_model(path_or_uri: str | os.PathLike, map_location: str | torch.device 
     return load_model_dir(path_or_uri, map_location)
 
 
+def load_ensemble(paths_or_uris: Sequence[str | os.PathLike], map_location: str | torch.device = "cpu",
+                  combine: str = "logprob") -> Ensemble:
+    """``recipeset.load_ensemble``: an :class:`~recipeset.ensemble.Ensemble` of the models at ``paths_or_uris``
+    (each as :func:`load_model` reads it), which must share one vocabulary; errors name the members by these
+    paths or URIs."""
+    if isinstance(paths_or_uris, str | os.PathLike):
+        raise RecipesetError("load_ensemble: expected a list of model directories or URIs, not one")
+    models = [load_model(p, map_location) for p in paths_or_uris]
+    return Ensemble(models, names=[str(p) for p in paths_or_uris], combine=combine)
+
+
 __all__ = ["find_finished_run", "search_runs_table", "lower_is_better", "run_tags", "metric_history",
-           "read_run_artifact", "download_model_dir", "load_model"]
+           "read_run_artifact", "download_model_dir", "load_model", "load_ensemble"]
 
 
 def read_run_artifact(run_id: str, artifact_path: str, reader: Callable[[Path], T], uri: str | None = None

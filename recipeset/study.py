@@ -2,7 +2,9 @@
 
 ``run_experiment`` runs every (variant, seed) of an experiment file as a child of one parent MLflow run,
 skipping children that already finished with the same config hash and resuming interrupted ones from their
-checkpoint — so re-running the same command finishes a grid. ``results_table`` aggregates the children into
+checkpoint — so re-running the same command finishes a grid. Then the file's ``[[ensemble]]`` entries: each the
+average of some variants' trained models, evaluated on the same queries as one more child (tag ``variant`` = its
+name), so it is a row of the tables like a variant. ``results_table`` aggregates the children into
 mean ± std over seeds per variant (the README's tables), with the baselines beside them.
 """
 
@@ -31,13 +33,20 @@ import pandas as pd
 from recipeset.config import RunConfig, resolve_objectives
 from recipeset.data.prepare import prepare_data
 from recipeset.errors import RecipesetError
-from recipeset.experiments import Experiment, PlannedRun, load_experiment
+from recipeset.experiments import EnsembleSpec, Experiment, PlannedRun, load_experiment
 from recipeset.io_utils import atomic_write_text
-from recipeset.pipeline import run_training
+from recipeset.pipeline import evaluate_run, log_evaluation, log_rules, run_training, tune_rules
 from recipeset.plots import new_figure
 from recipeset.processes import ChildExit, ChildProcesses
-from recipeset.protocol import PER_QUERY_FILE, load_per_query, run_baselines_on, save_per_query
-from recipeset.runs import find_finished_run, metric_history, read_run_artifact, run_tags, search_runs_table
+from recipeset.protocol import PER_QUERY_FILE, load_per_query, run_baselines_on, save_per_query, val_subset
+from recipeset.runs import (
+    find_finished_run,
+    load_ensemble,
+    metric_history,
+    read_run_artifact,
+    run_tags,
+    search_runs_table,
+)
 from recipeset.signals import install_sigterm_handler
 from recipeset.stats import paired_bootstrap, paired_ranks
 from recipeset.threads import default_threads, set_passive_wait_policy
@@ -141,6 +150,69 @@ def _run_baselines_child(exp: Experiment, planned: PlannedRun, parent_id: str, u
     return ChildOutcome(name, "finished", tracker.run_id, time.perf_counter() - started)
 
 
+def ensemble_hash(spec: EnsembleSpec, members: list[PlannedRun]) -> str:
+    """The config hash of an ensemble child: its combination rule and its members' config hashes."""
+    key = f"ensemble:{spec.combine}:" + ",".join(sorted(run_hash(r) for r in members))
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def ensemble_dir(spec: EnsembleSpec, members: list[PlannedRun], out_root: str | os.PathLike) -> Path:
+    """An ensemble child's directory (eval.csv/json, per-query ranks): ``<out_root>/<tracking experiment>/<name>``
+    beside its members' variants."""
+    return Path(out_root) / members[0].config.tracking.experiment / spec.name
+
+
+def _run_ensembles(exp: Experiment, quick: bool, seeds: list[int] | None, out_root: str, parent_id: str, uri: str,
+                   echo) -> list[ChildOutcome]:
+    """Every ``[[ensemble]]`` of the file whose members' models are all trained and that has not finished yet, as
+    one child run each; a failed one is recorded, the rest run."""
+    outcomes = []
+    for spec in exp.ensembles:
+        members = exp.ensemble_members(spec, quick, seeds)
+        name = f"{exp.name}/{spec.name}"
+        missing = [r.name for r in members if not (child_dir(r, out_root) / "model").is_dir()]
+        if not members or missing:
+            echo(f"skip {name}: " + (f"{missing[0]} has no trained model" if missing else "not in this grid"))
+            continue
+        done = find_finished_run(members[0].config.tracking.experiment, ensemble_hash(spec, members), uri)
+        if done is not None:
+            echo(f"skip {name}: finished as run {done}")
+            outcomes.append(ChildOutcome(name, "skipped", done))
+            continue
+        echo(f"run {name}  ({len(members)} models)")
+        try:
+            outcomes.append(_run_ensemble_child(exp, spec, members, out_root, parent_id, uri))
+        except Exception as e:  # noqa: BLE001 - record it, finish the others
+            if not isinstance(e, RecipesetError):
+                log.error("%s failed", name, exc_info=e)
+            echo(f"FAILED {name}: {error_line(e)}")
+            outcomes.append(ChildOutcome(name, "failed", None, error=error_line(e)))
+    return outcomes
+
+
+def _run_ensemble_child(exp: Experiment, spec: EnsembleSpec, members: list[PlannedRun], out_root: str,
+                        parent_id: str, uri: str) -> ChildOutcome:
+    """One ensemble of trained grid children as a child run (tag ``variant`` = its name): tuned on its first
+    member's validation queries and evaluated on its test queries as a trained run is
+    (:func:`~recipeset.pipeline.evaluate_run`: the same draws, per-query ranks, tables)."""
+    name = f"{exp.name}/{spec.name}"
+    cfg = copy.deepcopy(members[0].config)
+    cfg.tracking.run_name, cfg.tracking.tracking_uri = name, uri
+    started = time.perf_counter()
+    tags = {"variant": spec.name, "run_kind": "ensemble", "experiment_file": exp.name,
+            "config_hash": ensemble_hash(spec, members), "members": ", ".join(r.name for r in members)}
+    with Tracker.start(cfg, run_name=name, parent_run_id=parent_id, tags=tags) as tracker:
+        model_dirs = [child_dir(r, out_root) / "model" for r in members]
+        ensemble = load_ensemble(model_dirs, combine=spec.combine)
+        data = prepare_data(cfg.data, split_path=child_dir(members[0], out_root) / "split.json", vocab=ensemble.vocab)
+        tuned, cuisine_rule = tune_rules(ensemble, val_subset(data.val_eval, cfg), cfg)
+        evaluation = evaluate_run(ensemble, cfg, data, ensemble_dir(spec, members, out_root))
+        log_evaluation(tracker, evaluation, 0)
+        log_rules(tracker, tuned, cuisine_rule, 0)
+        tracker.log_metrics({"ensemble/members": float(len(members))}, 0)
+    return ChildOutcome(name, "finished", tracker.run_id, time.perf_counter() - started)
+
+
 def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, uri: str | None = None,
                    out_root: str | os.PathLike = "runs", echo=print, seeds: list[int] | None = None,
                    variants: list[str] | None = None) -> list[ChildOutcome]:
@@ -187,6 +259,7 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
             if find_finished_run(experiment, baselines_hash(planned[0]), uri) is None:
                 echo("run baselines")
                 outcomes.append(_run_baselines_child(exp, planned[0], parent.run_id, uri, quick))
+        outcomes.extend(_run_ensembles(exp, quick, seeds, str(out_root), parent.run_id, uri, echo))
         parent.log_metrics({"grid/wall_s": time.perf_counter() - started,
                             "grid/children": float(len(planned))}, 0)
         log_results(parent, experiment, uri)
@@ -532,7 +605,9 @@ def study_figures(experiment: str, uri: str | None = None) -> dict[str, object]:
             ax.set_title(metric.replace("test/", "test ").replace("_at_", "@"))
             ax.grid(axis="x", alpha=0.3)
         figs["completion.png"] = fig
-    variants = list(dict.fromkeys(neural["variant"]))
+    # an ensemble child trained nothing itself: no learning curves
+    trained = neural[neural["train/loss"].notna()] if "train/loss" in neural.columns else neural
+    variants = list(dict.fromkeys(trained["variant"]))
     if variants:
         ncols = min(4, len(variants))
         fig, axes = new_figure(math.ceil(len(variants) / ncols), ncols, size=(3.6, 2.8))
