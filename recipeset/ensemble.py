@@ -75,7 +75,8 @@ class Ensemble(RecipeModel):
             raise RecipesetError(f"ensemble combine must be one of {COMBINES}, got {combine!r}")
         check_same_vocabulary(models, names)
         if stop_threshold is None:
-            own = [float(m.config.stop_threshold) for m in models if getattr(m, "tunes_stop_threshold", False)]
+            own = [float(m.config.stop_threshold) for m in models
+                   if getattr(m, "tunes_stop_threshold", False) and m.config.stop_threshold is not None]
             stop_threshold = sum(own) / len(own) if own else DEFAULT_STOP_THRESHOLD
         vocab = models[0].vocab
         super().__init__(EnsembleConfig(combine, float(stop_threshold), (), vocab.num_cuisines), vocab)

@@ -246,3 +246,28 @@ def test_bench_joint_scoring_runs_both_side_by_side():
     out = bench_joint_scoring(dataset="synthetic", n_queries=6, d_model=16, n_layers=1, n_heads=2, repeats=2)
     assert out["queries"] > 0 and out["reference_s"] > 0 and out["cached_s"] > 0 and out["torch_threads"] == 1
     assert out["max_abs_diff"] < 1e-4 and out["dataset"] == "synthetic" and out["joint_orders"] == 1
+
+
+def test_decoder_stop_threshold_one_pass_gives_every_thresholds_completion():
+    """With config.stop_threshold the decoder goes on while 1 − p([EOS]) ≥ it; a higher threshold's greedy
+    completion is the prefix of the lowest's whose returned values reach it (what the one-pass tuner uses)."""
+    from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
+    from recipeset.models import CausalDecoder, DecoderConfig
+    from recipeset.models.base import pad_ids
+
+    vocab = Vocabulary([f"i{k}" for k in range(12)])
+    torch.manual_seed(3)
+    model = CausalDecoder(DecoderConfig(d_model=16, n_layers=1, n_heads=2), vocab).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    tokens, mask = pad_ids([[NUM_SPECIALS + k for k in s] for s in ([0, 5], [3], [7, 1, 2])])
+    model.config.stop_threshold = 0.0
+    longest, go_on = model.complete_ids(tokens, mask, max_new=6, return_probs=True)
+    assert all(len(row) == 6 for row in longest)  # never stops on [EOS] at 0
+    for th in (0.2, 0.5, 0.8, 0.95):
+        model.config.stop_threshold = th
+        got = model.complete_ids(tokens, mask, max_new=6)
+        for row, ids, probs in zip(got, longest, go_on, strict=True):
+            keep = next((i for i, p in enumerate(probs) if p < th), len(probs))
+            assert row == ids[:keep], th

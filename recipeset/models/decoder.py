@@ -272,6 +272,8 @@ class DecoderConfig:
     train_order: str = spec("frequency", choices=ORDERS)  # the training order; completion feeds queries in it
     joint_orders: int = spec(4, ge=1)  # orders averaged (log-mean-exp) in "joint" scoring for a random order
     next_orders: int = spec(1, ge=1)  # orders averaged in "next" scoring when train_order is random
+    stop_threshold: float | None = spec(None, ge=0, le=1)  # complete() adds the best ingredient while
+    #                                 1 − p([EOS]) ≥ this (tuned on validation); None: stops when [EOS] is chosen
 
 
 @register_model
@@ -284,10 +286,11 @@ class CausalDecoder(RecipeModel):
     set_head = "sequence"
     default_objective = "clm"
     scoring_modes = ("next", "joint")
+    returns_stop_probs = True
     about = {"what": "GPT-style causal decoder over ingredient ids (no positions by default); scores `next` "
                      "(the next-ingredient distribution after the query in its training order) and `joint` "
                      "(log-likelihood of query ∪ {y})",
-             "stops": "`[EOS]`"}
+             "stops": "`[EOS]`, or 1 − p(`[EOS]`) below a threshold tuned on validation"}
 
     @classmethod
     def configure(cls, params, objectives, order, max_set):
@@ -606,13 +609,18 @@ class CausalDecoder(RecipeModel):
     @inference
     def complete_ids(self, tokens: torch.Tensor, mask: torch.Tensor, max_new: int = 20,
                      cuisine: torch.Tensor | None = None, temperature: float = 0.0, top_k: int | None = None,
-                     generator: torch.Generator | None = None) -> list[list[int]]:
-        """Generate the rest of each query ``[B, T]`` until [EOS] or ``max_new`` ingredients.
+                     generator: torch.Generator | None = None, return_probs: bool = False):
+        """Generate the rest of each query ``[B, T]`` until it stops or ``max_new`` ingredients.
 
-        The query is fed in the training order (``given``: as given; the rest is appended after it).
+        It stops when [EOS] is chosen, or, with ``config.stop_threshold`` set (tuned on validation), when the
+        probability of going on, 1 − p([EOS]), falls below it (the ingredient added is then the best one other
+        than [EOS]). The query is fed in the training order (``given``: as given; the rest is appended after it).
         Greedy (deterministic) when ``temperature == 0``; never repeats, never emits a special or a query id
         (they are -inf in every step's distribution). The padded queries ``[BOS] + q`` run once into a
         :class:`KVCache`; each step then feeds one token per row (a finished row's is ignored).
+
+        ``return_probs``: ``(ids, probs)``, ``probs[b][i]`` = 1 − p([EOS]) when ``ids[b][i]`` was added (a
+        higher threshold's greedy completion is the prefix whose values all reach it: ``returns_stop_probs``).
         """
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         B = tokens.shape[0]
@@ -620,17 +628,34 @@ class CausalDecoder(RecipeModel):
         inp, m = self.with_bos(self._ordered(tokens, mask, 0), mask)
         max_new = self.generation_budget(max_new, inp.shape[1])
         if max_new == 0:
-            return [[] for _ in range(B)]
+            return ([[] for _ in range(B)], [[] for _ in range(B)]) if return_probs else [[] for _ in range(B)]
         rows = torch.arange(B, device=inp.device)
         cache = KVCache()
         last = self(inp, m, cuisine, cache=cache).logits[rows, m.sum(1) - 1]  # [B, V]
         done = torch.zeros(B, dtype=torch.bool, device=inp.device)
         generated = torch.full((B, max_new), PAD, dtype=torch.long, device=inp.device)
+        go_on = torch.zeros(B, max_new, device=inp.device)  # 1 − p([EOS]) at each step
+        threshold = self.config.stop_threshold
         for step in range(max_new):
-            nxt = sample_from_logits(last.float(), temperature, top_k, generator)
+            nxt, go_on[:, step] = self._next_or_stop(last.float(), threshold, temperature, top_k, generator)
             done = done | (nxt == EOS)
             generated[~done, step] = nxt[~done]
             if bool(done.all()) or step == max_new - 1:
                 break
             last = self(nxt[:, None], cache=cache).logits[:, 0]
-        return [[i for i in row if i >= NUM_SPECIALS] for row in generated.tolist()]
+        ids = [[i for i in row if i >= NUM_SPECIALS] for row in generated.tolist()]
+        if not return_probs:
+            return ids
+        return ids, [p[:len(row)] for p, row in zip(go_on.tolist(), ids, strict=True)]
+
+    @staticmethod
+    def _next_or_stop(logits: torch.Tensor, threshold: float | None, temperature: float, top_k: int | None,
+                      generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One generation step from ``logits [B, V]``: the next id ([EOS] = stop) and 1 − p([EOS]) ``[B]``."""
+        go_on = 1.0 - torch.softmax(logits, -1)[:, EOS]
+        if threshold is None:
+            return sample_from_logits(logits, temperature, top_k, generator), go_on
+        rest = logits.index_fill(1, torch.tensor([EOS], device=logits.device), float("-inf"))
+        nxt = sample_from_logits(rest, temperature, top_k, generator)
+        stop = (go_on < threshold) | ~torch.isfinite(rest).any(-1)  # or nothing left to add
+        return torch.where(stop, torch.full_like(nxt, EOS), nxt), go_on

@@ -81,7 +81,8 @@ class DeepSets(RecipeModel):
     default_objective = "mlm"
     returns_stop_probs = True
     about = {"what": "Deep Sets (Zaheer et al. 2017): sum-pool → MLP → one `[B, V]` vector of candidate logits; "
-                     "`mlm` = one ingredient held out (softmax), `set` = binary relevance (one sigmoid each)",
+                     "`mlm` = every ingredient held out in turn from one sum (softmax; `objectives.held_out`), "
+                     "`set` = binary relevance (one sigmoid each)",
              "stops": "a probability threshold tuned on validation (`mlm`: greedy, one at a time; `set`: every "
                       "ingredient over it at once)"}
 
