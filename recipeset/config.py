@@ -121,7 +121,9 @@ class TrainConfig:
     # Length-grouped batches: sort by set size inside random pools of this many batches, then shuffle the batches
     # (recipeset.data.batching; 97% real positions instead of 46% on flavornet). 0: a plain permutation cut into
     # batches (the trainer before this field existed); also groups the validation batches.
-    bucket_pool: int = spec(64, ge=0)
+    bucket_pool: int | None = spec(None, ge=0)  # length-grouped batches in pools of this many batches (0: off);
+    #                                 None: BUCKET_POOL where it leaves the training distribution alone (see
+    #                                 bucket_pool_for: every loss per recipe), else off
     threads: int | None = spec(None, ge=1)  # torch threads (None: the available cores ÷ concurrent grid jobs)
     num_workers: int = spec(0, ge=0)  # DataLoader workers
     device: str = "auto"              # auto, cpu, cuda, cuda:N, mps
@@ -321,6 +323,9 @@ class RunConfig:
         ``objectives.held_out = "one"``, ``eval.query_draws = 1``)."""
         d, default = self.to_dict(), RunConfig().to_dict()
         d.pop("tracking")
+        d["train"]["bucket_pool"] = bucket_pool_for(self)  # "auto" hashes as what it trains with
+        if MODELS.get(self.model.name).masked_prediction != "held-out":  # held_out does not apply: as before it
+            d["objectives"]["held_out"] = HASH_BASELINES["objectives"]["held_out"]
         default["loss"].update(LOSSES.get(self.loss.name).defaults())
         for section, values in HASH_BASELINES.items():
             default[section].update(values)
@@ -331,6 +336,29 @@ class RunConfig:
     def save(self, path: str | os.PathLike) -> None:
         """Write the resolved config as JSON (atomically); ``load_config`` reads it back."""
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+BUCKET_POOL = 64
+# objectives whose loss is one term per recipe (or pair): length-grouped batches change only which recipes share a
+# batch, not the weight of each; a position-averaged loss (clm, element MLM, rtd, sequence set losses) would weight
+# a short recipe's positions more in its all-short batch (measured: a shuffle-order decoder lost 0.03 MRR)
+PER_RECIPE_OBJECTIVES = ("cls", "coherence")
+PER_RECIPE_SET_LOSSES = ("multilabel", "hungarian")
+
+
+def bucket_pool_for(cfg: RunConfig) -> int:
+    """The run's ``train.bucket_pool``: as set, or, when None, :data:`BUCKET_POOL` if every objective it trains
+    has a per-recipe loss (Deep Sets' held-out MLM, cls, coherence, the multilabel and Hungarian set losses), else 0."""
+    if cfg.train.bucket_pool is not None:
+        return cfg.train.bucket_pool
+    model_cls = MODELS.get(cfg.model.name)
+    for name, weight in resolve_objectives(cfg).items():
+        per_recipe = (name in PER_RECIPE_OBJECTIVES
+                      or (name == "mlm" and model_cls.masked_prediction == "held-out")
+                      or (name == "set" and cfg.loss.name in PER_RECIPE_SET_LOSSES))
+        if weight > 0 and not per_recipe:
+            return 0
+    return BUCKET_POOL
 
 
 # The main job (`recipeset train` without --model or --config): the study's best recipe for completion, not the

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recipeset.config import RunConfig
+from recipeset.config import RunConfig, bucket_pool_for
 from recipeset.data.batching import bucket_batches, chunks, sorted_batches
 from recipeset.data.collate import Batch, SetCollator, SetDataset, collate
 from recipeset.data.ordering import expand_k_perms, reorder
@@ -286,6 +286,7 @@ class Trainer:
                  train_weights: np.ndarray | None = None, extra_files: dict[str, str] | None = None,
                  on_validate: MetricsFn | None = None) -> None:
         self.cfg, self.t = cfg, cfg.train
+        self.bucket_pool = bucket_pool_for(cfg)  # length-grouped batches (0: off)
         self.model, self.objectives = model, objectives
         self.vocab: Vocabulary = model.vocab  # type: ignore[assignment]
         self.val = val
@@ -336,11 +337,11 @@ class Trainer:
         if self.train_weights is not None and not self.order.copies:
             rng = np.random.default_rng(derived_seed(t.seed, epoch, 5))
             drawn = rng.choice(n, size=n, replace=True, p=self.train_weights)
-            return grouped_batches(drawn, t.batch_size, t.seed, epoch, sets.lengths, t.bucket_pool)
+            return grouped_batches(drawn, t.batch_size, t.seed, epoch, sets.lengths, self.bucket_pool)
         pool: int | np.ndarray = n
         if t.curriculum:
             pool = curriculum_pool(sets.lengths, epoch, max(1, self.total_steps // self.steps_per_epoch))
-        return epoch_batches(pool, t.batch_size, t.seed, epoch, sets.lengths, t.bucket_pool)
+        return epoch_batches(pool, t.batch_size, t.seed, epoch, sets.lengths, self.bucket_pool)
 
     def _loader(self, sets: EncodedSets, batches: list[np.ndarray]):
         if self.t.num_workers > 0:
@@ -387,7 +388,7 @@ class Trainer:
         fixed = "random-fixed" if self.order.per_epoch or self.order.copies else self.order.name
         val = reorder(self.val, fixed, self.vocab, seed=12345)
         # grouped by set size like the training batches (bucket_pool 0: in split order, as before it existed)
-        for idx in sorted_batches(val.lengths, 256, by_length=bool(self.t.bucket_pool)):
+        for idx in sorted_batches(val.lengths, 256, by_length=bool(self.bucket_pool)):
             batch = collate(val, idx).to(self.device)
             with autocast_context(self.device, self.t.precision):
                 losses = self.objectives(self.model, batch, gen)

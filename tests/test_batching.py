@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recipeset.config import RunConfig
+from recipeset.config import BUCKET_POOL, RunConfig, bucket_pool_for
 from recipeset.data.batching import bucket_batches, chunks, real_fraction, sorted_batches
 from recipeset.errors import RecipesetError
 from recipeset.threads import default_threads, resolve_threads, set_passive_wait_policy
@@ -75,7 +75,7 @@ def test_pools_are_sorted_by_size_and_the_batches_shuffled():
 def test_real_positions_on_flavornet_like_sizes():
     lengths = flavornet_like_lengths(8000)
     plain = epoch_batches(len(lengths), 64, 0, 0)
-    grouped = epoch_batches(len(lengths), 64, 0, 0, lengths, RunConfig().train.bucket_pool)
+    grouped = epoch_batches(len(lengths), 64, 0, 0, lengths, BUCKET_POOL)
     assert real_fraction(plain, lengths) < 0.5
     assert real_fraction(grouped, lengths) >= 0.85
 
@@ -90,7 +90,14 @@ def test_sorted_batches_for_evaluation():
 
 # ---- config ------------------------------------------------------------------------------------------------
 def test_bucket_pool_and_threads_fields():
-    assert RunConfig().train.bucket_pool > 0 and RunConfig().train.threads is None
+    assert RunConfig().train.bucket_pool is None and RunConfig().train.threads is None  # None: by the losses
+    # grouped where every loss is per recipe (Deep Sets' held-out MLM, cls, multilabel/Hungarian sets), not where
+    # a loss averages over positions (a short recipe's positions would weigh more in an all-short batch)
+    assert bucket_pool_for(RunConfig()) == 0  # decoder, clm
+    assert bucket_pool_for(RunConfig().override({"model.name": "deep-sets"})) == BUCKET_POOL
+    assert bucket_pool_for(RunConfig().override({"model.name": "set-transformer", "loss.name": "hungarian"})) == 64
+    assert bucket_pool_for(RunConfig().override({"model.name": "set-transformer"})) == 0  # element MLM
+    assert bucket_pool_for(RunConfig().override({"train.bucket_pool": 8})) == 8
     assert RunConfig().override({"train.bucket_pool": 0, "train.threads": 3}).train.threads == 3
     with pytest.raises(RecipesetError, match=r"train.threads: must be >= 1, got 0"):
         RunConfig().override({"train.threads": 0}, source="test")
@@ -109,8 +116,11 @@ def test_config_hash_tells_grouped_runs_from_the_runs_before_grouping():
     before = hashlib.sha256(canonical_json({s: {} for s in RunConfig().to_dict() if s != "tracking"}).encode())
     old = {"train.bucket_pool": 0, "eval.query_draws": 1}  # both defaults of before
     assert RunConfig().override(old).config_hash() == before.hexdigest()
-    assert RunConfig().override({"eval.query_draws": 1}).config_hash() != before.hexdigest()  # trains differently
+    assert RunConfig().override({"eval.query_draws": 1}).config_hash() == before.hexdigest()  # a decoder: no grouping
     assert RunConfig().override({"train.bucket_pool": 32}).config_hash() != RunConfig().config_hash()
+    deep_sets = RunConfig().override({"model.name": "deep-sets"})  # grouped by default: hashes as grouped
+    assert deep_sets.config_hash() == deep_sets.override({"train.bucket_pool": BUCKET_POOL}).config_hash()
+    assert deep_sets.config_hash() != deep_sets.override({"train.bucket_pool": 0}).config_hash()
 
 
 # ---- threads -----------------------------------------------------------------------------------------------

@@ -233,7 +233,7 @@ def test_trainer_plans_group_every_path_by_length(tmp_path):
         trainer = make_trainer(tmp_path / str(len(over)), **over, **{"train.bucket_pool": 2})
         sets = trainer.epoch_sets(0)
         grouped = trainer.epoch_plan(0, sets)
-        trainer.t.bucket_pool = 0
+        trainer.bucket_pool = 0
         plain = trainer.epoch_plan(0, sets)
         assert np.array_equal(np.sort(np.concatenate(grouped)), np.sort(np.concatenate(plain)))
         assert real_fraction(grouped, sets.lengths) > real_fraction(plain, sets.lengths)
@@ -274,11 +274,12 @@ def test_mixing_samples_datasets_in_proportion_to_their_weights(tmp_path):
                           for o in data.train.offsets[:-1]])
     assert from_beta.sum() < (~from_beta).sum()          # beta is the smaller file ...
     assert w[from_beta].sum() == pytest.approx(0.75)     # ... but gets 3/4 of the draws
-    trainer = make_trainer(tmp_path / "run", data=data, **{"data.mix": mix, "data.n_recipes": None})
+    trainer = make_trainer(tmp_path / "run", data=data, **{"data.mix": mix, "data.n_recipes": None,
+                                                           "train.bucket_pool": 64})
     drawn = np.concatenate([np.concatenate(trainer.epoch_plan(e, data.train)) for e in range(20)])
     assert from_beta[drawn].mean() == pytest.approx(0.75, abs=0.03)
     grouped = np.concatenate(trainer.epoch_plan(0, data.train))  # length grouping keeps each epoch's draws
-    trainer.t.bucket_pool = 0
+    trainer.bucket_pool = 0
     assert np.array_equal(np.sort(grouped), np.sort(np.concatenate(trainer.epoch_plan(0, data.train))))
 
 
