@@ -59,7 +59,8 @@ def test_subsets_are_seeded_nested_and_capped():
 def test_one_threshold_grid_the_union_of_the_former_two():
     models_before = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
     baselines_before = (0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3)
-    assert STOP_THRESHOLDS == tuple(sorted(set(models_before) | set(baselines_before)))
+    decoders = (0.6, 0.7, 0.8, 0.9)  # the decoders' [EOS] rule needs higher ones
+    assert STOP_THRESHOLDS == tuple(sorted(set(models_before) | set(baselines_before) | set(decoders)))
     assert STOP_SIZES == tuple(range(1, 16))
 
 
