@@ -32,8 +32,9 @@ from recipeset.models.base import (
     append_at_end,
     inference,
     offset_probs,
+    record_choices,
     safe_log_softmax,
-    sample_from_logits,
+    threshold_step,
 )
 
 COMBINES = ("logprob", "prob")
@@ -130,15 +131,11 @@ class Ensemble(RecipeModel):
         active = torch.ones(B, dtype=torch.bool, device=tokens.device)
         for _ in range(max_new):
             logp = self.completion_scores_ids(tokens, mask, cuisine=cuisine)
-            best = logp.amax(1)
-            best_p = best.exp()
-            active = active & (best_p >= self.config.stop_threshold) & torch.isfinite(best)
+            choice, best_p, active = threshold_step(logp, active, self.config.stop_threshold, temperature, top_k,
+                                                    generator)
             if not bool(active.any()):
                 break
-            choice = sample_from_logits(logp, temperature, top_k, generator)
-            for b in torch.nonzero(active).squeeze(1).tolist():
-                generated[b].append(int(choice[b]))
-                probs[b].append(float(best_p[b]))
+            record_choices(generated, probs, torch.nonzero(active).squeeze(1), choice, best_p)
             tokens, mask = append_at_end(tokens, mask, choice, active)
         return (generated, probs) if return_probs else generated
 

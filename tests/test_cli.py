@@ -14,9 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from recipeset.cli import cli
+from cli_helpers import invoke, ok
 
 TINY_SETTINGS = ["data.n_recipes=400", "model.d_model=16", "model.n_layers=1", "train.batch_size=32",
                  "train.warmup_steps=2", "eval.max_queries=30", "eval.joint_max_queries=10", "train.device=cpu"]
@@ -33,14 +31,6 @@ SPECIALS = ("[PAD]", "[MASK]", "[BOS]", "[EOS]", "[SEP]", "[CLS]", "[UNK]", "[NU
 VENV_BIN = Path(sys.executable).parent
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=True)
-
-
-def ok(*args: str):
-    result = invoke(*args)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
 
 
 def one_line_error(result, *needles: str) -> str:

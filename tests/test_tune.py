@@ -13,9 +13,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from click.testing import CliRunner
+from cli_helpers import invoke, ok
 
-from recipeset.cli import cli
 from recipeset.config import load_config
 from recipeset.errors import RecipesetError
 from recipeset.experiments import load_experiment
@@ -57,14 +56,6 @@ def write(directory: Path, name: str = "tiny-tune", steps: int = 2, tune: str = 
     return path
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=True)
-
-
-def ok(*args: str):
-    result = invoke(*args)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
 
 
 # ---- the [tune] section's errors: one line naming the file and the key ------------------------------------------

@@ -127,6 +127,26 @@ def safe_log_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return out.masked_fill(torch.isnan(out), float("-inf"))
 
 
+def threshold_step(logp: torch.Tensor, active: torch.Tensor, threshold: float, temperature: float,
+                   top_k: int | None, generator: torch.Generator | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of one-at-a-time completion that stops on the best candidate's probability: from ``logp [B, V]``
+    the choice ``[B]`` (greedy or sampled), the best probability ``[B]`` and the rows still going on (``active``
+    and the best probability ≥ ``threshold``)."""
+    best = logp.amax(1)
+    best_p = best.exp()
+    active = active & (best_p >= threshold) & torch.isfinite(best)
+    return sample_from_logits(logp, temperature, top_k, generator), best_p, active
+
+
+def record_choices(generated: list[list[int]], probs: list[list[float]], rows: torch.Tensor, choice: torch.Tensor,
+                   best_p: torch.Tensor) -> None:
+    """Append each of ``rows``' choice and its stop probability to the per-row lists."""
+    for b in rows.tolist():
+        generated[b].append(int(choice[b]))
+        probs[b].append(float(best_p[b]))
+
+
 def check_sampling(temperature: float, top_k: int | None) -> None:
     if temperature is None or temperature < 0:
         raise RecipesetError(f"temperature must be >= 0 (0 = greedy), got {temperature}")

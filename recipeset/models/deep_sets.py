@@ -26,10 +26,11 @@ from recipeset.models.base import (
     init_weights,
     mask_ids,
     placeholder_features,
+    record_choices,
     resolve_sizes,
     safe_log_softmax,
-    sample_from_logits,
     special_bias,
+    threshold_step,
 )
 from recipeset.registry import register_model
 
@@ -195,16 +196,12 @@ class DeepSets(RecipeModel):
         in_set = mask_ids(torch.zeros(B, self.config.vocab_size, device=tokens.device), tokens, mask)  # 0 / -inf
         for _ in range(max_new):
             logp = safe_log_softmax((self._readout(s, cuisine)[1] + in_set).float())
-            best = logp.amax(1)
-            best_p = best.exp()
-            active = active & (best_p >= self.config.stop_threshold) & torch.isfinite(best)
+            choice, best_p, active = threshold_step(logp, active, self.config.stop_threshold, temperature, top_k,
+                                                    generator)
             if not bool(active.any()):
                 break
-            choice = sample_from_logits(logp, temperature, top_k, generator)
             rows = torch.nonzero(active).squeeze(1)
-            for b in rows.tolist():
-                generated[b].append(int(choice[b]))
-                probs[b].append(float(best_p[b]))
+            record_choices(generated, probs, rows, choice, best_p)
             s[rows] += self.phi(self.embed(choice[rows]))
             in_set[rows, choice[rows]] = float("-inf")
         return (generated, probs) if return_probs else generated
