@@ -180,12 +180,21 @@ def read_run_artifact(run_id: str, artifact_path: str, reader: Callable[[Path], 
     """``reader`` applied to the file ``artifact_path`` a run logged (downloaded to a temporary directory), or
     None when the run has no such file."""
     import mlflow.artifacts
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
     from mlflow.exceptions import MlflowException
 
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp,
-                                                       tracking_uri=resolve_tracking_uri(uri))
-        except (MlflowException, OSError):
-            return None
-        return reader(Path(path))
+    name, before = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+    os.environ[name] = "false"  # a small file per run: no progress bar in the middle of `compare`'s output
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                           dst_path=tmp, tracking_uri=resolve_tracking_uri(uri))
+            except (MlflowException, OSError):
+                return None
+            return reader(Path(path))
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
