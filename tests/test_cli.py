@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import invoke, ok
+from helpers import invoke, ok
 
 TINY_SETTINGS = ["data.n_recipes=400", "model.d_model=16", "model.n_layers=1", "train.batch_size=32",
                  "train.warmup_steps=2", "eval.max_queries=30", "eval.joint_max_queries=10", "train.device=cpu"]

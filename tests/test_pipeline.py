@@ -4,12 +4,12 @@ synthetic, --init-from fine-tuning, and re-evaluation on the run's own saved spl
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import store_in
 
 import recipeset
 import recipeset.pipeline
@@ -37,11 +37,7 @@ def tiny(**over) -> RunConfig:
 def tracked(mlflow_template_db: Path, tmp_path_factory: pytest.TempPathFactory):
     """One tracked tiny run shared by the tests of this module (in its own cwd and store)."""
     root = tmp_path_factory.mktemp("pipeline")
-    shutil.copy(mlflow_template_db, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
+    with store_in(mlflow_template_db, root) as uri:
         cfg = tiny(**{"train.max_steps": 20, "train.lr": 3e-3, "train.eval_every": 10})
         result = run_training(cfg, out_dir=root / "run", progress=False)
         yield {"root": root, "uri": uri, "result": result, "cfg": cfg}

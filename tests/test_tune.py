@@ -4,7 +4,6 @@ recovery of interrupted trials, and (slow) a search killed with SIGKILL and resu
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from cli_helpers import invoke, ok
+from helpers import invoke, ok, store_in
 
 from recipeset.config import load_config
 from recipeset.errors import RecipesetError
@@ -117,11 +116,7 @@ def test_the_example_tune_file_loads():
 def searched(mlflow_template_db: Path, tmp_path_factory: pytest.TempPathFactory):
     """One trial of a tiny search (CLI, ``--trials 1``), the same command again, then the file's budget of 2."""
     root = tmp_path_factory.mktemp("tune")
-    shutil.copy(mlflow_template_db, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
+    with store_in(mlflow_template_db, root) as uri:
         path = write(root)
         first = ok("tune", str(path), "--out", "study", "--trials", "1")
         storage = f"sqlite:///{root / 'study' / 'optuna.db'}"
