@@ -122,8 +122,8 @@ class TrainConfig:
     # (recipeset.data.batching; 97% real positions instead of 46% on flavornet). 0: a plain permutation cut into
     # batches (the trainer before this field existed); also groups the validation batches.
     bucket_pool: int | None = spec(None, ge=0)  # length-grouped batches in pools of this many batches (0: off);
-    #                                 None: BUCKET_POOL where it leaves the training distribution alone (see
-    #                                 bucket_pool_for: every loss per recipe), else off
+    #                                 None: BUCKET_POOL (losses averaged over positions are rescaled per batch so
+    #                                 each position keeps its weight; see bucket_pool_for)
     threads: int | None = spec(None, ge=1)  # torch threads (None: the available cores ÷ concurrent grid jobs)
     num_workers: int = spec(0, ge=0)  # DataLoader workers
     device: str = "auto"              # auto, cpu, cuda, cuda:N, mps
@@ -324,6 +324,8 @@ class RunConfig:
         d, default = self.to_dict(), RunConfig().to_dict()
         d.pop("tracking")
         d["train"]["bucket_pool"] = bucket_pool_for(self)  # "auto" hashes as what it trains with
+        if d["train"]["bucket_pool"] and position_averaged(self):  # rescaled per batch since grouping was made safe
+            d["train"]["positions_rescaled"] = True
         if MODELS.get(self.model.name).masked_prediction != "held-out":  # held_out does not apply: as before it
             d["objectives"]["held_out"] = HASH_BASELINES["objectives"]["held_out"]
         default["loss"].update(LOSSES.get(self.loss.name).defaults())
@@ -339,26 +341,32 @@ class RunConfig:
 
 
 BUCKET_POOL = 64
-# objectives whose loss is one term per recipe (or pair): length-grouped batches change only which recipes share a
-# batch, not the weight of each; a position-averaged loss (clm, element MLM, rtd, sequence set losses) would weight
-# a short recipe's positions more in its all-short batch (measured: a shuffle-order decoder lost 0.03 MRR)
-PER_RECIPE_OBJECTIVES = ("cls", "coherence")
-PER_RECIPE_SET_LOSSES = ("multilabel", "hungarian")
+
+
+def positions_of(cfg: RunConfig, name: str) -> Any:
+    """Objective ``name``'s ``positions`` declaration (the ``set`` objective: its loss's; see
+    :class:`~recipeset.registry.ObjectiveEntry`): None when undeclared."""
+    return (LOSSES.get(cfg.loss.name) if name == "set" else OBJECTIVES.get(name)).positions
+
+
+def position_averaged(cfg: RunConfig) -> list[str]:
+    """The objectives of ``cfg`` whose loss is a mean over a batch's positions (not one term per recipe): with
+    length-grouped batches the trainer rescales them (``Objectives.weigh_positions``)."""
+    model_cls = MODELS.get(cfg.model.name)
+    return [name for name, weight in resolve_objectives(cfg).items()
+            if weight > 0 and (fn := positions_of(cfg, name)) is not None and fn(1.0, cfg, model_cls) is not None]
 
 
 def bucket_pool_for(cfg: RunConfig) -> int:
-    """The run's ``train.bucket_pool``: as set, or, when None, :data:`BUCKET_POOL` if every objective it trains
-    has a per-recipe loss (Deep Sets' held-out MLM, cls, coherence, the multilabel and Hungarian set losses), else 0."""
+    """The run's ``train.bucket_pool``: as set, or, when None, :data:`BUCKET_POOL` when every objective it trains
+    declares how it weighs recipes (``positions``: every built-in one), else 0. Grouping alone would re-weight a
+    loss averaged over positions (an all-short batch weighs each of its positions more: measured, a shuffle-order
+    decoder lost 0.03 test MRR); the trainer rescales those losses so each position keeps one weight."""
     if cfg.train.bucket_pool is not None:
         return cfg.train.bucket_pool
-    model_cls = MODELS.get(cfg.model.name)
-    for name, weight in resolve_objectives(cfg).items():
-        per_recipe = (name in PER_RECIPE_OBJECTIVES
-                      or (name == "mlm" and model_cls.masked_prediction == "held-out")
-                      or (name == "set" and cfg.loss.name in PER_RECIPE_SET_LOSSES))
-        if weight > 0 and not per_recipe:
-            return 0
-    return BUCKET_POOL
+    declared = all(positions_of(cfg, name) is not None
+                   for name, weight in resolve_objectives(cfg).items() if weight > 0)
+    return BUCKET_POOL if declared else 0
 
 
 # The main job (`recipeset train` without --model or --config): the study's best recipe for completion, not the

@@ -133,6 +133,7 @@ class LossEntry:
     perplexity: bool = False               # exp(loss) is a per-ingredient perplexity (logged as ppl/set)
     help: str = ""
     model_params: tuple[tuple[str, Any], ...] = ()  # model config fields it sets (multilabel: sigmoid outputs)
+    positions: Callable[..., Any] | None = None  # terms per recipe, see ObjectiveEntry.positions
 
     def defaults(self) -> dict[str, Any]:
         if self.params is None:
@@ -150,6 +151,11 @@ class ObjectiveEntry:
     task: bool = False                     # a supervised task: ``objectives.alpha`` weighs it against the rest
     perplexity: bool = False
     help: str = ""
+    # How the loss weighs a batch's recipes, for length-grouped batches (``train.bucket_pool``):
+    # ``positions(n, cfg, model_cls)`` -> the expected number of terms a recipe of ``n`` ingredients (float tensor
+    # ``[B]``) adds to a loss that is the mean over a batch's terms (a [B] tensor), or None when the loss is one
+    # term per recipe (:data:`PER_RECIPE`). Undeclared (None): length-grouped batches stay off by default.
+    positions: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -205,28 +211,35 @@ def register_model(cls: T) -> T:
     return cls
 
 
+def PER_RECIPE(n: Any, cfg: Any, model_cls: Any) -> None:
+    """``positions`` of a loss that is one term per recipe (the mean over the batch's recipes)."""
+    return None
+
+
 def register_loss(name: str, *, heads: tuple[str, ...], params: type | None = None, perplexity: bool = False,
-                  help: str = "", model_params: dict[str, Any] | None = None) -> Callable[[Callable], Callable]:
+                  help: str = "", model_params: dict[str, Any] | None = None,
+                  positions: Callable[..., Any] | None = None) -> Callable[[Callable], Callable]:
     """Decorator: register a set loss for the models whose ``set_head`` is in ``heads``; ``model_params`` are
-    model config fields a run with this loss sets (under the user's own)."""
+    model config fields a run with this loss sets (under the user's own); ``positions`` as for
+    :class:`ObjectiveEntry`."""
     bad = [h for h in heads if h not in SET_HEADS]
     if not heads or bad:
         raise RecipesetError(f"loss {name!r}: heads must be a non-empty subset of {SET_HEADS}, got {heads}")
 
     def deco(fn: Callable) -> Callable:
         LOSSES.register(name, LossEntry(name, fn, tuple(heads), params, perplexity, help,
-                                        tuple((model_params or {}).items())))
+                                        tuple((model_params or {}).items()), positions))
         return fn
 
     return deco
 
 
 def register_objective(name: str, *, head: str | None = None, task: bool = False, perplexity: bool = False,
-                       help: str = "") -> Callable[[Callable], Callable]:
-    """Decorator: register a training objective."""
+                       help: str = "", positions: Callable[..., Any] | None = None) -> Callable[[Callable], Callable]:
+    """Decorator: register a training objective (``positions``: see :class:`ObjectiveEntry`)."""
 
     def deco(fn: Callable) -> Callable:
-        OBJECTIVES.register(name, ObjectiveEntry(name, fn, head, task, perplexity, help))
+        OBJECTIVES.register(name, ObjectiveEntry(name, fn, head, task, perplexity, help, positions))
         return fn
 
     return deco

@@ -288,6 +288,8 @@ class Trainer:
         self.cfg, self.t = cfg, cfg.train
         self.bucket_pool = bucket_pool_for(cfg)  # length-grouped batches (0: off)
         self.model, self.objectives = model, objectives
+        if self.bucket_pool and hasattr(objectives, "weigh_positions"):  # each position keeps its weight when grouped
+            objectives.weigh_positions(train.lengths, type(model))
         self.vocab: Vocabulary = model.vocab  # type: ignore[assignment]
         self.val = val
         self.out_dir = Path(out_dir)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recipeset.config import BUCKET_POOL, RunConfig, bucket_pool_for
+from recipeset.config import BUCKET_POOL, RunConfig, bucket_pool_for, position_averaged
 from recipeset.data.batching import bucket_batches, chunks, real_fraction, sorted_batches
 from recipeset.errors import RecipesetError
 from recipeset.threads import default_threads, resolve_threads, set_passive_wait_policy
@@ -89,14 +89,21 @@ def test_sorted_batches_for_evaluation():
 
 
 # ---- config ------------------------------------------------------------------------------------------------
-def test_bucket_pool_and_threads_fields():
+def test_bucket_pool_and_threads_fields(monkeypatch):
     assert RunConfig().train.bucket_pool is None and RunConfig().train.threads is None  # None: by the losses
-    # grouped where every loss is per recipe (Deep Sets' held-out MLM, cls, multilabel/Hungarian sets), not where
-    # a loss averages over positions (a short recipe's positions would weigh more in an all-short batch)
-    assert bucket_pool_for(RunConfig()) == 0  # decoder, clm
-    assert bucket_pool_for(RunConfig().override({"model.name": "deep-sets"})) == BUCKET_POOL
-    assert bucket_pool_for(RunConfig().override({"model.name": "set-transformer", "loss.name": "hungarian"})) == 64
-    assert bucket_pool_for(RunConfig().override({"model.name": "set-transformer"})) == 0  # element MLM
+    # grouped wherever every loss declares how it weighs recipes (every built-in one: position-averaged losses are
+    # rescaled per batch, tests/test_batching.py::test_rescaled_losses_*)
+    for over in ({}, {"model.name": "deep-sets"}, {"model.name": "set-transformer"},
+                 {"model.name": "set-transformer", "loss.name": "hungarian"},
+                 {"model.name": "set-transformer", "objectives.weights": {"mlm": 1.0, "rtd": 1.0}}):
+        assert bucket_pool_for(RunConfig().override(over)) == BUCKET_POOL
+    assert position_averaged(RunConfig()) == ["clm"]
+    assert position_averaged(RunConfig().override({"model.name": "deep-sets"})) == []  # held-out: per recipe
+    assert position_averaged(RunConfig().override({"model.name": "set-transformer"})) == ["mlm"]
+    # an objective that does not declare it (a plug-in's, say) keeps plain batches
+    monkeypatch.setattr("recipeset.config.positions_of", lambda cfg, name: None)
+    assert bucket_pool_for(RunConfig()) == 0
+    monkeypatch.undo()
     assert bucket_pool_for(RunConfig().override({"train.bucket_pool": 8})) == 8
     assert RunConfig().override({"train.bucket_pool": 0, "train.threads": 3}).train.threads == 3
     with pytest.raises(RecipesetError, match=r"train.threads: must be >= 1, got 0"):
@@ -116,7 +123,12 @@ def test_config_hash_tells_grouped_runs_from_the_runs_before_grouping():
     before = hashlib.sha256(canonical_json({s: {} for s in RunConfig().to_dict() if s != "tracking"}).encode())
     old = {"train.bucket_pool": 0, "eval.query_draws": 1}  # both defaults of before
     assert RunConfig().override(old).config_hash() == before.hexdigest()
-    assert RunConfig().override({"eval.query_draws": 1}).config_hash() == before.hexdigest()  # a decoder: no grouping
+    # a decoder is grouped by default now (its loss rescaled): not one of the runs from before
+    assert RunConfig().override({"eval.query_draws": 1}).config_hash() != before.hexdigest()
+    # nor one of the runs grouped without the rescaling (train.bucket_pool = 64 set by hand before it existed)
+    unscaled = hashlib.sha256(canonical_json({**{s: {} for s in RunConfig().to_dict() if s != "tracking"},
+                                              "train": {"bucket_pool": 64}}).encode())
+    assert RunConfig().override({"eval.query_draws": 1}).config_hash() != unscaled.hexdigest()
     assert RunConfig().override({"train.bucket_pool": 32}).config_hash() != RunConfig().config_hash()
     deep_sets = RunConfig().override({"model.name": "deep-sets"})  # grouped by default: hashes as grouped
     assert deep_sets.config_hash() == deep_sets.override({"train.bucket_pool": BUCKET_POOL}).config_hash()
@@ -196,3 +208,73 @@ def test_bench_bucketing_reports_both_kinds_of_batch():
     assert m["speedup"] > 0 and m["plain_recipes_per_s"] > 0 and m["grouped_recipes_per_s"] > 0
     assert m["grouped_real_fraction"] >= m["plain_real_fraction"]
     assert m["epoch_real_fraction_grouped"] > m["epoch_real_fraction_plain"]
+
+
+# ---- rescaled position-averaged losses ---------------------------------------------------------------------
+def _clm_setup(n_recipes: int = 120):
+    import torch
+
+    from recipeset.config import resolve_objectives
+    from recipeset.data.prepare import prepare_data
+    from recipeset.objectives.tasks import Objectives
+    from recipeset.pipeline import build_model
+
+    cfg = RunConfig().override({"data.n_recipes": n_recipes, "model.d_model": 16, "model.n_layers": 1,
+                                "model.dropout": 0.0}, source="test")
+    data = prepare_data(cfg.data)
+    weights = resolve_objectives(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, data.vocab, weights, int(data.train.lengths.max())).eval()
+    return cfg, data, model, Objectives(cfg, weights)
+
+
+def test_rescaled_losses_weigh_every_position_the_same_however_the_batches_are_grouped():
+    import torch
+
+    from recipeset.data.collate import collate
+    from recipeset.objectives.losses import next_token_targets, standard_loss
+
+    cfg, data, model, objectives = _clm_setup()
+    lengths = data.train.lengths
+    rows = np.arange(96)
+    plain = np.split(rows, 6)
+    grouped = np.split(rows[np.argsort(lengths[rows], kind="stable")], 6)  # all-short ... all-long batches
+    gen = torch.Generator().manual_seed(0)
+
+    def total(batches, obj):  # Σ_b B_b · loss_b: what a pass over the rows weighs each position by
+        with torch.no_grad():
+            return sum(len(b) * float(obj(model, collate(data.train, b), gen)["loss/clm"]) for b in batches)
+
+    def position_sum(idx):  # Σ of the next-ingredient losses over every position of these rows
+        with torch.no_grad():
+            b = collate(data.train, idx)
+            tokens, mask, _ = model.feed(b.tokens, b.mask)  # [BOS] first
+            return float(standard_loss(model(tokens, mask).logits, next_token_targets(b.tokens, b.mask),
+                                       reduction="sum"))
+
+    objectives.weigh_positions(lengths, type(model))
+    w_mean = float((lengths + 1).mean())  # a training recipe's positions: its ingredients + [EOS]
+    with torch.no_grad():  # one batch, by hand: Σ over its positions / (B · w̄)
+        b = collate(data.train, plain[0])
+        assert float(objectives(model, b, gen)["loss/clm"]) == pytest.approx(
+            position_sum(plain[0]) / (len(plain[0]) * w_mean), rel=1e-5)
+    # a pass over the rows weighs every position 1 / w̄, plain or grouped batches alike
+    assert total(plain, objectives) == pytest.approx(position_sum(rows) / w_mean, rel=1e-5)
+    assert total(grouped, objectives) == pytest.approx(position_sum(rows) / w_mean, rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 20])
+def test_masked_positions_is_the_expected_number_of_mlm_labels(n):
+    import torch
+
+    from recipeset.models.set_transformer import SetTransformer
+    from recipeset.objectives.masking import mlm_mask
+    from recipeset.objectives.tasks import masked_positions
+
+    cfg = RunConfig().override({"model.name": "set-transformer"})
+    B = 20000
+    tokens = torch.arange(10, 10 + n).repeat(B, 1)
+    mb = mlm_mask(tokens, torch.ones(B, n, dtype=torch.bool), 200, prob=cfg.objectives.mlm_prob,
+                  generator=torch.Generator().manual_seed(n), null_prob=cfg.objectives.null_prob)
+    observed = float((mb.labels != -100).sum()) / B
+    assert observed == pytest.approx(masked_positions(float(n), cfg, SetTransformer), rel=0.03)

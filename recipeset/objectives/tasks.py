@@ -15,13 +15,14 @@ is ``α·L_cls + (1−α)·Σ_other w·L``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recipeset.config import RunConfig, resolve_objectives
+from recipeset.config import RunConfig, position_averaged, positions_of, resolve_objectives
 from recipeset.data.collate import Batch
 from recipeset.data.vocab import NULL, NUM_SPECIALS
 from recipeset.errors import RecipesetError
@@ -41,7 +42,7 @@ from recipeset.objectives.losses import (
 )
 from recipeset.objectives.masking import coherence_pairs, mlm_mask, rtd_corrupt
 from recipeset.objectives.matching import HungarianMatcher
-from recipeset.registry import LOSSES, OBJECTIVES, register_loss, register_objective
+from recipeset.registry import LOSSES, OBJECTIVES, PER_RECIPE, register_loss, register_objective
 
 
 def cuisine_class_weights(mode: str, labels: np.ndarray, n_classes: int,
@@ -126,6 +127,18 @@ class Objectives:
         self.ls = cfg.loss.label_smoothing
         self.cooccurrence = cooccurrence
         self.state: dict = {}  # per-run objects a loss builds once (e.g. the Hungarian matcher)
+        self.rescaled: dict[str, tuple[Callable, float, type]] = {}  # weigh_positions
+
+    def weigh_positions(self, lengths: np.ndarray, model_cls: type) -> None:
+        """For length-grouped batches: rescale every loss that is a mean over a batch's positions by
+        Σ_i w(n_i) / (B · w̄) — w(n) its expected terms for a recipe of n ingredients (the registry's
+        ``positions``), w̄ their mean over the training recipes (``lengths``) — so every position weighs
+        1 / (B · w̄) in every batch, as it does on average in a random batch, however short the batch's recipes."""
+        n = torch.as_tensor(np.asarray(lengths, dtype=np.float64))
+        self.rescaled = {}
+        for name in position_averaged(self.cfg):
+            fn = positions_of(self.cfg, name)
+            self.rescaled[name] = (fn, float(fn(n, self.cfg, model_cls).mean()), model_cls)
 
     def clean(self, model: RecipeModel, batch: Batch, cache: dict) -> ModelOutput:
         """The forward pass on the uncorrupted batch, computed once per step and shared by the objectives."""
@@ -137,6 +150,11 @@ class Objectives:
     def __call__(self, model: RecipeModel, batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         cache: dict = {}
         losses = {name: entry.fn(self, model, batch, generator, cache) for name, entry in self.entries.items()}
+        if self.rescaled:
+            n = batch.mask.sum(1).to(torch.float64)
+            for name, (fn, mean, model_cls) in self.rescaled.items():
+                scale = fn(n, self.cfg, model_cls).sum() / (len(n) * mean)
+                losses[name] = losses[name] * scale.to(losses[name].dtype)
         alpha = self.obj.alpha
         if alpha is None:
             total = sum(self.weights[k] * v for k, v in losses.items())
@@ -153,13 +171,35 @@ class Objectives:
 
 
 # ---- objectives --------------------------------------------------------------------------------------------
-@register_objective("clm", perplexity=True, help="next-ingredient cross-entropy with a causal mask (GPT)")
+# ``positions``: the expected terms a recipe of n ingredients adds to a loss averaged over a batch's terms (see
+# ObjectiveEntry.positions); PER_RECIPE: one term per recipe.
+def next_positions(n, cfg: RunConfig, model_cls: type):
+    """Next-ingredient losses: n ingredients + the [EOS] step."""
+    return n + 1
+
+
+def masked_positions(n, cfg: RunConfig, model_cls: type):
+    """Element MLM: the expected labelled positions of :func:`~recipeset.objectives.masking.mlm_mask` (n·p,
+    at least one, or the one [NULL] position of a "nothing missing" example); held-out MLM: one term per recipe."""
+    if model_cls.masked_prediction == "held-out":
+        return None
+    p, q = cfg.objectives.mlm_prob, cfg.objectives.null_prob
+    return (1 - q) * (n * p + (1 - p) ** n) + q
+
+
+def every_position(n, cfg: RunConfig, model_cls: type):
+    return n
+
+
+@register_objective("clm", perplexity=True, help="next-ingredient cross-entropy with a causal mask (GPT)",
+                    positions=next_positions)
 def clm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     out = o.clean(model, batch, cache)
     return standard_loss(out.logits, next_token_targets(batch.tokens, batch.mask), o.ls)
 
 
-@register_objective("mlm", perplexity=True, help="masked ingredients (BERT 80/10/10), or one held-out ingredient")
+@register_objective("mlm", perplexity=True, help="masked ingredients (BERT 80/10/10), or one held-out ingredient",
+                    positions=masked_positions)
 def mlm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     if model.masked_prediction == "held-out" and o.obj.held_out == "all":
         return _held_out_all(o, model, batch)
@@ -190,7 +230,7 @@ def _held_out_all(o: Objectives, model: RecipeModel, batch: Batch) -> torch.Tens
     return (loss * per_row).sum() / (n > 0).sum().clamp_min(1)
 
 
-@register_objective("cls", head="cuisine_head", task=True, help="cuisine classification")
+@register_objective("cls", head="cuisine_head", task=True, help="cuisine classification", positions=PER_RECIPE)
 def cls(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     out = o.clean(model, batch, cache)
     pooled = out.pooled.detach() if o.obj.detach else out.pooled
@@ -208,7 +248,7 @@ def _bce(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.
     return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
-@register_objective("rtd", head="rtd_head", help="replaced-ingredient detection")
+@register_objective("rtd", head="rtd_head", help="replaced-ingredient detection", positions=every_position)
 def rtd(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     tokens, labels = rtd_corrupt(batch.tokens, batch.mask, len(model.vocab), prob=o.obj.rtd_prob,
                                  generator=gen, cooccurrence=o.cooccurrence)
@@ -216,14 +256,15 @@ def rtd(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, c
     return _bce(out.rtd_logits[batch.mask], labels[batch.mask], o.ls)
 
 
-@register_objective("coherence", head="coherence_head", help="do these two halves belong to one recipe")
+@register_objective("coherence", head="coherence_head", help="do these two halves belong to one recipe",
+                    positions=PER_RECIPE)
 def coherence(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     tokens, mask, segments, labels = coherence_pairs(batch.tokens, batch.mask, generator=gen)
     tokens, mask, segments = model.feed(tokens, mask, segments)
     return _bce(model(tokens, mask, segments=segments).coherence_logits, labels, o.ls)
 
 
-@register_objective("set", help="predict the set with the configured set loss (loss.name)")
+@register_objective("set", help="predict the set with the configured set loss (loss.name)")  # positions: the loss's
 def set_objective(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     return o.loss_entry.fn(o, model, batch, gen, cache)
 
@@ -246,7 +287,7 @@ class PooledParams:
     cardinality_weight: float = spec(0.0, ge=0)  # weight of the set-size penalty
 
 
-@register_loss("standard", heads=("sequence",), perplexity=True,
+@register_loss("standard", heads=("sequence",), perplexity=True, positions=next_positions,
                help="position-wise cross-entropy on the order data.order produced (with shuffle: augmentation)")
 def standard(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     return clm(o, model, batch, gen, cache)
@@ -265,7 +306,7 @@ def _slot_forward(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Ge
     return model(q_tokens, q_mask, model.condition(batch.cuisine)).slot_logits, targets
 
 
-@register_loss("hungarian", heads=("slots",), params=HungarianParams,
+@register_loss("hungarian", heads=("slots",), params=HungarianParams, positions=PER_RECIPE,
                help="DETR-style: slots matched to the hidden ingredients by linear_sum_assignment, then CE")
 def hungarian(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     p = o.loss_params
@@ -276,13 +317,13 @@ def hungarian(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Genera
                           truncate_logp=p.truncate_logp, matcher=o.state["matcher"])
 
 
-@register_loss("set-ar", heads=("sequence",), perplexity=True,
+@register_loss("set-ar", heads=("sequence",), perplexity=True, positions=next_positions,
                help="autoregressive and exact for sets: the target at step t is any ingredient not yet fed")
 def set_ar(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     return set_ar_loss(o.clean(model, batch, cache).logits, batch.tokens, batch.mask)
 
 
-@register_loss("min-perm", heads=("sequence",), params=MinPermParams, perplexity=True,
+@register_loss("min-perm", heads=("sequence",), params=MinPermParams, perplexity=True, positions=next_positions,
                help="the cross-entropy of the best of loss.k re-fed orders")
 def min_perm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     mask = batch.mask
@@ -294,7 +335,7 @@ def min_perm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generat
     return min_perm_loss(nll, batch.tokens, mask, k=o.loss_params.k, generator=gen)
 
 
-@register_loss("pooled", heads=("sequence", "slots"), params=PooledParams,
+@register_loss("pooled", heads=("sequence", "slots"), params=PooledParams, positions=PER_RECIPE,
                help="max-pooled probabilities over steps/slots + BCE, a class-balanced stop loss")
 def pooled(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     p = o.loss_params
@@ -310,7 +351,7 @@ def pooled(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator
                        steps, stop_id=NULL, stop_weight=p.stop_weight, cardinality_weight=p.cardinality_weight)
 
 
-@register_loss("multilabel", heads=("pooled",), model_params={"multilabel": True},
+@register_loss("multilabel", heads=("pooled",), model_params={"multilabel": True}, positions=PER_RECIPE,
                help="binary relevance on a randomly hidden part: one BCE per candidate ingredient")
 def multilabel(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     q_tokens, q_mask, targets = split_query(batch, gen)
