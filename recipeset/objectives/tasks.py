@@ -335,7 +335,8 @@ def min_perm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generat
     return min_perm_loss(nll, batch.tokens, mask, k=o.loss_params.k, generator=gen)
 
 
-@register_loss("pooled", heads=("sequence", "slots"), params=PooledParams, positions=PER_RECIPE,
+# pooled: one term per recipe, but left undeclared so a run keeps plain batches by default (not measured grouped)
+@register_loss("pooled", heads=("sequence", "slots"), params=PooledParams,
                help="max-pooled probabilities over steps/slots + BCE, a class-balanced stop loss")
 def pooled(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     p = o.loss_params
