@@ -50,6 +50,7 @@ class EnsembleConfig:
     stop_threshold: float = DEFAULT_STOP_THRESHOLD  # tuned on validation (protocol.tune_stop_rule)
     cuisine_offsets: tuple[float, ...] = ()  # per-cuisine log-offsets on the mean probabilities (tune_cuisine_rule)
     n_cuisines: int = 0
+    stop_size: int | None = None  # at most this many added (tuned with the threshold; None: no cap)
 
 
 class Ensemble(RecipeModel):
@@ -123,6 +124,7 @@ class Ensemble(RecipeModel):
         max_new, fed)``: a decoder with positions) caps ``max_new`` so that the grown sets stay scoreable."""
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         B = tokens.shape[0]
+        max_new = self.stop_budget(max_new)
         for m in self.members:
             if callable(getattr(m, "generation_budget", None)):
                 max_new = min(max_new, m.generation_budget(max_new, tokens.shape[1]))

@@ -333,8 +333,10 @@ def log_evaluation(tracker: Tracker, evaluation: RunEvaluation, step: int) -> No
 def log_rules(tracker: Tracker, tuned: protocol.StopRule | None, cuisine_rule: protocol.CuisineRule | None,
               step: int) -> None:
     """Log the decision rules :func:`tune_rules` chose."""
-    if tuned is not None:
-        tracker.log_metrics({"stop_threshold": tuned.value}, step)
+    if tuned is not None:  # a size rule: at most stop_size added, at the grid's lowest threshold
+        rule = ({"stop_size": tuned.value, "stop_threshold": min(protocol.STOP_THRESHOLDS)}
+                if tuned.rule == "size" else {"stop_threshold": tuned.value})
+        tracker.log_metrics(rule, step)
     if cuisine_rule is not None:
         tracker.log_metrics({"cuisine_rule/val_macro_f1": cuisine_rule.macro_f1,
                              "cuisine_rule/val_plain_macro_f1": cuisine_rule.plain_macro_f1}, step)

@@ -193,32 +193,34 @@ def tune_stop_rule(scorer: Any, val: EncodedSets, seed: int = 0, sizes: Sequence
     passes :func:`val_subset`), set on ``scorer``; None for a scorer without a tunable stop rule.
 
     Models that stop on a probability threshold (``model.tunes_stop_threshold``: deep-sets, a set transformer
-    without slots) try every threshold — from one greedy pass at the lowest when they return the stop
-    probabilities (``returns_stop_probs``: a higher threshold's completion is a prefix of it), else one pass per
-    threshold; baselines (``stop_rule_f1s``) every fixed size, then every threshold, from one ranking. Ties keep
-    the earlier rule.
+    without slots, a decoder, an ensemble) try every threshold and, when they return the stop probabilities
+    (``returns_stop_probs``), every fixed size too, all from one greedy pass at the lowest threshold (a higher
+    threshold's completion, or a size's, is a prefix of it: a size rule is ``config.stop_size`` = m with that
+    lowest threshold); other models one pass per threshold. Baselines (``stop_rule_f1s``) every fixed size, then
+    every threshold, from one ranking. The same grid for both: a fixed size beat every threshold for Deep Sets on
+    flavornet (validation micro-F1 0.373 at 5 against 0.349 at 0.15). Ties keep the earlier rule.
     """
     baseline = callable(getattr(scorer, "stop_rule_f1s", None))
-    if baseline:  # fixed size or threshold, scored on one ranking of the queries
-        rules = [("size", float(m)) for m in sizes] + [("threshold", float(t)) for t in thresholds]
-    elif getattr(scorer, "tunes_stop_threshold", False):
-        rules = [("threshold", float(t)) for t in thresholds]
-    else:
+    if not baseline and not getattr(scorer, "tunes_stop_threshold", False):
         return None
-    if not rules:
+    with_sizes = baseline or getattr(scorer, "returns_stop_probs", False)
+    rules = [("size", float(m)) for m in sizes if with_sizes] + [("threshold", float(t)) for t in thresholds]
+    if not rules or not (baseline or thresholds):  # a model's one pass runs at its lowest threshold
         raise RecipesetError("tune_stop_rule: the stop-rule grid is empty")
     if baseline:
         f1s = scorer.stop_rule_f1s(val, rules, seed=seed)
     else:
-        f1s = _threshold_f1s(scorer, val, [v for _, v in rules], seed)
+        f1s = _model_rule_f1s(scorer, val, rules, seed)
     best = StopRule(*rules[0], -1.0)
     for (rule, value), f1 in zip(rules, f1s, strict=True):
         if f1 > best.micro_f1:
             best = StopRule(rule, value, f1)
     if baseline:
         scorer.stop, scorer.stop_value = best.rule, best.value
+    elif best.rule == "size":
+        scorer.config.stop_threshold, scorer.config.stop_size = min(thresholds), int(best.value)
     else:
-        scorer.config.stop_threshold = best.value
+        scorer.config.stop_threshold, scorer.config.stop_size = best.value, None
     return best
 
 
@@ -287,20 +289,22 @@ def _padded(rows: Sequence[Sequence[float]], fill: float, dtype) -> np.ndarray:
     return out
 
 
-def _threshold_f1s(model: Any, val: EncodedSets, thresholds: Sequence[float], seed: int) -> list[float]:
-    """The validation set-completion micro-F1 of ``model`` at each stop threshold."""
+def _model_rule_f1s(model: Any, val: EncodedSets, rules: Sequence[tuple[str, float]], seed: int) -> list[float]:
+    """The validation set-completion micro-F1 of ``model`` under each stop rule (thresholds; sizes only for a
+    model with ``returns_stop_probs``), uncapped by a size (``config.stop_size`` None) while it is scored."""
+    if hasattr(model.config, "stop_size"):
+        model.config.stop_size = None
     if not getattr(model, "returns_stop_probs", False):  # e.g. an extension's model: one pass per threshold
         f1s = []
-        for th in thresholds:
+        for _, th in rules:
             model.config.stop_threshold = th
             f1s.append(evaluate_set_completion(model, val, seed=seed)["micro_f1"])
         return f1s
-    model.config.stop_threshold = min(thresholds)
+    model.config.stop_threshold = min(v for rule, v in rules if rule == "threshold")
     preds, probs, truths = complete_halves(model, val, seed, return_probs=True)
     if len(truths) == 0:
         raise RecipesetError("validation has no set with >= 4 ingredients to tune the stop threshold on")
-    return prefix_rule_f1s(_padded(preds, PAD, np.int64), _padded(probs, -1.0, np.float32), truths,
-                           [("threshold", th) for th in thresholds])
+    return prefix_rule_f1s(_padded(preds, PAD, np.int64), _padded(probs, -1.0, np.float32), truths, rules)
 
 
 # ---- the headline table ------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from recipeset.models import (
     save_model,
 )
 from recipeset.models.base import pad_ids
-from recipeset.protocol import tune_cuisine_rule, tune_stop_rule
+from recipeset.protocol import STOP_THRESHOLDS, tune_cuisine_rule, tune_stop_rule
 
 torch.set_num_threads(1)
 
@@ -178,7 +178,11 @@ def test_the_protocol_tunes_an_ensemble():
     data = prepare_data(cfg.data)
     ens = Ensemble([_deep_sets(0, data.vocab), _deep_sets(1, data.vocab)])
     rule = tune_stop_rule(ens, data.val_eval)
-    assert rule is not None and rule.rule == "threshold" and ens.config.stop_threshold == rule.value
+    assert rule is not None
+    if rule.rule == "size":  # at most stop_size added, at the grid's lowest threshold
+        assert (ens.config.stop_threshold, ens.config.stop_size) == (min(STOP_THRESHOLDS), int(rule.value))
+    else:
+        assert (ens.config.stop_threshold, ens.config.stop_size) == (rule.value, None)
     cuisine = tune_cuisine_rule(ens, data.val_eval)
     assert cuisine is not None and len(ens.config.cuisine_offsets) in (0, data.vocab.num_cuisines)
 

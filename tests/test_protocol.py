@@ -82,7 +82,8 @@ class TableModel:
         out = []
         for row, keep in zip(tokens.tolist(), mask.tolist(), strict=True):
             cands = self.table[frozenset(t for t, k in zip(row, keep, strict=True) if k)]
-            out.append([i for i, p in cands if p >= self.config.stop_threshold][:max_new])
+            size = getattr(self.config, "stop_size", None)  # a size rule caps it, as RecipeModel.stop_budget
+            out.append([i for i, p in cands if p >= self.config.stop_threshold][:min(max_new, size or max_new)])
         return out
 
 
@@ -142,7 +143,7 @@ class TracedTableModel(TableModel):
         return ids, probs
 
 
-def test_the_model_tuner_scores_every_threshold_from_one_pass_on_the_hand_built_case():
+def test_the_model_tuner_scores_every_rule_from_one_pass_on_the_hand_built_case():
     ids = [NUM_SPECIALS + j for j in range(12)]
     val = EncodedSets.from_lists([ids[:6], ids[6:]])
     queries, truths, _ = half_queries(val, seed=0)
@@ -150,8 +151,31 @@ def test_the_model_tuner_scores_every_threshold_from_one_pass_on_the_hand_built_
              + list(zip([i for i in ids if i not in q and i not in t][:2], (0.12, 0.03), strict=True))
              for q, t in zip(queries.to_lists(), truths.to_lists(), strict=True)}
     model = TracedTableModel(table)
-    assert tune_stop_rule(model, val, seed=0) == StopRule("threshold", 0.15, pytest.approx(1.0))
-    assert model.seen == [min(STOP_THRESHOLDS)] and model.config.stop_threshold == 0.15
+    model.config.stop_size = None
+    # size 3 and threshold 0.15 both keep exactly the three right ones (F1 1): sizes come first, as for baselines
+    assert tune_stop_rule(model, val, seed=0) == StopRule("size", 3.0, pytest.approx(1.0))
+    assert model.seen == [min(STOP_THRESHOLDS)]  # one pass
+    assert (model.config.stop_threshold, model.config.stop_size) == (min(STOP_THRESHOLDS), 3)
+    assert tune_stop_rule(model, val, seed=0, sizes=()) == StopRule("threshold", 0.15, pytest.approx(1.0))
+    assert (model.config.stop_threshold, model.config.stop_size) == (0.15, None)
+
+
+def test_a_size_rule_wins_where_no_threshold_separates_right_from_wrong():
+    ids = [NUM_SPECIALS + j for j in range(12)]
+    val = EncodedSets.from_lists([ids[:6], ids[6:]])
+    queries, truths, _ = half_queries(val, seed=0)
+    # the first query's third right one is below its wrong ones, the second's wrong ones are above 0.3: every
+    # threshold keeps a wrong one or loses a right one; the best two of each are right
+    probs = [(0.6, 0.5, 0.02, 0.3, 0.2), (0.9, 0.8, 0.7, 0.6, 0.5)]
+    table = {frozenset(q): sorted(zip(t + [i for i in ids if i not in q and i not in t][:2], p, strict=True),
+                                  key=lambda c: -c[1])
+             for q, t, p in zip(queries.to_lists(), truths.to_lists(), probs, strict=True)}
+    model = TracedTableModel(table)
+    model.config.stop_size = None
+    best = tune_stop_rule(model, val, seed=0)
+    assert best.rule == "size" and model.config.stop_size == int(best.value)
+    thresholds_only = tune_stop_rule(TracedTableModel(table), val, seed=0, sizes=())
+    assert best.micro_f1 > thresholds_only.micro_f1
 
 
 def test_a_threshold_keeps_the_prefix_whose_probabilities_all_reach_it():
@@ -204,8 +228,15 @@ def test_one_pass_tuning_equals_the_per_threshold_loop_on_trained_models(over, t
     assert model.tunes_stop_threshold and model.returns_stop_probs
     f1s, old = old_threshold_loop(model, val)
     assert len(set(f1s)) > 3  # the thresholds really differ on this model
-    assert protocol._threshold_f1s(model, val, STOP_THRESHOLDS, seed=0) == f1s  # bit-identical, every threshold
-    assert tune_stop_rule(model, val, seed=0) == old and model.config.stop_threshold == old.value
+    thresholds = [("threshold", t) for t in STOP_THRESHOLDS]
+    assert protocol._model_rule_f1s(model, val, thresholds, seed=0) == f1s  # bit-identical, every threshold
+    assert tune_stop_rule(model, val, seed=0, sizes=()) == old and model.config.stop_threshold == old.value
+    # a size rule from the same pass is what the model completes with that size at the lowest threshold
+    sizes = [("size", 1.0), ("size", 2.0), ("size", 4.0)]
+    one_pass = protocol._model_rule_f1s(model, val, sizes + thresholds, seed=0)[:3]
+    for (_, m), f1 in zip(sizes, one_pass, strict=True):
+        model.config.stop_threshold, model.config.stop_size = min(STOP_THRESHOLDS), int(m)
+        assert evaluate_set_completion(model, val, seed=0)["micro_f1"] == f1
 
 
 def test_a_scorer_without_a_stop_rule_is_not_tuned():

@@ -377,6 +377,12 @@ class RecipeModel(nn.Module):
         """True when ``complete`` stops on ``config.stop_threshold``, which a run tunes on validation."""
         return hasattr(self.config, "stop_threshold")
 
+    def stop_budget(self, max_new: int) -> int:
+        """``max_new`` capped by ``config.stop_size``, the size rule of set completion tuned on validation with the
+        threshold (:func:`recipeset.protocol.tune_stop_rule`); None: no cap."""
+        size = getattr(self.config, "stop_size", None)
+        return max_new if size is None else min(max_new, int(size))
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

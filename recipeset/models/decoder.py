@@ -274,6 +274,7 @@ class DecoderConfig:
     next_orders: int = spec(1, ge=1)  # orders averaged in "next" scoring when train_order is random
     stop_threshold: float | None = spec(None, ge=0, le=1)  # complete() adds the best ingredient while
     #                                 1 − p([EOS]) ≥ this (tuned on validation); None: stops when [EOS] is chosen
+    stop_size: int | None = spec(None, ge=1)  # and at most this many (None: no cap); tuned with the threshold
 
 
 @register_model
@@ -626,7 +627,7 @@ class CausalDecoder(RecipeModel):
         B = tokens.shape[0]
         cuisine = self._check_cuisine(cuisine, B)
         inp, m = self.with_bos(self._ordered(tokens, mask, 0), mask)
-        max_new = self.generation_budget(max_new, inp.shape[1])
+        max_new = self.generation_budget(self.stop_budget(max_new), inp.shape[1])
         if max_new == 0:
             return ([[] for _ in range(B)], [[] for _ in range(B)]) if return_probs else [[] for _ in range(B)]
         rows = torch.arange(B, device=inp.device)

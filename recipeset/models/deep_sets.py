@@ -66,6 +66,7 @@ class DeepSetsConfig:
     feature_bias: bool = False  # with "features": add a learned per-id vector to the projection
     stop_threshold: float = spec(0.5, ge=0)  # complete() adds the best ingredient while its probability
     #                                 is ≥ this
+    stop_size: int | None = spec(None, ge=1)  # and at most this many (None: no cap); tuned with the threshold
     multilabel: bool = False  # set_logits are independent per-ingredient logits (the `set` objective, BCE);
     #                           complete() then adds at once every ingredient with σ(logit) ≥ stop_threshold
 
@@ -186,6 +187,7 @@ class DeepSets(RecipeModel):
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         B = tokens.shape[0]
         cuisine = self._check_cuisine(cuisine, B)
+        max_new = self.stop_budget(max_new)
         if self.config.multilabel:
             return self._complete_multilabel(tokens, mask, max_new, cuisine, temperature, top_k, generator,
                                              return_probs)

@@ -68,6 +68,7 @@ class SetTransformerConfig:
     feature_bias: bool = False  # with "features": add a learned per-id vector to the projection
     stop_threshold: float = spec(0.0, ge=0)  # MLM completion also stops when the best ingredient's
     #                                 probability is below this
+    stop_size: int | None = spec(None, ge=1)  # and after this many (None: no cap); tuned with the threshold
 
 
 @register_model
@@ -239,6 +240,7 @@ class SetTransformer(RecipeModel):
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         B = tokens.shape[0]
         cuisine = self._check_cuisine(cuisine, B)
+        max_new = self.stop_budget(max_new)
         if self.has_slots:
             if return_probs:
                 raise RecipesetError("return_probs: the slot decoder does not stop on a threshold")
