@@ -90,9 +90,10 @@ class ObjectivesConfig:
     detach: bool = False              # train the task heads on detached features ("detach_CLS")
     alpha: float | None = spec(None, ge=0, le=1)  # fine-tuning: L = α·L_task + (1−α)·L_LM (None: weighted sum)
     mlm_prob: float = spec(0.15, gt=0, le=1)  # MLM: fraction of each set masked (at least one)
-    held_out: str = spec("all", choices=("one", "all"), kind="held-out mode")  # MLM of a model that holds
-    #                                 ingredients out (deep-sets; the others mask elements, mlm_prob): one random
-    #                                 ingredient per set, or every ingredient of every set from one sum
+    held_out: str = spec("all", choices=("one", "all", "all+part"), kind="held-out mode")  # MLM of a model that
+    #                                 holds ingredients out (deep-sets; the others mask elements, mlm_prob): one
+    #                                 random ingredient per set, every ingredient of every set from one sum, or
+    #                                 that plus a random part of each set hidden and predicted from the rest
     rtd_prob: float = spec(0.15, gt=0, le=1)  # RTD: fraction of each set replaced
     null_prob: float = spec(0.1, ge=0, le=1)  # MLM on an encoder: chance of a [MASK] slot whose target is [NULL]
     cls_class_weight: str = spec("none", choices=CLASS_WEIGHTS, kind="class weighting")  # cuisine loss weights

@@ -351,6 +351,33 @@ def test_held_out_all_is_the_mean_of_every_leave_one_out_query():
 
 
 
+def test_held_out_all_plus_part_adds_the_hidden_part_predicted_from_the_rest():
+    """objectives.held_out = "all+part": the "all" loss plus, for each set, the mean over a hidden random part
+    (split_query with the step's generator) of −log p(hidden ingredient | the rest), sets weighted equally."""
+    from recipeset.data.sets import EncodedSets
+    from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
+    from recipeset.models import DeepSets, DeepSetsConfig
+
+    vocab = Vocabulary([f"i{k}" for k in range(9)])
+    torch.manual_seed(0)
+    model = DeepSets(DeepSetsConfig(d_model=8), vocab).eval()
+    lists = [[NUM_SPECIALS + k for k in s] for s in ([0, 3, 5, 7], [1, 2], [6], [4, 8, 2])]
+    batch = collate(EncodedSets.from_lists(lists), np.arange(4))
+    cfg = RunConfig().override({"model.name": "deep-sets", "objectives.weights": {"mlm": 1.0}})
+    both = Objectives(cfg.override({"objectives.held_out": "all+part"}), {"mlm": 1.0}, class_weights=None)
+    got = both(model, batch, torch.Generator().manual_seed(3))["loss/mlm"]
+    all_only = Objectives(cfg, {"mlm": 1.0}, class_weights=None)(model, batch, torch.Generator())["loss/mlm"]
+    q_tokens, q_mask, targets = split_query(batch, torch.Generator().manual_seed(3))  # the same draw, by hand
+    per_set = []
+    for b in range(len(lists)):
+        query = q_tokens[b][q_mask[b]].tolist()
+        hidden = [t for t in targets[b].tolist() if t != -100]
+        assert sorted(query + hidden) == sorted(lists[b]) and hidden  # a partition, at least one hidden
+        logits = model(torch.tensor([query or [0]]), torch.tensor([[bool(query)] * max(1, len(query))])).set_logits[0]
+        per_set.append(-torch.log_softmax(logits, 0)[hidden].mean())
+    assert torch.allclose(got, all_only + torch.stack(per_set).mean(), atol=1e-5)
+
+
 def test_deep_sets_one_sum_held_out_logits_equal_the_generic_per_query_version():
     from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
     from recipeset.models import DeepSets, DeepSetsConfig

@@ -203,6 +203,8 @@ def clm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, c
 def mlm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     if model.masked_prediction == "held-out" and o.obj.held_out == "all":
         return _held_out_all(o, model, batch)
+    if model.masked_prediction == "held-out" and o.obj.held_out == "all+part":
+        return _held_out_all(o, model, batch) + _held_out_part(o, model, batch, gen)
     if model.masked_prediction == "held-out":
         # one mask: drop one random ingredient per set, predict it from the rest
         tokens, mask = batch.tokens, batch.mask
@@ -228,6 +230,19 @@ def _held_out_all(o: Objectives, model: RecipeModel, batch: Batch) -> torch.Tens
     n = mask.sum(1)
     per_row = (1.0 / n.clamp_min(1).to(loss.dtype))[torch.nonzero(mask)[:, 0]]
     return (loss * per_row).sum() / (n > 0).sum().clamp_min(1)
+
+
+def _held_out_part(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+    """A random part of each set hidden (:func:`split_query`: 1..n of its n ingredients) and predicted from the
+    rest by the one softmax, every hidden ingredient a target (the uniform distribution over them: what set
+    completion asks of a half recipe), each set weighted equally."""
+    q_tokens, q_mask, targets = split_query(batch, gen)
+    logits = model(q_tokens, q_mask, model.condition(batch.cuisine)).set_logits.float()  # [B, V]
+    hidden = targets != IGNORE
+    rows = torch.nonzero(hidden)[:, 0]
+    loss = item_cross_entropy(logits[rows], targets[hidden], o.ls)
+    m = hidden.sum(1)
+    return (loss / m.clamp_min(1).to(loss.dtype)[rows]).sum() / (m > 0).sum().clamp_min(1)
 
 
 @register_objective("cls", head="cuisine_head", task=True, help="cuisine classification", positions=PER_RECIPE)
