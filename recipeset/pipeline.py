@@ -236,6 +236,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
         val_loss_sets = protocol.eval_subset(data.val, cfg.train.val_max_recipes, cfg.eval.seed)
         trainer = Trainer(cfg, model, objectives, data.train, val_loss_sets, out_dir,
                           log=tracker.log_metrics if tracker is not None else None,
+                          flush_log=tracker.flush if tracker is not None else None,
                           progress=progress and world.is_main, train_weights=data.train_weights, extra_files=extra,
                           on_validate=on_validate)
         state = trainer.fit(resume=resume)

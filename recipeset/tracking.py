@@ -186,7 +186,14 @@ class Tracker:
         ``run_name``/``experiment``/``uri`` default to ``config.tracking``. A new run gets the flattened config
         as params, tags (git commit, seed, config hash, parent) and ``config.json``; a resumed run gets none of
         these again (its config hash must match), and metrics at steps it already has are not logged twice.
-        Metrics are flushed every ``flush_interval_s`` seconds or ``flush_every_steps`` ``log_metrics`` calls.
+        Metrics are flushed every ``flush_interval_s`` seconds or ``flush_every_steps`` ``log_metrics`` calls, and
+        by :meth:`flush` (the trainer calls it before every checkpoint).
+
+        Every step exactly once after a kill and ``--resume``: the flush before each checkpoint puts every step up
+        to the checkpoint's in the store, and flushes send metrics in logging order, so what the store holds of a
+        metric is always a prefix of its steps. The resumed run replays from the checkpoint and skips the steps up
+        to the last stored one — those a flush stored after the checkpoint and before the kill, whose values the
+        replay reproduces (every draw of a step is a function of (seed, step)); MLflow cannot delete a value.
         """
         uri = resolve_tracking_uri(uri or config.tracking.tracking_uri)
         experiment = experiment or config.tracking.experiment

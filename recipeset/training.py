@@ -274,7 +274,9 @@ class Trainer:
     """The optimisation loop of one run.
 
     ``objectives(model, batch, generator) -> {"loss/total": ..., ...}`` gives the losses; ``log(metrics,
-    step)`` receives per-step and validation metrics (the tracker buffers them); checkpoints go to
+    step)`` receives per-step and validation metrics (the tracker buffers them) and ``flush_log()`` is called
+    before every checkpoint is written, so the store holds every step up to a checkpoint's before the checkpoint
+    exists (a run killed after it and resumed from it has no hole in its curves); checkpoints go to
     ``out_dir/checkpoint`` (atomically, every ``train.checkpoint_every`` steps) and the best model on the
     validation metric to ``out_dir/best``. ``on_validate(metrics, step)`` sees every periodic validation (the
     ``val/...`` metrics, after they are logged and the best model is kept) — a tuning trial's pruner is fed from
@@ -284,7 +286,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, model: torch.nn.Module, objectives: Callable, train: EncodedSets,
                  val: EncodedSets, out_dir: Path, log: MetricsFn | None = None, progress: bool = True,
                  train_weights: np.ndarray | None = None, extra_files: dict[str, str] | None = None,
-                 on_validate: MetricsFn | None = None) -> None:
+                 on_validate: MetricsFn | None = None, flush_log: Callable[[], None] | None = None) -> None:
         self.cfg, self.t = cfg, cfg.train
         self.bucket_pool = bucket_pool_for(cfg)  # length-grouped batches (0: off)
         self.model, self.objectives = model, objectives
@@ -294,6 +296,7 @@ class Trainer:
         self.val = val
         self.out_dir = Path(out_dir)
         self.log = log or (lambda metrics, step: None)
+        self.flush_log = flush_log or (lambda: None)
         self.on_validate = on_validate
         self.progress_enabled = progress
         self.train_weights = train_weights
@@ -358,8 +361,10 @@ class Trainer:
         return self.out_dir / "checkpoint"
 
     def save(self) -> None:
-        """Checkpoint (rank 0 only; every rank holds the same weights and optimizer state)."""
+        """Checkpoint (rank 0 only; every rank holds the same weights and optimizer state), the metrics logged so
+        far flushed first."""
         if self.world.is_main:
+            self.flush_log()
             self.state.scaler = self.scaler.state_dict()
             save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.scheduler, self.state,
                             self.extra_files)
