@@ -21,6 +21,7 @@ WRITE_FAILURES = {
     errno.EACCES: "permission denied", errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system",
     errno.ENOTDIR: "a part of the path is a file, not a directory", errno.EEXIST: "a file of that name exists",
 }
+VIRTUAL_FILESYSTEMS = (Path("/proc"), Path("/sys"))  # the kernel's views, never storage
 
 
 @contextlib.contextmanager
@@ -34,6 +35,35 @@ def write_errors(what: str, fix: str) -> Iterator[None]:
         if why is None:
             raise
         raise RecipesetError(f"{what} ({why}); {fix}") from None
+
+
+def check_writable_dir(path: str | os.PathLike, what: str, fix: str, min_free_mb: float = 0) -> Path:
+    """Prove, before any work is done, that the directory ``path`` can be written (or created) and has
+    ``min_free_mb`` MB free; nothing is left behind (a probe file is created and removed in ``path``, or in the
+    nearest existing directory above it).
+
+    A path under /proc or /sys, under a regular file, on a read-only file system, without write permission, or
+    with too little room is one :class:`RecipesetError` line naming ``what`` and ``path`` and ending with
+    ``fix``. Returns the path."""
+    path = Path(path)
+    real = path.resolve()
+    for virtual in VIRTUAL_FILESYSTEMS:
+        if real.is_relative_to(virtual):
+            raise RecipesetError(f"{what} {path}: {virtual} is the kernel's virtual file system, not storage; {fix}")
+    existing = real
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RecipesetError(f"{what} {path}: {existing} is a file, not a directory; {fix}")
+    with write_errors(f"{what} {path}: cannot write " + ("there" if existing == real else f"in {existing}"), fix):
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    free_mb = shutil.disk_usage(existing).free / 2**20
+    if free_mb < min_free_mb:
+        raise RecipesetError(f"{what} {path}: {free_mb:.1f} MB free on its disk, at least {min_free_mb:g} MB needed; "
+                             f"free some space or {fix}")
+    return path
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> None:

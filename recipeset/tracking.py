@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from recipeset.config import RunConfig
 from recipeset.errors import RecipesetError
+from recipeset.io_utils import check_writable_dir, write_errors
 from recipeset.signals import RunTerminated  # re-exported: it ends runs KILLED
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,6 +87,23 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
         raise RecipesetError(f"tracking URI {uri!r}: expected a URI such as sqlite:///mlflow.db or "
                              "http://host:5000 (the ./mlruns file store is not supported by current MLflow)")
     return uri
+
+
+def check_tracking_store(uri: str) -> None:
+    """Fail early, with one line, when the SQLite store of ``uri`` (``sqlite:///path``) cannot be written: its
+    directory under /proc, under a file, read-only or not writable, or the database file itself read-only. Other
+    stores (a tracking server) are not checked here. A missing directory is fine where it can be created (MLflow
+    creates it)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if not db.name or db.name == ":memory:":
+        return
+    fix = "pass --tracking-uri (or MLFLOW_TRACKING_URI) a writable place, or --no-track"
+    check_writable_dir(db.parent, f"MLflow store {uri}: its directory", fix)
+    if db.exists():
+        with write_errors(f"MLflow store {db}: cannot write it", fix):
+            open(db, "ab").close()  # opened for writing, nothing written
 
 
 def mlflow_client(uri: str | None = None) -> MlflowClient:
