@@ -1,13 +1,78 @@
-"""Small file helpers: atomic writes (never leave a half-written file) and checksums."""
+"""Small file helpers: atomic writes (never leave a half-written file), checksums, and the file-system errors a
+user can fix (a full disk, a read-only or unwritable place) as one line."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+from recipeset.errors import RecipesetError
+
+# Why a write failed, in words, for the errors the user can fix; any other OSError is a bug and stays one.
+WRITE_FAILURES = {
+    errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied", errno.EPERM: "operation not permitted", errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "a part of the path is a file, not a directory", errno.EEXIST: "a file of that name exists",
+}
+VIRTUAL_FILESYSTEMS = (Path("/proc"), Path("/sys"))  # the kernel's views, never storage
+
+
+@contextlib.contextmanager
+def write_errors(what: str, fix: str) -> Iterator[None]:
+    """Turn a full disk or a permission problem raised inside the block into one :class:`RecipesetError` line:
+    ``<what> (<why>); <fix>``. Any other ``OSError`` passes through unchanged."""
+    try:
+        yield
+    except OSError as e:
+        why = WRITE_FAILURES.get(e.errno)
+        if why is None:
+            raise
+        raise RecipesetError(f"{what} ({why}); {fix}") from None
+
+
+def check_writable_dir(path: str | os.PathLike, what: str, fix: str, min_free_mb: float = 0) -> Path:
+    """Prove, before any work is done, that the directory ``path`` can be written (or created) and has
+    ``min_free_mb`` MB free; nothing is left behind (a probe file is created and removed in ``path``, or in the
+    nearest existing directory above it).
+
+    A path under /proc or /sys, under a regular file, on a read-only file system, without write permission, or
+    with too little room is one :class:`RecipesetError` line naming ``what`` and ``path`` and ending with
+    ``fix``. Returns the path."""
+    path = Path(path)
+    real = path.resolve()
+    for virtual in VIRTUAL_FILESYSTEMS:
+        if real.is_relative_to(virtual):
+            raise RecipesetError(f"{what} {path}: {virtual} is the kernel's virtual file system, not storage; {fix}")
+    existing = real
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RecipesetError(f"{what} {path}: {existing} is a file, not a directory; {fix}")
+    with write_errors(f"{what} {path}: cannot write " + ("there" if existing == real else f"in {existing}"), fix):
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    free_mb = shutil.disk_usage(existing).free / 2**20
+    if free_mb < min_free_mb:
+        raise RecipesetError(f"{what} {path}: {free_mb:.1f} MB free on its disk, at least {min_free_mb:g} MB needed; "
+                             f"free some space or {fix}")
+    return path
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through a Python file, so a full disk raises ``OSError(ENOSPC)`` (torch's own writer, given
+    a path, reports it as an obscure ``RuntimeError``)."""
+    import torch
+
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -46,17 +111,20 @@ def atomic_write_dir(path: Path, fill: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    old = path.with_name(f".{path.name}.old")
+    moved = False
     try:
         fill(tmp)
-        old = None
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
             if old.exists():
                 shutil.rmtree(old)
             os.replace(path, old)
+            moved = True
         os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if moved and not path.exists():  # the swap itself failed: put the old directory back
+            os.replace(old, path)
         raise
+    if moved:
+        shutil.rmtree(old, ignore_errors=True)

@@ -34,7 +34,7 @@ from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
 from recipeset.distributed import world as current_world
 from recipeset.errors import RecipesetError
 from recipeset.evaluation import evaluate_cuisine, metrics_table, save_metrics_table
-from recipeset.io_utils import atomic_write_text
+from recipeset.io_utils import atomic_write_text, check_writable_dir
 from recipeset.models.base import RecipeModel
 from recipeset.models.io import save_model
 from recipeset.objectives.tasks import Objectives, cuisine_class_weights
@@ -42,10 +42,12 @@ from recipeset.plots import plot_confusion, plot_embedding_map, plot_learning_cu
 from recipeset.registry import LOSSES, MODELS, OBJECTIVES
 from recipeset.runs import download_model_dir, load_model
 from recipeset.threads import resolve_threads
-from recipeset.tracking import Tracker
+from recipeset.tracking import Tracker, check_tracking_store, resolve_tracking_uri
 from recipeset.training import STATE_FILE, MetricsFn, Trainer, TrainState, recover_checkpoint, seed_all
 
 log = logging.getLogger(__name__)
+
+MIN_FREE_MB = 50  # a run directory needs room for two checkpoints (the atomic swap), the best and final models
 
 
 def default_run_name(cfg: RunConfig) -> str:
@@ -136,12 +138,14 @@ def _plots(tracker: Tracker | None, history: dict, model: RecipeModel, data: Pre
 def _open_run_dir(cfg: RunConfig, out_dir: str | Path | None, resume: bool,
                   main: bool = True) -> tuple[RunConfig, Path]:
     """The run directory (default ``runs/<run name>``) and the config the run continues with: a new run's own,
-    or, with ``resume``, the one saved in the directory. A checkpoint left aside by a kill mid-swap is put back
-    (by the ``main`` process; the other ranks of a distributed run only read)."""
+    or, with ``resume``, the one saved in the directory. The ``main`` process (the other ranks of a distributed
+    run only read) first checks that it can write there with ``MIN_FREE_MB`` free, then puts back a checkpoint
+    left aside by a kill mid-swap."""
     cfg.tracking.run_name = cfg.tracking.run_name or default_run_name(cfg)
     out_dir = Path(out_dir) if out_dir is not None else Path("runs") / cfg.tracking.run_name
     state_file = out_dir / "checkpoint" / STATE_FILE
     if main:
+        check_writable_dir(out_dir, "run directory", "choose another --out", min_free_mb=MIN_FREE_MB)
         recover_checkpoint(out_dir / "checkpoint")
     if resume:
         if not state_file.exists():
@@ -204,6 +208,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
     world = current_world()
     with world.main_first():  # rank 0 checks (and repairs) the directory and writes its config and split first
         cfg, out_dir = _open_run_dir(cfg, out_dir, resume, main=world.is_main)
+        if track and world.is_main:  # before any data is read, like the run directory
+            check_tracking_store(resolve_tracking_uri(cfg.tracking.tracking_uri))
         weights = resolve_objectives(cfg)
         cfg.objectives.weights = weights
         seed_all(cfg.train.seed, cfg.train.deterministic)
@@ -236,6 +242,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
         val_loss_sets = protocol.eval_subset(data.val, cfg.train.val_max_recipes, cfg.eval.seed)
         trainer = Trainer(cfg, model, objectives, data.train, val_loss_sets, out_dir,
                           log=tracker.log_metrics if tracker is not None else None,
+                          flush_log=tracker.flush if tracker is not None else None,
                           progress=progress and world.is_main, train_weights=data.train_weights, extra_files=extra,
                           on_validate=on_validate)
         state = trainer.fit(resume=resume)

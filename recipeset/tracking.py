@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from recipeset.config import RunConfig
 from recipeset.errors import RecipesetError
+from recipeset.io_utils import check_writable_dir, write_errors
 from recipeset.signals import RunTerminated  # re-exported: it ends runs KILLED
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,6 +87,23 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
         raise RecipesetError(f"tracking URI {uri!r}: expected a URI such as sqlite:///mlflow.db or "
                              "http://host:5000 (the ./mlruns file store is not supported by current MLflow)")
     return uri
+
+
+def check_tracking_store(uri: str) -> None:
+    """Fail early, with one line, when the SQLite store of ``uri`` (``sqlite:///path``) cannot be written: its
+    directory under /proc, under a file, read-only or not writable, or the database file itself read-only. Other
+    stores (a tracking server) are not checked here. A missing directory is fine where it can be created (MLflow
+    creates it)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if not db.name or db.name == ":memory:":
+        return
+    fix = "pass --tracking-uri (or MLFLOW_TRACKING_URI) a writable place, or --no-track"
+    check_writable_dir(db.parent, f"MLflow store {uri}: its directory", fix)
+    if db.exists():
+        with write_errors(f"MLflow store {db}: cannot write it", fix):
+            open(db, "ab").close()  # opened for writing, nothing written
 
 
 def mlflow_client(uri: str | None = None) -> MlflowClient:
@@ -186,7 +204,14 @@ class Tracker:
         ``run_name``/``experiment``/``uri`` default to ``config.tracking``. A new run gets the flattened config
         as params, tags (git commit, seed, config hash, parent) and ``config.json``; a resumed run gets none of
         these again (its config hash must match), and metrics at steps it already has are not logged twice.
-        Metrics are flushed every ``flush_interval_s`` seconds or ``flush_every_steps`` ``log_metrics`` calls.
+        Metrics are flushed every ``flush_interval_s`` seconds or ``flush_every_steps`` ``log_metrics`` calls, and
+        by :meth:`flush` (the trainer calls it before every checkpoint).
+
+        Every step exactly once after a kill and ``--resume``: the flush before each checkpoint puts every step up
+        to the checkpoint's in the store, and flushes send metrics in logging order, so what the store holds of a
+        metric is always a prefix of its steps. The resumed run replays from the checkpoint and skips the steps up
+        to the last stored one — those a flush stored after the checkpoint and before the kill, whose values the
+        replay reproduces (every draw of a step is a function of (seed, step)); MLflow cannot delete a value.
         """
         uri = resolve_tracking_uri(uri or config.tracking.tracking_uri)
         experiment = experiment or config.tracking.experiment

@@ -38,7 +38,7 @@ from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import Vocabulary
 from recipeset.distributed import World, world
 from recipeset.errors import RecipesetError
-from recipeset.io_utils import atomic_write_dir
+from recipeset.io_utils import atomic_write_dir, torch_save, write_errors
 from recipeset.models.io import WEIGHTS_FILE, save_model
 from recipeset.registry import ORDERS
 from recipeset.signals import raise_if_terminated
@@ -198,7 +198,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     """Write ``model/`` (a loadable checkpoint) + the trainer state atomically as one directory."""
     def fill(tmp: Path) -> None:
         save_model(model, tmp / "model", extra_files=extra_files)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        torch_save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "state": json.dumps(state.to_dict())}, tmp / STATE_FILE)
 
     atomic_write_dir(path, fill)
@@ -274,17 +274,20 @@ class Trainer:
     """The optimisation loop of one run.
 
     ``objectives(model, batch, generator) -> {"loss/total": ..., ...}`` gives the losses; ``log(metrics,
-    step)`` receives per-step and validation metrics (the tracker buffers them); checkpoints go to
+    step)`` receives per-step and validation metrics (the tracker buffers them) and ``flush_log()`` is called
+    before every checkpoint is written, so the store holds every step up to a checkpoint's before the checkpoint
+    exists (a run killed after it and resumed from it has no hole in its curves); checkpoints go to
     ``out_dir/checkpoint`` (atomically, every ``train.checkpoint_every`` steps) and the best model on the
-    validation metric to ``out_dir/best``. ``on_validate(metrics, step)`` sees every periodic validation (the
-    ``val/...`` metrics, after they are logged and the best model is kept) — a tuning trial's pruner is fed from
-    it, and may stop the run by raising.
+    validation metric to ``out_dir/best``; a full disk or a permission error while writing them is one
+    :class:`RecipesetError` line and leaves the previous checkpoint as it was. ``on_validate(metrics, step)``
+    sees every periodic validation (the ``val/...`` metrics, after they are logged and the best model is kept) —
+    a tuning trial's pruner is fed from it, and may stop the run by raising.
     """
 
     def __init__(self, cfg: RunConfig, model: torch.nn.Module, objectives: Callable, train: EncodedSets,
                  val: EncodedSets, out_dir: Path, log: MetricsFn | None = None, progress: bool = True,
                  train_weights: np.ndarray | None = None, extra_files: dict[str, str] | None = None,
-                 on_validate: MetricsFn | None = None) -> None:
+                 on_validate: MetricsFn | None = None, flush_log: Callable[[], None] | None = None) -> None:
         self.cfg, self.t = cfg, cfg.train
         self.bucket_pool = bucket_pool_for(cfg)  # length-grouped batches (0: off)
         self.model, self.objectives = model, objectives
@@ -294,6 +297,7 @@ class Trainer:
         self.val = val
         self.out_dir = Path(out_dir)
         self.log = log or (lambda metrics, step: None)
+        self.flush_log = flush_log or (lambda: None)
         self.on_validate = on_validate
         self.progress_enabled = progress
         self.train_weights = train_weights
@@ -313,6 +317,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_multiplier(s, self.t.warmup_steps, self.total_steps, self.t.schedule))
         self.state = TrainState()
+        self._checkpoint_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
 
     # ---- data order ------------------------------------------------------------------------------------
     def epoch_sets(self, epoch: int) -> EncodedSets:
@@ -358,11 +363,22 @@ class Trainer:
         return self.out_dir / "checkpoint"
 
     def save(self) -> None:
-        """Checkpoint (rank 0 only; every rank holds the same weights and optimizer state)."""
+        """Checkpoint (rank 0 only; every rank holds the same weights and optimizer state), the metrics logged so
+        far flushed first."""
         if self.world.is_main:
+            self.flush_log()
             self.state.scaler = self.scaler.state_dict()
-            save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.scheduler, self.state,
-                            self.extra_files)
+            with self._writing(f"{self.checkpoint_dir}: cannot write the checkpoint"):
+                save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.scheduler, self.state,
+                                self.extra_files)
+            self._checkpoint_step = self.state.step
+
+    def _writing(self, what: str):
+        """A full disk or a permission error inside the block as one line (:func:`~recipeset.io_utils.write_errors`)
+        saying what to do and which checkpoint is intact (the writes are atomic: the failed one left nothing)."""
+        kept = ("no checkpoint was written yet" if self._checkpoint_step is None else
+                f"the checkpoint of step {self._checkpoint_step} is intact and --resume continues from it")
+        return write_errors(f"{what} of step {self.state.step}", f"free some space or choose --out elsewhere; {kept}")
 
     def restore(self) -> None:
         """Continue from ``out_dir/checkpoint`` (weights, optimizer, schedule, step counter, run id)."""
@@ -375,6 +391,7 @@ class Trainer:
         if state.scaler:
             self.scaler.load_state_dict(state.scaler)
         self.state = state
+        self._checkpoint_step = state.step
 
     # ---- validation --------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -417,7 +434,8 @@ class Trainer:
         value = metrics[key]
         if value < self.state.best_metric - 1e-6:
             self.state.best_metric, self.state.best_step, self.state.bad_evals = value, self.state.step, 0
-            save_model(self.model, self.out_dir / "best", extra_files=self.extra_files)
+            with self._writing(f"{self.out_dir / 'best'}: cannot write the best model"):
+                save_model(self.model, self.out_dir / "best", extra_files=self.extra_files)
         else:
             self.state.bad_evals += 1
         if self.on_validate is not None:

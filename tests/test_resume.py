@@ -1,9 +1,9 @@
 """Kill -9 a real training process and resume it: the same final metrics as an uninterrupted run, the same
-MLflow run, and no metric step logged twice.
+MLflow run, and every metric step logged exactly once.
 
-The training process is SIGKILLed at a moment when the MLflow store already holds metrics *after* the last
-checkpoint (a flush happened after it), so the resumed run replays steps the store has seen: the tracker must
-not log them twice.
+Two moments to kill at: when the MLflow store already holds metrics *after* the last checkpoint (a flush happened
+after it), so the resumed run replays steps the store has seen and must not log them twice; and right after a
+checkpoint, when the steps before it must already be in the store (the resumed run starts after them).
 """
 
 from __future__ import annotations
@@ -29,10 +29,40 @@ SETTINGS = ["model.name=decoder", "data.n_recipes=400", "model.d_model=16", "mod
 MAX_STEPS = 350  # checkpoints at 150, 300, 350; metric flushes every 100 logging calls
 
 
-def train_cmd(out: Path, *extra: str) -> list[str]:
+def train_cmd(out: Path, *extra: str, max_steps: int = MAX_STEPS) -> list[str]:
     sets = [x for kv in SETTINGS for x in ("--set", kv)]
-    return [sys.executable, "-m", "recipeset.cli", "train", *sets, "--max-steps", str(MAX_STEPS), "--deterministic",
+    return [sys.executable, "-m", "recipeset.cli", "train", *sets, "--max-steps", str(max_steps), "--deterministic",
             "--quiet", "--experiment", "resume-test", "--out", str(out), *extra]
+
+
+def train_env(mlflow_uri: str) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def sigkill_when(proc: subprocess.Popen, ready) -> int:
+    """SIGKILL ``proc`` as soon as ``ready()`` returns a checkpoint step (polled every 10 ms); returns that step."""
+    try:
+        deadline = time.monotonic() + 120
+        killed_at = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            killed_at = ready()
+            if killed_at is not None:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        proc.wait(timeout=30)
+        assert killed_at is not None, f"the run ended (rc={proc.returncode}) before it could be killed:\n" \
+                                      f"{proc.stderr.read()[-2000:]}"
+        assert proc.returncode == -signal.SIGKILL
+        return killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def steps(client, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
 def checkpoint_step(run_dir: Path) -> int:
@@ -60,7 +90,7 @@ def stored_max_step(db: Path) -> int:
 def test_sigkill_then_resume_matches_an_uninterrupted_run(mlflow_uri: str, tmp_path: Path):
     from mlflow import MlflowClient
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = train_env(mlflow_uri)
     db = tmp_path / "mlflow.db"
     killed_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
 
@@ -69,24 +99,12 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(mlflow_uri: str, tmp_p
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     proc = subprocess.Popen(train_cmd(killed_dir), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        killed_at = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            ckpt = checkpoint_step(killed_dir)
-            if ckpt > 0 and stored_max_step(db) > ckpt:  # the store is ahead of the checkpoint: kill now
-                proc.send_signal(signal.SIGKILL)
-                killed_at = ckpt
-                break
-            time.sleep(0.01)
-        proc.wait(timeout=30)
-        assert killed_at is not None, f"the run ended (rc={proc.returncode}) before it could be killed:\n" \
-                                      f"{proc.stderr.read()[-2000:]}"
-        assert proc.returncode == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    def store_ahead_of_the_checkpoint() -> int | None:
+        ckpt = checkpoint_step(killed_dir)
+        return ckpt if ckpt > 0 and stored_max_step(db) > ckpt else None
+
+    killed_at = sigkill_when(proc, store_ahead_of_the_checkpoint)
 
     run_id = (killed_dir / "mlflow_run_id").read_text().strip()
     client = MlflowClient(mlflow_uri)
@@ -114,11 +132,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(mlflow_uri: str, tmp_p
     assert run.info.status == "FINISHED"
     runs = client.search_runs([run.info.experiment_id])
     assert [r.info.run_id for r in runs] == [run_id]
-    for key in ("train/loss", "train/lr", "val/loss"):
-        steps = [m.step for m in client.get_metric_history(run_id, key)]
-        assert len(steps) == len(set(steps)), f"{key}: duplicated steps"
-    assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))[-1] == MAX_STEPS
-    assert sorted(m.step for m in client.get_metric_history(run_id, "val/loss")) == [100, 200, 300, MAX_STEPS]
+    for key in ("train/loss", "train/lr"):
+        assert steps(client, run_id, key) == list(range(1, MAX_STEPS + 1)), key
+    assert steps(client, run_id, "val/loss") == [100, 200, 300, MAX_STEPS]
     assert "test/completion/mrr" in run.data.metrics
     assert run.data.params["train.max_steps"] == str(MAX_STEPS)  # params were not re-logged (that would raise)
 
@@ -127,3 +143,33 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(mlflow_uri: str, tmp_p
 def _no_leftover_dirs(tmp_path: Path):
     yield
     shutil.rmtree(tmp_path / "straight", ignore_errors=True)
+
+
+@pytest.mark.slow  # real processes killed and waited for (~15 s)
+def test_sigkill_between_checkpoints_loses_no_step(mlflow_uri: str, tmp_path: Path):
+    """Killed after a checkpoint, before the tracker's next periodic flush: the steps up to the checkpoint were
+    flushed with it (before, the buffer died with the process and the resumed run, which starts after the
+    checkpoint, never logged them: holes in every curve)."""
+    from mlflow import MlflowClient
+
+    env = train_env(mlflow_uri)
+    run_dir, max_steps = tmp_path / "run", 240
+    cmd = train_cmd(run_dir, "--set", "train.checkpoint_every=40", max_steps=max_steps)  # 40, 80, ..., 240
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def between_checkpoints() -> int | None:
+        # from 120 on, a checkpoint follows a periodic flush (every 100 logging calls), the steps since buffered
+        ckpt = checkpoint_step(run_dir)
+        return ckpt if 120 <= ckpt < max_steps else None
+
+    killed_at = sigkill_when(proc, between_checkpoints)
+    assert 120 <= killed_at < max_steps
+
+    resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client = MlflowClient(mlflow_uri)
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for key in ("train/loss", "train/lr", "train/grad_norm"):
+        assert steps(client, run_id, key) == list(range(1, max_steps + 1)), key  # no hole, no step twice
+    assert steps(client, run_id, "val/loss") == [100, 200, max_steps]

@@ -3,6 +3,7 @@ early stopping, the curriculum and dataset mixing."""
 
 from __future__ import annotations
 
+import errno
 import math
 from pathlib import Path
 
@@ -130,12 +131,12 @@ def test_checkpoint_is_atomic_when_saving_fails(tmp_path, data, monkeypatch):
     real_save = torch.save
 
     def failing_save(obj, f, *a, **kw):
-        if str(f).endswith(STATE_FILE):
-            raise OSError("disk full")
+        if str(getattr(f, "name", f)).endswith(STATE_FILE):
+            raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *a, **kw)
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RecipesetError, match="no space left on the device.*checkpoint of step 2 is intact"):
         trainer.save()
     assert _snapshot(ckpt) == old                       # the previous checkpoint is intact
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

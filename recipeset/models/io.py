@@ -21,7 +21,7 @@ import torch
 
 from recipeset.data.vocab import Vocabulary
 from recipeset.errors import RecipesetError
-from recipeset.io_utils import atomic_write_dir, atomic_write_text
+from recipeset.io_utils import atomic_write_dir, atomic_write_text, torch_save
 from recipeset.models.base import RecipeModel
 from recipeset.registry import MODELS
 
@@ -46,7 +46,7 @@ def save_model(model: RecipeModel, path: str | os.PathLike, extra_files: dict[st
     def fill(tmp: Path) -> None:
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(meta, indent=1))
         model.vocab.save(tmp / VOCAB_FILE)
-        torch.save(state, tmp / WEIGHTS_FILE)
+        torch_save(state, tmp / WEIGHTS_FILE)
         for name, text in extra_files.items():
             atomic_write_text(tmp / name, text)
 
