@@ -3,8 +3,9 @@ measurement in one process, so that machine noise hits both sides alike.
 
 - :func:`performance_report`: for every model × set loss (:func:`study_variants`), on real flavornet batches
   when the data is there, training recipes/s, counted FLOPs per step, achieved FLOP/s (real positions only)
-  against the dense-matmul FLOP/s measured in the same run, the fraction of positions that are real, the data
-  pipeline's share of a step, evaluation queries/s for each scoring mode, and peak memory.
+  against the dense-matmul FLOP/s measured in the same run, the fraction of positions that are real (in packed
+  rows for a run that packs, ``train.pack``; the decoder's default also runs unpacked), the data pipeline's share
+  of a step, evaluation queries/s for each scoring mode, and peak memory.
 - :func:`bench_hungarian_vs_standard`: the Hungarian set loss against the standard loss on the same K slot
   outputs of the same model and batch, interleaved (A, B, A, B, ...), medians reported.
 - :func:`bench_bucketing`: training recipes/s on real batches cut from a plain permutation against
@@ -40,9 +41,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from recipeset.config import DEFAULT_LOSS, DataConfig, RunConfig, resolve_objectives
+from recipeset.config import DEFAULT_LOSS, DataConfig, RunConfig, pack_for, resolve_objectives
 from recipeset.data.batching import real_fraction
 from recipeset.data.collate import Batch, collate
+from recipeset.data.packing import Packing
 from recipeset.data.prepare import PreparedData, prepare_data
 from recipeset.data.sets import EncodedSets
 from recipeset.data.sources import load_dataset
@@ -188,11 +190,15 @@ def bench_data(dataset: str, path: str | None) -> tuple[PreparedData, DataConfig
 
 def study_variants() -> dict[str, dict]:
     """One benchmark variant per model × set loss the registries allow, plus each model's default objective:
-    ``{name: dotted overrides}`` (the models and losses ``order_study`` compares)."""
+    ``{name: dotted overrides}`` (the models and losses ``order_study`` compares). A default objective that packs
+    several recipes a row (``train.pack``: the decoder's clm) also runs unpacked, ``<name>-unpacked``, so the
+    report shows what packing saves on the same batches."""
     variants: dict[str, dict] = {}
     for model, cls in MODELS.items():
-        variants[f"{model}-{cls.default_objective}"] = {"model.name": model,
-                                                        "objectives.weights": {cls.default_objective: 1.0}}
+        default = {"model.name": model, "objectives.weights": {cls.default_objective: 1.0}}
+        variants[f"{model}-{cls.default_objective}"] = default
+        if pack_for(RunConfig().override(default)):
+            variants[f"{model}-{cls.default_objective}-unpacked"] = {**default, "train.pack": False}
         for loss in losses_for(cls):
             if loss != DEFAULT_LOSS:
                 variants[f"{model}-{loss}"] = {"model.name": model, "loss.name": loss}
@@ -222,6 +228,14 @@ def _step_flops(trainer: Trainer, batch: Batch) -> int:
     return int(counter.get_total_flops())
 
 
+def _positions(model: RecipeModel, objectives: Objectives, batch: Batch) -> tuple[int, int]:
+    """Real positions and all positions of what the model runs on for ``batch``: the batch as fed (a decoder's
+    ``[BOS]`` first), in packed rows when the run packs (:class:`~recipeset.data.packing.Packing`)."""
+    _, mask, _ = model.feed(batch.tokens, batch.mask)
+    rows, width = Packing.of(mask).shape if objectives.pack else mask.shape
+    return int(mask.sum()), rows * width
+
+
 def _queries_per_s(model: RecipeModel, sets: EncodedSets, mode: str, n: int, batch_size: int = 64) -> float:
     """Leave-one-out completion queries scored per second with ``mode`` on ``n`` test queries."""
     queries, _, _ = leave_one_out_queries(sets.take(np.arange(min(n, len(sets)))), seed=0)
@@ -237,7 +251,8 @@ def bench_variant(cfg: RunConfig, data: PreparedData, steps: int = 20, warmup: i
     """Training and evaluation throughput of one run config on ``data`` (the batches the Trainer really draws).
 
     Returns recipes/s (median step), counted FLOPs per step and achieved FLOP/s counting only real positions,
-    the fraction of padded positions that are real, the data pipeline's share of a step (collation), and
+    the fraction of the positions the model runs on that are real (:func:`_positions`; ``packed``: whether the
+    run packs several recipes a row), the data pipeline's share of a step (collation), and
     evaluation queries/s for each scoring mode the model reports. The dense-matmul reference is timed
     between the timed steps (one product after each), so both see the same machine load; the ratio of the two
     is ``achieved_over_matmul``.
@@ -264,8 +279,8 @@ def bench_variant(cfg: RunConfig, data: PreparedData, steps: int = 20, warmup: i
                 collate_s.append(t1 - t0)
                 step_s.append(t2 - t1)
                 matmul_s.append(mm)
-                real += int(batch.mask.sum())
-                padded += batch.mask.numel()
+                real, padded = (a + b for a, b in zip((real, padded), _positions(model, objectives, batch),
+                                                     strict=True))
                 recipes += len(batch)
         flops = _step_flops(trainer, collate(sets, plan[-1]))
     step, coll = statistics.median(step_s), statistics.median(collate_s)
@@ -275,7 +290,7 @@ def bench_variant(cfg: RunConfig, data: PreparedData, steps: int = 20, warmup: i
            "step_ms": round(step * 1e3, 2), "flops_per_step": flops,
            "achieved_flops_per_s": round(achieved), "dense_matmul_flops_per_s": round(matmul),
            "achieved_over_matmul": round(achieved / matmul, 4),
-           "real_position_fraction": round(real_fraction, 4),
+           "real_position_fraction": round(real_fraction, 4), "packed": objectives.pack,
            "data_share": round(coll / (coll + step), 4), "n_parameters": model.num_parameters()}
     model.eval()
     for mode in model.scoring_modes:
@@ -327,7 +342,8 @@ def bench_bucketing(models: tuple[str, ...] = ("decoder", "set-transformer"), da
     For each model (its natural objectives, the run defaults otherwise, ``d_model``), one model and one AdamW
     train on both kinds of batch in turn — plain, grouped, grouped, plain, ... — so both see the same machine
     load: batch ``i`` of epoch 0 of :func:`~recipeset.training.epoch_batches` with ``bucket_pool = 0`` and with
-    ``bucket_pool``, padded ``[B, T]`` by :func:`~recipeset.data.collate.collate` as in training. A step is
+    ``bucket_pool``, padded ``[B, T]`` by :func:`~recipeset.data.collate.collate` as in training, one recipe a
+    row (``train.pack = false``: packing is :func:`performance_report`'s ``-unpacked`` comparison). A step is
     forward + objectives + backward + optimizer step. ``threads`` torch threads (1 by default: robust on a shared
     machine; None keeps the current setting).
 
@@ -343,8 +359,8 @@ def bench_bucketing(models: tuple[str, ...] = ("decoder", "set-transformer"), da
     load_before = os.getloadavg()
     data, data_config, dataset = bench_data(dataset, path)
     base = RunConfig().override({"data.dataset": data_config.dataset, "data.path": data_config.path,
-                                 "train.batch_size": batch_size, "model.d_model": d_model, "train.device": "cpu"},
-                                source="bench")
+                                 "train.batch_size": batch_size, "model.d_model": d_model, "train.device": "cpu",
+                                 "train.pack": False}, source="bench")  # one recipe a row: grouping's own effect
     sets, lengths = data.train, data.train.lengths
     plans = {"plain": epoch_batches(len(sets), batch_size, seed, 0),
              "grouped": epoch_batches(len(sets), batch_size, seed, 0, lengths, bucket_pool)}

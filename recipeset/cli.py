@@ -541,7 +541,8 @@ def bench(dataset, path, batch_size, d_model, steps, variants, as_json) -> None:
                f"{report['torch_threads']} threads, load {report['load_average']}, dense matmul "
                f"{report['dense_matmul_flops_per_s'] / 1e9:.1f} GFLOP/s, peak RSS {report['peak_rss_mb']} MB")
     for name, r in report["variants"].items():
-        click.echo(f"{name:<26} {r['recipes_per_s']:>8} rec/s  real {r['real_position_fraction']:.2f}  "
+        click.echo(f"{name:<26} {r['recipes_per_s']:>8} rec/s  step {r['step_ms']} ms  "
+                   f"real {r['real_position_fraction']:.2f}{' packed' if r['packed'] else ''}  "
                    f"{r['achieved_over_matmul']:.2f} of matmul  data {r['data_share']:.2f}  "
                    + "  ".join(f"{k[5:]} {v}" for k, v in r.items() if k.startswith("eval_")))
     h = report["hungarian_vs_standard"]

@@ -125,6 +125,9 @@ class TrainConfig:
     bucket_pool: int | None = spec(None, ge=0)  # length-grouped batches in pools of this many batches (0: off);
     #                                 None: BUCKET_POOL where every loss is one term per recipe, else 0 (see
     #                                 bucket_pool_for; grouped position-averaged losses are rescaled per batch)
+    pack: bool | None = None          # several recipes per row of a training batch (sequence packing: the same
+    #                                 batches and losses, less padding); None: on where the model and every
+    #                                 objective support it (pack_for: decoders with clm or a sequence set loss)
     threads: int | None = spec(None, ge=1)  # torch threads (None: the available cores ÷ concurrent grid jobs)
     num_workers: int = spec(0, ge=0)  # DataLoader workers
     device: str = "auto"              # auto, cpu, cuda, cuda:N, mps
@@ -258,6 +261,8 @@ class RunConfig:
         self.loss.params = self._loss_params(source)
         self._check_weights(source)
         resolve_objectives(self, source)
+        if t.pack and (why := packing_refusal(self)):
+            raise fail(source, "train.pack", f"{why}; set train.pack = false")
         return self
 
     def _loss_params(self, source: str) -> dict[str, Any]:
@@ -321,10 +326,11 @@ class RunConfig:
         the finished children of a grid are still recognised (and skipped) after an upgrade. A loss parameter
         counts as a default when it equals its loss's declared default (model parameters always count); a field of
         :data:`HASH_BASELINES` counts as one when it has the value listed there (``train.bucket_pool = 0``,
-        ``objectives.held_out = "one"``, ``eval.query_draws = 1``)."""
+        ``train.pack = False``, ``objectives.held_out = "one"``, ``eval.query_draws = 1``)."""
         d, default = self.to_dict(), RunConfig().to_dict()
         d.pop("tracking")
         d["train"]["bucket_pool"] = bucket_pool_for(self)  # "auto" hashes as what it trains with
+        d["train"]["pack"] = pack_for(self)  # likewise; False (every run before packing) leaves the hash alone
         if d["train"]["bucket_pool"] and position_averaged(self):  # rescaled per batch since grouping was made safe
             d["train"]["positions_rescaled"] = True
         if MODELS.get(self.model.name).masked_prediction != "held-out":  # held_out does not apply: as before it
@@ -373,6 +379,32 @@ def bucket_pool_for(cfg: RunConfig) -> int:
     return BUCKET_POOL if per_recipe else 0
 
 
+def packing_refusal(cfg: RunConfig) -> str | None:
+    """Why the run of ``cfg`` cannot pack several recipes a row (``train.pack``), in a few words; None when it
+    can: its model accepts packed rows (:meth:`~recipeset.models.base.RecipeModel.packing_refusal`) and every
+    objective it computes declares ``packs`` (the ``set`` objective: its loss's)."""
+    model_cls = MODELS.get(cfg.model.name)
+    why = model_cls.packing_refusal(cfg.model.params)
+    if why:
+        return why
+    for name in resolve_objectives(cfg):
+        entry = LOSSES.get(cfg.loss.name) if name == "set" else OBJECTIVES.get(name)
+        if not entry.packs:
+            what = f"loss {cfg.loss.name!r}" if name == "set" else f"objective {name!r}"
+            return f"{what} does not run on packed rows"
+    return None
+
+
+def pack_for(cfg: RunConfig) -> bool:
+    """The run's ``train.pack``: as set, or, when None, True where the run can pack (:func:`packing_refusal`:
+    a decoder whose objectives are clm or a sequence set loss — standard, set-ar, min-perm, pooled). Packing keeps
+    each batch's recipes and its loss (tested to 1e-5), so unlike length grouping it changes nothing but the
+    padding (and dropout's draws)."""
+    if cfg.train.pack is not None:
+        return cfg.train.pack
+    return packing_refusal(cfg) is None
+
+
 # The main job (`recipeset train` without --model or --config): the study's best recipe for completion, not the
 # library default (RunConfig() is the GPT-style decoder, which the order study shows is the weakest set model).
 MAIN_JOB: dict[str, Any] = {"model.name": "deep-sets"}
@@ -382,8 +414,9 @@ _MISSING = object()
 # runs from before the change, not with today's default, so a finished run from before is not taken for one of
 # today's defaults (a grid re-trains it) and a config that sets the old value still matches those runs.
 # eval.query_draws: runs from before it scored one draw (and saved no per-query ranks), so a grid re-runs them.
-HASH_BASELINES: dict[str, dict[str, Any]] = {"train": {"bucket_pool": 0}, "objectives": {"held_out": "one"},
-                                             "eval": {"query_draws": 1}}
+# train.pack: runs from before packing trained on one recipe a row.
+HASH_BASELINES: dict[str, dict[str, Any]] = {"train": {"bucket_pool": 0, "pack": False},
+                                             "objectives": {"held_out": "one"}, "eval": {"query_draws": 1}}
 
 
 def canonical_json(obj: Any) -> str:

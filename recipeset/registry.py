@@ -134,6 +134,7 @@ class LossEntry:
     help: str = ""
     model_params: tuple[tuple[str, Any], ...] = ()  # model config fields it sets (multilabel: sigmoid outputs)
     positions: Callable[..., Any] | None = None  # terms per recipe, see ObjectiveEntry.positions
+    packs: bool = False  # computed on packed rows when the run packs, see ObjectiveEntry.packs
 
     def defaults(self) -> dict[str, Any]:
         if self.params is None:
@@ -156,6 +157,9 @@ class ObjectiveEntry:
     # ``[B]``) adds to a loss that is the mean over a batch's terms (a [B] tensor), or None when the loss is one
     # term per recipe (:data:`PER_RECIPE`). Undeclared (None): length-grouped batches stay off by default.
     positions: Callable[..., Any] | None = None
+    # True: it runs the model through ``Objectives.run`` only and uses its logits/hidden states only (not pooled
+    # vectors or heads), so a run can pack several recipes a row (``train.pack``) and get the same loss.
+    packs: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,9 +222,9 @@ def PER_RECIPE(n: Any, cfg: Any, model_cls: Any) -> None:
 
 def register_loss(name: str, *, heads: tuple[str, ...], params: type | None = None, perplexity: bool = False,
                   help: str = "", model_params: dict[str, Any] | None = None,
-                  positions: Callable[..., Any] | None = None) -> Callable[[Callable], Callable]:
+                  positions: Callable[..., Any] | None = None, packs: bool = False) -> Callable[[Callable], Callable]:
     """Decorator: register a set loss for the models whose ``set_head`` is in ``heads``; ``model_params`` are
-    model config fields a run with this loss sets (under the user's own); ``positions`` as for
+    model config fields a run with this loss sets (under the user's own); ``positions`` and ``packs`` as for
     :class:`ObjectiveEntry`."""
     bad = [h for h in heads if h not in SET_HEADS]
     if not heads or bad:
@@ -228,18 +232,19 @@ def register_loss(name: str, *, heads: tuple[str, ...], params: type | None = No
 
     def deco(fn: Callable) -> Callable:
         LOSSES.register(name, LossEntry(name, fn, tuple(heads), params, perplexity, help,
-                                        tuple((model_params or {}).items()), positions))
+                                        tuple((model_params or {}).items()), positions, packs))
         return fn
 
     return deco
 
 
 def register_objective(name: str, *, head: str | None = None, task: bool = False, perplexity: bool = False,
-                       help: str = "", positions: Callable[..., Any] | None = None) -> Callable[[Callable], Callable]:
-    """Decorator: register a training objective (``positions``: see :class:`ObjectiveEntry`)."""
+                       help: str = "", positions: Callable[..., Any] | None = None,
+                       packs: bool = False) -> Callable[[Callable], Callable]:
+    """Decorator: register a training objective (``positions``, ``packs``: see :class:`ObjectiveEntry`)."""
 
     def deco(fn: Callable) -> Callable:
-        OBJECTIVES.register(name, ObjectiveEntry(name, fn, head, task, perplexity, help, positions))
+        OBJECTIVES.register(name, ObjectiveEntry(name, fn, head, task, perplexity, help, positions, packs))
         return fn
 
     return deco

@@ -5,7 +5,8 @@ Determinism and resume: every source of randomness in a step is derived from ``(
 dropout (the global torch RNG is re-seeded at the start of every step). A checkpoint therefore only needs the
 weights, the optimizer/scheduler state and the step counter, and a resumed run replays exactly the batches an
 uninterrupted run would have seen. The length-grouped batches (``train.bucket_pool``) are built from the same
-``(seed, epoch)`` streams, so they replay too.
+``(seed, epoch)`` streams, so they replay too. Packing (``train.pack``) happens inside the objectives
+(``Objectives.run``), as a function of each batch alone: the plan, the batches and the losses are unchanged.
 
 Under ``torchrun`` (:mod:`recipeset.distributed`) every rank plans the same global batches and trains on its
 rows of each; the in-step draws also depend on the rank. Rank 0 alone validates, logs and checkpoints.

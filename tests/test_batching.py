@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from recipeset.config import BUCKET_POOL, RunConfig, bucket_pool_for, position_averaged
 from recipeset.data.batching import bucket_batches, chunks, real_fraction, sorted_batches
+from recipeset.data.packing import packed_real_fraction
 from recipeset.errors import RecipesetError
 from recipeset.threads import default_threads, resolve_threads, set_passive_wait_policy
 from recipeset.training import epoch_batches, grouped_batches
@@ -80,6 +81,15 @@ def test_real_positions_on_flavornet_like_sizes():
     assert real_fraction(grouped, lengths) >= 0.85
 
 
+def test_packed_batches_on_flavornet_like_sizes_are_mostly_real():
+    lengths = flavornet_like_lengths(8000)
+    plain = epoch_batches(len(lengths), 64, 0, 0)  # packing keeps the plain plan's batches
+    fed = lengths + 1  # what a decoder runs on: [BOS] + the ingredients
+    assert real_fraction(plain, fed) < 0.5
+    assert packed_real_fraction(plain, fed) >= 0.85  # measured: 0.95
+    assert packed_real_fraction(epoch_batches(len(lengths), 256, 0, 0), fed) >= 0.95  # bigger batches pack better
+
+
 def test_sorted_batches_for_evaluation():
     lengths = np.array([5, 1, 3, 1, 9, 2, 3])
     batches = sorted_batches(lengths, 3)
@@ -122,13 +132,14 @@ def test_config_hash_tells_grouped_runs_from_the_runs_before_grouping():
 
     # the hash of a default config from before train.bucket_pool existed: every section empty
     before = hashlib.sha256(canonical_json({s: {} for s in RunConfig().to_dict() if s != "tracking"}).encode())
-    old = {"train.bucket_pool": 0, "eval.query_draws": 1}  # both defaults of before
+    old = {"train.bucket_pool": 0, "eval.query_draws": 1, "train.pack": False}  # the defaults of before
     assert RunConfig().override(old).config_hash() == before.hexdigest()
-    assert RunConfig().override({"eval.query_draws": 1}).config_hash() == before.hexdigest()  # a decoder: no grouping
+    unpacked = {"eval.query_draws": 1, "train.pack": False}  # a decoder (unpacked): no grouping by default
+    assert RunConfig().override(unpacked).config_hash() == before.hexdigest()
     # a decoder grouped by hand is rescaled now: not one of the runs grouped without the rescaling
     unscaled = hashlib.sha256(canonical_json({**{s: {} for s in RunConfig().to_dict() if s != "tracking"},
                                               "train": {"bucket_pool": 64}}).encode())
-    assert RunConfig().override({"eval.query_draws": 1, "train.bucket_pool": 64}).config_hash() != unscaled.hexdigest()
+    assert RunConfig().override({**unpacked, "train.bucket_pool": 64}).config_hash() != unscaled.hexdigest()
     assert RunConfig().override({"train.bucket_pool": 32}).config_hash() != RunConfig().config_hash()
     deep_sets = RunConfig().override({"model.name": "deep-sets"})  # grouped by default: hashes as grouped
     assert deep_sets.config_hash() == deep_sets.override({"train.bucket_pool": BUCKET_POOL}).config_hash()

@@ -17,9 +17,10 @@ from recipeset.registry import LOSSES, MODELS
 
 def test_the_variants_are_every_model_with_every_set_loss_it_runs():
     variants = study_variants()
-    assert {"decoder-clm", "decoder-set-ar", "decoder-min-perm", "decoder-pooled", "set-transformer-mlm",
-            "set-transformer-hungarian", "set-transformer-pooled", "deep-sets-mlm", "deep-sets-multilabel"} \
-        == set(variants)
+    assert {"decoder-clm", "decoder-clm-unpacked", "decoder-set-ar", "decoder-min-perm", "decoder-pooled",
+            "set-transformer-mlm", "set-transformer-hungarian", "set-transformer-pooled", "deep-sets-mlm",
+            "deep-sets-multilabel"} == set(variants)
+    assert variants["decoder-clm-unpacked"] == {**variants["decoder-clm"], "train.pack": False}
     for over in variants.values():  # every one is a valid run config
         RunConfig().override(over)
     assert {o["model.name"] for o in variants.values()} == set(MODELS.names())
@@ -37,6 +38,18 @@ def test_bench_variant_counts_real_positions_and_flops():
     # a linear model's forward + backward is at least 3 × 2·B·D·V multiply-adds for its output layer alone
     assert r["flops_per_step"] >= 6 * 16 * 16 * len(data.vocab)
     assert dense_matmul_flops(n=64, repeats=3) > 0
+
+
+def test_bench_reports_the_packed_decoder_beside_the_unpacked_one():
+    cfg = RunConfig().override({"data.n_recipes": 300, "model.d_model": 16, "model.n_layers": 1,
+                                "train.batch_size": 16, "train.device": "cpu"})
+    data = prepare_data(cfg.data)
+    packed = bench_variant(cfg, data, steps=2, warmup=1, eval_queries=8, joint_queries=1)
+    plain = bench_variant(cfg.override({"train.pack": False}), data, steps=2, warmup=1, eval_queries=8,
+                          joint_queries=1)
+    assert packed["packed"] and not plain["packed"] and packed["step_ms"] > 0 and plain["step_ms"] > 0
+    assert plain["real_position_fraction"] < packed["real_position_fraction"] <= 1  # fewer positions, same recipes
+    assert packed["flops_per_step"] <= plain["flops_per_step"]
 
 
 def test_bench_cli_json_and_bad_variant():

@@ -158,7 +158,8 @@ def test_config_hash_covers_only_the_fields_off_their_defaults():
 
     c = RunConfig().override({"train.seed": 1, "model.d_model": 32}, source="test")
     sections = {s: {} for s in c.to_dict() if s != "tracking"}
-    sections["train"], sections["model"] = {"seed": 1}, {"d_model": 32}  # a decoder: not grouped (as before)
+    # a decoder: not grouped (as before), packed (unlike before)
+    sections["train"], sections["model"] = {"seed": 1, "pack": True}, {"d_model": 32}
     sections["eval"] = {"query_draws": c.eval.query_draws}  # (objectives.held_out: not a decoder's field)
     assert c.config_hash() == hashlib.sha256(canonical_json(sections).encode()).hexdigest()
     assert c.override({"train.lr": RunConfig().train.lr}).config_hash() == c.config_hash()

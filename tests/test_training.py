@@ -158,11 +158,12 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("order", ["shuffle", "frequency"])
-def test_resume_in_process_gives_identical_weights(tmp_path, data, deterministic, order):
+@pytest.mark.parametrize(("order", "pack"), [("shuffle", None), ("frequency", False)])  # None: a decoder packs
+def test_resume_in_process_gives_identical_weights(tmp_path, data, deterministic, order, pack):
     over = {"train.max_steps": 13, "train.checkpoint_every": 5, "data.order": order, "train.deterministic": True,
-            "train.eval_every": 4, "model.dropout": 0.1}
+            "train.eval_every": 4, "model.dropout": 0.1, "train.pack": pack}
     straight = make_trainer(tmp_path / "a", data=data, **over)
+    assert straight.objectives.pack == (pack is None)
     straight.fit()
 
     def crash_after_checkpoint(metrics, step):

@@ -330,6 +330,12 @@ class RecipeModel(nn.Module):
         check_config(config)
 
     @classmethod
+    def packing_refusal(cls, params: Mapping[str, Any]) -> str | None:
+        """Why a model of config ``params`` cannot run packed rows (several sets a row, ``forward(...,
+        sequences=ids)``, see :mod:`recipeset.data.packing`), in a few words; None when it can."""
+        return f"model {cls.model_type!r} does not run on packed rows"
+
+    @classmethod
     def configure(cls, params: dict[str, Any], objectives: Mapping[str, float], order: str,
                   max_set: int) -> dict[str, Any]:
         """Config fields that depend on the run (``order``: the data order; ``max_set``: the largest set of the

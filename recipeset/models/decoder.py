@@ -6,12 +6,13 @@ causal mask still makes every prefix ordered. Ingredients already in a prefix ar
 distribution (a set never repeats), and so is every special except [EOS].
 
 Right padding plus the causal mask means a padded position never reaches a real one, so attention needs no
-padding mask and keeps the fused ``is_causal`` kernel.
+padding mask and keeps the fused ``is_causal`` kernel. Training may instead pack several recipes a row
+(``train.pack``, ``forward(..., sequence_ids=...)``): then a boolean block-diagonal causal mask keeps them apart.
 
 Inference runs incrementally from a :class:`KVCache` (per-layer keys/values of what was already fed):
 generation feeds the query once, then one token per step; ``joint`` scoring runs ``[BOS] + q`` once and scores
 every candidate's continuation from the cached prefix before it (:meth:`CausalDecoder._insertion_scores`).
-Training and the uncached forward keep the fused ``is_causal`` kernel. ``models.decoder_reference`` keeps the
+The uncached forward of one recipe a row keeps the fused ``is_causal`` kernel. ``models.decoder_reference`` keeps the
 old whole-sequence joint scoring and generation as the reference the cached ones are tested against.
 
 ``train_order = "given"`` (data whose order means something, e.g. the synthetic generator's ordered mode): a
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recipeset.data.ordering import order_ids
+from recipeset.data.packing import block_causal_mask, restart_positions
 from recipeset.data.vocab import BOS, EOS, NUM_SPECIALS, PAD, Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.fields import spec
@@ -69,21 +71,22 @@ class CausalSelfAttention(nn.Module):
         past:      keys and values ``[B, H, P, D/H]`` of P earlier positions, or a :class:`SharedPrefixLayer`
                    (rows continuing shared prefixes: they attend to every prefix position, then causally), or
                    None (x is the whole sequence)
-        attn_mask: with ``past``: bool ``[B or 1, 1, T, P+T]`` (True = attend), or None = attend to everything
-                   (right for one new position after an unpadded past); ignored without ``past`` (causal)
+        attn_mask: bool ``[B or 1, 1, T, P+T]`` (True = attend); with ``past`` None = attend to everything (right
+                   for one new position after an unpadded past), without ``past`` None = causal (the fused kernel)
+                   and a mask is a packed batch's block-diagonal causal mask (P = 0)
         returns    ``y [B, T, D]`` and the keys and values ``[B, H, P+T, D/H]`` of every position so far
         """
         B, T, D = x.shape
         q, k, v = self.c_attn(x).split(D, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
         dropout_p = self.dropout if self.training else 0.0
-        if past is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
-        elif isinstance(past, SharedPrefixLayer):
+        if isinstance(past, SharedPrefixLayer):
             y = past.attend(q, k, v)
         else:
-            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+            if past is not None:
+                k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                               is_causal=past is None and attn_mask is None)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, D))), (k, v)
 
 
@@ -294,6 +297,12 @@ class CausalDecoder(RecipeModel):
              "stops": "`[EOS]`, or 1 − p(`[EOS]`) below a threshold tuned on validation"}
 
     @classmethod
+    def packing_refusal(cls, params):
+        if params.get("cuisine_condition"):
+            return "model.cuisine_condition: a packed row has one cuisine prefix, not one per recipe"
+        return None
+
+    @classmethod
     def configure(cls, params, objectives, order, max_set):
         params["train_order"] = order  # completion must feed queries in the order the run trains in
         params.setdefault("max_len", max(64, max_set + 2))
@@ -384,7 +393,8 @@ class CausalDecoder(RecipeModel):
 
     # ---- forward --------------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, cuisine: torch.Tensor | None = None,
-                segments: torch.Tensor | None = None, cache: KVCache | SharedPrefix | None = None) -> ModelOutput:
+                segments: torch.Tensor | None = None, cache: KVCache | SharedPrefix | None = None,
+                sequence_ids: torch.Tensor | None = None) -> ModelOutput:
         """
         tokens:   ``[B, T]`` ``[BOS] + ingredients``, right-padded with [PAD]; with a non-empty ``cache``: the
                   next T tokens of every row (all real), fed after what the cache holds
@@ -394,10 +404,16 @@ class CausalDecoder(RecipeModel):
         segments: ``[B, T]`` 0/1 segment ids (coherence pairs); needs ``coherence_head``
         cache:    a :class:`KVCache` to fill (empty) or continue (non-empty), extended in place; or a
                   :class:`SharedPrefix` to continue (read-only); None = no cache
+        sequence_ids: ``[B, T]`` int, packed rows (training; :mod:`recipeset.data.packing`): several
+                  ``[BOS] + ingredients`` sequences a row, each a run of positions of one id (-1 on padding). A
+                  position attends to, and its next-step distribution excludes, only its own sequence's earlier
+                  positions; positions restart at 0 in each. No cache, segments or cuisine prefix.
         returns   ModelOutput with ``logits [B, T, V]`` (position t predicts token t+1; every id fed so far is
                   -inf), ``hidden [B, T, D]``, ``pooled [B, D]`` (mean of hidden over ``mask``) and the
-                  configured heads — all over the T positions of this call
+                  configured heads — all over the T positions of this call; packed rows: logits and hidden only
         """
+        if sequence_ids is not None:
+            return self._forward_packed(tokens, sequence_ids)
         past = cache if cache is not None and not cache.empty else None
         x, prefix = self._embed(tokens, cuisine, segments, past)
         x = self.drop(x)
@@ -422,15 +438,30 @@ class CausalDecoder(RecipeModel):
             coherence_logits=None if self.coherence_head is None else self.coherence_head(pooled).squeeze(-1),
         )
 
+    def _forward_packed(self, tokens: torch.Tensor, sequence_ids: torch.Tensor) -> ModelOutput:
+        """:meth:`forward` of packed rows ``tokens [R, W]`` (``sequence_ids [R, W]``): the block-diagonal causal
+        mask of the sequences, through the same blocks (see :mod:`recipeset.data.packing`)."""
+        if self.cuisine_prefix is not None:
+            raise RecipesetError("packed rows need one cuisine prefix per recipe: train a cuisine_condition decoder "
+                                 "with train.pack = false")
+        allowed = block_causal_mask(sequence_ids)  # [R, W, W]
+        x = self.drop(self._embed(tokens, None, None, None, restart_positions(sequence_ids))[0])
+        for block in self.blocks:
+            x, _ = block(x, None, allowed[:, None])
+        h = self.ln_f(x)
+        logits = self._head_logits(h, self.lm_head, self.embed.tied_weight) + self.logit_bias
+        return ModelOutput(logits=self._mask_seen(logits, tokens, None, allowed), hidden=h)
+
     def _embed(self, tokens: torch.Tensor, cuisine: torch.Tensor | None, segments: torch.Tensor | None,
-               past: KVCache | None) -> tuple[torch.Tensor, int]:
+               past: KVCache | None, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         """Input vectors ``[B, prefix + T, D]`` of ``tokens [B, T]`` and the prefix length (1 when the cuisine
-        vector is prepended: conditioned and no ``past``). Positions continue each row's count in ``past``."""
+        vector is prepended: conditioned and no ``past``). Positions continue each row's count in ``past``, or
+        are ``positions [B, T]`` when given (packed rows)."""
         c = self.config
         B, T = tokens.shape
         x = self.embed(tokens)
         if self.wpe is not None:
-            pos = torch.arange(T, device=tokens.device)
+            pos = torch.arange(T, device=tokens.device) if positions is None else positions
             if past is not None:
                 pos = past.lengths[:, None] + pos  # [B, T]
             if T > 0 and int(pos.max()) >= c.max_len:
@@ -446,11 +477,14 @@ class CausalDecoder(RecipeModel):
         return torch.cat([cond[:, None, :], x], dim=1), 1
 
     @staticmethod
-    def _mask_seen(logits: torch.Tensor, tokens: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
+    def _mask_seen(logits: torch.Tensor, tokens: torch.Tensor, past: torch.Tensor | None,
+                   upto: torch.Tensor | None = None) -> torch.Tensor:
         """-inf at position t of ``logits [B, T, V]`` on every id fed at or before t: ``past [B, P]`` (ids fed
-        by earlier calls, or None) and ``tokens[:, :t+1]``; scattered through a ``[B, T, P+T]`` index."""
+        by earlier calls, or None) and ``tokens[:, :t+1]`` — or, packed rows, the ``tokens`` at the positions
+        ``upto [B, T, T]`` allows (the sequence's own); scattered through a ``[B, T, P+T]`` index."""
         T = tokens.shape[1]
-        upto = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
+        if upto is None:
+            upto = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
         seen = torch.where(upto, tokens[:, None, :], torch.full_like(tokens[:, None, :], PAD))
         if past is not None:
             seen = torch.cat([past[:, None, :].expand(-1, T, -1), seen], -1)

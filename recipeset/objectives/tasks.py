@@ -22,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recipeset.config import RunConfig, position_averaged, positions_of, resolve_objectives
+from recipeset.config import RunConfig, pack_for, position_averaged, positions_of, resolve_objectives
 from recipeset.data.collate import Batch
+from recipeset.data.packing import Packing
 from recipeset.data.vocab import NULL, NUM_SPECIALS
 from recipeset.errors import RecipesetError
 from recipeset.fields import spec
@@ -128,6 +129,7 @@ class Objectives:
         self.cooccurrence = cooccurrence
         self.state: dict = {}  # per-run objects a loss builds once (e.g. the Hungarian matcher)
         self.rescaled: dict[str, tuple[Callable, float, type]] = {}  # weigh_positions
+        self.pack = pack_for(cfg)  # several sets a row in run() (and so in clean())
 
     def weigh_positions(self, lengths: np.ndarray, model_cls: type) -> None:
         """For length-grouped batches: rescale every loss that is a mean over a batch's positions by
@@ -140,11 +142,22 @@ class Objectives:
             fn = positions_of(self.cfg, name)
             self.rescaled[name] = (fn, float(fn(n, self.cfg, model_cls).mean()), model_cls)
 
+    def run(self, model: RecipeModel, tokens: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
+        """The model's output on sets ``tokens/mask [B, T]`` in the training order, fed by ``model.feed``
+        (``[B, T']``). When the run packs (``train.pack``) the fed sets are packed several a row
+        (:class:`~recipeset.data.packing.Packing`), and the logits and hidden states put back at each set's
+        positions: ``[B, T', ...]`` as unpacked, equal up to float rounding (pooled and the heads are None)."""
+        fed, fed_mask, _ = model.feed(tokens, mask)
+        if not self.pack:
+            return model(fed, fed_mask)
+        packing = Packing.of(fed_mask)
+        out = model(packing.pack(fed), sequence_ids=packing.sequence_ids())
+        return ModelOutput(logits=packing.unpack(out.logits), hidden=packing.unpack(out.hidden))
+
     def clean(self, model: RecipeModel, batch: Batch, cache: dict) -> ModelOutput:
         """The forward pass on the uncorrupted batch, computed once per step and shared by the objectives."""
         if "clean" not in cache:
-            tokens, mask, _ = model.feed(batch.tokens, batch.mask)
-            cache["clean"] = model(tokens, mask)
+            cache["clean"] = self.run(model, batch.tokens, batch.mask)
         return cache["clean"]
 
     def __call__(self, model: RecipeModel, batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -192,7 +205,7 @@ def every_position(n, cfg: RunConfig, model_cls: type):
 
 
 @register_objective("clm", perplexity=True, help="next-ingredient cross-entropy with a causal mask (GPT)",
-                    positions=next_positions)
+                    positions=next_positions, packs=True)
 def clm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     out = o.clean(model, batch, cache)
     return standard_loss(out.logits, next_token_targets(batch.tokens, batch.mask), o.ls)
@@ -302,7 +315,7 @@ class PooledParams:
     cardinality_weight: float = spec(0.0, ge=0)  # weight of the set-size penalty
 
 
-@register_loss("standard", heads=("sequence",), perplexity=True, positions=next_positions,
+@register_loss("standard", heads=("sequence",), perplexity=True, positions=next_positions, packs=True,
                help="position-wise cross-entropy on the order data.order produced (with shuffle: augmentation)")
 def standard(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     return clm(o, model, batch, gen, cache)
@@ -332,26 +345,27 @@ def hungarian(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Genera
                           truncate_logp=p.truncate_logp, matcher=o.state["matcher"])
 
 
-@register_loss("set-ar", heads=("sequence",), perplexity=True, positions=next_positions,
+@register_loss("set-ar", heads=("sequence",), perplexity=True, positions=next_positions, packs=True,
                help="autoregressive and exact for sets: the target at step t is any ingredient not yet fed")
 def set_ar(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     return set_ar_loss(o.clean(model, batch, cache).logits, batch.tokens, batch.mask)
 
 
 @register_loss("min-perm", heads=("sequence",), params=MinPermParams, perplexity=True, positions=next_positions,
+               packs=True,
                help="the cross-entropy of the best of loss.k re-fed orders")
 def min_perm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     mask = batch.mask
 
     def nll(perm: torch.Tensor) -> torch.Tensor:
-        tokens, m, _ = model.feed(perm, mask)
-        return standard_loss(model(tokens, m).logits, next_token_targets(perm, mask), o.ls, reduction="none")
+        return standard_loss(o.run(model, perm, mask).logits, next_token_targets(perm, mask), o.ls, reduction="none")
 
     return min_perm_loss(nll, batch.tokens, mask, k=o.loss_params.k, generator=gen)
 
 
-# pooled: one term per recipe, but left undeclared so a run keeps plain batches by default (not measured grouped)
-@register_loss("pooled", heads=("sequence", "slots"), params=PooledParams,
+# pooled: one term per recipe, but left undeclared so a run keeps plain batches by default (not measured grouped);
+# packs: its decoder path runs through Objectives.run (its slot path is for models that do not pack)
+@register_loss("pooled", heads=("sequence", "slots"), params=PooledParams, packs=True,
                help="max-pooled probabilities over steps/slots + BCE, a class-balanced stop loss")
 def pooled(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     p = o.loss_params

@@ -1,0 +1,212 @@
+"""Sequence packing (recipeset/data/packing.py, ``train.pack``): a decoder's training batch packed several recipes a
+row gives the loss and the gradients of the unpacked batch; which runs pack, and their config hashes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import invoke
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_cli import one_line_error
+
+from recipeset.config import RunConfig, pack_for, resolve_objectives
+from recipeset.data.collate import Batch
+from recipeset.data.packing import Packing, block_causal_mask, first_fit_decreasing, restart_positions
+from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
+from recipeset.errors import RecipesetError
+from recipeset.models.decoder import CausalDecoder, DecoderConfig
+from recipeset.objectives.tasks import Objectives
+
+VOCAB = Vocabulary([f"ingredient_{i}" for i in range(40)])
+PACKED_LOSSES = ["clm", "standard", "set-ar", "min-perm", "pooled"]  # clm: the objective; the others: set losses
+
+
+def random_batch(lengths: list[int], seed: int) -> Batch:
+    """Right-padded sets of distinct ingredient ids of the given sizes (a row of size 0 is an empty set)."""
+    rng = np.random.default_rng(seed)
+    B, T = len(lengths), max(max(lengths), 1)
+    tokens = np.zeros((B, T), dtype=np.int64)
+    for b, n in enumerate(lengths):
+        tokens[b, :n] = rng.permutation(len(VOCAB) - NUM_SPECIALS)[:n] + NUM_SPECIALS
+    mask = np.arange(T)[None, :] < np.array(lengths)[:, None]
+    return Batch(torch.from_numpy(tokens), torch.from_numpy(mask), torch.tensor(lengths), torch.full((B,), -1),
+                 torch.arange(B))
+
+
+def decoder(positions: bool = False, seed: int = 0) -> CausalDecoder:
+    torch.manual_seed(seed)
+    return CausalDecoder(DecoderConfig(d_model=16, n_layers=2, n_heads=2, dropout=0.0, positions=positions), VOCAB)
+
+
+def objectives(loss: str, pack: bool, smoothing: float = 0.0) -> Objectives:
+    over = {"objectives.weights": {"clm": 1.0}} if loss == "clm" else {"loss.name": loss}
+    cfg = RunConfig().override({**over, "train.pack": pack, "loss.label_smoothing": smoothing})
+    return Objectives(cfg, resolve_objectives(cfg))
+
+
+def losses_and_rows(model: CausalDecoder, loss: str, batch: Batch, pack: bool, smoothing: float = 0.0):
+    """The objectives' losses on ``batch`` and the batch sizes the model's forward passes ran on."""
+    rows: list[int] = []
+    hook = model.register_forward_hook(lambda module, args, kwargs, out: rows.append(args[0].shape[0]),
+                                       with_kwargs=True)
+    try:
+        out = objectives(loss, pack, smoothing)(model, batch, torch.Generator().manual_seed(7))
+    finally:
+        hook.remove()
+    return out, rows
+
+
+# ---- the layout ----------------------------------------------------------------------------------------------
+@settings(max_examples=80, deadline=None)
+@given(lengths=st.lists(st.integers(0, 30), min_size=1, max_size=70), extra=st.integers(0, 10))
+def test_first_fit_decreasing_places_every_sequence_once_inside_its_row(lengths, extra):
+    n = np.array(lengths)
+    width = max(int(n.max()), 1) + extra
+    row, start = first_fit_decreasing(n, width)
+    again = first_fit_decreasing(n, width)
+    assert np.array_equal(row, again[0]) and np.array_equal(start, again[1])  # deterministic
+    assert (start >= 0).all() and (start + n <= width).all()
+    for r in np.unique(row):  # the sequences of a row do not overlap
+        spans = sorted((int(s), int(s + k)) for s, k, rr in zip(start, n, row, strict=True) if rr == r and k > 0)
+        assert all(a_end <= b for (_, a_end), (b, _) in zip(spans, spans[1:], strict=False))
+    assert int(row.max()) + 1 <= len(n)
+    assert int(row.max()) == 0 or n.sum() > width  # one row when all fit in one
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=30), seed=st.integers(0, 1000))
+def test_pack_and_unpack_round_trip_with_ids_and_positions(lengths, seed):
+    batch = random_batch(lengths, seed)
+    p = Packing.of(batch.mask)
+    packed, ids = p.pack(batch.tokens), p.sequence_ids()
+    assert packed.shape == ids.shape == p.shape and p.shape[1] == batch.tokens.shape[1]
+    assert int((ids >= 0).sum()) == sum(lengths) and p.real_fraction == sum(lengths) / (p.shape[0] * p.shape[1])
+    unpacked = p.unpack(packed)
+    assert torch.equal(unpacked[batch.mask], batch.tokens[batch.mask])
+    pos = restart_positions(ids)
+    for b, n in enumerate(lengths):  # each sequence: a contiguous run of its id, positions 0..n-1
+        r, c = torch.nonzero(ids == b, as_tuple=True)
+        assert len(set(r.tolist())) == 1 and c.tolist() == list(range(int(c[0]), int(c[0]) + n))
+        assert pos[r, c].tolist() == list(range(n))
+    allowed = block_causal_mask(ids)
+    assert bool(allowed.diagonal(dim1=1, dim2=2).all())  # no row fully masked
+    same = ids[:, :, None] == ids[:, None, :]
+    assert not bool((allowed & ~same).any())
+
+
+# ---- the model -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("positions", [False, True])
+def test_a_packed_recipe_sees_only_its_own_earlier_positions(positions):
+    model = decoder(positions).eval()
+    batch = random_batch([5, 2, 2], seed=1)
+    fed, fed_mask, _ = model.feed(batch.tokens, batch.mask)
+    p = Packing.of(fed_mask)
+    assert p.shape == (2, 6)  # [BOS] + 5 in one row, [BOS] + 2 twice in the other
+    with torch.no_grad():
+        logits = p.unpack(model(p.pack(fed), sequence_ids=p.sequence_ids()).logits)
+        alone = [model(fed[b:b + 1, :n + 1]).logits[0] for b, n in enumerate([5, 2, 2])]
+        other = fed.clone()
+        other[2, 1:3] = torch.tensor([NUM_SPECIALS, NUM_SPECIALS + 1])  # change the row-mate of recipe 1
+        changed = p.unpack(model(p.pack(other), sequence_ids=p.sequence_ids()).logits)
+    for b, n in enumerate([5, 2, 2]):
+        assert torch.allclose(logits[b, :n + 1], alone[b], atol=1e-5)
+        assert torch.equal(torch.isinf(logits[b, :n + 1]), torch.isinf(alone[b]))  # the same ids are excluded
+    assert torch.equal(changed[:2], logits[:2])
+
+
+def test_packed_rows_refuse_a_cuisine_prefix():
+    vocab = Vocabulary(["a", "b", "c"], cuisines=["x", "y"])
+    model = CausalDecoder(DecoderConfig(d_model=8, n_layers=1, n_heads=2, cuisine_condition=True), vocab)
+    with pytest.raises(RecipesetError, match="cuisine"):
+        model(torch.tensor([[1, 8, 9]]), sequence_ids=torch.zeros(1, 3, dtype=torch.long))
+
+
+# ---- the losses --------------------------------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 14), min_size=1, max_size=24), seed=st.integers(0, 1000),
+       loss=st.sampled_from(PACKED_LOSSES), positions=st.booleans(), smoothing=st.sampled_from([0.0, 0.1]))
+def test_packed_loss_equals_the_unpacked_batch(lengths, seed, loss, positions, smoothing):
+    model = decoder(positions, seed)
+    batch = random_batch(lengths, seed)
+    unpacked, plain_rows = losses_and_rows(model, loss, batch, False, smoothing)
+    packed, packed_rows = losses_and_rows(model, loss, batch, True, smoothing)
+    assert set(plain_rows) == {len(lengths)} and max(packed_rows) <= len(lengths)
+    assert packed.keys() == unpacked.keys()
+    for key in unpacked:
+        assert float(packed[key].detach()) == pytest.approx(float(unpacked[key].detach()), abs=1e-5, rel=1e-5), key
+
+
+@pytest.mark.parametrize("loss", PACKED_LOSSES)
+def test_packed_gradients_equal_the_unpacked_batch(loss):
+    batch = random_batch([9, 1, 4, 12, 3, 3, 7, 0, 5, 2, 8, 6], seed=3)
+    grads = {}
+    for pack in (False, True):
+        model = decoder(positions=True, seed=5).train()  # dropout 0: train mode draws nothing
+        out, rows = losses_and_rows(model, loss, batch, pack)
+        out["loss/total"].backward()
+        grads[pack] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        if pack:
+            assert max(rows) < len(batch)  # 12 recipes in fewer rows
+    assert grads[True].keys() == grads[False].keys() and grads[False]
+    for name, g in grads[False].items():
+        assert torch.allclose(grads[True][name], g, atol=1e-6, rtol=1e-5), name
+
+
+# ---- which runs pack ------------------------------------------------------------------------------------------------
+def test_runs_pack_where_the_model_and_every_objective_can():
+    assert RunConfig().train.pack is None
+    assert pack_for(RunConfig())  # decoder, clm
+    for loss in ("standard", "set-ar", "min-perm", "pooled"):
+        assert pack_for(RunConfig().override({"loss.name": loss, "objectives.weights": {"set": 1.0}}))
+    assert not pack_for(RunConfig().override({"objectives.weights": {"clm": 1.0, "cls": 0.5}}))  # pooled states
+    assert not pack_for(RunConfig().override({"objectives.weights": {"clm": 1.0, "coherence": 0.5}}))
+    assert not pack_for(RunConfig().override({"model.cuisine_condition": True}))
+    assert not pack_for(RunConfig().override({"model.name": "set-transformer"}))
+    assert not pack_for(RunConfig().override({"model.name": "deep-sets"}))
+    assert not pack_for(RunConfig().override({"train.pack": False}))
+    assert not objectives("clm", False).pack and objectives("set-ar", True).pack
+
+
+@pytest.mark.parametrize(("over", "why"), [
+    ({"objectives.weights": {"clm": 1.0, "cls": 0.5}}, "objective 'cls' does not run on packed rows"),
+    ({"model.name": "set-transformer"}, "model 'set-transformer' does not run on packed rows"),
+    ({"model.cuisine_condition": True}, "model.cuisine_condition: a packed row has one cuisine prefix"),
+])
+def test_asking_to_pack_a_run_that_cannot_is_one_line(over, why):
+    with pytest.raises(RecipesetError, match=f"run.toml: train.pack: {why}.*; set train.pack = false"):
+        RunConfig().override({**over, "train.pack": True}, source="run.toml")
+
+
+def test_the_cli_refuses_packing_in_one_line():
+    one_line_error(invoke("train", "--model", "decoder", "--objective", "clm", "--objective", "cls=0.5",
+                          "--set", "train.pack=true", "--no-track"),
+                   "train.pack: objective 'cls' does not run on packed rows", "set train.pack = false")
+
+
+# the hashes these configs had before train.pack existed (computed by the code of 8e27bd5)
+BEFORE_PACKING = {
+    "deep-sets": ({"model.name": "deep-sets"}, "f8a4a4862bf8b286687234713fff26460db383034911d24f6998259a5adaa02e"),
+    "set-transformer-hungarian": ({"model.name": "set-transformer", "loss.name": "hungarian"},
+                                  "466a1384e0ca83e1e6b3717d0865768ef4c70654c48c8272974cad387b8d937e"),
+    "decoder-clm-cls": ({"objectives.weights": {"clm": 1.0, "cls": 0.5}},
+                        "c52277d01ed5bde22ef926bc1d06bb7b2f8d0953ee81b5277ea7948d35dc692a"),
+    "decoder-cuisine": ({"model.cuisine_condition": True},
+                        "62c9d89319a9aaf0ec2a7fc38fc1c9a748e1e5777af2d4ef37ae146818c75a83"),
+    "decoder": ({}, "067eca1c8c13144404540cfb5089598a0e9b124f342416734f2ffcf197d56c6f"),
+    "decoder-set-ar": ({"loss.name": "set-ar", "data.order": "shuffle"},
+                       "0d09febdd62c7794564b9123234abced6c09f92d99e86598706df4a98b3b8b6a"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE_PACKING))
+def test_runs_that_do_not_pack_keep_their_config_hash(name):
+    over, before = BEFORE_PACKING[name]
+    cfg = RunConfig().override(over)
+    if pack_for(cfg):  # a decoder packs now: a grid re-trains it, unless it says train.pack = false
+        assert cfg.config_hash() != before
+        assert cfg.override({"train.pack": False}).config_hash() == before
+    else:
+        assert cfg.config_hash() == before
+        assert cfg.override({"train.pack": False}).config_hash() == before
