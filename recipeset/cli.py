@@ -478,7 +478,9 @@ def compare(experiment_name, metric, tracking_uri, show_runs, as_json, plots_dir
     """Compare an experiment's runs: per-task tables (mean ± std over seeds), or --runs best first."""
     from recipeset.runs import search_runs_table
     from recipeset.study import results_tables, study_figures, tables_json, tables_markdown
+    from recipeset.tracking import open_store
 
+    tracking_uri = open_store(tracking_uri)
     if show_runs or metric:
         table = search_runs_table(experiment_name, tracking_uri, metric=metric)
         if table.empty:

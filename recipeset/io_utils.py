@@ -1,12 +1,13 @@
-"""Small file helpers: atomic writes (never leave a half-written file) and checksums."""
+"""Small file helpers: atomic writes (never leave a half-written file), checksums, an exclusive file lock."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -60,3 +61,18 @@ def atomic_write_dir(path: Path, fill: Callable[[Path], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed, left in place) for the block: processes — and
+    threads, each opening the file itself — that take it on the same file run the block one at a time. POSIX
+    ``flock``: released by the kernel when the holder dies, so a killed process never leaves it taken."""
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -42,7 +42,7 @@ from recipeset.plots import plot_confusion, plot_embedding_map, plot_learning_cu
 from recipeset.registry import LOSSES, MODELS, OBJECTIVES
 from recipeset.runs import download_model_dir, load_model
 from recipeset.threads import resolve_threads
-from recipeset.tracking import Tracker
+from recipeset.tracking import Tracker, open_store
 from recipeset.training import STATE_FILE, MetricsFn, Trainer, TrainState, recover_checkpoint, seed_all
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
     world = current_world()
     with world.main_first():  # rank 0 checks (and repairs) the directory and writes its config and split first
         cfg, out_dir = _open_run_dir(cfg, out_dir, resume, main=world.is_main)
+        if track and world.is_main:  # a store that does not answer is one line now, not a traceback after the data
+            open_store(cfg.tracking.tracking_uri)
         weights = resolve_objectives(cfg)
         cfg.objectives.weights = weights
         seed_all(cfg.train.seed, cfg.train.deterministic)

@@ -4,7 +4,8 @@ With :mod:`recipeset.runs` (reading runs back) the only module that imports mlfl
 (``recipeset --help`` stays fast). A run is a :class:`Tracker`, used as a context manager::
 
     install_sigterm_handler()                         # once, at the entry point (recipeset.signals)
-    uri = resolve_tracking_uri()                      # arg > $MLFLOW_TRACKING_URI > sqlite:///<cwd>/mlflow.db
+    uri = open_store()                                # arg > $MLFLOW_TRACKING_URI > sqlite:///<cwd>/mlflow.db,
+                                                      # created under a lock / a server asked once (one line if not)
     ensure_experiment(config.tracking.experiment, uri)  # in the parent process, before any worker
     with Tracker.start(config, uri=uri) as tracker:   # params, tags and the resolved config logged once
         tracker.log_dataset("flavornet", path, sha256, {"train": 800, "val": 100, "test": 100})
@@ -36,16 +37,19 @@ import getpass
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recipeset.config import RunConfig
 from recipeset.errors import RecipesetError
+from recipeset.io_utils import file_lock
 from recipeset.signals import RunTerminated  # re-exported: it ends runs KILLED
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,11 +92,116 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
-def mlflow_client(uri: str | None = None) -> MlflowClient:
-    """An ``MlflowClient`` bound to the store ``uri`` (resolved as in :func:`resolve_tracking_uri`)."""
+def open_store(uri: str | None = None, probe: bool = True) -> str:
+    """The resolved tracking URI (:func:`resolve_tracking_uri`) of a store that is ready: call it before work
+    that needs the store, so a store problem is one line before the work, not a traceback after it.
+
+    A SQLite store (the default) is created and migrated by one process at a time, under an exclusive lock on
+    ``<db>.lock`` beside the database (MLflow's own migration races: processes started together on a new store
+    died with "duplicate column name"); once per process and URI. A tracking server (http/https) is, with
+    ``probe``, asked one question with a short timeout (:func:`probe_server`). Other stores are left to MLflow.
+    """
+    uri = resolve_tracking_uri(uri)
+    scheme = uri.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        create_sqlite_store(uri)
+    elif probe and scheme in ("http", "https"):
+        probe_server(uri)
+    return uri
+
+
+_READY_STORES: set[Path] = set()  # the SQLite databases this process has opened
+_READY_LOCK = threading.Lock()
+
+
+def create_sqlite_store(uri: str) -> bool:
+    """Create and migrate the SQLite store ``uri`` under its lock file if it is new (or not migrated yet);
+    returns whether this call created it (False: it existed, or this process already opened it)."""
+    from mlflow import MlflowClient
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    if not database or database == ":memory:":
+        return False
+    db = Path(database).resolve()
+    with _READY_LOCK:
+        if db in _READY_STORES:
+            return False
+        if not db.parent.is_dir():
+            raise RecipesetError(f"tracking URI {uri}: the directory {db.parent} does not exist; create it or "
+                                 "choose another --tracking-uri")
+        with file_lock(db.with_name(db.name + ".lock")):
+            created = not _has_table(db, "alembic_version")
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates and migrates the schema
+        _READY_STORES.add(db)
+    return created
+
+
+def _has_table(db: Path, table: str) -> bool:
+    if not db.exists():
+        return False
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        found = con.execute("select 1 from sqlite_master where type = 'table' and name = ?", (table,)).fetchone()
+    return found is not None
+
+
+PROBE_TIMEOUT_S = 5
+
+
+@contextlib.contextmanager
+def mlflow_env(values: Mapping[str, str], override: bool = True) -> Iterator[None]:
+    """Set MLflow's environment variables (read at each request) for the block, then restore them; with
+    ``override=False`` a variable the user set keeps the user's value."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update({k: v for k, v in values.items() if override or before[k] is None})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def probe_server(uri: str) -> None:
+    """Ask the tracking server ``uri`` for one experiment, without retries, waiting at most
+    :data:`PROBE_TIMEOUT_S` seconds; a server that does not answer as MLflow does is one line (RecipesetError)
+    naming the URI and what to do."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=resolve_tracking_uri(uri))
+    try:
+        with mlflow_env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S)}):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - whatever the network or the server says becomes one line
+        raise RecipesetError(f"MLflow tracking server {uri} does not answer ({error_reason(e)}): start it "
+                             "(mlflow server --host HOST --port PORT), point --tracking-uri or MLFLOW_TRACKING_URI at "
+                             "one that runs, or train without tracking (recipeset train --no-track)") from None
+
+
+def error_reason(e: BaseException) -> str:
+    """A short reason for a failed store call: the OS error of a failed connection (``Connection refused``),
+    ``timed out``, the HTTP status of an answer that is not MLflow's, else the first line of the message, cut at
+    160 characters."""
+    text = str(e).strip()
+    if "timeout" in text.lower() or "timed out" in text.lower():
+        return "timed out"
+    status = re.search(r"error code (\d{3}) != 200", text)
+    if status:
+        return f"HTTP {status.group(1)}"
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if errno:
+        return errno.group(1).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    return first if len(first) <= 160 else first[:157] + "..."
+
+
+def mlflow_client(uri: str | None = None) -> MlflowClient:
+    """An ``MlflowClient`` bound to the store ``uri`` (resolved as in :func:`resolve_tracking_uri`; a new SQLite
+    store is created first, see :func:`open_store`)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=open_store(uri, probe=False))
 
 
 def ensure_experiment(name: str, uri: str | None = None, description: str | None = None) -> str:
@@ -472,6 +581,6 @@ def start_parent_run(experiment: str, run_name: str, uri: str | None = None,
 
 __all__ = [
     "EXPERIMENT_KIND_TAG", "CLASSIC_ML_KIND", "PARENT_RUN_TAG", "RunStopped", "RunTerminated", "Tracker",
-    "resolve_tracking_uri",
+    "resolve_tracking_uri", "open_store", "create_sqlite_store", "probe_server",
     "mlflow_client", "ensure_experiment", "start_parent_run", "metric_key", "git_commit",
 ]
