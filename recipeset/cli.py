@@ -501,6 +501,17 @@ def compare(experiment_name, metric, tracking_uri, show_runs, as_json, plots_dir
             click.echo(f"saved {out / name}", err=True)
 
 
+@cli.command("replay-metrics")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--tracking-uri", default=None, help="Send them to this store [default: the one the run used].")
+def replay_metrics(path, tracking_uri) -> None:
+    """Send to MLflow what a run could not log while its store did not answer: PATH is the run directory (or its
+    unlogged_metrics.jsonl). The file is then renamed unlogged_metrics.jsonl.replayed."""
+    from recipeset.tracking import replay_unlogged
+
+    click.echo(f"{replay_unlogged(path, tracking_uri)} metrics sent")
+
+
 @cli.command()
 @click.option("--port", type=int, default=5000, help="Port on 127.0.0.1.")
 @click.option("--tracking-uri", default=None, help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")

@@ -169,7 +169,7 @@ def _start_tracker(cfg: RunConfig, out_dir: Path, resume: bool, parent_run_id: s
     """Start the run's MLflow run, or continue it on resume (its id is kept in ``out_dir/mlflow_run_id``)."""
     meta = out_dir / "mlflow_run_id"
     resume_id = meta.read_text().strip() if resume and meta.exists() else None
-    tracker = Tracker.start(cfg, parent_run_id=parent_run_id, resume_run_id=resume_id, tags=tags)
+    tracker = Tracker.start(cfg, parent_run_id=parent_run_id, resume_run_id=resume_id, tags=tags, local_dir=out_dir)
     atomic_write_text(meta, tracker.run_id)
     return tracker
 

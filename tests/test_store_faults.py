@@ -1,10 +1,12 @@
 """Store and server faults (README, "Reliability"): processes that start together on a new SQLite store, a
-tracking server that does not answer."""
+tracking server that does not answer, and one that goes away in the middle of a run."""
 
 from __future__ import annotations
 
 import contextlib
 import http.server
+import json
+import logging
 import os
 import socket
 import subprocess
@@ -18,10 +20,18 @@ import pytest
 from helpers import invoke
 
 import recipeset.pipeline
+from recipeset.config import RunConfig
 from recipeset.errors import RecipesetError
-from recipeset.tracking import open_store
+from recipeset.pipeline import run_training
+from recipeset.runs import load_model, metric_history
+from recipeset.tracking import UNLOGGED_FILE, Tracker, open_store, replay_unlogged
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = {"data.n_recipes": 300, "model.d_model": 16, "model.n_layers": 1, "train.batch_size": 32,
+        "train.warmup_steps": 1, "train.device": "cpu", "eval.max_queries": 20, "eval.joint_max_queries": 5,
+        "eval.query_draws": 1, "tracking.experiment": "faults"}
+
+
 def _env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -168,3 +178,108 @@ def test_every_command_that_uses_the_server_fails_at_once(mlflow_uri, monkeypatc
     started = time.monotonic()
     _assert_one_line_naming(invoke(*args), uri, started)
     assert not Path("t").exists() and not Path("runs").exists()
+
+
+# ---- a server that goes away in the middle of a run ----------------------------------------------------------
+class Outage:
+    """Makes the MLflow client's writes fail like a server that went away (``down``), by patching the
+    ``MlflowClient`` methods a run writes with; counts the calls that reached the "server" while it was down."""
+
+    WRITES = ("log_batch", "log_artifact", "log_artifacts", "log_text", "log_dict", "log_figure", "log_inputs",
+              "set_terminated", "set_tag")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, what: tuple[str, ...] = WRITES) -> None:
+        from mlflow import MlflowClient
+
+        self.down, self.refused = False, 0
+        for name in what:
+            monkeypatch.setattr(MlflowClient, name, self._failing(getattr(MlflowClient, name)))
+
+    def _failing(self, method):
+        def call(client, *args, **kwargs):
+            if self.down:
+                import requests
+
+                self.refused += 1
+                raise requests.ConnectionError("[Errno 111] Connection refused")
+            return method(client, *args, **kwargs)
+        return call
+
+
+def test_metrics_logged_during_an_outage_are_sent_when_the_server_is_back(mlflow_uri, monkeypatch, caplog):
+    outage = Outage(monkeypatch, ("log_batch",))
+    cfg = RunConfig().override({"tracking.experiment": "outage"})
+    with Tracker.start(cfg, flush_every_steps=1, flush_interval_s=3600) as tracker:
+        tracker.retry_after_s = 0.0  # try again at every flush
+        for step in range(10):
+            outage.down = 3 <= step < 7
+            tracker.log_metrics({"train/loss": 1.0 / (step + 1)}, step)
+        assert outage.refused == 4  # steps 3-6 were tried, and kept
+    history = metric_history(tracker.run_id, "train/loss")
+    assert list(history.index) == list(range(10)) and history[5] == pytest.approx(1 / 6)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and "does not answer (Connection refused)" in warnings[0]
+    assert "answers again" in warnings[1]
+    assert not Path(UNLOGGED_FILE).exists()
+
+
+def test_during_an_outage_the_store_is_tried_again_only_after_a_wait(mlflow_uri, monkeypatch):
+    outage = Outage(monkeypatch, ("log_batch",))
+    cfg = RunConfig().override({"tracking.experiment": "outage"})
+    tracker = Tracker.start(cfg, flush_every_steps=1, flush_interval_s=3600)
+    outage.down = True
+    for step in range(50):
+        tracker.log_metrics({"train/loss": 1.0}, step)  # does not raise, does not wait for the server
+    assert outage.refused == 1  # the first flush failed; the next try is not due yet (30 s)
+    outage.down = False
+    tracker.end()  # the last flush is tried whatever the wait
+    assert list(metric_history(tracker.run_id, "train/loss").index) == list(range(50))
+
+
+def test_a_run_whose_server_never_comes_back_finishes_locally_and_can_be_replayed(mlflow_uri, monkeypatch,
+                                                                                   caplog, tmp_path):
+    from mlflow import MlflowClient
+
+    outage = Outage(monkeypatch)
+    started = Tracker.start
+
+    def start_then_go_down(*args, **kwargs):  # the server goes away once the run exists
+        tracker = started(*args, **kwargs)
+        outage.down = True
+        return tracker
+
+    monkeypatch.setattr(Tracker, "start", start_then_go_down)
+    cfg = RunConfig().override({**TINY, "train.max_steps": 6}, source="test")
+    result = run_training(cfg, out_dir=tmp_path / "run", progress=False)
+    assert load_model(result.model_dir).vocab is not None  # the model was written
+    assert (tmp_path / "run" / "eval.json").exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "does not answer (Connection refused)" in warnings[0]
+    last = warnings[-1]
+    saved = tmp_path / "run" / UNLOGGED_FILE
+    assert "metrics and the run's end not logged" in last and str(saved) in last
+    assert "recipeset replay-metrics" in last and "model" in last  # the artifacts it kept locally
+    records = [json.loads(line) for line in saved.read_text().splitlines()]
+    losses = [r["step"] for r in records if r.get("key") == "train/loss"]
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    assert records[-1]["status"] == "FINISHED"
+    assert MlflowClient(mlflow_uri).get_run(result.run_id).info.status == "RUNNING"
+
+    outage.down = False  # the server is back: replay
+    assert replay_unlogged(tmp_path / "run") == len(records) - 1
+    assert list(metric_history(result.run_id, "train/loss").index) == [1, 2, 3, 4, 5, 6]
+    assert MlflowClient(mlflow_uri).get_run(result.run_id).info.status == "FINISHED"
+    assert (tmp_path / "run" / (UNLOGGED_FILE + ".replayed")).exists() and not saved.exists()
+
+
+def test_replay_metrics_command(mlflow_uri, monkeypatch, tmp_path):
+    outage = Outage(monkeypatch, ("log_batch",))
+    tracker = Tracker.start(RunConfig().override({"tracking.experiment": "outage"}), local_dir=tmp_path / "run")
+    outage.down = True
+    tracker.log_metrics({"val/loss": 2.0}, 7)
+    tracker.end()
+    outage.down = False
+    result = invoke("replay-metrics", str(tmp_path / "run"))
+    assert result.exit_code == 0 and "1 metrics sent" in result.output, result.output
+    assert dict(metric_history(tracker.run_id, "val/loss")) == {7: 2.0}
+    assert invoke("replay-metrics", str(tmp_path / "run")).exit_code == 1  # nothing left to send: one line
