@@ -478,7 +478,9 @@ def compare(experiment_name, metric, tracking_uri, show_runs, as_json, plots_dir
     """Compare an experiment's runs: per-task tables (mean ± std over seeds), or --runs best first."""
     from recipeset.runs import search_runs_table
     from recipeset.study import results_tables, study_figures, tables_json, tables_markdown
+    from recipeset.tracking import open_store
 
+    tracking_uri = open_store(tracking_uri)
     if show_runs or metric:
         table = search_runs_table(experiment_name, tracking_uri, metric=metric)
         if table.empty:
@@ -497,6 +499,17 @@ def compare(experiment_name, metric, tracking_uri, show_runs, as_json, plots_dir
         for name, fig in study_figures(experiment_name, tracking_uri).items():
             fig.savefig(out / name, dpi=110)
             click.echo(f"saved {out / name}", err=True)
+
+
+@cli.command("replay-metrics")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--tracking-uri", default=None, help="Send them to this store [default: the one the run used].")
+def replay_metrics(path, tracking_uri) -> None:
+    """Send to MLflow what a run could not log while its store did not answer: PATH is the run directory (or its
+    unlogged_metrics.jsonl). The file is then renamed unlogged_metrics.jsonl.replayed."""
+    from recipeset.tracking import replay_unlogged
+
+    click.echo(f"{replay_unlogged(path, tracking_uri)} metrics sent")
 
 
 @cli.command()

@@ -1,5 +1,5 @@
-"""Small file helpers: atomic writes (never leave a half-written file), checksums, and the file-system errors a
-user can fix (a full disk, a read-only or unwritable place) as one line."""
+"""Small file helpers: atomic writes (never leave a half-written file), checksums, an exclusive file lock, and
+the file-system errors a user can fix (a full disk, a read-only or unwritable place) as one line."""
 
 from __future__ import annotations
 
@@ -128,3 +128,18 @@ def atomic_write_dir(path: Path, fill: Callable[[Path], None]) -> None:
         raise
     if moved:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed, left in place) for the block: processes — and
+    threads, each opening the file itself — that take it on the same file run the block one at a time. POSIX
+    ``flock``: released by the kernel when the holder dies, so a killed process never leaves it taken."""
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

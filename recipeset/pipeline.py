@@ -42,7 +42,7 @@ from recipeset.plots import plot_confusion, plot_embedding_map, plot_learning_cu
 from recipeset.registry import LOSSES, MODELS, OBJECTIVES
 from recipeset.runs import download_model_dir, load_model
 from recipeset.threads import resolve_threads
-from recipeset.tracking import Tracker, check_tracking_store, resolve_tracking_uri
+from recipeset.tracking import Tracker, check_tracking_store, open_store, resolve_tracking_uri
 from recipeset.training import STATE_FILE, MetricsFn, Trainer, TrainState, recover_checkpoint, seed_all
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def _start_tracker(cfg: RunConfig, out_dir: Path, resume: bool, parent_run_id: s
     """Start the run's MLflow run, or continue it on resume (its id is kept in ``out_dir/mlflow_run_id``)."""
     meta = out_dir / "mlflow_run_id"
     resume_id = meta.read_text().strip() if resume and meta.exists() else None
-    tracker = Tracker.start(cfg, parent_run_id=parent_run_id, resume_run_id=resume_id, tags=tags)
+    tracker = Tracker.start(cfg, parent_run_id=parent_run_id, resume_run_id=resume_id, tags=tags, local_dir=out_dir)
     atomic_write_text(meta, tracker.run_id)
     return tracker
 
@@ -208,8 +208,9 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
     world = current_world()
     with world.main_first():  # rank 0 checks (and repairs) the directory and writes its config and split first
         cfg, out_dir = _open_run_dir(cfg, out_dir, resume, main=world.is_main)
-        if track and world.is_main:  # before any data is read, like the run directory
-            check_tracking_store(resolve_tracking_uri(cfg.tracking.tracking_uri))
+        if track and world.is_main:  # before any data is read, like the run directory: a store that cannot be
+            check_tracking_store(resolve_tracking_uri(cfg.tracking.tracking_uri))  # written or does not answer
+            open_store(cfg.tracking.tracking_uri)  # is one line now, not a traceback after the data
         weights = resolve_objectives(cfg)
         cfg.objectives.weights = weights
         seed_all(cfg.train.seed, cfg.train.deterministic)

@@ -30,7 +30,7 @@ from recipeset.models.base import RecipeModel
 from recipeset.models.io import REMOTE_PREFIXES
 from recipeset.models.io import load_model as load_model_dir
 from recipeset.registry import suggest
-from recipeset.tracking import PARENT_RUN_TAG, metric_key, mlflow_client, resolve_tracking_uri
+from recipeset.tracking import PARENT_RUN_TAG, metric_key, mlflow_client, mlflow_env, open_store
 
 T = TypeVar("T")
 
@@ -123,7 +123,7 @@ def download_model_dir(uri: str, dst: str | os.PathLike | None = None, tracking_
     from mlflow.exceptions import MlflowException
 
     dst = str(dst) if dst is not None else tempfile.mkdtemp(prefix="recipeset-model-")
-    resolved = resolve_tracking_uri(tracking_uri)
+    resolved = open_store(tracking_uri)  # a server that does not answer: one line, at once
     try:
         path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=resolved,
                                                    registry_uri=resolved)
@@ -183,18 +183,11 @@ def read_run_artifact(run_id: str, artifact_path: str, reader: Callable[[Path], 
     from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
     from mlflow.exceptions import MlflowException
 
-    name, before = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
-    os.environ[name] = "false"  # a small file per run: no progress bar in the middle of `compare`'s output
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
-                                                           dst_path=tmp, tracking_uri=resolve_tracking_uri(uri))
-            except (MlflowException, OSError):
-                return None
-            return reader(Path(path))
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
+    # a small file per run: no progress bar in the middle of `compare`'s output
+    with mlflow_env({MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name: "false"}), tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                       dst_path=tmp, tracking_uri=open_store(uri, probe=False))
+        except (MlflowException, OSError):
+            return None
+        return reader(Path(path))

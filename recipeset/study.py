@@ -50,7 +50,7 @@ from recipeset.runs import (
 from recipeset.signals import install_sigterm_handler
 from recipeset.stats import paired_bootstrap, paired_ranks
 from recipeset.threads import default_threads, set_passive_wait_policy
-from recipeset.tracking import Tracker, ensure_experiment, resolve_tracking_uri, start_parent_run
+from recipeset.tracking import Tracker, ensure_experiment, open_store, start_parent_run
 from recipeset.training import STATE_FILE, recover_checkpoint
 
 log = logging.getLogger(__name__)
@@ -225,9 +225,9 @@ def run_experiment(path: str | os.PathLike, quick: bool = False, jobs: int = 1, 
     this process (the whole machine's threads, output on the terminal, debuggers and profilers work).
     Children start seed-major in both modes."""
     exp = load_experiment(path)
-    uri = resolve_tracking_uri(uri)
+    uri = open_store(uri)  # a server that does not answer: one line before any child starts
     experiment = exp.tracking_experiment(quick)
-    # Create the store and experiment here, before any worker (SQLite's schema migration races otherwise).
+    # Create the experiment here, before any worker.
     ensure_experiment(experiment, uri, exp.description)
     planned = _select(exp, quick, seeds, variants, path)
     outcomes: list[ChildOutcome] = []

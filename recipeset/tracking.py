@@ -4,7 +4,8 @@ With :mod:`recipeset.runs` (reading runs back) the only module that imports mlfl
 (``recipeset --help`` stays fast). A run is a :class:`Tracker`, used as a context manager::
 
     install_sigterm_handler()                         # once, at the entry point (recipeset.signals)
-    uri = resolve_tracking_uri()                      # arg > $MLFLOW_TRACKING_URI > sqlite:///<cwd>/mlflow.db
+    uri = open_store()                                # arg > $MLFLOW_TRACKING_URI > sqlite:///<cwd>/mlflow.db,
+                                                      # created under a lock / a server asked once (one line if not)
     ensure_experiment(config.tracking.experiment, uri)  # in the parent process, before any worker
     with Tracker.start(config, uri=uri) as tracker:   # params, tags and the resolved config logged once
         tracker.log_dataset("flavornet", path, sha256, {"train": 800, "val": 100, "test": 100})
@@ -26,6 +27,9 @@ finds a finished child with the same config hash so a grid can resume. All calls
 ``MlflowClient`` bound to one tracking URI (:func:`mlflow_client`): no global MLflow state, so several trackers can
 coexist.
 
+A tracking server that goes away during a run does not end it: see :class:`Tracker` (metrics kept and sent again,
+what is never sent saved to the run directory's ``unlogged_metrics.jsonl`` for :func:`replay_unlogged`).
+
 Metric names: MLflow forbids ``@``, so ``recall@10`` is logged as ``recall_at_10`` (:func:`metric_key`).
 """
 
@@ -34,19 +38,22 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import logging
 import os
 import re
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recipeset.config import RunConfig
 from recipeset.errors import RecipesetError
-from recipeset.io_utils import check_writable_dir, write_errors
+from recipeset.io_utils import check_writable_dir, file_lock, write_errors
 from recipeset.signals import RunTerminated  # re-exported: it ends runs KILLED
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,6 +67,11 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
+RETRY_AFTER_S = 30.0        # a store that stopped answering is tried again after 30 s,
+MAX_RETRY_AFTER_S = 300.0   # then twice as long each time, at most every 5 min
+UNLOGGED_FILE = "unlogged_metrics.jsonl"  # in the run directory: what a run could not log, for replay_unlogged
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -106,11 +118,119 @@ def check_tracking_store(uri: str) -> None:
             open(db, "ab").close()  # opened for writing, nothing written
 
 
-def mlflow_client(uri: str | None = None) -> MlflowClient:
-    """An ``MlflowClient`` bound to the store ``uri`` (resolved as in :func:`resolve_tracking_uri`)."""
+def open_store(uri: str | None = None, probe: bool = True) -> str:
+    """The resolved tracking URI (:func:`resolve_tracking_uri`) of a store that is ready: call it before work
+    that needs the store, so a store problem is one line before the work, not a traceback after it.
+
+    A SQLite store (the default) is created and migrated by one process at a time, under an exclusive lock on
+    ``<db>.lock`` beside the database (MLflow's own migration races: processes started together on a new store
+    died with "duplicate column name"); once per process and URI. A tracking server (http/https) is, with
+    ``probe``, asked one question with a short timeout (:func:`probe_server`). Other stores are left to MLflow.
+    """
+    uri = resolve_tracking_uri(uri)
+    scheme = uri.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        create_sqlite_store(uri)
+    elif probe and scheme in ("http", "https"):
+        probe_server(uri)
+    return uri
+
+
+_READY_STORES: set[Path] = set()  # the SQLite databases this process has opened
+_READY_LOCK = threading.Lock()
+
+
+def create_sqlite_store(uri: str) -> bool:
+    """Create and migrate the SQLite store ``uri`` under its lock file if it is new (or not migrated yet);
+    returns whether this call created it (False: it existed, or this process already opened it)."""
+    from mlflow import MlflowClient
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    if not database or database == ":memory:":
+        return False
+    db = Path(database).resolve()
+    with _READY_LOCK:
+        if db in _READY_STORES:
+            return False
+        if not db.parent.is_dir():
+            raise RecipesetError(f"tracking URI {uri}: the directory {db.parent} does not exist; create it or "
+                                 "choose another --tracking-uri")
+        with file_lock(db.with_name(db.name + ".lock")):
+            created = not _has_table(db, "alembic_version")
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates and migrates the schema
+        _READY_STORES.add(db)
+    return created
+
+
+def _has_table(db: Path, table: str) -> bool:
+    if not db.exists():
+        return False
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        found = con.execute("select 1 from sqlite_master where type = 'table' and name = ?", (table,)).fetchone()
+    return found is not None
+
+
+PROBE_TIMEOUT_S = 5
+# MLflow's HTTP settings for a tracker's metric batches (unless the user set them): with its defaults (7
+# retries, up to 120 s apart) the first flush after a server went away blocked training for four minutes.
+TRACKER_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+@contextlib.contextmanager
+def mlflow_env(values: Mapping[str, str], override: bool = True) -> Iterator[None]:
+    """Set MLflow's environment variables (read at each request) for the block, then restore them; with
+    ``override=False`` a variable the user set keeps the user's value."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update({k: v for k, v in values.items() if override or before[k] is None})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def probe_server(uri: str) -> None:
+    """Ask the tracking server ``uri`` for one experiment, without retries, waiting at most
+    :data:`PROBE_TIMEOUT_S` seconds; a server that does not answer as MLflow does is one line (RecipesetError)
+    naming the URI and what to do."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=resolve_tracking_uri(uri))
+    try:
+        with mlflow_env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S)}):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - whatever the network or the server says becomes one line
+        raise RecipesetError(f"MLflow tracking server {uri} does not answer ({error_reason(e)}): start it "
+                             "(mlflow server --host HOST --port PORT), point --tracking-uri or MLFLOW_TRACKING_URI at "
+                             "one that runs, or train without tracking (recipeset train --no-track)") from None
+
+
+def error_reason(e: BaseException) -> str:
+    """A short reason for a failed store call: the OS error of a failed connection (``Connection refused``),
+    ``timed out``, the HTTP status of an answer that is not MLflow's, else the first line of the message, cut at
+    160 characters."""
+    text = str(e).strip()
+    if "timeout" in text.lower() or "timed out" in text.lower():
+        return "timed out"
+    status = re.search(r"error code (\d{3}) != 200", text)
+    if status:
+        return f"HTTP {status.group(1)}"
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if errno:
+        return errno.group(1).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    return first if len(first) <= 160 else first[:157] + "..."
+
+
+def mlflow_client(uri: str | None = None) -> MlflowClient:
+    """An ``MlflowClient`` bound to the store ``uri`` (resolved as in :func:`resolve_tracking_uri`; a new SQLite
+    store is created first, see :func:`open_store`)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=open_store(uri, probe=False))
 
 
 def ensure_experiment(name: str, uri: str | None = None, description: str | None = None) -> str:
@@ -170,16 +290,57 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def store_unavailable(e: BaseException) -> bool:
+    """Whether a failed store call means a tracking server is unavailable, maybe for a while: the connection
+    failed or timed out, or the server (or a proxy in front of it) answered with an HTTP 5xx. Anything else —
+    a request the store rejects, a local SQLite store's own error — is not an outage and is raised."""
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    network = (ConnectionError, TimeoutError, requests.RequestException)
+    seen: BaseException | None = e
+    while seen is not None:  # MLflow's REST client wraps the requests error it caught
+        if isinstance(seen, network):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(e, MlflowException) and e.get_http_status_code() >= 500:
+        return isinstance(e, RestException) or str(e).startswith("API request to")
+    return False
+
+
+class _Outage:
+    """The store stopped answering: when to try it again (the wait doubles at each failure, up to 5 min)."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        self.next_try = time.monotonic() + wait_s
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.next_try
+
+    def failed_again(self) -> None:
+        self.wait_s = min(2 * self.wait_s, MAX_RETRY_AFTER_S)
+        self.next_try = time.monotonic() + self.wait_s
+
+
 # ---- the run -------------------------------------------------------------------------------------------------
 class Tracker:
     """One MLflow run: params/tags at start, buffered metrics, artifacts, and the final status on exit.
 
     Create it with :meth:`start` (or :func:`start_parent_run`) and use it as a context manager.
+
+    A store that stops answering once the run exists (a tracking server that went away) does not end the run:
+    metrics stay buffered and are sent again at a later flush (after ``retry_after_s``, then waiting twice as long
+    each time, at most 5 min), other calls (artifacts, tags) are skipped and listed in :attr:`unlogged`; the first
+    failure and the recovery are one warning line each. If metrics or the final status are still unsent when the
+    run ends, they are saved to ``<local_dir>/unlogged_metrics.jsonl`` (:func:`replay_unlogged` sends them) and
+    one warning line says how many and where.
     """
 
     def __init__(self, client: MlflowClient, run_id: str, experiment_id: str, uri: str, *,
                  flush_interval_s: float = 10.0, flush_every_steps: int = 100,
-                 skip_until: Mapping[str, int] | None = None) -> None:
+                 skip_until: Mapping[str, int] | None = None, local_dir: str | os.PathLike | None = None,
+                 retry_after_s: float = RETRY_AFTER_S) -> None:
         self._client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
@@ -192,13 +353,18 @@ class Tracker:
         self._skip_until = dict(skip_until or {})  # resume: metric key -> last step already in the store
         self._datasets: list[tuple[str, str]] = []
         self._ended = False
+        self.local_dir = Path(local_dir) if local_dir is not None else None  # where unsent metrics are saved
+        self.retry_after_s = retry_after_s
+        self._outage: _Outage | None = None
+        self._last_error = ""  # why the store last failed
+        self.unlogged: list[str] = []  # what the store did not take, but metrics (they stay in the buffer)
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
     @classmethod
     def start(cls, config: RunConfig, run_name: str | None = None, experiment: str | None = None,
               uri: str | None = None, parent_run_id: str | None = None, resume_run_id: str | None = None,
               tags: Mapping[str, Any] | None = None, flush_interval_s: float = 10.0,
-              flush_every_steps: int = 100) -> Tracker:
+              flush_every_steps: int = 100, local_dir: str | os.PathLike | None = None) -> Tracker:
         """Start (or, with ``resume_run_id``, continue) a run for ``config``.
 
         ``run_name``/``experiment``/``uri`` default to ``config.tracking``. A new run gets the flattened config
@@ -212,6 +378,7 @@ class Tracker:
         metric is always a prefix of its steps. The resumed run replays from the checkpoint and skips the steps up
         to the last stored one — those a flush stored after the checkpoint and before the kill, whose values the
         replay reproduces (every draw of a step is a function of (seed, step)); MLflow cannot delete a value.
+        ``local_dir`` (the run directory) is where metrics the store never took are saved (default: the cwd).
         """
         uri = resolve_tracking_uri(uri or config.tracking.tracking_uri)
         experiment = experiment or config.tracking.experiment
@@ -219,7 +386,8 @@ class Tracker:
         experiment_id = ensure_experiment(experiment, uri)
         client = mlflow_client(uri)
         chash = config.config_hash()
-        kwargs = {"flush_interval_s": flush_interval_s, "flush_every_steps": flush_every_steps}
+        kwargs = {"flush_interval_s": flush_interval_s, "flush_every_steps": flush_every_steps,
+                  "local_dir": local_dir}
 
         with _creating_run(client) as creating:
             if resume_run_id is not None:
@@ -268,14 +436,71 @@ class Tracker:
             self.end("FAILED")
 
     def end(self, status: str = "FINISHED") -> None:
-        """Flush buffered metrics and set the final status (FINISHED, FAILED or KILLED)."""
+        """Flush buffered metrics and set the final status (FINISHED, FAILED or KILLED). Both are tried even
+        during an outage; what the store still does not take is saved for :func:`replay_unlogged`."""
         if self._ended:
             return
         self._ended = True
         try:
-            self.flush()
+            self.flush(force=True)
         finally:
-            self._client.set_terminated(self.run_id, status=status)
+            ended = self._send("status", lambda: self._client.set_terminated(self.run_id, status=status), force=True)
+        if self._buffer or not ended:
+            self._save_unlogged(None if ended else status)
+        elif self.unlogged:
+            log.warning("MLflow store %s did not take this run's %s (%s); they are in the run directory",
+                        self.uri, ", ".join(sorted(set(self.unlogged))), self._last_error)
+
+    def _send(self, what: str, call: Callable[[], Any], force: bool = False, small: bool = True) -> bool:
+        """Make the store call ``call``; True once it went through. While the store does not answer
+        (:func:`store_unavailable`) nothing is raised: ``what`` goes to :attr:`unlogged` ("metrics" stay in the
+        buffer instead) and later calls are skipped until the next try is due (``force``: try anyway). ``small``
+        requests, and all during an outage, use :data:`TRACKER_HTTP` (few retries, short timeouts)."""
+        if self._outage is not None and not (force or self._outage.due()):
+            return self._not_sent(what)
+        try:
+            with mlflow_env(TRACKER_HTTP if small or self._outage else {}, override=False):
+                call()
+        except Exception as e:
+            if not store_unavailable(e):
+                raise
+            self._last_error = error_reason(e)
+            if self._outage is None:
+                self._outage = _Outage(self.retry_after_s)
+                log.warning("MLflow store %s does not answer (%s): the run goes on, its metrics are kept and sent "
+                            "when the store answers again", self.uri, self._last_error)
+            else:
+                self._outage.failed_again()
+            return self._not_sent(what)
+        if self._outage is not None:
+            self._outage = None
+            log.warning("MLflow store %s answers again: the buffered metrics are sent", self.uri)
+        return True
+
+    def _not_sent(self, what: str) -> bool:
+        if what != "metrics":
+            self.unlogged.append(what)
+        return False
+
+    def _save_unlogged(self, status: str | None) -> Path:
+        """Append the unsent metrics (and the final ``status``, when the store did not take it) to
+        ``unlogged_metrics.jsonl``, one JSON object a line, empty the buffer and say so in one warning line."""
+        path = (self.local_dir or Path.cwd()) / UNLOGGED_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        head = {"store": self.uri, "run_id": self.run_id}
+        lines = [json.dumps({**head, "key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step})
+                 for m in self._buffer]
+        if status is not None:
+            lines.append(json.dumps({**head, "status": status, "end_time": _now_ms()}))
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+        n, self._buffer = len(self._buffer), []
+        others = sorted(set(self.unlogged) - {"status"})
+        also = f" (also not logged, kept in the run directory: {', '.join(others)})" if others else ""
+        log.warning("MLflow store %s did not answer (%s): %d metrics%s not logged, saved in %s; send them with "
+                    "`recipeset replay-metrics %s` once it answers%s", self.uri, self._last_error, n,
+                    " and the run's end" if status else "", path, path.parent, also)
+        return path
 
     def end_running_children(self, status: str = "KILLED") -> list[str]:
         """Set every child run of this (parent) run that is still RUNNING to ``status``; returns their ids.
@@ -296,14 +521,16 @@ class Tracker:
 
         items = [Param(k, _param_value(v)) for k, v in params.items()]
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            self._client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
+            chunk = items[i : i + MAX_PARAMS_PER_BATCH]
+            self._send("params", lambda chunk=chunk: self._client.log_batch(self.run_id, params=chunk))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            self._client.log_batch(self.run_id, tags=items[i : i + MAX_PARAMS_PER_BATCH])
+            chunk = items[i : i + MAX_PARAMS_PER_BATCH]
+            self._send("tags", lambda chunk=chunk: self._client.log_batch(self.run_id, tags=chunk))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Buffer ``metrics`` (name -> number, e.g. a 0-d tensor) at global ``step``; flushed in batches.
@@ -327,14 +554,18 @@ class Tracker:
                 or time.monotonic() - self._last_flush >= self.flush_interval_s):
             self.flush()
 
-    def flush(self) -> None:
-        """Send buffered metrics with ``log_batch``, at most 1000 per call."""
-        while self._buffer:
-            chunk = self._buffer[:MAX_METRICS_PER_BATCH]
-            self._client.log_batch(self.run_id, metrics=chunk)
-            del self._buffer[: len(chunk)]
+    def flush(self, force: bool = False) -> None:
+        """Send buffered metrics with ``log_batch``, at most 1000 per call. During an outage they stay buffered
+        until the next try is due (``force``: try now)."""
+        while self._buffer and self._send("metrics", self._send_chunk, force=force):
+            pass
         self._steps_since_flush = 0
         self._last_flush = time.monotonic()
+
+    def _send_chunk(self) -> None:
+        chunk = self._buffer[:MAX_METRICS_PER_BATCH]
+        self._client.log_batch(self.run_id, metrics=chunk)
+        del self._buffer[: len(chunk)]
 
     # ---- datasets and artifacts -----------------------------------------------------------------------------
     def log_dataset(self, name: str, source_path: str | os.PathLike | None, sha256: str,
@@ -364,50 +595,53 @@ class Tracker:
         input_tags = [InputTag("mlflow.data.context", context), InputTag("sha256", sha256)]
         input_tags += [InputTag(str(k), str(v)) for k, v in (counts or {}).items()]
         inputs = [DatasetInput(ds._to_mlflow_entity(), input_tags)]
+        self._send("dataset", lambda: self._log_inputs(inputs))
+        self._datasets.append((name, sha256))
+        self.set_tags({"dataset": "+".join(n for n, _ in self._datasets),
+                       "dataset_sha256": "+".join(s for _, s in self._datasets)})
+
+    def _log_inputs(self, inputs: list) -> None:
         for attempt in range(5):
             try:
                 self._client.log_inputs(self.run_id, datasets=inputs)
-                break
+                return
             except Exception as e:  # noqa: BLE001 - only the insert race below is retried
                 # Two runs of one experiment logging the same new dataset at once (parallel grid children):
                 # both insert it and the store's unique key rejects the second; on retry it finds the row.
                 if "UNIQUE constraint failed: datasets" not in str(e) or attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
-        self._datasets.append((name, sha256))
-        self.set_tags({"dataset": "+".join(n for n, _ in self._datasets),
-                       "dataset_sha256": "+".join(s for _, s in self._datasets)})
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Log a local file (or a directory's contents) under ``artifact_path``."""
         path = Path(path)
         if not path.exists():
             raise RecipesetError(f"{path}: no such file to log as an artifact")
-        if path.is_dir():
-            self._client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self._client.log_artifact(self.run_id, str(path), artifact_path)
+        send = self._client.log_artifacts if path.is_dir() else self._client.log_artifact
+        self._send(str(Path(artifact_path or "") / path.name), lambda: send(self.run_id, str(path), artifact_path),
+                   small=False)
 
     def log_dict(self, d: Mapping[str, Any] | list, name: str) -> None:
         """Log a JSON-serialisable object as the artifact ``name`` (``.json`` or ``.yaml``)."""
-        self._client.log_dict(self.run_id, d, name)
+        self._send(name, lambda: self._client.log_dict(self.run_id, d, name), small=False)
 
     def log_text(self, text: str, name: str) -> None:
-        self._client.log_text(self.run_id, text, name)
+        self._send(name, lambda: self._client.log_text(self.run_id, text, name), small=False)
 
     def log_table(self, df: pd.DataFrame, name: str) -> None:
         """Log a table as ``<name>.csv`` and ``<name>.json`` (records), e.g. ``name="eval/test"``."""
-        self._client.log_text(self.run_id, df.to_csv(index=False), f"{name}.csv")
-        self._client.log_text(self.run_id, df.to_json(orient="records", indent=1), f"{name}.json")
+        self.log_text(df.to_csv(index=False), f"{name}.csv")
+        self.log_text(df.to_json(orient="records", indent=1), f"{name}.json")
 
     def log_figure(self, fig: Figure, name: str) -> None:
         """Save a matplotlib figure as the artifact ``name`` (default extension ``.png``)."""
         if not Path(name).suffix:
             name += ".png"
-        self._client.log_figure(self.run_id, fig, name)
+        self._send(name, lambda: self._client.log_figure(self.run_id, fig, name), small=False)
 
-    def log_model_dir(self, model_dir: str | os.PathLike, artifact_path: str = "model") -> str:
-        """Log a checkpoint directory (config + weights, no pickle) as artifacts; return ``runs:/<id>/model``.
+    def log_model_dir(self, model_dir: str | os.PathLike, artifact_path: str = "model") -> str | None:
+        """Log a checkpoint directory (config + weights, no pickle) as artifacts; return ``runs:/<id>/model``
+        (None when the store did not take it).
 
         :func:`recipeset.runs.download_model_dir` on the returned URI gives back the same files, and
         ``recipeset.load_model`` the model.
@@ -415,10 +649,42 @@ class Tracker:
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise RecipesetError(f"{model_dir}: not a model directory")
-        self._client.log_artifacts(self.run_id, str(model_dir), artifact_path)
+        if not self._send(artifact_path, lambda: self._client.log_artifacts(self.run_id, str(model_dir),
+                                                                             artifact_path), small=False):
+            return None
         uri = f"runs:/{self.run_id}/{artifact_path}"
-        self._client.set_tag(self.run_id, "model_uri", uri)
+        self.set_tags({"model_uri": uri})
         return uri
+
+
+def replay_unlogged(path: str | os.PathLike, uri: str | None = None) -> int:
+    """Send what runs could not log (:attr:`Tracker.unlogged` metrics and final statuses, saved in a run directory's
+    ``unlogged_metrics.jsonl``; ``path`` is that file or the run directory) to the store they were meant for
+    (``uri`` to send them elsewhere); then the file is renamed ``unlogged_metrics.jsonl.replayed``. Returns the
+    number of metrics sent. The store must answer (:func:`open_store`)."""
+    from mlflow.entities import Metric
+
+    path = Path(path)
+    path = path / UNLOGGED_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise RecipesetError(f"{path}: no such file; a run writes {UNLOGGED_FILE} into its directory only when "
+                             "its MLflow store did not answer")
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    metrics: dict[tuple[str, str], list] = {}  # (store, run id) -> metrics
+    for r in records:
+        if "key" in r:
+            metrics.setdefault((uri or r["store"], r["run_id"]), []).append(
+                Metric(r["key"], r["value"], r["timestamp"], r["step"]))
+    for (store, run_id), items in metrics.items():
+        client = mlflow_client(open_store(store))
+        for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH])
+    for r in records:
+        if "status" in r:
+            mlflow_client(open_store(uri or r["store"])).set_terminated(r["run_id"], status=r["status"],
+                                                                        end_time=r["end_time"])
+    path.rename(path.with_name(path.name + ".replayed"))
+    return sum(len(items) for items in metrics.values())
 
 
 class RunStopped(Exception):
@@ -497,6 +763,6 @@ def start_parent_run(experiment: str, run_name: str, uri: str | None = None,
 
 __all__ = [
     "EXPERIMENT_KIND_TAG", "CLASSIC_ML_KIND", "PARENT_RUN_TAG", "RunStopped", "RunTerminated", "Tracker",
-    "resolve_tracking_uri",
+    "resolve_tracking_uri", "open_store", "create_sqlite_store", "probe_server", "replay_unlogged", "UNLOGGED_FILE",
     "mlflow_client", "ensure_experiment", "start_parent_run", "metric_key", "git_commit",
 ]

@@ -40,7 +40,7 @@ from recipeset.errors import RecipesetError
 from recipeset.experiments import Experiment, SearchParam, TuneSpec, load_experiment
 from recipeset.io_utils import atomic_write_text
 from recipeset.pipeline import RunResult, run_training
-from recipeset.tracking import RunStopped, Tracker, ensure_experiment, resolve_tracking_uri, start_parent_run
+from recipeset.tracking import RunStopped, Tracker, ensure_experiment, open_store, start_parent_run
 from recipeset.training import STATE_FILE, derived_seed, recover_checkpoint
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def run_tune(path: str | os.PathLike, trials: int | None = None, minutes: float 
     trials = trials if trials is not None else spec.trials
     minutes = minutes if minutes is not None else spec.minutes
     name = study_name(exp, variant, quick)
-    uri = resolve_tracking_uri(uri)
+    uri = open_store(uri)  # a server that does not answer: one line before any trial
     experiment = f"{exp.tracking_experiment(quick)}-tune"
     fixed = exp.fixed_config(variant, quick).override(
         {"tracking.experiment": experiment, "tracking.tracking_uri": uri,
