@@ -36,10 +36,29 @@ class _Running:
     log_file: IO[bytes]
 
 
+@dataclass
+class _Tail:
+    """What a child has written to its log since it started and has not been read yet."""
+
+    path: Path
+    offset: int          # where this attempt's output starts (the log is appended to on every attempt)
+    partial: bytes = b""
+
+    def read(self) -> list[str]:
+        """The complete lines written since the last call."""
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        return [line.decode(errors="replace").rstrip("\r") for line in lines]
+
+
 class ChildProcesses:
     """At most ``max_running`` child processes, each with its stdout and stderr appended to its own log file.
 
-    ``start`` launches one, ``poll``/``wait`` reap the ones that exited, ``stop`` ends them all: SIGTERM to each,
+    ``start`` launches one, ``poll``/``wait`` reap the ones that exited, ``new_lines`` reads what they have written
+    to their logs (e.g. to show their progress), ``stop`` ends them all: SIGTERM to each,
     up to ``timeout`` seconds (in total) for them to unwind and exit, then SIGKILL for the stragglers. Used as a
     context manager, an exception in the ``with`` block (Ctrl-C, SIGTERM, a bug) stops the children before it
     propagates, so none is left behind.
@@ -55,6 +74,7 @@ class ChildProcesses:
         self.max_running = max_running
         self.poll_interval_s = poll_interval_s
         self._running: dict[str, _Running] = {}
+        self._tails: dict[str, _Tail] = {}
 
     @property
     def running(self) -> list[str]:
@@ -74,11 +94,13 @@ class ChildProcesses:
         log_path = Path(log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = open(log_path, "ab")  # closed when the child is reaped
+        self._tails[name] = _Tail(log_path, log_file.seek(0, os.SEEK_END))
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                                     env=None if env is None else dict(env), cwd=cwd, process_group=0)
         except BaseException:
             log_file.close()
+            del self._tails[name]
             raise
         self._running[name] = _Running(proc, time.perf_counter(), log_path, log_file)
         return proc.pid
@@ -91,6 +113,16 @@ class ChildProcesses:
             if rc is not None:
                 exited.append(self._reap(name, rc))
         return exited
+
+    def new_lines(self) -> list[tuple[str, str]]:
+        """``(child name, line)`` for every complete line the children have written to their logs since the last
+        call (this attempt's output only), the last lines of children reaped since included."""
+        out = []
+        for name, tail in list(self._tails.items()):
+            out += [(name, line) for line in tail.read()]
+            if name not in self._running:
+                del self._tails[name]
+        return out
 
     def wait(self, timeout: float | None = None) -> list[ChildExit]:
         """Block until at least one child exits (or ``timeout`` seconds pass, or none is running); reap them."""
@@ -134,3 +166,4 @@ class ChildProcesses:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.stop()  # after an exception; on a normal exit nothing is running any more
+
