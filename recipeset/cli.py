@@ -519,19 +519,20 @@ def compare(experiment_name, metric, tracking_uri, show_runs, as_json, plots_dir
 
 
 @cli.command()
-@click.option("--port", type=int, default=5000, help="Port on 127.0.0.1.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, help="Port on 127.0.0.1.")
 @click.option("--tracking-uri", default=None, help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
 def ui(port, tracking_uri) -> None:
-    """Start the MLflow UI on 127.0.0.1 for the store."""
-    import subprocess
-
+    """Start the MLflow UI on 127.0.0.1 for the store; Ctrl-C or SIGTERM stops the server and all its workers."""
+    from recipeset.processes import port_in_use, run_process_group
     from recipeset.tracking import resolve_tracking_uri
 
+    if port_in_use(port):
+        raise RecipesetError(f"port {port} is in use: pass --port N")
     uri = resolve_tracking_uri(tracking_uri)
     click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port}  (Ctrl-C stops it)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(port)]
-    raise SystemExit(subprocess.call(cmd))
+    raise SystemExit(run_process_group(cmd))
 
 
 @cli.command()

@@ -1,19 +1,25 @@
-"""Supervised child processes: at most N at a time, each logging to its own file, with a public stop.
+"""Supervised child processes: at most N at a time, each logging to its own file, with a public stop; and a
+server run in a process group of its own that is stopped as a whole.
 
-The grid runner (:mod:`recipeset.study`) runs every child run of a ``--jobs N`` grid through it; nothing here
-knows about recipeset's runs.
+The grid runner (:mod:`recipeset.study`) runs every child run of a ``--jobs N`` grid through
+:class:`ChildProcesses`, ``recipeset ui`` the MLflow server through :func:`run_process_group`; nothing here knows
+about recipeset's runs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from recipeset.signals import RunTerminated
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +173,76 @@ class ChildProcesses:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.stop()  # after an exception; on a normal exit nothing is running any more
 
+
+# ---- a server in a process group of its own -------------------------------------------------------------------
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``host:port`` cannot be bound: a server listens there (a port a server left in TIME_WAIT counts as
+    free, as it does for servers, which set SO_REUSEADDR too)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (zombies, which hold nothing, left out); Linux reads /proc,
+    elsewhere the answer is [pgid] while any process of the group exists."""
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            members.append(int(entry.name))
+    return members
+
+
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Send ``sig`` to the process group ``proc`` leads and wait until none of its processes is left; SIGKILL
+    for the group after ``timeout`` seconds."""
+    for s, wait_s in ((sig, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, s)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait_s
+        while True:
+            proc.poll()  # reap the leader, or it stays a zombie
+            if not group_members(proc.pid) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        if not group_members(proc.pid):
+            break
+        log.warning("process group %d still running %.0fs after signal %d", proc.pid, wait_s, s)
+    proc.wait()
+
+
+def run_process_group(argv: list[str], env: Mapping[str, str] | None = None) -> int:
+    """Run ``argv`` (a server that starts workers of its own) as the leader of a new session and process group,
+    until it exits; returns its exit code. Ctrl-C (SIGINT) or SIGTERM of this process — both arrive as a
+    ``KeyboardInterrupt``, SIGTERM as :class:`~recipeset.signals.RunTerminated` once the handler is installed — is
+    forwarded to the whole group, which is waited for before the interrupt propagates, so no worker outlives the
+    command (and keeps its port). The terminal's Ctrl-C reaches this process only: the group is not in the
+    foreground."""
+    proc = subprocess.Popen(argv, env=None if env is None else dict(env), start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt as e:
+        stop_group(proc, signal.SIGTERM if isinstance(e, RunTerminated) else signal.SIGINT)
+        raise
+    finally:
+        if group_members(proc.pid):  # the leader exited (or this raised) and left workers behind
+            stop_group(proc)
