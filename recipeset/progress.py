@@ -118,7 +118,7 @@ class Reporter:
         frame.reporter, frame.started = self, self.clock()
         self.frames.append(frame)
         if frame.total is not None and not frame.items:  # a loop over items starts with its first item
-            self._event(frame, start=True)
+            self.changed(frame, start=True)
 
     def pop(self, frame: Frame, finished: bool) -> None:
         """``frame`` (and anything left above it) ends; ``finished``: it ran to its end (not an exception)."""
@@ -139,9 +139,7 @@ class Reporter:
 
     # ---- output -----------------------------------------------------------------------------------------------
     def changed(self, frame: Frame, start: bool = False) -> None:
-        self._event(frame, start)
-
-    def _event(self, frame: Frame, start: bool) -> None:
+        """``frame`` moved (``start``: it has just begun): redraw the live line, or write a plain line if due."""
         if self.tty:
             self._draw(force=start and frame is self._outer())
             return
