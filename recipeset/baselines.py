@@ -22,6 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from recipeset import progress
 from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import NUM_SPECIALS, PAD, Vocabulary
 from recipeset.errors import RecipesetError
@@ -422,7 +423,7 @@ class LinearCompletionBaseline(Baseline):
         rng = np.random.default_rng(self.seed)
         known = drop_unknown(train)
         best, best_state, since, self.val_curve = -np.inf, None, 0, []
-        for epoch in range(self.epochs):
+        for epoch in progress.track(range(self.epochs), "epoch"):
             self.net.train()
             self._epoch(known, opt, epoch, rng)
             self.net.eval()
@@ -540,7 +541,7 @@ def fit_baseline(name: str, train: EncodedSets, vocab: Vocabulary, val: EncodedS
         b = cls(vocab, **grid[0], stop="size", stop_value=m, seed=seed).fit(train)
         return b, b.params()
     best, best_score, scores = None, -np.inf, []
-    for point in grid:
+    for point in progress.track(grid, "grid"):
         b = cls(vocab, **point, seed=seed).fit(train, val=val, eval_seed=eval_seed, draws=draws)
         if cls.select == "cuisine/macro_f1":  # with its decision rule tuned on validation, as for the models
             rule = tune_cuisine_rule(b, val)
@@ -575,7 +576,7 @@ def run_baselines(train: EncodedSets, val: EncodedSets, test: EncodedSets, vocab
     if bad:
         raise RecipesetError(f"unknown baseline(s) {bad}; choose from {', '.join(BASELINES)}")
     out: dict[str, dict[str, Any]] = {}
-    for name in names:
+    for name in progress.track(names, "baselines", name=str):
         t0 = time.perf_counter()
         b, params = fit_baseline(name, train, vocab, val, seed=seed, eval_seed=eval_seed, draws=draws)
         own = [t for t in b.tasks if tasks is None or t in tasks]
@@ -584,8 +585,9 @@ def run_baselines(train: EncodedSets, val: EncodedSets, test: EncodedSets, vocab
         res = {"params": params}
         for split, sets in (("val", val), ("test", test)):
             frames = None if per_query is None else per_query.setdefault(name, {}).setdefault(split, [])
-            res[split] = evaluate_all(b, sets, tasks=own, seed=eval_seed, batch_size=batch_size, draws=draws,
-                                      per_query=frames)
+            with progress.phase(f"evaluating {split}"):
+                res[split] = evaluate_all(b, sets, tasks=own, seed=eval_seed, batch_size=batch_size, draws=draws,
+                                          per_query=frames)
         res["seconds"] = time.perf_counter() - t0
         out[name] = res
     return out

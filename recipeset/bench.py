@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from recipeset import progress
 from recipeset.config import DEFAULT_LOSS, DataConfig, RunConfig, pack_for, resolve_objectives
 from recipeset.data.batching import real_fraction
 from recipeset.data.collate import Batch, collate
@@ -321,15 +322,14 @@ def performance_report(dataset: str = "flavornet", path: str | None = None, batc
     unknown = sorted(set(variants or ()) - set(chosen))
     if unknown:
         raise RecipesetError(f"bench: unknown variant(s) {unknown}; valid: {', '.join(chosen)}")
-    for name, over in chosen.items():
-        if variants and name not in variants:
-            continue
-        echo(f"bench {name} ...")
+    todo = {name: over for name, over in chosen.items() if not variants or name in variants}
+    for name, over in progress.track(todo.items(), "bench", name=lambda item: item[0]):
         run_cfg = cfg.override({**over, "model.d_model": d_model, "train.batch_size": batch_size,
                                 "train.device": "cpu"}, source=f"bench {name}")
         report["variants"][name] = bench_variant(run_cfg, data, steps=steps)
-    report["hungarian_vs_standard"] = bench_hungarian_vs_standard(batch_size=batch_size, d_model=d_model,
-                                                                  steps=steps, data=data)
+    with progress.phase("bench: hungarian vs standard"):
+        report["hungarian_vs_standard"] = bench_hungarian_vs_standard(batch_size=batch_size, d_model=d_model,
+                                                                      steps=steps, data=data)
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return report
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from recipeset.errors import RecipesetError
+from recipeset.progress import phase, reporting
 from recipeset.registry import DATASETS, LOSSES, MODELS, OBJECTIVES, ORDERS, Registry
 from recipeset.threads import set_passive_wait_policy
 
@@ -57,6 +58,15 @@ class LazyHelpOption(click.Option):
         if self.help_fn is not None:
             self.help = self.help_fn()
         return super().get_help_record(ctx)
+
+
+QUIET_HELP = ("No progress on stderr (a live line on a terminal; elsewhere a plain line at each 10%, at least every "
+              "30 s). --json implies it.")
+
+
+def quiet_option(command):
+    """``--quiet``: the command reports no progress (:mod:`recipeset.progress`)."""
+    return click.option("--quiet", is_flag=True, help=QUIET_HELP)(command)
 
 
 class RecipesetGroup(click.Group):
@@ -185,7 +195,7 @@ def _objective_weights(pairs: tuple[str, ...]) -> dict:
 @click.option("--experiment", default=None, help="MLflow experiment name [default: recipeset].")
 @click.option("--no-track", is_flag=True, help="Do not log to MLflow.")
 @click.option("--deterministic", is_flag=True, help="Deterministic torch kernels.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 @click.option("--baselines/--no-baselines", default=True,
               help="Score the cheap baselines (popularity, co-occurrence, item-kNN) on the same queries and show "
                    "the best beside the model [default: on].")
@@ -300,18 +310,21 @@ def _load_scorer(model_dir: str, ensemble: tuple[str, ...]):
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", help="Which split of the run's data.")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None, help="Evaluate on N seeded recipes only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
-def evaluate(model_dir, ensemble, dataset, path, split, max_queries, as_json) -> None:
+@quiet_option
+def evaluate(model_dir, ensemble, dataset, path, split, max_queries, as_json, quiet) -> None:
     """The evaluation table of a trained model (MODEL_DIR or runs:/<id>/model), or of an --ensemble."""
     import json
 
     from recipeset.pipeline import run_data
     from recipeset.protocol import evaluate_model
 
-    m = _load_scorer(model_dir, ensemble)
-    cfg, sets = run_data(m, model_dir, split=split, dataset=dataset, path=path, tune=bool(ensemble))
-    if max_queries is not None:
-        cfg.eval.max_queries = max_queries
-    metrics = evaluate_model(m, sets, cfg)
+    with reporting(not (quiet or as_json)):
+        m = _load_scorer(model_dir, ensemble)
+        cfg, sets = run_data(m, model_dir, split=split, dataset=dataset, path=path, tune=bool(ensemble))
+        if max_queries is not None:
+            cfg.eval.max_queries = max_queries
+        with phase(f"evaluating {split if dataset is None else dataset}"):
+            metrics = evaluate_model(m, sets, cfg)
     if as_json:
         click.echo(json.dumps(metrics))
     else:
@@ -375,7 +388,8 @@ def classify(model_dir, ingredients, top, ensemble) -> None:
 @click.option("--name", "names", multiple=True, help="Only these baselines (repeatable) [default: all].")
 @click.option("--seed", type=int, default=0, help="Seed of the baselines' own randomness.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: baseline -> metrics.")
-def baselines(dataset, path, names, seed, as_json) -> None:
+@quiet_option
+def baselines(dataset, path, names, seed, as_json, quiet) -> None:
     """The classical baselines, tuned on validation, on the same split and queries as the models."""
     import json
 
@@ -386,7 +400,8 @@ def baselines(dataset, path, names, seed, as_json) -> None:
     # the default eval settings: the queries of a study (or train) run on the same data with the default [eval]
     cfg = RunConfig().override({"data.dataset": dataset, "data.path": path})
     data = prepare_data(cfg.data)
-    results = run_baselines_on(cfg, data, names=list(names) or None, seed=seed)
+    with reporting(not (quiet or as_json)):
+        results = run_baselines_on(cfg, data, names=list(names) or None, seed=seed)
     if as_json:
         click.echo(json.dumps({k: {**v["test"], "params": v["params"]} for k, v in results.items()}, default=str))
         return
@@ -411,7 +426,8 @@ def experiment() -> None:
 @click.option("--out", default="runs", help="Root of the run directories.")
 @click.option("--seeds", default=None, help="Only these seeds, comma-separated (e.g. 0,1) [default: the file's].")
 @click.option("--variant", "variants", multiple=True, help="Only this variant (repeatable) [default: all].")
-def experiment_run(file, quick, jobs, tracking_uri, out, seeds, variants) -> None:
+@quiet_option
+def experiment_run(file, quick, jobs, tracking_uri, out, seeds, variants, quiet) -> None:
     """Run FILE's grid as one parent MLflow run with a child per variant × seed (finished children are skipped,
     interrupted ones resumed), then log the results tables."""
     from recipeset.study import run_experiment
@@ -422,8 +438,9 @@ def experiment_run(file, quick, jobs, tracking_uri, out, seeds, variants) -> Non
         seed_list = [int(x) for x in seeds.split(",")] if seeds else None
     except ValueError:
         raise RecipesetError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1") from None
-    outcomes = run_experiment(file, quick=quick, jobs=jobs, uri=tracking_uri, out_root=out, echo=click.echo,
-                              seeds=seed_list, variants=list(variants) or None)
+    with reporting(not quiet):  # --jobs N: each child's progress lines, prefixed with its name
+        outcomes = run_experiment(file, quick=quick, jobs=jobs, uri=tracking_uri, out_root=out, echo=click.echo,
+                                  seeds=seed_list, variants=list(variants) or None)
     click.echo(f"{sum(o.status == 'finished' for o in outcomes)} run, "
                f"{sum(o.status == 'skipped' for o in outcomes)} skipped")
 
@@ -449,15 +466,17 @@ def experiment_child(spec) -> None:
 @click.option("--tracking-uri", default=None, help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
 @click.option("--out", default=None, help="The study's directory: optuna.db, trial-<n>/, best_config.toml "
               "[default: runs/tune/<study>].")
-def tune(file, trials, minutes, variant, quick, tracking_uri, out) -> None:
+@quiet_option
+def tune(file, trials, minutes, variant, quick, tracking_uri, out, quiet) -> None:
     """Search FILE's [tune] space on validation with Optuna (TPE, median pruning on the periodic validation):
     one parent MLflow run, a child run per trial. Re-running the same command continues the study."""
     from recipeset.tune import run_tune
 
     if not Path(file).exists():
         raise RecipesetError(f"{file}: experiment file not found (see experiments/)")
-    r = run_tune(file, trials=trials, minutes=minutes, uri=tracking_uri, out=out, variant=variant, quick=quick,
-                 echo=click.echo)
+    with reporting(not quiet):
+        r = run_tune(file, trials=trials, minutes=minutes, uri=tracking_uri, out=out, variant=variant, quick=quick,
+                     echo=click.echo)
     click.echo(f"study {r.study}: " + ", ".join(f"{v} {k}" for k, v in r.counts.items()) + f"  ({r.storage})")
     click.echo(f"best trial {r.best_trial}: {r.metric} = {r.best_value:.5g} ({r.direction})")
     for key, value in r.best_params.items():
@@ -513,19 +532,20 @@ def replay_metrics(path, tracking_uri) -> None:
 
 
 @cli.command()
-@click.option("--port", type=int, default=5000, help="Port on 127.0.0.1.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, help="Port on 127.0.0.1.")
 @click.option("--tracking-uri", default=None, help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
 def ui(port, tracking_uri) -> None:
-    """Start the MLflow UI on 127.0.0.1 for the store."""
-    import subprocess
-
+    """Start the MLflow UI on 127.0.0.1 for the store; Ctrl-C or SIGTERM stops the server and all its workers."""
+    from recipeset.processes import port_in_use, run_process_group
     from recipeset.tracking import resolve_tracking_uri
 
+    if port_in_use(port):
+        raise RecipesetError(f"port {port} is in use: pass --port N")
     uri = resolve_tracking_uri(tracking_uri)
     click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port}  (Ctrl-C stops it)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(port)]
-    raise SystemExit(subprocess.call(cmd))
+    raise SystemExit(run_process_group(cmd))
 
 
 @cli.command()
@@ -537,7 +557,8 @@ def ui(port, tracking_uri) -> None:
 @click.option("--steps", type=click.IntRange(min=2), default=20, help="Timed training steps per variant.")
 @click.option("--variant", "variants", multiple=True, help="Only this model-loss variant (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def bench(dataset, path, batch_size, d_model, steps, variants, as_json) -> None:
+@quiet_option
+def bench(dataset, path, batch_size, d_model, steps, variants, as_json, quiet) -> None:
     """The performance report: training and evaluation throughput of every model × set loss on real batches,
     FLOP/s against this machine's dense matmul, padding, data-pipeline share, peak memory (see README,
     'Performance'). Run it on a quiet machine."""
@@ -545,8 +566,9 @@ def bench(dataset, path, batch_size, d_model, steps, variants, as_json) -> None:
 
     from recipeset.bench import performance_report
 
-    report = performance_report(dataset, path, batch_size=batch_size, d_model=d_model, steps=steps,
-                                variants=list(variants) or None, echo=lambda line: click.echo(line, err=True))
+    with reporting(not (quiet or as_json)):
+        report = performance_report(dataset, path, batch_size=batch_size, d_model=d_model, steps=steps,
+                                    variants=list(variants) or None, echo=lambda line: click.echo(line, err=True))
     if as_json:
         click.echo(json.dumps(report))
         return

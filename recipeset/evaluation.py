@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recipeset import progress
 from recipeset.data.batching import chunks, sorted_batches
 from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import NUM_SPECIALS, PAD, Vocabulary
@@ -305,12 +306,13 @@ def _scores(scorer: Scorer, tokens: torch.Tensor, mask: torch.Tensor, mode: str,
     return scores.masked_fill(~allowed, float("-inf")), allowed
 
 
-def _batches(sets: EncodedSets, batch_size: int) -> list[np.ndarray]:
+def _batches(sets: EncodedSets, batch_size: int, unit: str = "queries") -> Iterator[np.ndarray]:
     """The rows of ``sets`` in batches of ``batch_size``: sorted by length when :data:`GROUP_BY_LENGTH`, else in
-    split order. Callers put every result back at its row."""
+    split order, counted on the progress line (``1200/5623 queries``). Callers put every result back at its row."""
     if batch_size < 1:
         raise RecipesetError(f"batch_size must be >= 1, not {batch_size}")
-    return sorted_batches(sets.lengths, batch_size, by_length=GROUP_BY_LENGTH)
+    return progress.track(sorted_batches(sets.lengths, batch_size, by_length=GROUP_BY_LENGTH), total=len(sets),
+                          unit=unit, size=len)
 
 
 def _completion_ranks(scorer: Scorer, queries: EncodedSets, held_out: np.ndarray, mode: str,
@@ -433,7 +435,7 @@ def cuisine_probs(scorer: Scorer, sets: EncodedSets, batch_size: int = 512) -> t
         raise RecipesetError("evaluate_cuisine: the sets carry no cuisine labels")
     sub = drop_unknown(sets.take(rows))
     P = None  # [N, C] probabilities in row order
-    for idx in _batches(sub, batch_size):
+    for idx in _batches(sub, batch_size, unit="recipes"):
         tokens, mask = _batch(sub, idx)
         probs = torch.as_tensor(scorer.classify_ids(tokens, mask)).detach().float().cpu().numpy()
         if P is None:
@@ -545,7 +547,7 @@ def evaluate_nll(order_log_likelihood: Callable[[torch.Tensor, torch.Tensor], to
                 "nll_order_ingredient": float("nan"), "n": 0}
     keys = _order_keys(sub, batch_size, k, torch.Generator().manual_seed(seed))  # [k, N, T]
     s, o = torch.zeros(len(sub), dtype=torch.float64), torch.zeros(len(sub), dtype=torch.float64)  # per set
-    for idx in _batches(sub, batch_size):
+    for idx in _batches(sub, batch_size, unit="recipes"):
         tokens, mask = _batch(sub, idx)
         lls = torch.stack([torch.as_tensor(order_log_likelihood(_permute_rows(tokens, mask, keys[p, idx]), mask))
                            .double().cpu() for p in range(k)])  # [k, B]
@@ -593,7 +595,8 @@ def _prefixed(prefix: str, metrics: Mapping) -> dict[str, float]:
 def _completion_task(scorer: Scorer, sets: EncodedSets, o: EvalOptions) -> dict[str, float]:
     out: dict[str, float] = {}
     for mode in o.modes:
-        ranks = completion_ranks(scorer, sets, mode, o.seed, o.batch_size, draws=o.draws)
+        with progress.phase(_mode_suffix(mode)[1:]):
+            ranks = completion_ranks(scorer, sets, mode, o.seed, o.batch_size, draws=o.draws)
         out.update(_prefixed(f"completion{_mode_suffix(mode)}", ranking_metrics(ranks["rank"].to_numpy(), o.draws)))
         if o.per_query is not None:
             o.per_query.append(ranks.assign(mode=mode))
@@ -616,8 +619,9 @@ def _cuisine_task(scorer: Scorer, sets: EncodedSets, o: EvalOptions) -> dict[str
 def _order_task(scorer: Scorer, sets: EncodedSets, o: EvalOptions) -> dict[str, float]:
     out: dict[str, float] = {}
     for mode in o.modes:
-        out.update(_prefixed(f"order{_mode_suffix(mode)}", evaluate_order_sensitivity(
-            scorer, sets, seed=o.seed, max_queries=o.order_queries, mode=mode, batch_size=o.batch_size)))
+        with progress.phase(_mode_suffix(mode)[1:]):
+            out.update(_prefixed(f"order{_mode_suffix(mode)}", evaluate_order_sensitivity(
+                scorer, sets, seed=o.seed, max_queries=o.order_queries, mode=mode, batch_size=o.batch_size)))
     return out
 
 
@@ -650,7 +654,8 @@ def evaluate_all(scorer: Scorer, sets: EncodedSets, tasks: Sequence[str] = DEFAU
     out: dict[str, float] = {}
     for entry in entries:
         raise_if_terminated()
-        out.update(entry.run(scorer, sets, options))
+        with progress.phase(entry.name):
+            out.update(entry.run(scorer, sets, options))
     return out
 
 

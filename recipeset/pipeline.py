@@ -39,6 +39,7 @@ from recipeset.models.base import RecipeModel
 from recipeset.models.io import save_model
 from recipeset.objectives.tasks import Objectives, cuisine_class_weights
 from recipeset.plots import plot_confusion, plot_embedding_map, plot_learning_curves
+from recipeset.progress import phase, reporting
 from recipeset.registry import LOSSES, MODELS, OBJECTIVES
 from recipeset.runs import download_model_dir, load_model
 from recipeset.threads import resolve_threads
@@ -127,7 +128,8 @@ def _plots(tracker: Tracker | None, history: dict, model: RecipeModel, data: Pre
                                                         data.vocab.ingredients, data.vocab.counts)
     test = protocol.test_subset(data.test_eval, cfg)  # the queries the test metrics are reported on
     if model.can_classify and (test.cuisine >= 0).any():
-        cm = evaluate_cuisine(model, test)["confusion"]
+        with phase("plots: cuisine"):
+            cm = evaluate_cuisine(model, test)["confusion"]
         figs["cuisine_confusion.png"] = plot_confusion(np.asarray(cm), data.vocab.cuisines)
     for name, fig in figs.items():
         fig.savefig(plots / name, dpi=110, bbox_inches="tight")
@@ -236,8 +238,9 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
                      if "cls" in weights else None)
     objectives = Objectives(cfg, weights, class_weights=class_weights)
     tracker = _start_tracker(cfg, out_dir, resume, parent_run_id, tags) if track and world.is_main else None
-    # the run ends FINISHED, FAILED on an error, KILLED on Ctrl-C / SIGTERM (Tracker.__exit__)
-    with tracker if tracker is not None else contextlib.nullcontext():
+    # the run ends FINISHED, FAILED on an error, KILLED on Ctrl-C / SIGTERM (Tracker.__exit__); progress: training,
+    # then each phase of the evaluation (tuning on val, evaluating val/test, plots, baselines)
+    with tracker if tracker is not None else contextlib.nullcontext(), reporting(progress and world.is_main):
         if tracker is not None and not resume:
             _log_inputs(tracker, data, out_dir, model)
         val_loss_sets = protocol.eval_subset(data.val, cfg.train.val_max_recipes, cfg.eval.seed)
@@ -313,17 +316,20 @@ def evaluate_run(model, cfg: RunConfig, data: PreparedData, out_dir: Path) -> Ru
     synthetic default, and the table ``eval.csv``/``eval.json`` in ``out_dir``."""
     val_ranks: list = []
     test_ranks: list = []
-    val_metrics = protocol.evaluate_model(model, protocol.val_subset(data.val_eval, cfg), cfg, joint=False,
-                                          per_query=val_ranks)
-    metrics = protocol.evaluate_model(model, data.test_eval, cfg, per_query=test_ranks)
+    with phase("evaluating val"):
+        val_metrics = protocol.evaluate_model(model, protocol.val_subset(data.val_eval, cfg), cfg, joint=False,
+                                              per_query=val_ranks)
+    with phase("evaluating test"):
+        metrics = protocol.evaluate_model(model, data.test_eval, cfg, per_query=test_ranks)
     val_rows = protocol.subset_rows(len(data.val_eval), protocol.val_caps(cfg), cfg.eval.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_query = protocol.save_per_query(protocol.per_query_table(
         {"val": (val_ranks, val_rows), "test": (test_ranks, None)}), out_dir / protocol.PER_QUERY_FILE)
     if cfg.data.dataset == "synthetic" and not cfg.data.mix:
-        metrics.update(protocol.oracle_references(cfg, data.vocab, data.test_eval))
-        if "completion_joint/n" in metrics:  # the ceilings on the joint-scored queries too
-            metrics.update(protocol.joint_subset_oracle_metrics(cfg, data.vocab, data.test_eval))
+        with phase("Bayes references on test"):
+            metrics.update(protocol.oracle_references(cfg, data.vocab, data.test_eval))
+            if "completion_joint/n" in metrics:  # the ceilings on the joint-scored queries too
+                metrics.update(protocol.joint_subset_oracle_metrics(cfg, data.vocab, data.test_eval))
     table = metrics_table({cfg.tracking.run_name: {"test": metrics, "val": val_metrics}})
     save_metrics_table(table, out_dir / "eval.csv")
     save_metrics_table(table, out_dir / "eval.json")

@@ -1,19 +1,25 @@
-"""Supervised child processes: at most N at a time, each logging to its own file, with a public stop.
+"""Supervised child processes: at most N at a time, each logging to its own file, with a public stop; and a
+server run in a process group of its own that is stopped as a whole.
 
-The grid runner (:mod:`recipeset.study`) runs every child run of a ``--jobs N`` grid through it; nothing here
-knows about recipeset's runs.
+The grid runner (:mod:`recipeset.study`) runs every child run of a ``--jobs N`` grid through
+:class:`ChildProcesses`, ``recipeset ui`` the MLflow server through :func:`run_process_group`; nothing here knows
+about recipeset's runs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from recipeset.signals import RunTerminated
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +42,29 @@ class _Running:
     log_file: IO[bytes]
 
 
+@dataclass
+class _Tail:
+    """What a child has written to its log since it started and has not been read yet."""
+
+    path: Path
+    offset: int          # where this attempt's output starts (the log is appended to on every attempt)
+    partial: bytes = b""
+
+    def read(self) -> list[str]:
+        """The complete lines written since the last call."""
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        return [line.decode(errors="replace").rstrip("\r") for line in lines]
+
+
 class ChildProcesses:
     """At most ``max_running`` child processes, each with its stdout and stderr appended to its own log file.
 
-    ``start`` launches one, ``poll``/``wait`` reap the ones that exited, ``stop`` ends them all: SIGTERM to each,
+    ``start`` launches one, ``poll``/``wait`` reap the ones that exited, ``new_lines`` reads what they have written
+    to their logs (e.g. to show their progress), ``stop`` ends them all: SIGTERM to each,
     up to ``timeout`` seconds (in total) for them to unwind and exit, then SIGKILL for the stragglers. Used as a
     context manager, an exception in the ``with`` block (Ctrl-C, SIGTERM, a bug) stops the children before it
     propagates, so none is left behind.
@@ -55,6 +80,7 @@ class ChildProcesses:
         self.max_running = max_running
         self.poll_interval_s = poll_interval_s
         self._running: dict[str, _Running] = {}
+        self._tails: dict[str, _Tail] = {}
 
     @property
     def running(self) -> list[str]:
@@ -74,11 +100,13 @@ class ChildProcesses:
         log_path = Path(log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = open(log_path, "ab")  # closed when the child is reaped
+        self._tails[name] = _Tail(log_path, log_file.seek(0, os.SEEK_END))
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                                     env=None if env is None else dict(env), cwd=cwd, process_group=0)
         except BaseException:
             log_file.close()
+            del self._tails[name]
             raise
         self._running[name] = _Running(proc, time.perf_counter(), log_path, log_file)
         return proc.pid
@@ -91,6 +119,16 @@ class ChildProcesses:
             if rc is not None:
                 exited.append(self._reap(name, rc))
         return exited
+
+    def new_lines(self) -> list[tuple[str, str]]:
+        """``(child name, line)`` for every complete line the children have written to their logs since the last
+        call (this attempt's output only), the last lines of children reaped since included."""
+        out = []
+        for name, tail in list(self._tails.items()):
+            out += [(name, line) for line in tail.read()]
+            if name not in self._running:
+                del self._tails[name]
+        return out
 
     def wait(self, timeout: float | None = None) -> list[ChildExit]:
         """Block until at least one child exits (or ``timeout`` seconds pass, or none is running); reap them."""
@@ -134,3 +172,77 @@ class ChildProcesses:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.stop()  # after an exception; on a normal exit nothing is running any more
+
+
+# ---- a server in a process group of its own -------------------------------------------------------------------
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``host:port`` cannot be bound: a server listens there (a port a server left in TIME_WAIT counts as
+    free, as it does for servers, which set SO_REUSEADDR too)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (zombies, which hold nothing, left out); Linux reads /proc,
+    elsewhere the answer is [pgid] while any process of the group exists."""
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            members.append(int(entry.name))
+    return members
+
+
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Send ``sig`` to the process group ``proc`` leads and wait until none of its processes is left; SIGKILL
+    for the group after ``timeout`` seconds."""
+    for s, wait_s in ((sig, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, s)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait_s
+        while True:
+            proc.poll()  # reap the leader, or it stays a zombie
+            if not group_members(proc.pid) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        if not group_members(proc.pid):
+            break
+        log.warning("process group %d still running %.0fs after signal %d", proc.pid, wait_s, s)
+    proc.wait()
+
+
+def run_process_group(argv: list[str], env: Mapping[str, str] | None = None) -> int:
+    """Run ``argv`` (a server that starts workers of its own) as the leader of a new session and process group,
+    until it exits; returns its exit code. Ctrl-C (SIGINT) or SIGTERM of this process — both arrive as a
+    ``KeyboardInterrupt``, SIGTERM as :class:`~recipeset.signals.RunTerminated` once the handler is installed — is
+    forwarded to the whole group, which is waited for before the interrupt propagates, so no worker outlives the
+    command (and keeps its port). The terminal's Ctrl-C reaches this process only: the group is not in the
+    foreground."""
+    proc = subprocess.Popen(argv, env=None if env is None else dict(env), start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt as e:
+        stop_group(proc, signal.SIGTERM if isinstance(e, RunTerminated) else signal.SIGINT)
+        raise
+    finally:
+        if group_members(proc.pid):  # the leader exited (or this raised) and left workers behind
+            stop_group(proc)

@@ -39,6 +39,7 @@ from recipeset.evaluation import (
     macro_f1,
     set_prf,
 )
+from recipeset.progress import phase
 from recipeset.registry import EVAL_TASKS
 
 # The stop-rule grids of models and baselines: the thresholds are the union of the models' former grid
@@ -207,10 +208,11 @@ def tune_stop_rule(scorer: Any, val: EncodedSets, seed: int = 0, sizes: Sequence
     rules = [("size", float(m)) for m in sizes if with_sizes] + [("threshold", float(t)) for t in thresholds]
     if not rules or not (baseline or thresholds):  # a model's one pass runs at its lowest threshold
         raise RecipesetError("tune_stop_rule: the stop-rule grid is empty")
-    if baseline:
-        f1s = scorer.stop_rule_f1s(val, rules, seed=seed)
-    else:
-        f1s = _model_rule_f1s(scorer, val, rules, seed)
+    with phase("tuning on val: stop rule"):
+        if baseline:
+            f1s = scorer.stop_rule_f1s(val, rules, seed=seed)
+        else:
+            f1s = _model_rule_f1s(scorer, val, rules, seed)
     best = StopRule(*rules[0], -1.0)
     for (rule, value), f1 in zip(rules, f1s, strict=True):
         if f1 > best.micro_f1:
@@ -242,7 +244,8 @@ def tune_cuisine_rule(scorer: Any, val: EncodedSets, rounds: int = 3) -> Cuisine
     if not getattr(scorer, "can_classify", False) or not (val.cuisine >= 0).any():
         return None
     scorer.set_cuisine_offsets(())
-    P, labels = cuisine_probs(scorer, val)
+    with phase("tuning on val: cuisine rule"):
+        P, labels = cuisine_probs(scorer, val)
     logp = np.log(np.clip(P, 1e-30, None))
     C = P.shape[1]
     b = np.zeros(C)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recipeset import progress
 from recipeset.config import RunConfig, resolve_objectives
 from recipeset.data.prepare import prepare_data
 from recipeset.errors import RecipesetError
@@ -109,8 +110,9 @@ def _run_child(run: PlannedRun, out_root: str, parent_id: str, uri: str) -> Chil
     cfg = run.config
     cfg.tracking.tracking_uri = uri
     started = time.perf_counter()
-    # Ctrl-C, or SIGTERM (RunTerminated), propagates: the child run has already ended KILLED, resumable
-    result = run_training(cfg, out_dir=out_dir, resume=resume, parent_run_id=parent_id, progress=False,
+    # Ctrl-C, or SIGTERM (RunTerminated), propagates: the child run has already ended KILLED, resumable. Its
+    # progress goes where this process reports it: the terminal (--jobs 1) or the child's log.
+    result = run_training(cfg, out_dir=out_dir, resume=resume, parent_run_id=parent_id, progress=progress.enabled(),
                           tags={"variant": run.variant, "experiment_file": run.name.split("/")[0],
                                 "params_hash": run.params_hash})
     return ChildOutcome(run.name, "finished", result.run_id, time.perf_counter() - started)
@@ -345,7 +347,8 @@ def run_child_spec(spec_path: str | os.PathLike, echo=print) -> ChildOutcome:
     try:
         run = PlannedRun(**spec["run"], config=RunConfig.from_dict(spec["config"], source=str(spec_path)))
         echo(f"grid child {run.name}: pid {os.getpid()}, {spec['threads']} torch threads")
-        outcome = _run_child(run, spec["out_root"], spec["parent_run_id"], spec["uri"])
+        with progress.reporting(True):  # plain lines in its log, which the grid shows (_forward_progress)
+            outcome = _run_child(run, spec["out_root"], spec["parent_run_id"], spec["uri"])
     except Exception as e:
         atomic_write_text(result_path, json.dumps({"status": "failed", "error": error_line(e)}) + "\n")
         raise
@@ -397,9 +400,22 @@ def _run_children_in_processes(todo: list[PlannedRun], out_root: str, parent_id:
                 argv = [sys.executable, "-m", "recipeset.cli", "experiment", "child", str(spec.resolve())]
                 children.start(run.name, argv, spec.with_name(CHILD_LOG), env=env)
                 echo(f"run {run.name}  (log: {spec.with_name(CHILD_LOG)})")
-            for exited in children.wait():
-                outcomes.append(_child_outcome(by_name[exited.name], exited, echo))
+            exited = children.wait(timeout=FORWARD_EVERY_S)
+            _forward_progress(children)
+            for child in exited:
+                outcomes.append(_child_outcome(by_name[child.name], child, echo))
     return outcomes
+
+
+FORWARD_EVERY_S = 1.0  # how often the grid shows its children's new progress lines
+
+
+def _forward_progress(children: ChildProcesses) -> None:
+    """The progress lines the children wrote to their logs since the last call, each prefixed with its child's
+    name (nothing when this process does not report progress, e.g. --quiet)."""
+    for name, line in children.new_lines():
+        if progress.enabled() and progress.is_progress_line(line):
+            progress.message(f"{name} {line}")
 
 
 def log_results(parent, experiment: str, uri: str) -> None:

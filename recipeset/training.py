@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recipeset import progress
 from recipeset.config import RunConfig, bucket_pool_for
 from recipeset.data.batching import bucket_batches, chunks, sorted_batches
 from recipeset.data.collate import Batch, SetCollator, SetDataset, collate
@@ -107,39 +107,6 @@ def lr_multiplier(step: int, warmup: int, total: int, schedule: str) -> float:
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
     raise RecipesetError(f"unknown train.schedule {schedule!r}; use cosine, inverse-sqrt or constant")
-
-
-# ---- progress -------------------------------------------------------------------------------------------
-class Progress:
-    """A one-line progress bar on a terminal (loss, lr, throughput); periodic log lines otherwise."""
-
-    def __init__(self, total: int, enabled: bool = True, every_s: float = 10.0) -> None:
-        self.total = total
-        self.enabled = enabled
-        self.tty = sys.stderr.isatty()
-        self.every_s = every_s
-        self._last = 0.0
-
-    def update(self, step: int, info: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not self.tty and now - self._last < self.every_s and step < self.total:
-            return
-        self._last = now
-        frac = step / max(1, self.total)
-        bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
-        text = " ".join(f"{k}={v:.4g}" for k, v in info.items())
-        line = f"[{bar}] {step}/{self.total} {text}"
-        if self.tty:
-            sys.stderr.write("\r" + line[:160].ljust(160))
-            sys.stderr.flush()
-        else:
-            sys.stderr.write(line + "\n")
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
 
 
 # ---- batches --------------------------------------------------------------------------------------------
@@ -450,10 +417,10 @@ class Trainer:
             self.restore()
         model, t = self.model, self.t
         model.train()
-        progress = Progress(self.total_steps, self.progress_enabled)
         eval_every = t.eval_every or self.steps_per_epoch
         stop = False
-        try:
+        with progress.reporting(self.progress_enabled), \
+                progress.task("training", self.total_steps, "steps", start=self.state.step, leave=True) as bar:
             while self.state.step < self.total_steps and not stop:
                 mark = time.perf_counter()  # TrainState.train_s counts from here to the end of each step
                 epoch = self.state.epoch
@@ -467,8 +434,8 @@ class Trainer:
                     info = self.train_step(batch.to(self.device, non_blocking=True), weight)
                     self.state.train_s += time.perf_counter() - mark
                     self.state.train_recipes += len(rows)  # the global batch (all ranks)
-                    progress.update(self.state.step, {"loss": info["loss/total"], "lr": info["lr"],
-                                                      "rec/s": info["recipes_per_s"]})
+                    bar.update(self.state.step, {"loss": info["loss/total"], "lr": info["lr"],
+                                                 "rec/s": info["recipes_per_s"]})
                     if self.state.step % eval_every == 0 or self.state.step == self.total_steps:
                         stop = self._evaluate_and_select()
                     if self.state.step % t.checkpoint_every == 0 or stop or self.state.step == self.total_steps:
@@ -479,8 +446,6 @@ class Trainer:
                 else:
                     self.state.epoch += 1
                     self.state.batch_in_epoch = 0
-        finally:
-            progress.close()
         return self.state
 
     def train_step(self, batch: Batch, weight: float = 1.0) -> dict[str, float]:
@@ -521,7 +486,7 @@ class Trainer:
 
 __all__ = [
     "RunConfig", "seed_all", "derived_seed", "step_generator", "make_optimizer", "lr_multiplier",
-    "Progress", "curriculum_pool", "epoch_batches", "grouped_batches", "TrainState", "save_checkpoint",
+    "curriculum_pool", "epoch_batches", "grouped_batches", "TrainState", "save_checkpoint",
     "load_trainer_state", "recover_checkpoint",
     "Trainer",
 ]

@@ -35,6 +35,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from recipeset import progress
 from recipeset.config import RunConfig
 from recipeset.errors import RecipesetError
 from recipeset.experiments import Experiment, SearchParam, TuneSpec, load_experiment
@@ -200,7 +201,8 @@ class TrialObjective:
         """The trial's run (continuing an interrupted run's checkpoint in ``run_dir``, if any)."""
         recover_checkpoint(run_dir / "checkpoint")
         resume = (run_dir / "checkpoint" / STATE_FILE).exists()
-        return run_training(cfg, out_dir=run_dir, resume=resume, parent_run_id=self.parent_id, progress=False,
+        return run_training(cfg, out_dir=run_dir, resume=resume, parent_run_id=self.parent_id,
+                            progress=progress.enabled(),
                             tags={"trial": trial.number, "optuna_study": self.study_name},
                             on_validate=self.reporter(trial))
 

@@ -199,7 +199,10 @@ def test_grid_children_get_their_threads_and_the_passive_policy(tmp_path, monkey
         def start(self, name, argv, log_path, env=None):
             started.append(env)
 
-        def wait(self):
+        def wait(self, timeout=None):
+            return []
+
+        def new_lines(self):
             return []
 
     monkeypatch.setattr(study, "ChildProcesses", Children)

@@ -12,6 +12,7 @@ from recipeset.bench import bench_variant, dense_matmul_flops, study_variants
 from recipeset.cli import cli
 from recipeset.config import RunConfig
 from recipeset.data.prepare import prepare_data
+from recipeset.progress import is_progress_line
 from recipeset.registry import LOSSES, MODELS
 
 
@@ -56,9 +57,19 @@ def test_bench_cli_json_and_bad_variant():
     result = CliRunner().invoke(cli, ["bench", "--dataset", "synthetic", "--steps", "2", "--d-model", "16",
                                       "--batch-size", "16", "--variant", "deep-sets-mlm", "--json"])
     assert result.exit_code == 0, result.output
+    assert not any(is_progress_line(line) for line in result.output.splitlines())  # --json: no progress
     report = json.loads(result.stdout)
     assert set(report["variants"]) == {"deep-sets-mlm"} and report["dense_matmul_flops_per_s"] > 0
     assert report["hungarian_vs_standard"]["hungarian_over_standard_ratio"] > 0 and report["peak_rss_mb"] > 0
     bad = CliRunner().invoke(cli, ["bench", "--dataset", "synthetic", "--variant", "decoder-hungarian"])
     assert bad.exit_code != 0 and "unknown variant" in bad.output and "Traceback" not in bad.output
     assert torch.get_num_threads() >= 1
+
+
+def test_bench_reports_which_variant_it_measures():
+    result = CliRunner().invoke(cli, ["bench", "--dataset", "synthetic", "--steps", "2", "--d-model", "16",
+                                      "--batch-size", "16", "--variant", "deep-sets-mlm"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if is_progress_line(line)]
+    assert any(line.endswith("] bench 1/1 deep-sets-mlm") for line in lines), result.output
+    assert "hungarian/standard step" in result.stdout

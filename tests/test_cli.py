@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -315,6 +316,8 @@ def test_experiment_run_parent_children_skip_and_compare(mlflow_uri, tmp_path):
     path = write_grid(tmp_path, "tiny-grid")
     first = ok("experiment", "run", str(path), "--out", "runs")
     assert "2 run, 0 skipped" in first.output
+    # --jobs 1: each child's progress in the grid's output (plain lines: CliRunner is not a terminal)
+    assert len(re.findall(r"^\[\d\d:\d\d\] training 0/2 steps", first.output, re.M)) == 2, first.output
     c = MlflowClient(mlflow_uri)
     exp = c.get_experiment_by_name("tiny-grid")
     assert exp.tags.get("mlflow.note.content") == "two tiny variants"
@@ -392,6 +395,8 @@ def test_experiment_child_failure_finishes_the_others_and_rerun_continues(mlflow
     assert error.startswith("Error:") and "1 of 2 runs failed" in error and "init_from" in error
     if jobs == "2":  # the children's output is in their logs, with their share of the cores
         assert "done failing-grid/dec/seed0 in " in result.output
+        # and their progress lines are shown by the grid, each prefixed with its child's name
+        assert re.search(r"^failing-grid/dec/seed0 \[\d\d:\d\d\] training 0/2 steps", result.output, re.M)
         for variant in ("dec", "st"):
             child_log = (tmp_path / "runs" / "failing-grid" / variant / "seed0" / "grid-child.log").read_text()
             assert f"{max(1, (os.cpu_count() or 1) // 2)} torch threads" in child_log
