@@ -351,6 +351,39 @@ def test_held_out_all_is_the_mean_of_every_leave_one_out_query():
 
 
 
+def test_null_stop_adds_nothing_missing_for_every_whole_set():
+    """model.null_stop: the held-out loss plus objectives.null_prob × the mean over the non-empty sets of
+    −log p([NULL] | the whole set), [NULL] competing with the ingredients in the one softmax."""
+    from recipeset.data.sets import EncodedSets
+    from recipeset.data.vocab import NULL, NUM_SPECIALS, Vocabulary
+    from recipeset.models import DeepSets, DeepSetsConfig
+
+    vocab = Vocabulary([f"i{k}" for k in range(7)])
+    torch.manual_seed(0)
+    model = DeepSets(DeepSetsConfig(d_model=8, null_stop=True), vocab).eval()
+    lists = [[NUM_SPECIALS + k for k in s] for s in ([0, 3, 5], [1, 2], [6])]
+    batch = collate(EncodedSets.from_lists(lists), np.arange(3))
+    cfg = RunConfig().override({"model.name": "deep-sets", "objectives.weights": {"mlm": 1.0},
+                                "objectives.null_prob": 0.25})
+    got = Objectives(cfg, {"mlm": 1.0}, class_weights=None)(model, batch, torch.Generator())["loss/mlm"]
+    from recipeset.objectives.tasks import _held_out_all
+
+    by_hand = torch.stack([-torch.log_softmax(model(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.bool))
+                                              .set_logits[0], 0)[NULL] for s in lists]).mean()
+    assert torch.allclose(got, _held_out_all(Objectives(cfg, {"mlm": 1.0}), model, batch) + 0.25 * by_hand,
+                          atol=1e-5)
+    # completion scores are over the ingredients (which one is missing), [NULL] left out
+    tokens, mask = batch.tokens[:1], batch.mask[:1]
+    assert model.completion_scores_ids(tokens, mask)[0, NULL] == float("-inf")
+    # completion goes on while 1 − p([NULL]) reaches the threshold: what it returns as the stop probabilities
+    model.config.stop_threshold = 0.0
+    ids, probs = model.complete_ids(tokens, mask, max_new=3, return_probs=True)
+    p_null = torch.softmax(model(tokens, mask).set_logits[0], 0)[NULL]
+    assert probs[0][0] == pytest.approx(float(1 - p_null.detach()), abs=1e-6) and len(ids[0]) == 3
+    model.config.stop_threshold = probs[0][0] + 1e-4  # just above the first step's: nothing added
+    assert model.complete_ids(tokens, mask, max_new=3) == [[]]
+
+
 def test_held_out_all_plus_part_adds_the_hidden_part_predicted_from_the_rest():
     """objectives.held_out = "all+part": the "all" loss plus, for each set, the mean over a hidden random part
     (split_query with the step's generator) of −log p(hidden ingredient | the rest), sets weighted equally."""

@@ -222,7 +222,8 @@ def trained_tiny(over: dict, out_dir):
     {"model.name": "deep-sets"},
     {"model.name": "deep-sets", "loss.name": "multilabel"},
     {"model.name": "set-transformer", "model.n_layers": 1, "objectives.weights": {"mlm": 1.0}},
-], ids=["deep-sets-softmax", "deep-sets-multilabel", "set-transformer-mlm"])
+    {"model.name": "deep-sets", "model.null_stop": True},
+], ids=["deep-sets-softmax", "deep-sets-multilabel", "set-transformer-mlm", "deep-sets-null-stop"])
 def test_one_pass_tuning_equals_the_per_threshold_loop_on_trained_models(over, tmp_path):
     model, val = trained_tiny(over, tmp_path)
     assert model.tunes_stop_threshold and model.returns_stop_probs

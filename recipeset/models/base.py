@@ -128,15 +128,16 @@ def safe_log_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def threshold_step(logp: torch.Tensor, active: torch.Tensor, threshold: float, temperature: float,
-                   top_k: int | None, generator: torch.Generator | None
+                   top_k: int | None, generator: torch.Generator | None, go_on: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One step of one-at-a-time completion that stops on the best candidate's probability: from ``logp [B, V]``
-    the choice ``[B]`` (greedy or sampled), the best probability ``[B]`` and the rows still going on (``active``
-    and the best probability ≥ ``threshold``)."""
+    """One step of one-at-a-time completion that stops on a probability: from ``logp [B, V]`` the choice ``[B]``
+    (greedy or sampled), the probability the stop rule tests ``[B]`` — the best candidate's, or ``go_on`` when
+    given (a learned stop: 1 − p(stop)) — and the rows still going on (``active`` and that probability ≥
+    ``threshold``, a candidate left)."""
     best = logp.amax(1)
-    best_p = best.exp()
-    active = active & (best_p >= threshold) & torch.isfinite(best)
-    return sample_from_logits(logp, temperature, top_k, generator), best_p, active
+    tested = best.exp() if go_on is None else go_on
+    active = active & (tested >= threshold) & torch.isfinite(best)
+    return sample_from_logits(logp, temperature, top_k, generator), tested, active
 
 
 def record_choices(generated: list[list[int]], probs: list[list[float]], rows: torch.Tensor, choice: torch.Tensor,

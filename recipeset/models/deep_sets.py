@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recipeset.data.vocab import PAD, Vocabulary
+from recipeset.data.vocab import NULL, PAD, Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.fields import spec
 from recipeset.models.base import (
@@ -67,6 +67,9 @@ class DeepSetsConfig:
     stop_threshold: float = spec(0.5, ge=0)  # complete() adds the best ingredient while its probability
     #                                 is ≥ this
     stop_size: int | None = spec(None, ge=1)  # and at most this many (None: no cap); tuned with the threshold
+    null_stop: bool = False  # a learned stop: the held-out MLM also trains [NULL] as the target of every whole set
+    #                          (weight objectives.null_prob); complete() then goes on while 1 − p([NULL]) ≥
+    #                          stop_threshold, adding the best ingredient
     multilabel: bool = False  # set_logits are independent per-ingredient logits (the `set` objective, BCE);
     #                           complete() then adds at once every ingredient with σ(logit) ≥ stop_threshold
 
@@ -107,7 +110,8 @@ class DeepSets(RecipeModel):
         self.ln_f = nn.LayerNorm(c.d_model)
         self.lm_head = None if c.embedding == "learned" else nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.cuisine_head = nn.Linear(c.d_model, c.n_cuisines) if c.cuisine_head else None
-        self.register_buffer("logit_bias", special_bias(c.vocab_size), persistent=False)
+        allow = (NULL,) if c.null_stop else ()  # [NULL]: "nothing is missing"
+        self.register_buffer("logit_bias", special_bias(c.vocab_size, allow), persistent=False)
         for m in self.modules():
             init_weights(m)
 
@@ -167,6 +171,8 @@ class DeepSets(RecipeModel):
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         cuisine = self._check_cuisine(cuisine, tokens.shape[0])
         logits = self(tokens, mask, cuisine).set_logits.float()
+        if self.config.null_stop:  # which ingredient is missing, given that one is
+            logits[:, NULL] = float("-inf")
         return safe_log_softmax(F.logsigmoid(logits) if self.config.multilabel else logits)
 
     @inference
@@ -197,9 +203,13 @@ class DeepSets(RecipeModel):
         s = (self.phi(self.embed(tokens)) * mask[..., None]).sum(1)  # [B, D]
         in_set = mask_ids(torch.zeros(B, self.config.vocab_size, device=tokens.device), tokens, mask)  # 0 / -inf
         for _ in range(max_new):
-            logp = safe_log_softmax((self._readout(s, cuisine)[1] + in_set).float())
-            choice, best_p, active = threshold_step(logp, active, self.config.stop_threshold, temperature, top_k,
-                                                    generator)
+            logits = (self._readout(s, cuisine)[1] + in_set).float()
+            go_on = None
+            if self.config.null_stop:  # 1 − p([NULL]) decides; the best ingredient other than [NULL] is added
+                go_on = 1.0 - safe_log_softmax(logits)[:, NULL].exp()
+                logits[:, NULL] = float("-inf")
+            choice, best_p, active = threshold_step(safe_log_softmax(logits), active, self.config.stop_threshold,
+                                                    temperature, top_k, generator, go_on)
             if not bool(active.any()):
                 break
             rows = torch.nonzero(active).squeeze(1)

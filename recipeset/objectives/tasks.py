@@ -215,7 +215,10 @@ def clm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, c
                     positions=masked_positions)
 def mlm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     if model.masked_prediction == "held-out" and o.obj.held_out == "all":
-        return _held_out_all(o, model, batch)
+        loss = _held_out_all(o, model, batch)
+        if getattr(model.config, "null_stop", False):  # a whole set: nothing is missing
+            loss = loss + o.obj.null_prob * _whole_set_is_null(o, model, batch)
+        return loss
     if model.masked_prediction == "held-out" and o.obj.held_out == "all+part":
         return _held_out_all(o, model, batch) + _held_out_part(o, model, batch, gen)
     if model.masked_prediction == "held-out":
@@ -243,6 +246,15 @@ def _held_out_all(o: Objectives, model: RecipeModel, batch: Batch) -> torch.Tens
     n = mask.sum(1)
     per_row = (1.0 / n.clamp_min(1).to(loss.dtype))[torch.nonzero(mask)[:, 0]]
     return (loss * per_row).sum() / (n > 0).sum().clamp_min(1)
+
+
+def _whole_set_is_null(o: Objectives, model: RecipeModel, batch: Batch) -> torch.Tensor:
+    """The mean over the non-empty sets of −log p([NULL] | the whole set): the learned stop of a held-out model
+    (``model.null_stop``), trained against the held-out ingredients' targets in the same softmax."""
+    logits = model(batch.tokens, batch.mask, model.condition(batch.cuisine)).set_logits.float()
+    target = torch.full((len(logits),), NULL, dtype=torch.long, device=logits.device)
+    target = target.masked_fill(batch.mask.sum(1) == 0, IGNORE)
+    return F.cross_entropy(logits, target, ignore_index=IGNORE, label_smoothing=o.ls)
 
 
 def _held_out_part(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator) -> torch.Tensor:
