@@ -531,3 +531,26 @@ def test_counts_must_be_positive(trained, args):
     positional = [trained["model"]] + (["tomato"] if cmd != "evaluate" else [])
     result = invoke(cmd, *positional, *opts)
     assert result.exit_code == 2 and "Traceback" not in result.output and "x>=1" in result.output
+
+
+def test_resume_refuses_a_checkpoint_that_could_run_code(tmp_path, monkeypatch):
+    """--resume reads the checkpoint's weights like load_model: a code-running pickle is refused in one line that
+    names the file and never suggests loading it unsafely."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY, "--max-steps", "2", "--set", "eval.tasks=[\"completion\"]", "--no-track", "--quiet", "--out", "r"]
+    ok("train", *args)
+    weights = tmp_path / "r" / "checkpoint" / "model" / "weights.pt"
+    torch.save({**torch.load(weights, weights_only=True), "evil": _Evil(tmp_path / "pwned")}, weights)
+    line = one_line_error(invoke("train", *args, "--resume"), "r/checkpoint/model/weights.pt: refused to load",
+                          "could run code")
+    assert "weights_only" not in line and not (tmp_path / "pwned").exists()
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
