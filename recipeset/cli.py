@@ -110,8 +110,11 @@ def _format_stats(d: dict) -> str:
 @click.argument("dataset")
 @click.option("--path", default=None, help="Dataset directory or file (flavornet: the files' directory).")
 @click.option("--lenient", is_flag=True, help="Skip malformed lines (counted in the report) instead of failing.")
+@click.option("--ingredients", "all_ingredients", is_flag=True,
+              help="List every ingredient name with its count of recipes (the names complete/classify accept); "
+                   "with --json: all of them in top_ingredients.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def data_stats(dataset: str, path: str | None, lenient: bool, as_json: bool) -> None:
+def data_stats(dataset: str, path: str | None, lenient: bool, all_ingredients: bool, as_json: bool) -> None:
     """Counts, set-size distribution and cleaning report of DATASET (flavornet, whatscooking, synthetic,
     or a .csv/.jsonl/.json file)."""
     import json
@@ -119,7 +122,12 @@ def data_stats(dataset: str, path: str | None, lenient: bool, as_json: bool) -> 
     from recipeset.data.sources import load_dataset
 
     table = load_dataset(dataset, path=path, lenient=lenient)
-    d = table.describe()
+    d = table.describe(top=None if all_ingredients else 20)
+    if all_ingredients and not as_json:
+        width = max((len(name) for name, _ in d["top_ingredients"]), default=0)
+        for name, count in d["top_ingredients"]:
+            click.echo(f"{name:<{width}}  {count}")
+        return
     if as_json:
         click.echo(json.dumps(d))
     else:
@@ -331,16 +339,38 @@ def evaluate(model_dir, ensemble, dataset, path, split, max_queries, as_json, qu
         _echo_metrics(metrics)
 
 
-def _split_names(text: str) -> list[str]:
-    names = [x.strip() for x in text.replace(";", ",").split(",") if x.strip()]
-    if not names:
-        raise RecipesetError("give at least one ingredient, comma-separated (e.g. \"tomato, basil\")")
-    return names
+def _query_names(text: str | None, names: tuple[str, ...]) -> list[str]:
+    """The query a user typed: INGREDIENTS (comma-separated, or a JSON list such as '["salt, kosher", "egg"]')
+    followed by every ``--ingredient NAME`` (taken whole, so a name may hold a comma). Names are looked up as the
+    loaders write them (``Vocabulary.encode`` normalises: "Olive Oil" finds olive_oil)."""
+    import json
+
+    query: list[str] = []
+    if text is not None and text.lstrip().startswith("["):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RecipesetError(f"INGREDIENTS {text!r}: not a JSON list ({e.msg}); give a list such as "
+                                 "'[\"tomato\", \"basil\"]', comma-separated names, or --ingredient NAME") from None
+        if not isinstance(parsed, list) or not all(isinstance(x, str) for x in parsed):
+            raise RecipesetError(f"INGREDIENTS {text!r}: a JSON list must hold names (strings)")
+        query = [x for x in parsed if x.strip()]
+    elif text is not None:
+        query = [x.strip() for x in text.replace(";", ",").split(",") if x.strip()]
+    query += [x for x in names if x.strip()]
+    if not query:
+        raise RecipesetError("give at least one ingredient: \"tomato, basil\", a JSON list, or --ingredient NAME "
+                             "(repeatable)")
+    return query
+
+
+INGREDIENT_HELP = "An ingredient, taken whole (a name may hold a comma); repeatable, added to INGREDIENTS."
 
 
 @cli.command()
 @click.argument("model_dir")
-@click.argument("ingredients")
+@click.argument("ingredients", required=False)
+@click.option("--ingredient", "names", multiple=True, metavar="NAME", help=INGREDIENT_HELP)
 @click.option("--top", type=click.IntRange(min=1), default=10, help="How many ranked suggestions.")
 @click.option("--generate", is_flag=True, help="Generate the rest of the recipe instead of ranking.")
 @click.option("--max-new", type=click.IntRange(min=1), default=10,
@@ -349,12 +379,13 @@ def _split_names(text: str) -> list[str]:
 @click.option("--mode", type=click.Choice(["next", "joint"]), default="next", help="Decoder scoring mode.")
 @click.option("--cuisine", default=None, help="Condition on a cuisine (models trained with cuisine conditioning).")
 @click.option("--ensemble", "ensemble", multiple=True, metavar="MODEL_DIR", help=ENSEMBLE_HELP)
-def complete(model_dir, ingredients, top, generate, max_new, temperature, mode, cuisine, ensemble) -> None:
-    """Suggest what goes with INGREDIENTS ("tomato, basil"), or --generate the rest of the recipe."""
+def complete(model_dir, ingredients, names, top, generate, max_new, temperature, mode, cuisine, ensemble) -> None:
+    """Suggest what goes with INGREDIENTS ("tomato, basil", or a JSON list), or --generate the rest of the recipe.
+    Names are matched as the datasets write them ("Olive Oil" is olive_oil)."""
     import torch
 
+    query = _query_names(ingredients, names)
     m = _load_scorer(model_dir, ensemble)
-    query = _split_names(ingredients)
     if generate:
         out = m.complete([query], max_new=max_new, temperature=temperature, cuisine=cuisine)[0]
         click.echo(", ".join(out) if out else "(nothing to add)")
@@ -368,15 +399,18 @@ def complete(model_dir, ingredients, top, generate, max_new, temperature, mode, 
 
 @cli.command()
 @click.argument("model_dir")
-@click.argument("ingredients")
+@click.argument("ingredients", required=False)
+@click.option("--ingredient", "names", multiple=True, metavar="NAME", help=INGREDIENT_HELP)
 @click.option("--top", type=click.IntRange(min=1), default=3, help="How many cuisines to show.")
 @click.option("--ensemble", "ensemble", multiple=True, metavar="MODEL_DIR", help=ENSEMBLE_HELP)
-def classify(model_dir, ingredients, top, ensemble) -> None:
-    """Cuisine probabilities of INGREDIENTS ("soy_sauce, ginger")."""
+def classify(model_dir, ingredients, names, top, ensemble) -> None:
+    """Cuisine probabilities of INGREDIENTS ("soy_sauce, ginger", or a JSON list; names matched as the datasets
+    write them)."""
+    query = _query_names(ingredients, names)
     m = _load_scorer(model_dir, ensemble)
     if not m.can_classify and not ensemble:  # an ensemble names the member without a head itself
         raise RecipesetError(f"{model_dir}: this model has no cuisine head; train it with --objective cls")
-    probs = m.classify([_split_names(ingredients)])[0]
+    probs = m.classify([query])[0]
     for i in probs.argsort(descending=True)[:top].tolist():
         click.echo(f"{m.vocab.cuisine_name(i):<24} {float(probs[i]):.3f}")
 
