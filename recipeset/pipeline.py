@@ -364,15 +364,19 @@ def tune_rules(model, val, cfg: RunConfig) -> tuple[protocol.StopRule | None, pr
 
 
 def run_data(model, model_dir: str, split: str = "test", dataset: str | None = None, path: str | None = None,
-             tune: bool = False):
+             tune: bool = False, lenient: bool = False, options: dict | None = None):
     """The run config saved with a model and the sets to evaluate it on: the run's own ``split`` (rebuilt from
     its saved split and vocabulary), or every recipe of ``dataset`` encoded with the model's vocabulary.
+    ``lenient`` and the loader ``options`` say how to read the dataset (``data.lenient``, ``data.options``).
 
     ``tune``: first tune ``model``'s rules on the run's validation queries as the run did (:func:`tune_rules`) —
     for a scorer the run did not tune, e.g. an :class:`~recipeset.ensemble.Ensemble` of trained models."""
     local = Path(download_model_dir(str(model_dir)))
     run_cfg = local / "run_config.json"
     cfg = load_config(run_cfg) if run_cfg.exists() else RunConfig()
+    if dataset is None:  # how to read the run's own dataset
+        cfg.data.lenient = cfg.data.lenient or lenient
+        cfg.data.options.update(options or {})
     data = None
     if dataset is None or tune:
         if not (local / "split.json").exists():
@@ -383,5 +387,6 @@ def run_data(model, model_dir: str, split: str = "test", dataset: str | None = N
         if tune:
             tune_rules(model, protocol.val_subset(data.val_eval, cfg), cfg)
     if dataset is not None:
-        return cfg, load_dataset(dataset, path=path).encode(model.vocab, unknown="unk")
+        return cfg, load_dataset(dataset, path=path, lenient=lenient, **(options or {})).encode(model.vocab,
+                                                                                             unknown="unk")
     return cfg, data.test_eval if split == "test" else data.val_eval

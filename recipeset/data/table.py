@@ -393,8 +393,9 @@ class RecipeTable:
         if keep_unmapped:
             report.add("unmapped_cuisine", n, f"cuisine label not mapped by {where}; kept with cuisine None", labels)
             return self._replace(meta, self.coded, report)
-        report.add("unmapped_cuisine", n, f"recipes dropped: cuisine label not mapped by {where} "
-                   f"(pass keep_unmapped=True to keep them unlabelled)", labels)
+        report.add("unmapped_cuisine", n, f"recipes dropped: cuisine label not mapped by {where} (--option "
+                   "keep_unmapped=true, data.options.keep_unmapped = true in a run config, keeps them unlabelled)",
+                   labels)
         keep = np.flatnonzero(~unmapped)
         return self._replace(meta.iloc[keep], self.coded.take(keep), report)
 
