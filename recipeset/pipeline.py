@@ -40,7 +40,7 @@ from recipeset.models.io import save_model
 from recipeset.objectives.tasks import Objectives, cuisine_class_weights
 from recipeset.plots import plot_confusion, plot_embedding_map, plot_learning_curves
 from recipeset.progress import phase, reporting
-from recipeset.registry import LOSSES, MODELS, OBJECTIVES
+from recipeset.registry import EVAL_TASKS, LOSSES, MODELS, OBJECTIVES
 from recipeset.runs import download_model_dir, load_model
 from recipeset.threads import resolve_threads
 from recipeset.tracking import Tracker, check_tracking_store, open_store, resolve_tracking_uri
@@ -100,6 +100,32 @@ def load_init_weights(model: RecipeModel, init_from: str, source: RecipeModel | 
         raise RecipesetError(f"--init-from {init_from}: shapes differ for {bad[:3]}; use the same model params")
     model.load_state_dict(loaded, strict=False)
     return sorted(set(own) - set(loaded))
+
+
+# ---- before training: can this data train and evaluate this run? ---------------------------------------------
+def check_trainable(cfg: RunConfig, data: PreparedData) -> None:
+    """Refuse, before any training step, data too degenerate for the run: recipes of one ingredient (nothing
+    goes together), a validation split the training vocabulary cannot encode (no validation loss), or splits
+    without a recipe large enough for an evaluation task of ``eval.tasks`` (and the stop rule it tunes)."""
+    name = data.table.name
+    if int(data.train.lengths.max(initial=0)) < 2:
+        raise RecipesetError(f"{name}: every recipe has a single ingredient, so there is nothing to learn about "
+                             "which ingredients go together, to complete or to validate; use recipes of ≥ 2 "
+                             "ingredients")
+    if len(data.val) == 0:
+        raise RecipesetError(f"{name}: none of the {len(data.val_eval)} validation recipes has an ingredient of the "
+                             f"training split, so there is no validation loss ({cfg.train.early_stopping_metric}) "
+                             "to select the model on; use more recipes, or recipes that share ingredients")
+    splits = {"validation": protocol.val_subset(data.val_eval, cfg), "test": protocol.test_subset(data.test_eval, cfg)}
+    for task in cfg.eval.tasks:
+        need = EVAL_TASKS.get(task).min_size
+        for split, sets in splits.items():
+            largest = int(sets.lengths.max(initial=0))
+            if largest < need:
+                others = json.dumps([t for t in cfg.eval.tasks if t != task])
+                raise RecipesetError(f"eval.tasks: '{task}' needs recipes of ≥ {need} ingredients, and the largest "
+                                     f"{split} recipe of {name} has {largest}; drop it (--set eval.tasks='{others}') "
+                                     "or use larger recipes")
 
 
 # ---- post-training -------------------------------------------------------------------------------------------
@@ -222,6 +248,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
         source = load_model(init_from) if init_from is not None else None  # loaded (downloaded) once
         data = prepare_data(cfg.data, split_path=out_dir / "split.json" if resume else None,
                             vocab=None if source is None else source.vocab)
+        check_trainable(cfg, data)  # before the run directory holds anything of this run
         if not resume and world.is_main:
             data.split.save(out_dir / "split.json")
             cfg.save(out_dir / "config.json")
