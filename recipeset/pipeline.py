@@ -105,27 +105,35 @@ def load_init_weights(model: RecipeModel, init_from: str, source: RecipeModel | 
 # ---- before training: can this data train and evaluate this run? ---------------------------------------------
 def check_trainable(cfg: RunConfig, data: PreparedData) -> None:
     """Refuse, before any training step, data too degenerate for the run: recipes of one ingredient (nothing
-    goes together), a validation split the training vocabulary cannot encode (no validation loss), or splits
-    without a recipe large enough for an evaluation task of ``eval.tasks`` (and the stop rule it tunes)."""
+    goes together), an empty validation or test split, a validation split the training vocabulary cannot encode
+    (no validation loss), or splits without a recipe large enough for an evaluation task of ``eval.tasks``."""
     name = data.table.name
-    if int(data.train.lengths.max(initial=0)) < 2:
+    if int(data.table.set_sizes.max(initial=0)) < 2:
         raise RecipesetError(f"{name}: every recipe has a single ingredient, so there is nothing to learn about "
                              "which ingredients go together, to complete or to validate; use recipes of ≥ 2 "
                              "ingredients")
+    splits = {"validation": protocol.val_subset(data.val_eval, cfg), "test": protocol.test_subset(data.test_eval, cfg)}
+    for split, sets in splits.items():
+        if len(sets) == 0:
+            raise RecipesetError(f"{name}: the {split} split is empty ({len(data.table)} recipes, and identical "
+                                 "ingredient sets stay in one split); use more recipes, or more distinct ones")
     if len(data.val) == 0:
         raise RecipesetError(f"{name}: none of the {len(data.val_eval)} validation recipes has an ingredient of the "
                              f"training split, so there is no validation loss ({cfg.train.early_stopping_metric}) "
                              "to select the model on; use more recipes, or recipes that share ingredients")
-    splits = {"validation": protocol.val_subset(data.val_eval, cfg), "test": protocol.test_subset(data.test_eval, cfg)}
-    for task in cfg.eval.tasks:
-        need = EVAL_TASKS.get(task).min_size
-        for split, sets in splits.items():
-            largest = int(sets.lengths.max(initial=0))
-            if largest < need:
-                others = json.dumps([t for t in cfg.eval.tasks if t != task])
-                raise RecipesetError(f"eval.tasks: '{task}' needs recipes of ≥ {need} ingredients, and the largest "
-                                     f"{split} recipe of {name} has {largest}; drop it (--set eval.tasks='{others}') "
-                                     "or use larger recipes")
+    for split, sets in splits.items():
+        for task in cfg.eval.tasks:
+            _check_task_fits(task, sets, split, name, cfg.eval.tasks)
+
+
+def _check_task_fits(task: str, sets, split: str, name: str, tasks: list[str]) -> None:
+    need = EVAL_TASKS.get(task).min_size
+    largest = int(sets.lengths.max(initial=0))
+    if largest < need:
+        others = [t for t in tasks if t != task]
+        drop = f"drop it (--set eval.tasks='{json.dumps(others)}') or " if others else ""
+        raise RecipesetError(f"eval.tasks: '{task}' needs recipes of ≥ {need} ingredients, and the largest {split} "
+                             f"recipe of {name} has {largest}; {drop}use larger recipes")
 
 
 # ---- post-training -------------------------------------------------------------------------------------------

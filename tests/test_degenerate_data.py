@@ -47,6 +47,12 @@ def test_validation_recipes_the_training_vocabulary_cannot_encode(tmp_path, monk
                             "split", "val/loss", "recipes that share ingredients")
 
 
+def test_too_few_distinct_recipes_for_a_split(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = write_csv(tmp_path / "two.csv", [["egg", "milk"]] * 20 + [["rice", "nori", "salmon"]] * 20)
+    refused_before_training(tmp_path, ["--dataset", data], "split is empty (40 recipes", "more distinct ones")
+
+
 def test_recipes_too_small_for_set_completion_and_following_the_hint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = write_csv(tmp_path / "small.csv", recipes(300, (2, 3)))

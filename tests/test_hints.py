@@ -111,7 +111,8 @@ def test_following_the_csv_hints_trains(tmp_path, monkeypatch):
     """A CSV whose column is not 'ingredients' and which has a malformed line: each error says what to type, and
     typing it gets the run through."""
     monkeypatch.chdir(tmp_path)
-    rows = [f"r{i},{';'.join(['tomato', 'basil', 'garlic', 'onion'][: 2 + i % 3])}" for i in range(30)]
+    names = ["tomato", "basil", "garlic", "onion", "egg", "milk", "flour", "rice", "leek", "salt"]
+    rows = [f"r{i},{';'.join(names[i % 7: i % 7 + 2 + i % 3])}" for i in range(30)]
     (tmp_path / "r.csv").write_text("id,items\n" + "\n".join(rows[:10] + ["r10,a;b,extra"] + rows[11:]) + "\n")
     run = ["train", "--dataset", "r.csv", "--model", "deep-sets", "--set", "model.d_model=8", "--max-steps", "1",
            "--set", 'eval.tasks=["completion"]', "--no-track", "--no-baselines", "--quiet"]
@@ -124,6 +125,10 @@ def test_following_the_csv_hints_trains(tmp_path, monkeypatch):
     cfg = RunConfig().override({"data.dataset": "r.csv", "data.lenient": True,
                                 "data.options.ingredients_column": "items"})
     assert len(load_table(cfg.data)) == 29
+    (tmp_path / "s.csv").write_text("ingredients\negg;milk\nflour;egg\n")
+    mixed = RunConfig().override({"data.lenient": True, "data.mix": [
+        {"dataset": "r.csv", "options": {"ingredients_column": "items"}}, {"dataset": "s.csv"}]})
+    assert len(load_table(mixed.data)) == 31  # each dataset of a mix with its own loader options
     assert len(json.loads(ok("evaluate", "run/model", "--json").output)) > 0  # the saved options read it again
 
 
