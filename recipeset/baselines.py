@@ -27,6 +27,7 @@ from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import NUM_SPECIALS, PAD, Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.evaluation import (
+    NoSetQueries,
     drop_unknown,
     evaluate_all,
     evaluate_completion,
@@ -159,7 +160,7 @@ class Baseline:
         ``val``, from one ranking of the queries (:func:`recipeset.protocol.tune_stop_rule` picks the best)."""
         queries, truths, _ = half_queries(val, seed)
         if len(queries) == 0:
-            raise RecipesetError("validation has no set with >= 4 ingredients to tune the stop rule on")
+            raise NoSetQueries()
         top = max([int(v) for rule, v in rules if rule == "size"] + [1, int(val.lengths.max())])
         idx, pv = [], []
         for s in range(0, len(queries), batch_size):

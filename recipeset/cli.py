@@ -85,6 +85,21 @@ def cli() -> None:
     """recipeset: model recipes as sets of ingredients."""
 
 
+def reads_datasets(command):
+    """``--lenient`` and ``--option KEY=VALUE``: how a command that reads a dataset reads it — the run config's
+    ``data.lenient`` and ``data.options`` (the loader's own options), which the loaders' error messages name."""
+    command = click.option("--option", "loader_options", multiple=True, metavar="KEY=VALUE",
+                           help="A loader option (data.options; repeatable): ingredients_column=NAME, "
+                                "cuisine_column=NAME, id_column=NAME, delimiter=';', sep=',' for CSV/JSONL files; "
+                                "verify=false, keep_unmapped=true for flavornet.")(command)
+    return click.option("--lenient", is_flag=True, help="Skip malformed lines (counted in the cleaning report) "
+                        "instead of failing (data.lenient).")(command)
+
+
+def _loader_options(pairs: tuple[str, ...]) -> dict:
+    return _parse_overrides(pairs, "--option")
+
+
 # ---- data -------------------------------------------------------------------------------------------
 @cli.group(cls=RecipesetGroup)
 def data() -> None:
@@ -109,17 +124,26 @@ def _format_stats(d: dict) -> str:
 @data.command("stats")
 @click.argument("dataset")
 @click.option("--path", default=None, help="Dataset directory or file (flavornet: the files' directory).")
-@click.option("--lenient", is_flag=True, help="Skip malformed lines (counted in the report) instead of failing.")
+@reads_datasets
+@click.option("--ingredients", "all_ingredients", is_flag=True,
+              help="List every ingredient name with its count of recipes (the names complete/classify accept); "
+                   "with --json: all of them in top_ingredients.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def data_stats(dataset: str, path: str | None, lenient: bool, as_json: bool) -> None:
+def data_stats(dataset: str, path: str | None, lenient: bool, loader_options: tuple[str, ...], all_ingredients: bool,
+               as_json: bool) -> None:
     """Counts, set-size distribution and cleaning report of DATASET (flavornet, whatscooking, synthetic,
     or a .csv/.jsonl/.json file)."""
     import json
 
     from recipeset.data.sources import load_dataset
 
-    table = load_dataset(dataset, path=path, lenient=lenient)
-    d = table.describe()
+    table = load_dataset(dataset, path=path, lenient=lenient, **_loader_options(loader_options))
+    d = table.describe(top=None if all_ingredients else 20)
+    if all_ingredients and not as_json:
+        width = max((len(name) for name, _ in d["top_ingredients"]), default=0)
+        for name, count in d["top_ingredients"]:
+            click.echo(f"{name:<{width}}  {count}")
+        return
     if as_json:
         click.echo(json.dumps(d))
     else:
@@ -174,6 +198,7 @@ def _objective_weights(pairs: tuple[str, ...]) -> dict:
 @click.option("--dataset", default=None, cls=LazyHelpOption,
               help_fn=lambda: f"{' | '.join(DATASETS.names())} [default: synthetic], or a .csv/.jsonl file.")
 @click.option("--path", default=None, help="Where the dataset's files are (flavornet: their directory).")
+@reads_datasets
 @click.option("--model", type=RegistryChoice(MODELS), default=None,
               help="Model family [default: deep-sets, the study's best; with --config: the file's].")
 @click.option("--loss", type=RegistryChoice(LOSSES), default=None,
@@ -200,8 +225,9 @@ def _objective_weights(pairs: tuple[str, ...]) -> dict:
               help="Score the cheap baselines (popularity, co-occurrence, item-kNN) on the same queries and show "
                    "the best beside the model [default: on].")
 @click.option("--json", "as_json", is_flag=True, help="Print every metric as one JSON object.")
-def train(config_file, dataset, path, model, loss, objectives, order, epochs, max_steps, seed, sets, out, resume,
-          init_from, tracking_uri, experiment, no_track, deterministic, quiet, baselines, as_json) -> None:
+def train(config_file, dataset, path, lenient, loader_options, model, loss, objectives, order, epochs, max_steps, seed,
+          sets, out, resume, init_from, tracking_uri, experiment, no_track, deterministic, quiet, baselines,
+          as_json) -> None:
     """Train a model, evaluate it on its own test split and track the run in MLflow.
 
     With no options: the project's best recipe (Deep Sets, every ingredient held out in turn) on the embedded
@@ -218,9 +244,11 @@ def train(config_file, dataset, path, model, loss, objectives, order, epochs, ma
     for key, value in (("data.dataset", dataset), ("data.path", path), ("model.name", model),
                        ("loss.name", loss), ("data.order", order), ("train.epochs", epochs),
                        ("train.max_steps", max_steps), ("train.seed", seed),
-                       ("tracking.tracking_uri", tracking_uri), ("tracking.experiment", experiment)):
+                       ("tracking.tracking_uri", tracking_uri), ("tracking.experiment", experiment),
+                       ("data.lenient", lenient or None)):
         if value is not None:
             over[key] = value
+    over.update({f"data.options.{k}": v for k, v in _loader_options(loader_options).items()})
     if deterministic:
         over["train.deterministic"] = True
     if objectives:
@@ -307,11 +335,12 @@ def _load_scorer(model_dir: str, ensemble: tuple[str, ...]):
 @click.option("--dataset", default=None, help="Evaluate on all recipes of another dataset [default: the run's "
               "own test split].")
 @click.option("--path", default=None, help="Where --dataset's files are.")
+@reads_datasets
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", help="Which split of the run's data.")
 @click.option("--max-queries", type=click.IntRange(min=1), default=None, help="Evaluate on N seeded recipes only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 @quiet_option
-def evaluate(model_dir, ensemble, dataset, path, split, max_queries, as_json, quiet) -> None:
+def evaluate(model_dir, ensemble, dataset, path, lenient, loader_options, split, max_queries, as_json, quiet) -> None:
     """The evaluation table of a trained model (MODEL_DIR or runs:/<id>/model), or of an --ensemble."""
     import json
 
@@ -320,7 +349,8 @@ def evaluate(model_dir, ensemble, dataset, path, split, max_queries, as_json, qu
 
     with reporting(not (quiet or as_json)):
         m = _load_scorer(model_dir, ensemble)
-        cfg, sets = run_data(m, model_dir, split=split, dataset=dataset, path=path, tune=bool(ensemble))
+        cfg, sets = run_data(m, model_dir, split=split, dataset=dataset, path=path, tune=bool(ensemble),
+                             lenient=lenient, options=_loader_options(loader_options))
         if max_queries is not None:
             cfg.eval.max_queries = max_queries
         with phase(f"evaluating {split if dataset is None else dataset}"):
@@ -331,16 +361,38 @@ def evaluate(model_dir, ensemble, dataset, path, split, max_queries, as_json, qu
         _echo_metrics(metrics)
 
 
-def _split_names(text: str) -> list[str]:
-    names = [x.strip() for x in text.replace(";", ",").split(",") if x.strip()]
-    if not names:
-        raise RecipesetError("give at least one ingredient, comma-separated (e.g. \"tomato, basil\")")
-    return names
+def _query_names(text: str | None, names: tuple[str, ...]) -> list[str]:
+    """The query a user typed: INGREDIENTS (comma-separated, or a JSON list such as '["salt, kosher", "egg"]')
+    followed by every ``--ingredient NAME`` (taken whole, so a name may hold a comma). Names are looked up as the
+    loaders write them (``Vocabulary.encode`` normalises: "Olive Oil" finds olive_oil)."""
+    import json
+
+    query: list[str] = []
+    if text is not None and text.lstrip().startswith("["):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RecipesetError(f"INGREDIENTS {text!r}: not a JSON list ({e.msg}); give a list such as "
+                                 "'[\"tomato\", \"basil\"]', comma-separated names, or --ingredient NAME") from None
+        if not isinstance(parsed, list) or not all(isinstance(x, str) for x in parsed):
+            raise RecipesetError(f"INGREDIENTS {text!r}: a JSON list must hold names (strings)")
+        query = [x for x in parsed if x.strip()]
+    elif text is not None:
+        query = [x.strip() for x in text.replace(";", ",").split(",") if x.strip()]
+    query += [x for x in names if x.strip()]
+    if not query:
+        raise RecipesetError("give at least one ingredient: \"tomato, basil\", a JSON list, or --ingredient NAME "
+                             "(repeatable)")
+    return query
+
+
+INGREDIENT_HELP = "An ingredient, taken whole (a name may hold a comma); repeatable, added to INGREDIENTS."
 
 
 @cli.command()
 @click.argument("model_dir")
-@click.argument("ingredients")
+@click.argument("ingredients", required=False)
+@click.option("--ingredient", "names", multiple=True, metavar="NAME", help=INGREDIENT_HELP)
 @click.option("--top", type=click.IntRange(min=1), default=10, help="How many ranked suggestions.")
 @click.option("--generate", is_flag=True, help="Generate the rest of the recipe instead of ranking.")
 @click.option("--max-new", type=click.IntRange(min=1), default=10,
@@ -349,12 +401,13 @@ def _split_names(text: str) -> list[str]:
 @click.option("--mode", type=click.Choice(["next", "joint"]), default="next", help="Decoder scoring mode.")
 @click.option("--cuisine", default=None, help="Condition on a cuisine (models trained with cuisine conditioning).")
 @click.option("--ensemble", "ensemble", multiple=True, metavar="MODEL_DIR", help=ENSEMBLE_HELP)
-def complete(model_dir, ingredients, top, generate, max_new, temperature, mode, cuisine, ensemble) -> None:
-    """Suggest what goes with INGREDIENTS ("tomato, basil"), or --generate the rest of the recipe."""
+def complete(model_dir, ingredients, names, top, generate, max_new, temperature, mode, cuisine, ensemble) -> None:
+    """Suggest what goes with INGREDIENTS ("tomato, basil", or a JSON list), or --generate the rest of the recipe.
+    Names are matched as the datasets write them ("Olive Oil" is olive_oil)."""
     import torch
 
+    query = _query_names(ingredients, names)
     m = _load_scorer(model_dir, ensemble)
-    query = _split_names(ingredients)
     if generate:
         out = m.complete([query], max_new=max_new, temperature=temperature, cuisine=cuisine)[0]
         click.echo(", ".join(out) if out else "(nothing to add)")
@@ -368,15 +421,18 @@ def complete(model_dir, ingredients, top, generate, max_new, temperature, mode, 
 
 @cli.command()
 @click.argument("model_dir")
-@click.argument("ingredients")
+@click.argument("ingredients", required=False)
+@click.option("--ingredient", "names", multiple=True, metavar="NAME", help=INGREDIENT_HELP)
 @click.option("--top", type=click.IntRange(min=1), default=3, help="How many cuisines to show.")
 @click.option("--ensemble", "ensemble", multiple=True, metavar="MODEL_DIR", help=ENSEMBLE_HELP)
-def classify(model_dir, ingredients, top, ensemble) -> None:
-    """Cuisine probabilities of INGREDIENTS ("soy_sauce, ginger")."""
+def classify(model_dir, ingredients, names, top, ensemble) -> None:
+    """Cuisine probabilities of INGREDIENTS ("soy_sauce, ginger", or a JSON list; names matched as the datasets
+    write them)."""
+    query = _query_names(ingredients, names)
     m = _load_scorer(model_dir, ensemble)
     if not m.can_classify and not ensemble:  # an ensemble names the member without a head itself
         raise RecipesetError(f"{model_dir}: this model has no cuisine head; train it with --objective cls")
-    probs = m.classify([_split_names(ingredients)])[0]
+    probs = m.classify([query])[0]
     for i in probs.argsort(descending=True)[:top].tolist():
         click.echo(f"{m.vocab.cuisine_name(i):<24} {float(probs[i]):.3f}")
 
@@ -385,11 +441,12 @@ def classify(model_dir, ingredients, top, ensemble) -> None:
 @cli.command()
 @click.option("--dataset", default="synthetic", help="Dataset name or file (as for train).")
 @click.option("--path", default=None, help="Where the dataset's files are.")
+@reads_datasets
 @click.option("--name", "names", multiple=True, help="Only these baselines (repeatable) [default: all].")
 @click.option("--seed", type=int, default=0, help="Seed of the baselines' own randomness.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: baseline -> metrics.")
 @quiet_option
-def baselines(dataset, path, names, seed, as_json, quiet) -> None:
+def baselines(dataset, path, lenient, loader_options, names, seed, as_json, quiet) -> None:
     """The classical baselines, tuned on validation, on the same split and queries as the models."""
     import json
 
@@ -398,7 +455,8 @@ def baselines(dataset, path, names, seed, as_json, quiet) -> None:
     from recipeset.protocol import run_baselines_on
 
     # the default eval settings: the queries of a study (or train) run on the same data with the default [eval]
-    cfg = RunConfig().override({"data.dataset": dataset, "data.path": path})
+    cfg = RunConfig().override({"data.dataset": dataset, "data.path": path, "data.lenient": lenient,
+                                "data.options": _loader_options(loader_options)})
     data = prepare_data(cfg.data)
     with reporting(not (quiet or as_json)):
         results = run_baselines_on(cfg, data, names=list(names) or None, seed=seed)

@@ -68,6 +68,8 @@ class DataConfig:
     n_recipes: int | None = spec(None, ge=1)   # synthetic generator size / cap on loaded recipes
     ordered: bool = False             # synthetic: emit ingredients in cooking order (order carries information)
     lenient: bool = False             # skip malformed rows (with a count) instead of failing
+    options: dict = spec(factory=dict)  # the loader's own options: CSV/JSONL ingredients_column, delimiter,
+    #                                 cuisine_column, id_column, sep; flavornet keep_unmapped, verify
     mix: list[dict] = spec(factory=list)  # weighted mixing: [{dataset, path, weight}, ...]
 
 
@@ -466,7 +468,7 @@ def resolve_objectives(cfg: RunConfig, source: str = "") -> dict[str, float]:
 def _check_mix_entry(entry: Any, key: str, source: str) -> dict:
     if not isinstance(entry, Mapping):
         raise fail(source, key, f"expected a table {{dataset, path, weight}}, got {entry!r}")
-    valid = ("dataset", "path", "weight")
+    valid = ("dataset", "path", "weight", "options")
     for k in entry:
         if k not in valid:
             raise fail(source, f"{key}.{k}", f"unknown key{suggest(k, valid)} — valid: {', '.join(valid)}")
@@ -476,6 +478,8 @@ def _check_mix_entry(entry: Any, key: str, source: str) -> dict:
     if out["path"] is not None and not isinstance(out["path"], str):
         raise fail(source, f"{key}.path", f"expected str, got {out['path']!r}")
     out["weight"] = coerce(out["weight"], float, f"{key}.weight", source)
+    if "options" in entry:  # only when given: the entries of configs from before keep their hash
+        out["options"] = coerce(entry["options"], dict, f"{key}.options", source)
     if out["weight"] <= 0:
         raise fail(source, f"{key}.weight", f"must be > 0, got {out['weight']}")
     return out

@@ -41,6 +41,16 @@ from recipeset.registry import EVAL_TASKS, EvalTaskEntry
 from recipeset.signals import raise_if_terminated
 
 DEFAULT_TASKS = ("completion", "set", "cuisine", "order")  # evaluate_all's default (nll needs a likelihood)
+COMPLETION_MIN_SIZE = 2  # a leave-one-out query holds out one ingredient and keeps at least one
+SET_MIN_SIZE = 4         # set completion gives half a recipe (at least two) and asks for the rest (at least two)
+
+
+class NoSetQueries(RecipesetError):
+    """No recipe of the sets has :data:`SET_MIN_SIZE` ingredients: there is no set-completion query (a stop rule
+    has nothing to be tuned on)."""
+
+    def __init__(self, what: str = "validation") -> None:
+        super().__init__(f"{what} has no set with >= {SET_MIN_SIZE} ingredients to tune the stop rule on")
 # Score queries in batches sorted by length (little padding: ~2x faster on flavornet); False: in split order.
 # Results are the same either way (tests/test_evaluation.py checks it); the switch is for that check and benchmarks.
 GROUP_BY_LENGTH = True
@@ -240,7 +250,7 @@ def leave_one_out_draws(sets: EncodedSets, seed: int = 0, draws: int = 1
     """
     if draws < 1:
         raise RecipesetError(f"leave-one-out needs draws >= 1, not {draws}")
-    rows = np.flatnonzero(sets.lengths >= 2)
+    rows = np.flatnonzero(sets.lengths >= COMPLETION_MIN_SIZE)
     sub = sets.take(rows)
     _, rank = _shuffled_positions(sub, np.random.default_rng(seed))
     n_sets, n_values = len(sub), len(sub.values)
@@ -262,7 +272,7 @@ def half_queries(sets: EncodedSets, seed: int = 0) -> tuple[EncodedSets, Encoded
 
     Returns (queries, truths, row ``[N]`` of each query in ``sets``).
     """
-    rows = np.flatnonzero(sets.lengths >= 4)
+    rows = np.flatnonzero(sets.lengths >= SET_MIN_SIZE)
     sub = sets.take(rows)
     _, rank = _shuffled_positions(sub, np.random.default_rng(seed))
     seg = sub.segment_ids
@@ -578,10 +588,11 @@ def _mode_suffix(mode: str) -> str:
     return "" if mode == "next" else f"_{mode}"
 
 
-def _task(name: str, help: str, oracle: bool = True):
-    """Register an evaluation task: ``run(scorer, sets, options) -> {"<prefix>/<metric>": value}``."""
+def _task(name: str, help: str, oracle: bool = True, min_size: int = 1):
+    """Register an evaluation task: ``run(scorer, sets, options) -> {"<prefix>/<metric>": value}``; ``min_size``:
+    the smallest recipe it makes a query of."""
     def deco(run):
-        EVAL_TASKS.register(name, EvalTaskEntry(name, run, oracle, help))
+        EVAL_TASKS.register(name, EvalTaskEntry(name, run, oracle, help, min_size))
         return run
 
     return deco
@@ -591,7 +602,8 @@ def _prefixed(prefix: str, metrics: Mapping) -> dict[str, float]:
     return {f"{prefix}/{k}": v for k, v in metrics.items() if np.isscalar(v)}
 
 
-@_task("completion", "leave-one-out: Recall@1/10, MRR, mean rank (decoders also `joint`)")
+@_task("completion", "leave-one-out: Recall@1/10, MRR, mean rank (decoders also `joint`)",
+       min_size=COMPLETION_MIN_SIZE)
 def _completion_task(scorer: Scorer, sets: EncodedSets, o: EvalOptions) -> dict[str, float]:
     out: dict[str, float] = {}
     for mode in o.modes:
@@ -603,7 +615,7 @@ def _completion_task(scorer: Scorer, sets: EncodedSets, o: EvalOptions) -> dict[
     return out
 
 
-@_task("set", "set completion from half: micro-F1/IoU, predicted vs true size")
+@_task("set", "set completion from half: micro-F1/IoU, predicted vs true size", min_size=SET_MIN_SIZE)
 def _set_task(scorer: Scorer, sets: EncodedSets, o: EvalOptions) -> dict[str, float]:
     return _prefixed("set", evaluate_set_completion(scorer, sets, o.seed, o.max_new, o.batch_size))
 
@@ -615,7 +627,8 @@ def _cuisine_task(scorer: Scorer, sets: EncodedSets, o: EvalOptions) -> dict[str
     return {}
 
 
-@_task("order", "order sensitivity: total variation over query permutations", oracle=False)
+@_task("order", "order sensitivity: total variation over query permutations", oracle=False,
+       min_size=COMPLETION_MIN_SIZE)
 def _order_task(scorer: Scorer, sets: EncodedSets, o: EvalOptions) -> dict[str, float]:
     out: dict[str, float] = {}
     for mode in o.modes:

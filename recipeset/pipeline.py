@@ -40,7 +40,7 @@ from recipeset.models.io import save_model
 from recipeset.objectives.tasks import Objectives, cuisine_class_weights
 from recipeset.plots import plot_confusion, plot_embedding_map, plot_learning_curves
 from recipeset.progress import phase, reporting
-from recipeset.registry import LOSSES, MODELS, OBJECTIVES
+from recipeset.registry import EVAL_TASKS, LOSSES, MODELS, OBJECTIVES
 from recipeset.runs import download_model_dir, load_model
 from recipeset.threads import resolve_threads
 from recipeset.tracking import Tracker, check_tracking_store, open_store, resolve_tracking_uri
@@ -100,6 +100,40 @@ def load_init_weights(model: RecipeModel, init_from: str, source: RecipeModel | 
         raise RecipesetError(f"--init-from {init_from}: shapes differ for {bad[:3]}; use the same model params")
     model.load_state_dict(loaded, strict=False)
     return sorted(set(own) - set(loaded))
+
+
+# ---- before training: can this data train and evaluate this run? ---------------------------------------------
+def check_trainable(cfg: RunConfig, data: PreparedData) -> None:
+    """Refuse, before any training step, data too degenerate for the run: recipes of one ingredient (nothing
+    goes together), an empty validation or test split, a validation split the training vocabulary cannot encode
+    (no validation loss), or splits without a recipe large enough for an evaluation task of ``eval.tasks``."""
+    name = data.table.name
+    if int(data.table.set_sizes.max(initial=0)) < 2:
+        raise RecipesetError(f"{name}: every recipe has a single ingredient, so there is nothing to learn about "
+                             "which ingredients go together, to complete or to validate; use recipes of ≥ 2 "
+                             "ingredients")
+    splits = {"validation": protocol.val_subset(data.val_eval, cfg), "test": protocol.test_subset(data.test_eval, cfg)}
+    for split, sets in splits.items():
+        if len(sets) == 0:
+            raise RecipesetError(f"{name}: the {split} split is empty ({len(data.table)} recipes, and identical "
+                                 "ingredient sets stay in one split); use more recipes, or more distinct ones")
+    if len(data.val) == 0:
+        raise RecipesetError(f"{name}: none of the {len(data.val_eval)} validation recipes has an ingredient of the "
+                             f"training split, so there is no validation loss ({cfg.train.early_stopping_metric}) "
+                             "to select the model on; use more recipes, or recipes that share ingredients")
+    for split, sets in splits.items():
+        for task in cfg.eval.tasks:
+            _check_task_fits(task, sets, split, name, cfg.eval.tasks)
+
+
+def _check_task_fits(task: str, sets, split: str, name: str, tasks: list[str]) -> None:
+    need = EVAL_TASKS.get(task).min_size
+    largest = int(sets.lengths.max(initial=0))
+    if largest < need:
+        others = [t for t in tasks if t != task]
+        drop = f"drop it (--set eval.tasks='{json.dumps(others)}') or " if others else ""
+        raise RecipesetError(f"eval.tasks: '{task}' needs recipes of ≥ {need} ingredients, and the largest {split} "
+                             f"recipe of {name} has {largest}; {drop}use larger recipes")
 
 
 # ---- post-training -------------------------------------------------------------------------------------------
@@ -222,6 +256,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
         source = load_model(init_from) if init_from is not None else None  # loaded (downloaded) once
         data = prepare_data(cfg.data, split_path=out_dir / "split.json" if resume else None,
                             vocab=None if source is None else source.vocab)
+        check_trainable(cfg, data)  # before the run directory holds anything of this run
         if not resume and world.is_main:
             data.split.save(out_dir / "split.json")
             cfg.save(out_dir / "config.json")
@@ -364,15 +399,19 @@ def tune_rules(model, val, cfg: RunConfig) -> tuple[protocol.StopRule | None, pr
 
 
 def run_data(model, model_dir: str, split: str = "test", dataset: str | None = None, path: str | None = None,
-             tune: bool = False):
+             tune: bool = False, lenient: bool = False, options: dict | None = None):
     """The run config saved with a model and the sets to evaluate it on: the run's own ``split`` (rebuilt from
     its saved split and vocabulary), or every recipe of ``dataset`` encoded with the model's vocabulary.
+    ``lenient`` and the loader ``options`` say how to read the dataset (``data.lenient``, ``data.options``).
 
     ``tune``: first tune ``model``'s rules on the run's validation queries as the run did (:func:`tune_rules`) —
     for a scorer the run did not tune, e.g. an :class:`~recipeset.ensemble.Ensemble` of trained models."""
     local = Path(download_model_dir(str(model_dir)))
     run_cfg = local / "run_config.json"
     cfg = load_config(run_cfg) if run_cfg.exists() else RunConfig()
+    if dataset is None:  # how to read the run's own dataset
+        cfg.data.lenient = cfg.data.lenient or lenient
+        cfg.data.options.update(options or {})
     data = None
     if dataset is None or tune:
         if not (local / "split.json").exists():
@@ -383,5 +422,6 @@ def run_data(model, model_dir: str, split: str = "test", dataset: str | None = N
         if tune:
             tune_rules(model, protocol.val_subset(data.val_eval, cfg), cfg)
     if dataset is not None:
-        return cfg, load_dataset(dataset, path=path).encode(model.vocab, unknown="unk")
+        return cfg, load_dataset(dataset, path=path, lenient=lenient, **(options or {})).encode(model.vocab,
+                                                                                             unknown="unk")
     return cfg, data.test_eval if split == "test" else data.val_eval

@@ -16,6 +16,7 @@ the main job evaluates a model, the generator's reference ceilings, and the one 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -32,6 +33,8 @@ from recipeset.data.sources.synthetic import SyntheticOracle
 from recipeset.data.vocab import PAD, Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.evaluation import (
+    SET_MIN_SIZE,
+    NoSetQueries,
     complete_halves,
     cuisine_probs,
     evaluate_all,
@@ -41,6 +44,8 @@ from recipeset.evaluation import (
 )
 from recipeset.progress import phase
 from recipeset.registry import EVAL_TASKS
+
+log = logging.getLogger(__name__)
 
 # The stop-rule grids of models and baselines: the thresholds are the union of the models' former grid
 # (0.02-0.5) and the baselines' (0.01-0.3), up to 0.9 for the decoders' rule (go on while 1 − p([EOS]) ≥ it: a
@@ -208,11 +213,13 @@ def tune_stop_rule(scorer: Any, val: EncodedSets, seed: int = 0, sizes: Sequence
     rules = [("size", float(m)) for m in sizes if with_sizes] + [("threshold", float(t)) for t in thresholds]
     if not rules or not (baseline or thresholds):  # a model's one pass runs at its lowest threshold
         raise RecipesetError("tune_stop_rule: the stop-rule grid is empty")
-    with phase("tuning on val: stop rule"):
-        if baseline:
-            f1s = scorer.stop_rule_f1s(val, rules, seed=seed)
-        else:
-            f1s = _model_rule_f1s(scorer, val, rules, seed)
+    try:
+        with phase("tuning on val: stop rule"):
+            f1s = (scorer.stop_rule_f1s(val, rules, seed=seed) if baseline
+                   else _model_rule_f1s(scorer, val, rules, seed))
+    except NoSetQueries as e:  # recipes too small for set completion (a run checks eval.tasks: check_trainable)
+        log.warning("stop rule not tuned, the default kept: %s", e)
+        return None
     best = StopRule(*rules[0], -1.0)
     for (rule, value), f1 in zip(rules, f1s, strict=True):
         if f1 > best.micro_f1:
@@ -295,6 +302,8 @@ def _padded(rows: Sequence[Sequence[float]], fill: float, dtype) -> np.ndarray:
 def _model_rule_f1s(model: Any, val: EncodedSets, rules: Sequence[tuple[str, float]], seed: int) -> list[float]:
     """The validation set-completion micro-F1 of ``model`` under each stop rule (thresholds; sizes only for a
     model with ``returns_stop_probs``), uncapped by a size (``config.stop_size`` None) while it is scored."""
+    if not (val.lengths >= SET_MIN_SIZE).any():
+        raise NoSetQueries()
     if hasattr(model.config, "stop_size"):
         model.config.stop_size = None
     if not getattr(model, "returns_stop_probs", False):  # e.g. an extension's model: one pass per threshold
@@ -305,8 +314,6 @@ def _model_rule_f1s(model: Any, val: EncodedSets, rules: Sequence[tuple[str, flo
         return f1s
     model.config.stop_threshold = min(v for rule, v in rules if rule == "threshold")
     preds, probs, truths = complete_halves(model, val, seed, return_probs=True)
-    if len(truths) == 0:
-        raise RecipesetError("validation has no set with >= 4 ingredients to tune the stop threshold on")
     return prefix_rule_f1s(_padded(preds, PAD, np.int64), _padded(probs, -1.0, np.float32), truths, rules)
 
 

@@ -193,6 +193,7 @@ class EvalTaskEntry:
     run: Callable[..., Any]
     oracle: bool = True                    # the synthetic generator's Bayes-optimal scorer reports it too
     help: str = ""
+    min_size: int = 1                      # the smallest recipe it makes a query of (smaller ones are skipped)
 
 
 MODELS: Registry[Any] = Registry("model")              # name -> RecipeModel subclass

@@ -40,7 +40,7 @@ from recipeset.data.vocab import Vocabulary
 from recipeset.distributed import World, world
 from recipeset.errors import RecipesetError
 from recipeset.io_utils import atomic_write_dir, torch_save, write_errors
-from recipeset.models.io import WEIGHTS_FILE, save_model
+from recipeset.models.io import WEIGHTS_FILE, read_weights, save_model
 from recipeset.registry import ORDERS
 from recipeset.signals import raise_if_terminated
 
@@ -351,9 +351,7 @@ class Trainer:
     def restore(self) -> None:
         """Continue from ``out_dir/checkpoint`` (weights, optimizer, schedule, step counter, run id)."""
         opt, sched, state = load_trainer_state(self.checkpoint_dir)
-        weights = torch.load(self.checkpoint_dir / "model" / WEIGHTS_FILE, map_location=self.device,
-                             weights_only=True)
-        self.model.load_state_dict(weights)
+        self.model.load_state_dict(read_weights(self.checkpoint_dir / "model" / WEIGHTS_FILE, self.device))
         self.optimizer.load_state_dict(opt)
         self.scheduler.load_state_dict(sched)
         if state.scaler:

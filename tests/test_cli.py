@@ -151,6 +151,62 @@ def test_classify_on_a_cls_trained_model(trained):
     assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-3
 
 
+def test_names_as_users_type_them(trained):
+    """Queries are normalised like the loaders' names: case, spaces and stray blanks do not matter, in every form
+    a query takes (comma-separated, a JSON list, repeated --ingredient) and in the Python API."""
+    import torch
+
+    import recipeset
+
+    model = trained["model"]
+    canonical = ok("complete", model, "olive_oil, tomato", "--top", "5").output
+    for typed in (["olive oil, Tomato"], [" Olive  Oil ;TOMATO "], ['["Olive Oil", " Tomato"]'],
+                  ["--ingredient", "Olive Oil", "--ingredient", "Tomato"], ["Olive Oil", "--ingredient", "tomato"]):
+        assert ok("complete", model, *typed, "--top", "5").output == canonical, typed
+    assert (ok("classify", model, "--ingredient", "Soy Sauce", "--ingredient", "GINGER").output
+            == ok("classify", model, "soy_sauce, ginger").output)
+    m = recipeset.load_model(model)
+    assert m.complete([[" Olive Oil", "Tomato"]], max_new=3) == m.complete([["olive_oil", "tomato"]], max_new=3)
+    assert torch.equal(m.classify([["Soy Sauce"]]), m.classify([["soy_sauce"]]))
+
+
+def test_unknown_name_after_normalisation_names_it_and_where_to_look(trained):
+    line = one_line_error(invoke("complete", trained["model"], "Olive Oyl, tomato"), "'olive_oyl'", "olive_oil",
+                          "recipeset data stats", "--ingredients")
+    assert "tomato'" not in line  # only the unknown name
+    one_line_error(invoke("classify", trained["model"], "--ingredient", "Dragon Fruit"), "'dragon_fruit'",
+                   "--ingredients")
+    one_line_error(invoke("complete", trained["model"]), "--ingredient")
+    one_line_error(invoke("complete", trained["model"], '["tomato", 3]'), "JSON list")
+
+
+def test_names_holding_commas_as_a_list(tmp_path):
+    """A name with a comma in it is one name when given with --ingredient or in a JSON list; the comma-separated
+    form splits it (and says which piece is unknown)."""
+    from recipeset.data.vocab import Vocabulary
+    from recipeset.models import DeepSets, DeepSetsConfig, save_model
+
+    vocab = Vocabulary(["salt,_kosher", "tomato", "basil", "garlic"])
+    save_model(DeepSets(DeepSetsConfig(d_model=8), vocab), tmp_path / "m")
+    model = str(tmp_path / "m")
+    ranked = ok("complete", model, "--ingredient", "Salt, Kosher", "--ingredient", "tomato", "--top", "2").output
+    assert ok("complete", model, '["salt, kosher", "Tomato"]', "--top", "2").output == ranked
+    assert {line.split()[1] for line in ranked.splitlines()} == {"basil", "garlic"}
+    one_line_error(invoke("complete", model, "Salt, Kosher, tomato"), "'salt' (from 'Salt')", "--ingredients")
+
+
+def test_data_stats_lists_every_ingredient(tmp_path):
+    p = tmp_path / "r.csv"
+    p.write_text("ingredients\n" + "\n".join(";".join(f"ing{j}" for j in range(i % 13 + 1)) for i in range(40)) + "\n")
+    listed = ok("data", "stats", str(p), "--ingredients").output.splitlines()
+    counts = {line.split()[0]: int(line.split()[1]) for line in listed}
+    assert len(counts) == 13 == len(listed)  # all of them, not the top ten
+    assert counts["ing0"] == 40 and counts["ing12"] == 3
+    assert list(counts.values()) == sorted(counts.values(), reverse=True)
+    top = json.loads(ok("data", "stats", str(p), "--ingredients", "--json").output)["top_ingredients"]
+    assert dict(top) == counts
+
+
 def test_evaluate_json_matches_the_run(trained):
     result = ok("evaluate", trained["model"], "--json")
     metrics = json.loads(result.output)
@@ -531,3 +587,26 @@ def test_counts_must_be_positive(trained, args):
     positional = [trained["model"]] + (["tomato"] if cmd != "evaluate" else [])
     result = invoke(cmd, *positional, *opts)
     assert result.exit_code == 2 and "Traceback" not in result.output and "x>=1" in result.output
+
+
+def test_resume_refuses_a_checkpoint_that_could_run_code(tmp_path, monkeypatch):
+    """--resume reads the checkpoint's weights like load_model: a code-running pickle is refused in one line that
+    names the file and never suggests loading it unsafely."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY, "--max-steps", "2", "--set", "eval.tasks=[\"completion\"]", "--no-track", "--quiet", "--out", "r"]
+    ok("train", *args)
+    weights = tmp_path / "r" / "checkpoint" / "model" / "weights.pt"
+    torch.save({**torch.load(weights, weights_only=True), "evil": _Evil(tmp_path / "pwned")}, weights)
+    line = one_line_error(invoke("train", *args, "--resume"), "r/checkpoint/model/weights.pt: refused to load",
+                          "could run code")
+    assert "weights_only" not in line and not (tmp_path / "pwned").exists()
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)

@@ -274,7 +274,7 @@ def test_whatscooking(tmp_path):
 
 
 def test_whatscooking_bad_input(tmp_path):
-    with pytest.raises(RecipesetError, match="whatscooking needs path"):
+    with pytest.raises(RecipesetError, match="whatscooking needs --path"):
         load_dataset("whatscooking")
     p = tmp_path / "w.json"
     p.write_text('{"id": 1}')
@@ -340,8 +340,8 @@ def test_csv_bad_input(tmp_path):
     p.write_text("id,ingredients\n1,a\n1,b\n")
     with pytest.raises(RecipesetError, match=r"r.csv:3: duplicate recipe id '1'"):
         load_dataset(p, id_column="id")
-    with pytest.raises(RecipesetError, match=r"r.csv: unknown loader option\(s\) no_such_option; options: "
-                                             r"ingredients_column, delimiter"):
+    with pytest.raises(RecipesetError, match=r"r.csv: unknown loader option\(s\) no_such_option \(--option, "
+                                             r"data.options\); options: ingredients_column, delimiter"):
         load_dataset(p, no_such_option=1)
     with pytest.raises(RecipesetError, match="whatscooking: unknown loader option"):
         load_dataset("whatscooking", path=p, delimiter=",")

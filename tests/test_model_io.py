@@ -124,12 +124,42 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     state = torch.load(path / "weights.pt", weights_only=True)
     state["evil"] = _Evil(marker)
     torch.save(state, path / "weights.pt")
-    with pytest.raises(RecipesetError, match="refused to load"):
+    with pytest.raises(RecipesetError, match="refused to load") as e:
         load_model(path)
     assert not marker.exists()
+    _says_only_why(str(e.value), path / "weights.pt", "could run code", "system")
     with pytest.raises(RecipesetError, match="refused to load"):  # through the public lazy import, too
         recipeset.load_model(str(path))
     assert not marker.exists()
+
+
+def _says_only_why(message: str, file: Path, *needles: str) -> None:
+    """A refusal names the file and why, in one line of its own — never torch's advice to load unsafely."""
+    assert message.startswith(f"{file}: refused to load: ") and "\n" not in message
+    assert "weights_only" not in message and "False" not in message and "Re-running" not in message, message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_refusals_never_suggest_loading_unsafely(tmp_path):
+    """Every way a weights file can be refused (a code-running pickle in the model directory or in a run's
+    checkpoint that --resume reads, a pickle of other objects, bytes that are not a torch file, a truncated file)
+    gets recipeset's own one-line reason."""
+    path = save_model(_models()["deep-sets"], tmp_path / "m")
+    weights = path / "weights.pt"
+    good = weights.read_bytes()
+    torch.save({"w": torch.zeros(1), "p": Path("x")}, weights)  # not code, but not a tensor either
+    with pytest.raises(RecipesetError) as e:
+        load_model(path)
+    _says_only_why(str(e.value), weights, "could run code", "Path")
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(RecipesetError) as e:
+        load_model(path)
+    _says_only_why(str(e.value), weights, "not a readable tensor file")
+    weights.write_bytes(b"garbage")
+    with pytest.raises(RecipesetError) as e:
+        load_model(path)
+    _says_only_why(str(e.value), weights, "not a plain tensor file")
 
 
 def test_broken_checkpoints_give_clear_errors(tmp_path):

@@ -251,9 +251,12 @@ def test_explicit_objectives_are_kept():
 
 def test_set_transformer_set_needs_slots_larger_than_the_targets(data):
     cfg = make_cfg("set-transformer", "hungarian", {"set": 1.0}, **{"model.n_slots": 2})
-    model, objectives, _ = build(cfg, data)
+    with pytest.raises(RecipesetError, match="model.n_slots=2 is smaller than the largest recipe"):
+        build(cfg, data)  # a run: refused before training
+    weights = resolve_objectives(cfg)
+    model = build_model(cfg, data.vocab, weights, 2)  # a model built for smaller sets: refused by the loss
     with pytest.raises(RecipesetError, match="n_slots"):
-        objectives(model, batch_of(data), torch.Generator().manual_seed(0))
+        Objectives(cfg, weights)(model, batch_of(data), torch.Generator().manual_seed(0))
 
 
 def test_balanced_class_weights_by_hand():

@@ -44,7 +44,7 @@ def load_table(cfg: DataConfig) -> RecipeTable:
     """The cleaned table of the run (one dataset, or several mixed with weights)."""
     if cfg.mix:
         return _mixed_table(cfg)
-    kw = {}
+    kw = dict(cfg.options)  # the loader's own options (data.options)
     if cfg.dataset == "synthetic":
         if cfg.n_recipes is not None:
             kw["n_recipes"] = cfg.n_recipes
@@ -71,7 +71,7 @@ def _cap_length(table: RecipeTable, max_len: int | None) -> RecipeTable:
 def _mixed_table(cfg: DataConfig) -> RecipeTable:
     frames, names = [], []
     for i, entry in enumerate(cfg.mix):  # entries are checked by RunConfig.validate
-        t = load_dataset(entry["dataset"], path=entry.get("path"), lenient=cfg.lenient)
+        t = load_dataset(entry["dataset"], path=entry.get("path"), lenient=cfg.lenient, **entry.get("options", {}))
         if t.name in names:  # recipe ids and mix_weights tell the datasets apart by name
             raise RecipesetError(f"data.mix[{i}]: a second dataset named {t.name!r}; mixed datasets need distinct "
                                  "names (rename one of the files)")

@@ -21,18 +21,10 @@ import numpy as np
 import pandas as pd
 
 from recipeset.data.sets import EncodedSets, csr_kept_offsets, csr_sort_within, csr_take
-from recipeset.data.vocab import UNK, UnknownIngredientError, Vocabulary
+from recipeset.data.vocab import UNK, UnknownIngredientError, Vocabulary, normalize_ingredient
 from recipeset.errors import RecipesetError
 
 COLUMNS = ("recipe_id", "ingredients", "cuisine", "source")
-
-
-def normalize_ingredient(name: str) -> str:
-    """Canonical ingredient name: stripped, lower case, runs of whitespace -> one underscore.
-
-    ``" Soy Sauce "`` -> ``"soy_sauce"``. Every loader uses this, so names agree across datasets.
-    """
-    return "_".join(name.strip().lower().split())
 
 
 def normalize_names(raw: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -401,8 +393,9 @@ class RecipeTable:
         if keep_unmapped:
             report.add("unmapped_cuisine", n, f"cuisine label not mapped by {where}; kept with cuisine None", labels)
             return self._replace(meta, self.coded, report)
-        report.add("unmapped_cuisine", n, f"recipes dropped: cuisine label not mapped by {where} "
-                   f"(pass keep_unmapped=True to keep them unlabelled)", labels)
+        report.add("unmapped_cuisine", n, f"recipes dropped: cuisine label not mapped by {where} (--option "
+                   "keep_unmapped=true, data.options.keep_unmapped = true in a run config, keeps them unlabelled)",
+                   labels)
         keep = np.flatnonzero(~unmapped)
         return self._replace(meta.iloc[keep], self.coded.take(keep), report)
 
@@ -452,8 +445,9 @@ class RecipeTable:
         return out
 
     # ---- summaries ----------------------------------------------------------------------------------
-    def describe(self, top: int = 20) -> dict:
-        """Summary statistics as a JSON-serialisable dict.
+    def describe(self, top: int | None = 20) -> dict:
+        """Summary statistics as a JSON-serialisable dict (``top``: how many ingredients ``top_ingredients``
+        lists, None: all).
 
         Keys: ``name``, ``recipes``, ``ingredients``, ``cuisines`` (ints), ``unlabelled`` (recipes without a
         cuisine), ``set_size`` (min/mean/median/max and a ``{size: count}`` histogram), ``per_cuisine``,
@@ -479,7 +473,7 @@ class RecipeTable:
             },
             "per_cuisine": {str(k): int(v) for k, v in per_cuisine.items()},
             "per_source": {str(k): int(v) for k, v in per_source.items()},
-            "top_ingredients": [[str(k), int(v)] for k, v in counts.head(top).items()],
+            "top_ingredients": [[str(k), int(v)] for k, v in (counts if top is None else counts.head(top)).items()],
             "sha256": self.sha256,
             "source_path": self.source_path,
             "cleaning": self.report.to_dict(),
@@ -497,7 +491,8 @@ class RecipeTable:
         if unknown not in ("error", "skip", "unk"):
             raise RecipesetError(f"encode: unknown must be 'error', 'skip' or 'unk', not {unknown!r}")
         coded = self.coded
-        lookup = np.fromiter((vocab._ids.get(n, -1) for n in coded.names), dtype=np.int64, count=len(coded.names))
+        known = (vocab._lookup(n) for n in coded.names)  # as Vocabulary.encode looks names up
+        lookup = np.fromiter((-1 if i is None else i for i in known), dtype=np.int64, count=len(coded.names))
         ids = lookup[coded.codes]
         lengths = coded.lengths
         missing = ids < 0

@@ -17,6 +17,18 @@ PAD, MASK, BOS, EOS, SEP, CLS, UNK, NULL = range(len(SPECIALS))
 NUM_SPECIALS = len(SPECIALS)
 
 
+INGREDIENT_LIST_HINT = "every name: `recipeset data stats DATASET --ingredients`"
+
+
+def normalize_ingredient(name: str) -> str:
+    """Canonical ingredient name: stripped, lower case, runs of whitespace -> one underscore.
+
+    ``" Soy Sauce "`` -> ``"soy_sauce"``. Every loader uses this, and so does every lookup of a name a user typed
+    (:meth:`Vocabulary.encode`), so names agree across datasets and queries.
+    """
+    return "_".join(name.strip().lower().split())
+
+
 class UnknownIngredientError(RecipesetError):
     """An ingredient the vocabulary does not know (the message suggests close names)."""
 
@@ -92,28 +104,40 @@ class Vocabulary:
 
     # ---- ingredients ----------------------------------------------------------------------------
     def suggest(self, name: str, n: int = 3) -> list[str]:
-        """Close ingredient names, for error messages."""
-        return difflib.get_close_matches(name, self.ingredients, n=n, cutoff=0.6)
+        """Close ingredient names (of the normalised ``name``), for error messages."""
+        return difflib.get_close_matches(normalize_ingredient(name), self.ingredients, n=n, cutoff=0.6)
+
+    def _lookup(self, name: str) -> int | None:
+        """The id of ``name`` as given or, failing that, of its normalised form (``"Olive Oil"`` -> ``olive_oil``,
+        as the loaders write names); None when neither is known."""
+        i = self._ids.get(name)
+        if i is None and isinstance(name, str):
+            i = self._ids.get(normalize_ingredient(name))
+        return i
 
     def _unknown(self, name: str) -> UnknownIngredientError:
-        close = self.suggest(name)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see `recipeset data stats` for the names"
-        return UnknownIngredientError(f"unknown ingredient {name!r}{hint}")
+        canonical = normalize_ingredient(name) if isinstance(name, str) else name
+        shown = repr(canonical) + (f" (from {name!r})" if canonical != name else "")
+        close = self.suggest(name) if isinstance(name, str) else []
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return UnknownIngredientError(f"unknown ingredient {shown}{hint} ({INGREDIENT_LIST_HINT})")
 
     def id(self, name: str) -> int:
-        try:
-            return self._ids[name]
-        except KeyError:
-            raise self._unknown(name) from None
+        """The id of an ingredient name, as typed (normalised like the loaders' names); raises
+        :class:`UnknownIngredientError` suggesting close names."""
+        i = self._lookup(name)
+        if i is None:
+            raise self._unknown(name)
+        return i
 
     def encode(self, ingredients: Sequence[str], unknown: str = "error") -> list[int]:
-        """Ingredient names -> ids. ``unknown``: ``error`` (raise, suggesting close names), ``unk``
-        (map to [UNK]) or ``skip`` (drop)."""
+        """Ingredient names (as typed: normalised like the loaders' names) -> ids. ``unknown``: ``error`` (raise,
+        suggesting close names), ``unk`` (map to [UNK]) or ``skip`` (drop)."""
         if unknown not in ("error", "unk", "skip"):
             raise ValueError(f"unknown must be error, unk or skip, not {unknown!r}")
         out: list[int] = []
         for name in ingredients:
-            i = self._ids.get(name)
+            i = self._lookup(name)
             if i is None:
                 if unknown == "error":
                     raise self._unknown(name)

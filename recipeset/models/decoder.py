@@ -306,6 +306,10 @@ class CausalDecoder(RecipeModel):
     def configure(cls, params, objectives, order, max_set):
         params["train_order"] = order  # completion must feed queries in the order the run trains in
         params.setdefault("max_len", max(64, max_set + 2))
+        if params.get("positions") and params["max_len"] < max_set + 1:  # [BOS] + the largest recipe
+            raise RecipesetError(f"model.max_len={params['max_len']} is shorter than the largest recipe ([BOS] + "
+                                 f"{max_set} ingredients); raise model.max_len or drop longer recipes with "
+                                 f"data.max_len = {params['max_len'] - 1}")
         return params
 
     def __init__(self, config: DecoderConfig, vocab: Vocabulary, input_features: torch.Tensor | None = None) -> None:

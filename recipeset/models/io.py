@@ -7,13 +7,15 @@ A checkpoint directory holds::
     weights.pt    the state dict (``torch.save``), read back with ``torch.load(weights_only=True)``
 
 ``weights_only=True`` only rebuilds tensors and plain containers; a file that would run code on load (a
-crafted pickle) is refused with a RecipesetError.
+crafted pickle) is refused with a RecipesetError (:func:`read_weights`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -77,6 +79,34 @@ def _read_config(path: Path) -> tuple[type[RecipeModel], object]:
     return MODELS.get(model_type), config_cls(**values)
 
 
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def read_weights(file: Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A weights file's state dict, read with ``torch.load(weights_only=True)``, which rebuilds tensors and plain
+    containers only. A file that holds other Python objects (a pickle that could run code when loaded) or is not
+    a torch file at all is refused with a one-line RecipesetError naming the file and why; torch's own message,
+    which suggests loading the file unsafely, is never passed on."""
+    try:
+        state = torch.load(file, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise RecipesetError(f"{file}: missing; the model directory is incomplete") from None
+    except pickle.UnpicklingError as e:
+        found = _GLOBAL.search(str(e))
+        if found:
+            raise RecipesetError(f"{file}: refused to load: it contains Python objects ({found.group(1)}) that "
+                                 "could run code when loaded, not only tensors; recipeset loads plain tensor files "
+                                 "only (as save_model writes them)") from None
+        raise RecipesetError(f"{file}: refused to load: not a plain tensor file (its pickle holds something other "
+                             "than tensors, or it is corrupt)") from None
+    except Exception:  # RuntimeError/EOFError/...: truncated, corrupt or not a torch file
+        raise RecipesetError(f"{file}: refused to load: not a readable tensor file (truncated, corrupt or not "
+                             "written by torch.save)") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RecipesetError(f"{file}: refused to load: not a state dict of tensors")
+    return state
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> RecipeModel:
     """Rebuild a model from a local checkpoint directory, in eval mode.
 
@@ -98,13 +128,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise RecipesetError(f"{weights}: missing; the model directory is incomplete")
-    try:
-        state = torch.load(weights, map_location=map_location, weights_only=True)
-    except Exception as e:  # UnpicklingError for code-running pickles, RuntimeError/EOFError for corrupt files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RecipesetError(f"{weights}: refused to load: not a plain tensor state dict ({first[:200]})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RecipesetError(f"{weights}: refused to load: not a state dict of tensors")
+    state = read_weights(weights, map_location)
     model = cls(config, vocab)
     try:
         model.load_state_dict(state, strict=True)

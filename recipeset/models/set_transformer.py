@@ -42,6 +42,7 @@ from recipeset.models.base import (
 from recipeset.registry import register_model
 
 BLOCKS = ("sab", "isab")
+MAX_AUTO_SLOTS = 64  # the largest K set from the data alone (flavornet's largest recipe: 32)
 
 
 @dataclass
@@ -92,7 +93,18 @@ class SetTransformer(RecipeModel):
 
     @classmethod
     def configure(cls, params, objectives, order, max_set):
-        if "set" in objectives and not params.get("n_slots"):
+        if "set" not in objectives:
+            return params
+        k = params.get("n_slots")
+        if k and k < max_set:  # the loss would fail at the first batch that hides more than K ingredients
+            raise RecipesetError(f"model.n_slots={k} is smaller than the largest recipe ({max_set} ingredients); "
+                                 f"raise model.n_slots or drop longer recipes with data.max_len = {k}")
+        if not k and max_set > MAX_AUTO_SLOTS:  # one outlier would size every batch's [B, K, V] slot logits
+            raise RecipesetError(f"model.n_slots: the slot decoder gets a slot per ingredient of the largest recipe, "
+                                 f"which has {max_set} (more than {MAX_AUTO_SLOTS}); drop long recipes with "
+                                 f"data.max_len (e.g. {MAX_AUTO_SLOTS}) or set model.n_slots = {max_set} to pay for "
+                                 "them")
+        if not k:
             params["n_slots"] = max_set  # K >= the largest target set
         return params
 

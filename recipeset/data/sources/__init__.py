@@ -33,6 +33,7 @@ def load_dataset(name_or_path: str | os.PathLike, path: str | os.PathLike | None
     ``lenient=True`` skips malformed lines (counted in ``table.report``) instead of raising.
     """
     name = str(name_or_path)
+    lenient = bool(kw.pop("lenient", False)) or lenient  # also as a loader option (data.options.lenient)
     if name in DATASETS:
         return _call(DATASETS.get(name).load, name, path, lenient=lenient, **kw)
     suffix = Path(name).suffix.lower()
@@ -55,7 +56,7 @@ def _call(loader: Callable[..., RecipeTable], label: str, *args, **kw) -> Recipe
         bad = [k for k in kw if k not in params]
         if bad:
             options = [n for n, q in params.items() if q.kind is not q.VAR_POSITIONAL][len(args):]
-            raise RecipesetError(f"{label}: unknown loader option(s) {', '.join(bad)}; "
+            raise RecipesetError(f"{label}: unknown loader option(s) {', '.join(bad)} (--option, data.options); "
                                  f"options: {', '.join(options) or 'none'}")
     return loader(*args, **kw)
 
@@ -67,7 +68,8 @@ def _load_flavornet(path, lenient=False, **kw) -> RecipeTable:
 
 def _load_whatscooking(path, lenient=False, **kw) -> RecipeTable:
     if path is None:
-        raise RecipesetError("whatscooking needs path=... (--path): the Kaggle What's Cooking train.json")
+        raise RecipesetError("whatscooking needs --path (data.path in a run config): the Kaggle What's Cooking "
+                             "train.json")
     return _call(whatscooking.load_whatscooking, "whatscooking", path, lenient=lenient, **kw)
 
 

@@ -160,7 +160,8 @@ def verify_files(directory: Path, names: Iterable[str]) -> dict[str, str]:
         if name in pinned and got != pinned[name]:
             raise RecipesetError(f"{directory / name}: SHA-256 mismatch (expected {pinned[name]}, got {got}); "
                                  f"delete it and run `recipeset data download flavornet` again "
-                                 f"(or load with verify=False to use a modified copy)")
+                                 "(or, to use a modified copy, --option verify=false / data.options.verify = false "
+                                 "in a run config)")
         out[name] = got
     return out
 

@@ -89,7 +89,8 @@ class BadLines:
     def __call__(self, line: int | str, message: str) -> None:
         where = f"{self.path}:{line}" if isinstance(line, int) else f"{self.path} {line}"
         if not self.lenient:
-            raise RecipesetError(f"{where}: {message} (pass lenient=True / --lenient to skip bad lines)")
+            raise RecipesetError(f"{where}: {message} (--lenient, or data.lenient = true in a run config, skips "
+                                 "bad lines)")
         self.count += 1
         if len(self.examples) < 5:
             self.examples.append(f"{self.path.name}:{line}: {message}")
@@ -177,7 +178,8 @@ def _csv_layout(path: Path, header: list[str], ingredients_column: str, cuisine_
     for what, c in (("ingredients", ingredients_column), ("cuisine", cuisine_column), ("id", id_column)):
         if c is not None and c not in col:
             raise RecipesetError(f"{path}:1: no {what} column {c!r} in the header (columns: {', '.join(header)}); "
-                                 f"pass the right --{what}-column / {what}_column")
+                                 f"name yours with --option {what}_column=NAME (data.options.{what}_column in a run "
+                                 "config)")
     if cuisine_column is None and "cuisine" in col:
         cuisine_column = "cuisine"
     return _CsvLayout(path, len(header), col[ingredients_column], col.get(cuisine_column) if cuisine_column else None,
