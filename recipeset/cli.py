@@ -318,13 +318,6 @@ def evaluate(model_dir, ensemble, dataset, path, split, max_queries, as_json) ->
         _echo_metrics(metrics)
 
 
-def _split_names(text: str) -> list[str]:
-    names = [x.strip() for x in text.replace(";", ",").split(",") if x.strip()]
-    if not names:
-        raise RecipesetError("give at least one ingredient, comma-separated (e.g. \"tomato, basil\")")
-    return names
-
-
 @cli.command()
 @click.argument("model_dir")
 @click.argument("ingredients")
@@ -338,19 +331,16 @@ def _split_names(text: str) -> list[str]:
 @click.option("--ensemble", "ensemble", multiple=True, metavar="MODEL_DIR", help=ENSEMBLE_HELP)
 def complete(model_dir, ingredients, top, generate, max_new, temperature, mode, cuisine, ensemble) -> None:
     """Suggest what goes with INGREDIENTS ("tomato, basil"), or --generate the rest of the recipe."""
-    import torch
+    from recipeset.data.table import parse_ingredient_list
 
     m = _load_scorer(model_dir, ensemble)
-    query = _split_names(ingredients)
+    query = parse_ingredient_list(ingredients)
     if generate:
         out = m.complete([query], max_new=max_new, temperature=temperature, cuisine=cuisine)[0]
         click.echo(", ".join(out) if out else "(nothing to add)")
         return
-    scores = m.completion_scores([query], mode=mode, cuisine=cuisine)[0]
-    probs = torch.softmax(scores.float(), -1)
-    k = min(top, int(torch.isfinite(scores).sum()))
-    for rank, i in enumerate(scores.topk(k).indices.tolist(), 1):
-        click.echo(f"{rank:>3}. {m.vocab.token(i):<28} {float(probs[i]):.3f}")
+    for rank, (name, prob) in enumerate(m.top_completions([query], top=top, mode=mode, cuisine=cuisine)[0], 1):
+        click.echo(f"{rank:>3}. {name:<28} {prob:.3f}")
 
 
 @cli.command()
@@ -360,10 +350,12 @@ def complete(model_dir, ingredients, top, generate, max_new, temperature, mode, 
 @click.option("--ensemble", "ensemble", multiple=True, metavar="MODEL_DIR", help=ENSEMBLE_HELP)
 def classify(model_dir, ingredients, top, ensemble) -> None:
     """Cuisine probabilities of INGREDIENTS ("soy_sauce, ginger")."""
+    from recipeset.data.table import parse_ingredient_list
+
     m = _load_scorer(model_dir, ensemble)
     if not m.can_classify and not ensemble:  # an ensemble names the member without a head itself
         raise RecipesetError(f"{model_dir}: this model has no cuisine head; train it with --objective cls")
-    probs = m.classify([_split_names(ingredients)])[0]
+    probs = m.classify([parse_ingredient_list(ingredients)])[0]
     for i in probs.argsort(descending=True)[:top].tolist():
         click.echo(f"{m.vocab.cuisine_name(i):<24} {float(probs[i]):.3f}")
 
