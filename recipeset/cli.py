@@ -184,6 +184,9 @@ def _objective_weights(pairs: tuple[str, ...]) -> dict:
 @click.option("--tracking-uri", default=None, help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
 @click.option("--experiment", default=None, help="MLflow experiment name [default: recipeset].")
 @click.option("--no-track", is_flag=True, help="Do not log to MLflow.")
+@click.option("--register", default=None, metavar="NAME",
+              help="Register the run's MLflow pyfunc model in the Model Registry as NAME (its next version: "
+                   "mlflow.pyfunc.load_model('models:/NAME/<version>')).")
 @click.option("--deterministic", is_flag=True, help="Deterministic torch kernels.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--baselines/--no-baselines", default=True,
@@ -191,7 +194,7 @@ def _objective_weights(pairs: tuple[str, ...]) -> dict:
                    "the best beside the model [default: on].")
 @click.option("--json", "as_json", is_flag=True, help="Print every metric as one JSON object.")
 def train(config_file, dataset, path, model, loss, objectives, order, epochs, max_steps, seed, sets, out, resume,
-          init_from, tracking_uri, experiment, no_track, deterministic, quiet, baselines, as_json) -> None:
+          init_from, tracking_uri, experiment, no_track, register, deterministic, quiet, baselines, as_json) -> None:
     """Train a model, evaluate it on its own test split and track the run in MLflow.
 
     With no options: the project's best recipe (Deep Sets, every ingredient held out in turn) on the embedded
@@ -225,18 +228,23 @@ def train(config_file, dataset, path, model, loss, objectives, order, epochs, ma
 
     with process_group() as world:  # torchrun: join the ranks (a single process: nothing to do)
         result = run_training(cfg, out_dir=out, resume=resume, init_from=init_from, track=not no_track,
-                              progress=not (quiet or as_json), baselines=CHEAP_BASELINES if baselines else ())
+                              progress=not (quiet or as_json), baselines=CHEAP_BASELINES if baselines else (),
+                              register=register)
     if not world.is_main:
         return
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.out_dir), "model_dir": str(result.model_dir),
-                               "run_id": result.run_id, "test": result.metrics, "val": result.val_metrics,
+                               "run_id": result.run_id, "pyfunc_uri": result.pyfunc_uri,
+                               "registered": result.registered, "test": result.metrics, "val": result.val_metrics,
                                "baselines": result.baselines}, default=float))
         return
     click.echo(f"run directory: {result.out_dir}")
     click.echo(f"model: {result.model_dir}  (recipeset complete {result.model_dir} \"tomato, garlic\")")
     if result.run_id:
         click.echo(f"mlflow run: {result.run_id}  (recipeset ui; every metric there, or --json)")
+    if result.registered:
+        click.echo(f"registered: {result.registered}  (mlflow.pyfunc.load_model, or mlflow models serve -m "
+                   f"{result.registered} --env-manager local)")
     _echo_headline(result.metrics, result.baselines)
 
 
