@@ -36,9 +36,10 @@ from mlflow.pyfunc import PythonModel
 
 import recipeset
 from recipeset.data.table import parse_ingredient_list
+from recipeset.data.vocab import Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.models.base import RecipeModel
-from recipeset.models.io import load_model
+from recipeset.models.io import VOCAB_FILE, load_model
 
 MODEL_CODE = Path(__file__).parent / "resources" / "pyfunc_model.py"  # the "model from code" file
 MODEL_DIR_ARTIFACT = "model_dir"  # the checkpoint directory, inside the MLflow model's artifacts/
@@ -110,9 +111,10 @@ def signature():
         params=ParamSchema([ParamSpec(name, types[type(default)], default) for name, default in PARAMS.items()]))
 
 
-def input_example(model: RecipeModel) -> pd.DataFrame:
-    """A request this model answers: its two most frequent ingredients, as a list and as a string."""
-    names = model.vocab.ingredients[:2]
+def input_example(vocab: Vocabulary) -> pd.DataFrame:
+    """A request a model with this vocabulary answers: its two most frequent ingredients, as a list and as a
+    string."""
+    names = vocab.ingredients[:2]
     return pd.DataFrame({INPUT_COLUMN: [names, ", ".join(names)]})
 
 
@@ -129,12 +131,12 @@ def save_pyfunc(model_dir: str | os.PathLike, path: str | os.PathLike, mlflow_mo
     ``mlflow_model``: the ``mlflow.models.Model`` to fill (the tracker's, bound to a logged model)."""
     from recipeset.tracking import mlflow_env
 
-    model = load_model(model_dir)
+    vocab = Vocabulary.load(Path(model_dir) / VOCAB_FILE)
     # no progress bar for copying the local directory; requirements are given, so nothing to detect in the cwd
     with mlflow_env({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_UV_AUTO_DETECT": "false"},
                     override=False):
         mlflow.pyfunc.save_model(path, python_model=str(MODEL_CODE),
                                  artifacts={MODEL_DIR_ARTIFACT: str(model_dir)}, signature=signature(),
-                                 input_example=input_example(model), pip_requirements=pip_requirements(),
+                                 input_example=input_example(vocab), pip_requirements=pip_requirements(),
                                  mlflow_model=mlflow_model)
     return Path(path)
