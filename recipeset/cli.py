@@ -219,6 +219,9 @@ def _objective_weights(pairs: tuple[str, ...]) -> dict:
 @click.option("--tracking-uri", default=None, help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
 @click.option("--experiment", default=None, help="MLflow experiment name [default: recipeset].")
 @click.option("--no-track", is_flag=True, help="Do not log to MLflow.")
+@click.option("--register", default=None, metavar="NAME",
+              help="Register the run's MLflow pyfunc model in the Model Registry as NAME (its next version: "
+                   "mlflow.pyfunc.load_model('models:/NAME/<version>')).")
 @click.option("--deterministic", is_flag=True, help="Deterministic torch kernels.")
 @quiet_option
 @click.option("--baselines/--no-baselines", default=True,
@@ -226,7 +229,7 @@ def _objective_weights(pairs: tuple[str, ...]) -> dict:
                    "the best beside the model [default: on].")
 @click.option("--json", "as_json", is_flag=True, help="Print every metric as one JSON object.")
 def train(config_file, dataset, path, lenient, loader_options, model, loss, objectives, order, epochs, max_steps, seed,
-          sets, out, resume, init_from, tracking_uri, experiment, no_track, deterministic, quiet, baselines,
+          sets, out, resume, init_from, tracking_uri, experiment, no_track, register, deterministic, quiet, baselines,
           as_json) -> None:
     """Train a model, evaluate it on its own test split and track the run in MLflow.
 
@@ -263,18 +266,23 @@ def train(config_file, dataset, path, lenient, loader_options, model, loss, obje
 
     with process_group() as world:  # torchrun: join the ranks (a single process: nothing to do)
         result = run_training(cfg, out_dir=out, resume=resume, init_from=init_from, track=not no_track,
-                              progress=not (quiet or as_json), baselines=CHEAP_BASELINES if baselines else ())
+                              progress=not (quiet or as_json), baselines=CHEAP_BASELINES if baselines else (),
+                              register=register)
     if not world.is_main:
         return
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.out_dir), "model_dir": str(result.model_dir),
-                               "run_id": result.run_id, "test": result.metrics, "val": result.val_metrics,
+                               "run_id": result.run_id, "pyfunc_uri": result.pyfunc_uri,
+                               "registered": result.registered, "test": result.metrics, "val": result.val_metrics,
                                "baselines": result.baselines}, default=float))
         return
     click.echo(f"run directory: {result.out_dir}")
     click.echo(f"model: {result.model_dir}  (recipeset complete {result.model_dir} \"tomato, garlic\")")
     if result.run_id:
         click.echo(f"mlflow run: {result.run_id}  (recipeset ui; every metric there, or --json)")
+    if result.registered:
+        click.echo(f"registered: {result.registered}  (mlflow.pyfunc.load_model, or mlflow models serve -m "
+                   f"{result.registered} --env-manager local)")
     _echo_headline(result.metrics, result.baselines)
 
 
@@ -367,6 +375,8 @@ def _query_names(text: str | None, names: tuple[str, ...]) -> list[str]:
     loaders write them (``Vocabulary.encode`` normalises: "Olive Oil" finds olive_oil)."""
     import json
 
+    from recipeset.data.table import parse_ingredient_list
+
     query: list[str] = []
     if text is not None and text.lstrip().startswith("["):
         try:
@@ -377,8 +387,8 @@ def _query_names(text: str | None, names: tuple[str, ...]) -> list[str]:
         if not isinstance(parsed, list) or not all(isinstance(x, str) for x in parsed):
             raise RecipesetError(f"INGREDIENTS {text!r}: a JSON list must hold names (strings)")
         query = [x for x in parsed if x.strip()]
-    elif text is not None:
-        query = [x.strip() for x in text.replace(";", ",").split(",") if x.strip()]
+    elif text is not None and text.strip():
+        query = parse_ingredient_list(text)
     query += [x for x in names if x.strip()]
     if not query:
         raise RecipesetError("give at least one ingredient: \"tomato, basil\", a JSON list, or --ingredient NAME "
@@ -412,11 +422,8 @@ def complete(model_dir, ingredients, names, top, generate, max_new, temperature,
         out = m.complete([query], max_new=max_new, temperature=temperature, cuisine=cuisine)[0]
         click.echo(", ".join(out) if out else "(nothing to add)")
         return
-    scores = m.completion_scores([query], mode=mode, cuisine=cuisine)[0]
-    probs = torch.softmax(scores.float(), -1)
-    k = min(top, int(torch.isfinite(scores).sum()))
-    for rank, i in enumerate(scores.topk(k).indices.tolist(), 1):
-        click.echo(f"{rank:>3}. {m.vocab.token(i):<28} {float(probs[i]):.3f}")
+    for rank, (name, prob) in enumerate(m.top_completions([query], top=top, mode=mode, cuisine=cuisine)[0], 1):
+        click.echo(f"{rank:>3}. {name:<28} {prob:.3f}")
 
 
 @cli.command()

@@ -157,6 +157,8 @@ class TrackingConfig:
     experiment: str = "recipeset"     # MLflow experiment name
     tracking_uri: str | None = None   # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
     run_name: str | None = None
+    pyfunc: bool = True               # also log the model as an MLflow pyfunc model (runs:/<id>/pyfunc): a second
+                                      # copy of the weights in the store; needed by --register
 
 
 SECTIONS: dict[str, type] = {

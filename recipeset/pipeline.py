@@ -43,7 +43,7 @@ from recipeset.progress import phase, reporting
 from recipeset.registry import EVAL_TASKS, LOSSES, MODELS, OBJECTIVES
 from recipeset.runs import download_model_dir, load_model
 from recipeset.threads import resolve_threads
-from recipeset.tracking import Tracker, check_tracking_store, open_store, resolve_tracking_uri
+from recipeset.tracking import Tracker, check_model_name, check_tracking_store, open_store, resolve_tracking_uri
 from recipeset.training import STATE_FILE, MetricsFn, Trainer, TrainState, recover_checkpoint, seed_all
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,8 @@ class RunResult:
     eval_s: float = 0.0   # after training: threshold tuning, evaluation, plots, saving and logging the model
     best_val: float = math.inf  # the best periodic value of train.early_stopping_metric (the best model's)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> test metrics, same queries
+    pyfunc_uri: str | None = None   # runs:/<id>/pyfunc: the model for mlflow.pyfunc.load_model (tracking.pyfunc)
+    registered: str | None = None   # models:/NAME/<version> when run_training(register=NAME) registered it
 
 
 def _plots(tracker: Tracker | None, history: dict, model: RecipeModel, data: PreparedData, out_dir: Path,
@@ -192,6 +194,17 @@ def _open_run_dir(cfg: RunConfig, out_dir: str | Path | None, resume: bool,
     return cfg, out_dir
 
 
+def _check_register(cfg: RunConfig, register: str, track: bool) -> None:
+    """``register`` needs the run tracked with its pyfunc model, and a name the Registry accepts: one line before
+    any work, not after training."""
+    check_model_name(register)
+    if not track:
+        raise RecipesetError(f"--register {register}: registering needs a tracked run; drop --no-track")
+    if not cfg.tracking.pyfunc:
+        raise RecipesetError(f"--register {register}: the Registry takes the run's pyfunc model, which "
+                             "tracking.pyfunc = false turns off; set it to true")
+
+
 def _init_source(cfg: RunConfig, init_from: str | None, resume: bool) -> str | None:
     """The model a fine-tuning run starts from: ``--init-from``, else ``train.init_from`` ("{seed}" becomes
     ``train.seed``, so one grid variant fine-tunes each seed's own pre-trained model)."""
@@ -227,8 +240,13 @@ def _log_inputs(tracker: Tracker, data: PreparedData, out_dir: Path, model: Reci
 def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
                  init_from: str | None = None, track: bool = True, parent_run_id: str | None = None,
                  progress: bool = True, evaluate: bool = True, tags: dict[str, str] | None = None,
-                 on_validate: MetricsFn | None = None, baselines: Sequence[str] = ()) -> RunResult:
+                 on_validate: MetricsFn | None = None, baselines: Sequence[str] = (),
+                 register: str | None = None) -> RunResult:
     """Train (or resume) one run, evaluate it on its own test split, and track everything in MLflow.
+
+    The model is logged as a checkpoint directory (``runs:/<id>/model``) and, with ``tracking.pyfunc`` (the
+    default), as an MLflow pyfunc model (``result.pyfunc_uri``, :mod:`recipeset.pyfunc`); ``register``: register
+    that under this name in the Model Registry (``result.registered`` = ``models:/NAME/<version>``).
 
     ``baselines``: classical baselines (:data:`recipeset.baselines.BASELINES` names) fit, tuned and scored on the
     same split and queries after the evaluation (``result.baselines``; logged as ``baseline/<name>/...``).
@@ -244,6 +262,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
     world = current_world()
     with world.main_first():  # rank 0 checks (and repairs) the directory and writes its config and split first
         cfg, out_dir = _open_run_dir(cfg, out_dir, resume, main=world.is_main)
+        if register is not None:
+            _check_register(cfg, register, track)
         if track and world.is_main:  # before any data is read, like the run directory: a store that cannot be
             check_tracking_store(resolve_tracking_uri(cfg.tracking.tracking_uri))  # written or does not answer
             open_store(cfg.tracking.tracking_uri)  # is one line now, not a traceback after the data
@@ -288,7 +308,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
         trained = time.perf_counter()
         if not world.is_main:
             return RunResult(out_dir=out_dir, run_id=None, model_dir=out_dir / "model")
-        result = _finish(cfg, trainer, state, data, out_dir, tracker, evaluate)
+        result = _finish(cfg, trainer, state, data, out_dir, tracker, evaluate, register)
         if evaluate and baselines:
             result.baselines = {name: r["test"] for name, r in
                                 protocol.run_baselines_on(cfg, data, names=list(baselines)).items()}
@@ -314,7 +334,7 @@ def time_metrics(result: RunResult, state: TrainState) -> dict[str, float]:
 
 
 def _finish(cfg: RunConfig, trainer: Trainer, state, data: PreparedData, out_dir: Path, tracker: Tracker | None,
-            evaluate: bool) -> RunResult:
+            evaluate: bool, register: str | None = None) -> RunResult:
     best_dir = out_dir / "best"
     model = load_model(best_dir) if best_dir.exists() else trainer.model
     model.to(trainer.device)
@@ -331,6 +351,9 @@ def _finish(cfg: RunConfig, trainer: Trainer, state, data: PreparedData, out_dir
         log_rules(tracker, tuned, cuisine_rule, state.step)
         _plots(tracker, state.history, model, data, out_dir, cfg)
         tracker.log_model_dir(model_dir)
+        if cfg.tracking.pyfunc:
+            result.pyfunc_uri = tracker.log_pyfunc(model_dir, step=state.step, register=register)
+            result.registered = tracker.registered
     return result
 
 

@@ -1,7 +1,8 @@
 """MLflow tracking of a run: store and experiment set-up, the run tracker, grid parent runs.
 
 With :mod:`recipeset.runs` (reading runs back) the only module that imports mlflow, and only inside functions
-(``recipeset --help`` stays fast). A run is a :class:`Tracker`, used as a context manager::
+(``recipeset --help`` stays fast), besides :mod:`recipeset.pyfunc` (the pyfunc model), which only it imports.
+A run is a :class:`Tracker`, used as a context manager::
 
     install_sigterm_handler()                         # once, at the entry point (recipeset.signals)
     uri = open_store()                                # arg > $MLFLOW_TRACKING_URI > sqlite:///<cwd>/mlflow.db,
@@ -13,6 +14,8 @@ With :mod:`recipeset.runs` (reading runs back) the only module that imports mlfl
             tracker.log_metrics({"train/loss": loss}, step)   # buffered, flushed with log_batch
         tracker.log_table(table, "eval/test")              # CSV + JSON
         tracker.log_model_dir(checkpoint_dir)              # -> "runs:/<id>/model", read by recipeset.load_model
+        tracker.log_pyfunc(checkpoint_dir, register="NAME")  # -> "runs:/<id>/pyfunc", mlflow.pyfunc.load_model;
+                                                          #    tracker.registered == "models:/NAME/<version>"
     # FINISHED on success, FAILED on an exception, KILLED on Ctrl-C / SIGTERM; a SIGKILLed run stays RUNNING
     # and ``Tracker.start(config, resume_run_id=run_id)`` continues it.
 
@@ -263,6 +266,15 @@ def ensure_experiment(name: str, uri: str | None = None, description: str | None
 
 
 # ---- names and values --------------------------------------------------------------------------------------
+def check_model_name(name: str) -> str:
+    """A registered model name MLflow accepts (not empty, no ``/`` or ``:``, not ``.`` or ``..``), else one line;
+    checked before a run starts, so a bad ``--register`` does not wait for the end of training."""
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/:") or name.strip() in (".", ".."):
+        raise RecipesetError(f"--register {name!r}: not a registered model name; use letters, digits, '-', '_' or "
+                             "'.', without '/' or ':' (e.g. --register recipe-completer)")
+    return name
+
+
 def metric_key(name: str) -> str:
     """MLflow-safe metric name: ``@`` -> ``_at_`` (``recall@10`` -> ``recall_at_10``), other bad characters -> ``_``."""
     return re.sub(r"[^\w\-. :/]", "_", name.replace("@", "_at_"))
@@ -358,6 +370,7 @@ class Tracker:
         self._outage: _Outage | None = None
         self._last_error = ""  # why the store last failed
         self.unlogged: list[str] = []  # what the store did not take, but metrics (they stay in the buffer)
+        self.registered: str | None = None  # models:/NAME/<version> once log_pyfunc(register=NAME) registered it
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
     @classmethod
@@ -655,6 +668,66 @@ class Tracker:
         uri = f"runs:/{self.run_id}/{artifact_path}"
         self.set_tags({"model_uri": uri})
         return uri
+
+    def log_pyfunc(self, model_dir: str | os.PathLike, name: str = "pyfunc", step: int = 0,
+                   register: str | None = None) -> str | None:
+        """Log a checkpoint directory as an MLflow pyfunc model (:mod:`recipeset.pyfunc`: a model from code, no
+        pickle) named ``name``, an MLflow logged model of this run at ``step``; return ``runs:/<id>/<name>``, which
+        ``mlflow.pyfunc.load_model`` reads (None when the store did not take it). ``register``: also register it
+        in the Model Registry under that name, as its next version (:attr:`registered`: ``models:/NAME/<version>``).
+
+        Like every call of the tracker this one goes to the tracker's own store, not MLflow's global one
+        (``mlflow.pyfunc.log_model`` would need an active run there): the logged model is created, filled and
+        finalised by the client, as ``mlflow.pyfunc.log_model`` does."""
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise RecipesetError(f"{model_dir}: not a model directory")
+        if register is not None:
+            check_model_name(register)
+        logged: list[str] = []
+        if not self._send(name, lambda: logged.append(self._log_logged_model(model_dir, name, step)), small=False):
+            return None
+        if register is not None:
+            self._send(f"registered model {register}", lambda: self._register(logged[0], register))
+        uri = f"runs:/{self.run_id}/{name}"
+        self.set_tags({"pyfunc_uri": uri})
+        return uri
+
+    def _log_logged_model(self, model_dir: Path, name: str, step: int) -> str:
+        import tempfile
+
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+        from mlflow.models import Model
+
+        from recipeset.pyfunc import save_pyfunc
+
+        logged = self._client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id,
+                                                  model_type="recipeset")
+        try:
+            with tempfile.TemporaryDirectory(prefix="recipeset-pyfunc-") as tmp:
+                local = save_pyfunc(model_dir, Path(tmp) / name, Model(
+                    artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=self.run_id,
+                    model_id=logged.model_id))
+                self._client.log_model_artifacts(logged.model_id, str(local))
+            self._client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=step)])
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+            raise
+        self._client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        return logged.model_id
+
+    def _register(self, model_id: str, name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.create_registered_model(name)
+        except MlflowException as e:
+            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        version = self._client.create_model_version(name, source=f"models:/{model_id}", run_id=self.run_id,
+                                                    model_id=model_id)
+        self.registered = f"models:/{name}/{version.version}"
 
 
 def replay_unlogged(path: str | os.PathLike, uri: str | None = None) -> int:

@@ -1,6 +1,6 @@
 """The package's layers, read from the source with ``ast`` (every import, also inside functions and
 ``TYPE_CHECKING`` blocks): the model and data layers know nothing of MLflow, and only the tracking and run-query
-modules import mlflow."""
+modules import mlflow — and the pyfunc model (its module and its model-from-code file), which only they load."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import pytest
 import recipeset
 
 PACKAGE = Path(recipeset.__file__).parent
-MLFLOW_MODULES = {"recipeset/tracking.py", "recipeset/runs.py"}  # the only importers of mlflow
-TRACKING_LAYER = ("recipeset.tracking", "recipeset.runs", "mlflow")
+MLFLOW_MODULES = {"recipeset/tracking.py", "recipeset/runs.py"}  # the only importers of mlflow, lazily
+# the MLflow pyfunc model: a PythonModel subclass and the file MLflow runs on load, imported by the tracker only
+PYFUNC_MODULES = {"recipeset/pyfunc.py", "recipeset/resources/pyfunc_model.py"}
+TRACKING_LAYER = ("recipeset.tracking", "recipeset.runs", "recipeset.pyfunc", "mlflow")
 
 
 def _files() -> dict[str, Path]:
@@ -66,9 +68,19 @@ def test_models_and_data_do_not_depend_on_tracking(layer):
     assert not {rel: mods for rel, mods in bad.items() if mods}
 
 
-def test_only_tracking_and_runs_import_mlflow():
+def test_only_tracking_runs_and_the_pyfunc_model_import_mlflow():
     importers = {rel for rel in _files() if any(_is(m, "mlflow") for m in imports(rel))}
-    assert importers == MLFLOW_MODULES
+    assert importers == MLFLOW_MODULES | PYFUNC_MODULES
+
+
+def test_the_pyfunc_module_is_imported_by_the_tracker_only_and_lazily():
+    """``recipeset.pyfunc`` imports mlflow at its top (its class derives from ``PythonModel``): only the tracker
+    imports it, inside a function (and the model file MLflow runs)."""
+    importers = {rel for rel in _files() if any(_is(m, "recipeset.pyfunc") for m in imports(rel))}
+    assert importers == {"recipeset/tracking.py", "recipeset/resources/pyfunc_model.py"}
+    tree = ast.parse(_files()["recipeset/tracking.py"].read_text(encoding="utf-8"))
+    top = [n.module for n in tree.body if isinstance(n, ast.ImportFrom)]
+    assert "recipeset.pyfunc" not in top
 
 
 def test_mlflow_is_imported_lazily():

@@ -321,6 +321,24 @@ def test_query_with_every_ingredient(name):
 
 
 @pytest.mark.parametrize("name", list(ALL))
+def test_top_completions_rank_each_query_among_its_own_allowed_candidates(name):
+    """Best first with softmax probabilities; a query with fewer candidates left gets fewer, without cutting the
+    others short (the CLI's ``complete --top`` and the pyfunc model read this)."""
+    model = ALL[name]
+    names = VOCAB.ingredients
+    sets = [names[:3], names[: N_ING - 2]]  # 17 and 2 candidates left
+    top = model.top_completions(sets, top=5)
+    assert [len(row) for row in top] == [5, 2]
+    scores = model.completion_scores(sets).float()
+    for row, q, s in zip(top, sets, scores, strict=True):
+        assert [n for n, _ in row] == [VOCAB.token(i) for i in s.topk(len(row)).indices.tolist()]
+        assert [p for _, p in row] == pytest.approx(torch.softmax(s, -1)[s.topk(len(row)).indices].tolist())
+        assert not {n for n, _ in row} & set(q)
+    with pytest.raises(RecipesetError, match="top must be at least 1"):
+        model.top_completions(sets, top=0)
+
+
+@pytest.mark.parametrize("name", list(ALL))
 def test_greedy_complete_is_deterministic_and_batch_independent(name):
     model = ALL[name]
     sets = [[8, 12, 9], [], [20]]

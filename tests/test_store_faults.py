@@ -186,7 +186,8 @@ class Outage:
     ``MlflowClient`` methods a run writes with; counts the calls that reached the "server" while it was down."""
 
     WRITES = ("log_batch", "log_artifact", "log_artifacts", "log_text", "log_dict", "log_figure", "log_inputs",
-              "set_terminated", "set_tag")
+              "set_terminated", "set_tag", "create_logged_model", "log_model_artifacts", "log_outputs",
+              "finalize_logged_model", "create_registered_model", "create_model_version")
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, what: tuple[str, ...] = WRITES) -> None:
         from mlflow import MlflowClient
@@ -259,6 +260,7 @@ def test_a_run_whose_server_never_comes_back_finishes_locally_and_can_be_replaye
     saved = tmp_path / "run" / UNLOGGED_FILE
     assert "metrics and the run's end not logged" in last and str(saved) in last
     assert "recipeset replay-metrics" in last and "model" in last  # the artifacts it kept locally
+    assert "pyfunc" in last and result.pyfunc_uri is None  # the MLflow pyfunc model was not logged either
     records = [json.loads(line) for line in saved.read_text().splitlines()]
     losses = [r["step"] for r in records if r.get("key") == "train/loss"]
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]

@@ -27,6 +27,15 @@ from recipeset.errors import RecipesetError
 COLUMNS = ("recipe_id", "ingredients", "cuisine", "source")
 
 
+def parse_ingredient_list(text: str) -> list[str]:
+    """A user's ingredients written as one string, comma- or semicolon-separated: ``"tomato, basil"`` ->
+    ``["tomato", "basil"]`` (names as given; the vocabulary says whether it knows them). None is one line."""
+    names = [x.strip() for x in text.replace(";", ",").split(",") if x.strip()]
+    if not names:
+        raise RecipesetError("give at least one ingredient, comma-separated (e.g. \"tomato, basil\")")
+    return names
+
+
 def normalize_names(raw: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Normalise a flat sequence of raw ingredient names, each DISTINCT string once.
 

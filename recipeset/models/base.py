@@ -5,12 +5,14 @@ A model implements the tensor-level scorer protocol (``completion_scores_ids``, 
 
     model.completion_scores([["tomato", "basil"]])   # [B, len(vocab)] scores, -inf on specials/query
     model.complete([["tomato"]], max_new=10)         # [["mozzarella", "olive_oil", ...]]
+    model.top_completions([["tomato"]], top=3)       # [[("basil", 0.31), ("garlic", 0.12), ("onion", 0.08)]]
     model.classify([["soy_sauce", "ginger"]])        # [B, n_cuisines] probabilities
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -467,6 +469,19 @@ class RecipeModel(nn.Module):
         tokens, mask = self.encode_sets(partial_sets)
         return self.completion_scores_ids(tokens, mask, mode=mode,
                                           cuisine=self._encode_cuisine(cuisine, len(partial_sets)))
+
+    def top_completions(self, partial_sets: Sequence[Sequence[str]], top: int = 10, mode: str = "next",
+                        cuisine: str | Sequence[str | None] | None = None) -> list[list[tuple[str, float]]]:
+        """The ``top`` best candidates for the missing ingredient of each partial set, best first, as
+        ``(name, probability)`` pairs (softmax of :meth:`completion_scores` over the allowed candidates; fewer
+        than ``top`` when fewer are allowed)."""
+        if top < 1:
+            raise RecipesetError(f"top must be at least 1, got {top}")
+        scores = self.completion_scores(partial_sets, mode=mode, cuisine=cuisine).float()
+        probs = torch.softmax(scores, -1)
+        values, best = scores.topk(min(top, scores.shape[-1]), dim=-1)
+        return [[(self.vocab.token(i), float(p[i])) for i, v in zip(row.tolist(), vals.tolist(), strict=True)
+                 if v > -math.inf] for row, vals, p in zip(best, values, probs, strict=True)]
 
     def complete(self, partial_sets: Sequence[Sequence[str]], max_new: int = 10, temperature: float = 0.0,
                  top_k: int | None = None, cuisine: str | Sequence[str | None] | None = None,
