@@ -414,8 +414,6 @@ INGREDIENT_HELP = "An ingredient, taken whole (a name may hold a comma); repeata
 def complete(model_dir, ingredients, names, top, generate, max_new, temperature, mode, cuisine, ensemble) -> None:
     """Suggest what goes with INGREDIENTS ("tomato, basil", or a JSON list), or --generate the rest of the recipe.
     Names are matched as the datasets write them ("Olive Oil" is olive_oil)."""
-    import torch
-
     query = _query_names(ingredients, names)
     m = _load_scorer(model_dir, ensemble)
     if generate:

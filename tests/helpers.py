@@ -1,7 +1,10 @@
 """Helpers shared by the tests: the command line in-process (click's CliRunner) and a module's own MLflow store."""
 
 import contextlib
+import os
 import shutil
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,3 +35,16 @@ def store_in(template_db: Path, root: Path) -> Iterator[str]:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         yield uri
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM the process group led by ``proc`` (started with ``start_new_session=True``), SIGKILL it after
+    ``timeout`` seconds, and reap ``proc``."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

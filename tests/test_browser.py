@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -98,13 +98,7 @@ def ui(mlflow_template_db: Path, tmp_path_factory: pytest.TempPathFactory):
             time.sleep(0.5)
         yield {"base": base, "root": root}
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        stop_group(server, timeout=20)
 
 
 def _post(url: str, body: dict) -> dict:

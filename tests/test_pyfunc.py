@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import invoke, ok, store_in
+from helpers import invoke, ok, stop_group, store_in
 
 from recipeset.models.io import load_model
 
@@ -225,9 +224,4 @@ def test_mlflow_models_serve_answers_completions(in_store):
                     {"dataframe_records": records, "params": {"generate": True, "max_new": 4}})
         assert [p["completion"] for p in got["predictions"]] == model.complete(sets, max_new=4)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server, timeout=30)
