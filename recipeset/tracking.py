@@ -173,6 +173,9 @@ def _has_table(db: Path, table: str) -> bool:
 
 PROBE_TIMEOUT_S = 5
 PROBE_STARTING_TIMEOUT_S = 60  # a server whose /health answers but that is still starting (probe_server)
+# What the store says when two runs of one experiment insert the same new dataset at once (Tracker._log_inputs):
+# SQLite, and PostgreSQL behind a tracking server (which has no lock that serialises the two).
+DATASET_INSERT_RACE = ("UNIQUE constraint failed: datasets", 'violates unique constraint "dataset_pk"')
 # MLflow's HTTP settings for a tracker's metric batches (unless the user set them): with its defaults (7
 # retries, up to 120 s apart) the first flush after a server went away blocked training for four minutes.
 TRACKER_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
@@ -634,7 +637,7 @@ class Tracker:
             except Exception as e:  # noqa: BLE001 - only the insert race below is retried
                 # Two runs of one experiment logging the same new dataset at once (parallel grid children):
                 # both insert it and the store's unique key rejects the second; on retry it finds the row.
-                if "UNIQUE constraint failed: datasets" not in str(e) or attempt == 4:
+                if not any(said in str(e) for said in DATASET_INSERT_RACE) or attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
 
