@@ -175,6 +175,10 @@ def _has_table(db: Path, table: str) -> bool:
 
 
 PROBE_TIMEOUT_S = 5
+PROBE_STARTING_TIMEOUT_S = 60  # a server whose /health answers but that is still starting (probe_server)
+# What the store says when two runs of one experiment insert the same new dataset at once (Tracker._log_inputs):
+# SQLite, and PostgreSQL behind a tracking server (which has no lock that serialises the two).
+DATASET_INSERT_RACE = ("UNIQUE constraint failed: datasets", 'violates unique constraint "dataset_pk"')
 # MLflow's HTTP settings for a tracker's metric batches (unless the user set them): with its defaults (7
 # retries, up to 120 s apart) the first flush after a server went away blocked training for four minutes.
 TRACKER_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
@@ -199,16 +203,41 @@ def mlflow_env(values: Mapping[str, str], override: bool = True) -> Iterator[Non
 def probe_server(uri: str) -> None:
     """Ask the tracking server ``uri`` for one experiment, without retries, waiting at most
     :data:`PROBE_TIMEOUT_S` seconds; a server that does not answer as MLflow does is one line (RecipesetError)
-    naming the URI and what to do."""
+    naming the URI and what to do. A server that lets the question time out but answers its ``/health`` is up
+    and still starting (a fresh ``mlflow server``'s workers and database connections: 5-6 s on 2 busy cores),
+    so it is asked again, waiting at most :data:`PROBE_STARTING_TIMEOUT_S` seconds."""
+    try:
+        _ask_server(uri, PROBE_TIMEOUT_S)
+        return
+    except Exception as e:  # noqa: BLE001 - whatever the network or the server says becomes one line
+        failure = e
+    if error_reason(failure) == "timed out" and _health_answers(uri):
+        try:
+            _ask_server(uri, PROBE_STARTING_TIMEOUT_S)
+            return
+        except Exception as e:  # noqa: BLE001
+            failure = e
+    raise RecipesetError(f"MLflow tracking server {uri} does not answer ({error_reason(failure)}): start it "
+                         "(mlflow server --host HOST --port PORT), point --tracking-uri or MLFLOW_TRACKING_URI at "
+                         "one that runs, or train without tracking (recipeset train --no-track)") from None
+
+
+def _ask_server(uri: str, timeout: float) -> None:
     from mlflow import MlflowClient
 
+    with mlflow_env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+def _health_answers(uri: str) -> bool:
+    """Whether the server's ``/health`` (MLflow's liveness check, which does not touch its store) answers 200
+    within :data:`PROBE_TIMEOUT_S` seconds."""
+    import requests
+
     try:
-        with mlflow_env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S)}):
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    except Exception as e:  # noqa: BLE001 - whatever the network or the server says becomes one line
-        raise RecipesetError(f"MLflow tracking server {uri} does not answer ({error_reason(e)}): start it "
-                             "(mlflow server --host HOST --port PORT), point --tracking-uri or MLFLOW_TRACKING_URI at "
-                             "one that runs, or train without tracking (recipeset train --no-track)") from None
+        return requests.get(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def error_reason(e: BaseException) -> str:
@@ -621,7 +650,7 @@ class Tracker:
             except Exception as e:  # noqa: BLE001 - only the insert race below is retried
                 # Two runs of one experiment logging the same new dataset at once (parallel grid children):
                 # both insert it and the store's unique key rejects the second; on retry it finds the row.
-                if "UNIQUE constraint failed: datasets" not in str(e) or attempt == 4:
+                if not any(said in str(e) for said in DATASET_INSERT_RACE) or attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
 

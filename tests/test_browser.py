@@ -9,55 +9,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import stop_group
+from helpers import free_port, http_server, tiny_grid
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
-GRID = """
-[experiment]
-name = "browser-grid"
-description = "a tiny grid for the UI test"
-
-[base]
-"data.n_recipes" = 300
-"model.d_model" = 16
-"model.n_layers" = 1
-"train.max_steps" = 2
-"train.warmup_steps" = 1
-"train.batch_size" = 32
-"train.device" = "cpu"
-"eval.max_queries" = 10
-"eval.joint_max_queries" = 5
-
-[[grid]]
-name = "frequency"
-"data.order" = "frequency"
-
-[[grid]]
-name = "shuffle"
-"data.order" = "shuffle"
-
-[seeds]
-values = [0]
-"""
+GRID = tiny_grid("browser-grid")
 RUN_NAMES = ("browser-grid/frequency/seed0", "browser-grid/shuffle/seed0")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli(*args: str) -> list[str]:
@@ -78,27 +43,9 @@ def ui(mlflow_template_db: Path, tmp_path_factory: pytest.TempPathFactory):
     assert "2 run, 0 skipped" in done.stdout
 
     port = free_port()
-    # its own session: `recipeset ui` starts `mlflow ui`, which starts server workers; stop the whole group
-    server = subprocess.Popen(cli("ui", "--port", str(port)), cwd=root, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"recipeset ui exited with {server.returncode}: {server.stdout.read()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the MLflow UI did not come up within 90 s")
-            time.sleep(0.5)
+    # `recipeset ui` starts `mlflow ui`, which starts server workers: the helper stops the whole group
+    with http_server(cli("ui", "--port", str(port)), port, cwd=root, env=env) as base:
         yield {"base": base, "root": root}
-    finally:
-        stop_group(server, timeout=20)
 
 
 def _post(url: str, body: dict) -> dict:

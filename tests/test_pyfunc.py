@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import invoke, ok, stop_group, store_in
+from helpers import invoke, ok, stop_process_group, store_in
 
 from recipeset.models.io import load_model
 
@@ -224,4 +224,4 @@ def test_mlflow_models_serve_answers_completions(in_store):
                     {"dataframe_records": records, "params": {"generate": True, "max_new": 4}})
         assert [p["completion"] for p in got["predictions"]] == model.complete(sets, max_new=4)
     finally:
-        stop_group(server, timeout=30)
+        stop_process_group(server, grace=30)

@@ -20,6 +20,7 @@ import pytest
 from helpers import invoke
 
 import recipeset.pipeline
+import recipeset.tracking
 from recipeset.config import RunConfig
 from recipeset.errors import RecipesetError
 from recipeset.pipeline import run_training
@@ -112,16 +113,38 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Starting(_Quiet):
+    """An MLflow server still starting: ``/health`` answers at once, the API after ``delay`` seconds."""
+
+    delay = 2.0
+
+    def do_GET(self) -> None:
+        self._answer(b"OK" if self.path == "/health" else b"{}", 200 if self.path == "/health" else 404)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        time.sleep(self.delay)
+        self._answer(b'{"experiments": []}', 200)
+
+    def _answer(self, body: bytes, status: int) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a client that gave up waiting
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+
 @contextlib.contextmanager
 def _server(kind: str):
-    """``silent``: accepts connections and never answers; ``not-mlflow``: an HTTP server answering 501."""
+    """``silent``: accepts connections and never answers; ``not-mlflow``: an HTTP server answering 501;
+    ``starting``: an MLflow server whose API answers only after :attr:`_Starting.delay` seconds."""
     if kind == "silent":
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             s.listen(8)
             yield f"http://127.0.0.1:{s.getsockname()[1]}"
         return
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Starting if kind == "starting" else _Quiet)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -160,6 +183,17 @@ def test_train_against_a_silent_or_foreign_server_fails_in_seconds(mlflow_uri, m
         result = invoke("train", "--max-steps", "1", "--tracking-uri", uri)
         _assert_one_line_naming(result, uri, started)
     assert ("(timed out)" if kind == "silent" else "(HTTP 501)") in result.output
+
+
+def test_a_server_that_is_still_starting_is_waited_for(monkeypatch):
+    """A fresh `mlflow server` answers /health before its first API answer (5-6 s on 2 busy cores): a grid started
+    with it must not be told that it does not answer."""
+    monkeypatch.setattr(recipeset.tracking, "PROBE_TIMEOUT_S", 1)  # the API answers after 2 s
+    with _server("starting") as uri:
+        assert open_store(uri) == uri
+    monkeypatch.setattr(recipeset.tracking, "PROBE_STARTING_TIMEOUT_S", 1)  # still starting after the longer wait
+    with _server("starting") as uri, pytest.raises(RecipesetError, match=r"does not answer \(timed out\)"):
+        open_store(uri)
 
 
 @pytest.mark.parametrize("command", ["experiment", "tune", "evaluate", "compare"])

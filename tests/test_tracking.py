@@ -466,7 +466,13 @@ def test_plots():
     assert [t.get_text() for t in fig.axes[0].texts] == ["ing49", "ing48", "ing47"]
 
 
-def test_log_dataset_retries_the_parallel_insert_race(mlflow_uri, monkeypatch):
+@pytest.mark.parametrize("said", [
+    "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest",
+    # a tracking server on PostgreSQL (tests/test_team_server.py met it)
+    'BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"\n'
+    "DETAIL:  Key (experiment_id, name, digest)=(2, synthetic, 3eb736eb19589ea97dd5097905b14b4e) already exists.",
+])
+def test_log_dataset_retries_the_parallel_insert_race(mlflow_uri, monkeypatch, said):
     """Two grid children logging the same new dataset at once: the store's unique key rejects the second
     insert; the tracker retries (the row then exists) instead of failing the child. Other errors propagate."""
     from mlflow.exceptions import MlflowException
@@ -478,8 +484,7 @@ def test_log_dataset_retries_the_parallel_insert_race(mlflow_uri, monkeypatch):
         def racing(run_id, datasets=None, models=None):
             calls.append(run_id)
             if len(calls) == 1:
-                raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
-                                      "datasets.name, datasets.digest")
+                raise MlflowException(said)
             return real(run_id, datasets=datasets)
 
         monkeypatch.setattr(tr._client, "log_inputs", racing)
