@@ -154,7 +154,7 @@ def data_stats(dataset: str, path: str | None, lenient: bool, loader_options: tu
 
     from recipeset.data.sources import load_dataset
 
-    table = load_dataset(dataset, path=path, lenient=lenient, **_loader_options(loader_options))
+    table = load_dataset(dataset, path=path, lenient=lenient, options=_loader_options(loader_options))
     d = table.describe(top=None if all_ingredients else 20)
     if all_ingredients and not as_json:
         width = max((len(name) for name, _ in d["top_ingredients"]), default=0)

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import tempfile
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from recipeset.data.table import RecipeTable, normalize_ingredient
 from recipeset.data.vocab import Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.experiments import load_experiment
+from recipeset.pipeline import RunResult
 from recipeset.registry import EVAL_TASKS, LOSSES, MODELS, OBJECTIVES, ORDERS
 
 EXAMPLES = int(os.environ.get("RECIPESET_FUZZ_EXAMPLES", "60"))
@@ -500,19 +500,36 @@ def test_config_override_any_values(flat):
 
 
 # ---- the command line --------------------------------------------------------------------------------------
+LOADER_OPTIONS = ["delimiter", "sep", "ingredients_column", "id_column", "cuisine_column", "verify", "keep_unmapped",
+                  "lenient", "n_recipes", "seed", "ordered"]
+option_args = st.lists(st.tuples(st.sampled_from(LOADER_OPTIONS) | cell,
+                                 st.sampled_from([";", ",", "id", "cuisine", "true", "5", "-1", *SNIPPETS]) | cell)
+                       .map(lambda p: f"--option={p[0]}={p[1]}") | st.sampled_from(["--option=x", "--option="]),
+                       max_size=2)
+
+
+FILES = {"r.csv": csv_text(), "r.jsonl": jsonl_text, "r.json": json_text, "whatscooking": json_text,
+         "synthetic": st.just(SPEC)}
+
+
 @fuzz
-@given(kind=st.sampled_from(["r.csv", "r.jsonl", "r.json", "whatscooking", "synthetic"]),
-       data=st.one_of(contents(csv_text()), contents(jsonl_text), contents(json_text), contents(st.just(SPEC))),
-       lenient=st.booleans(), as_json=st.booleans())
-def test_cli_data_stats_any_file(tmp_path, kind, data, lenient, as_json):
+@given(kind_data=st.sampled_from(sorted(FILES)).flatmap(lambda k: st.tuples(st.just(k), contents(FILES[k]))),
+       lenient=st.booleans(), as_json=st.booleans(), options=st.just([]) | option_args)
+@example(kind_data=("r.csv", b"ingredients\na;b\n"), lenient=False, as_json=False, options=["--option=delimiter="])
+@example(kind_data=("synthetic", SPEC.encode()), lenient=False, as_json=False,
+         options=["--option=lenient=;"])  # found: TypeError (lenient given twice), and "no" taken as true
+@example(kind_data=("r.csv", b"ingredients\na;b\n"), lenient=False, as_json=False,
+         options=["--option=path=x.csv"])  # found: TypeError (path given twice)
+def test_cli_data_stats_any_file(tmp_path, kind_data, lenient, as_json, options):
+    kind, data = kind_data
     if kind in ("whatscooking", "synthetic"):
         p = write(tmp_path / ("w.json" if kind == "whatscooking" else "spec.toml"), data)
         args = ["data", "stats", kind, "--path", str(p)]
     else:
         p = write(tmp_path / kind, data)
         args = ["data", "stats", str(p)]
-    result = invoke(*args, *(["--lenient"] if lenient else []), *(["--json"] if as_json else []))
-    cli_outcome(result, p.name)
+    result = invoke(*args, *(["--lenient"] if lenient else []), *(["--json"] if as_json else []), *options)
+    cli_outcome(result, p.name, kind, "--option")
 
 
 @pytest.fixture
@@ -523,8 +540,7 @@ def trains(monkeypatch):
     def run_training(cfg, **kw):
         check_config(cfg)
         seen.append(cfg)
-        return types.SimpleNamespace(out_dir="runs/x", model_dir="runs/x/model", run_id=None, metrics={},
-                                     val_metrics={}, baselines={})
+        return RunResult(out_dir=Path("runs/x"), run_id=None, model_dir=Path("runs/x/model"))
 
     monkeypatch.setattr("recipeset.pipeline.run_training", run_training)
     return seen
@@ -547,13 +563,13 @@ int_args = st.lists(st.tuples(st.sampled_from(["--epochs", "--max-steps", "--see
 
 
 @fuzz
-@given(sets=set_args, objectives=objective_args, ints=int_args)
-@example(sets=[], objectives=[], ints=["--epochs=x"])  # found: click's usage block, four lines
-@example(sets=["--set=train.epochs=" + "9" * 5000], objectives=[], ints=[])  # found: ValueError traceback
-@example(sets=[], objectives=["--objective=clm=inf"], ints=[])  # found: config_hash's ValueError
-@example(sets=[], objectives=[], ints=["--seed=18446744073709551616"])  # found: torch's seed overflow
-def test_cli_train_options(trains, sets, objectives, ints):
-    result = invoke("train", "--no-track", "--json", *sets, *objectives, *ints)
+@given(sets=set_args, objectives=objective_args, ints=int_args, options=st.just([]) | option_args)
+@example(sets=[], objectives=[], ints=["--epochs=x"], options=[])  # found: click's usage block, four lines
+@example(sets=["--set=train.epochs=" + "9" * 5000], objectives=[], ints=[], options=[])  # found: ValueError
+@example(sets=[], objectives=["--objective=clm=inf"], ints=[], options=[])  # found: config_hash's ValueError
+@example(sets=[], objectives=[], ints=["--seed=18446744073709551616"], options=[])  # found: torch's seed overflow
+def test_cli_train_options(trains, sets, objectives, ints, options):
+    result = invoke("train", "--no-track", "--json", *sets, *objectives, *ints, *options)
     cli_outcome(result)
     assert result.exit_code != 0 or trains
 

@@ -150,19 +150,14 @@ class _Rows:
         return _finish(path, name, source, self.ids, coded, self.cuisines, sha, self.bad)
 
 
-def check_options(path: Path, ingredients_column: object, delimiter: object, cuisine_column: object,
-                  id_column: object, sep: object = ",") -> None:
-    """The loader options of a recipe file: column names are strings (cuisine and id may be None), the
-    ingredient ``delimiter`` a non-empty string, the CSV field ``sep`` one character (what the csv module takes)."""
-    for what, value, optional in (("ingredients_column", ingredients_column, False), ("delimiter", delimiter, False),
-                                  ("cuisine_column", cuisine_column, True), ("id_column", id_column, True)):
-        if not (isinstance(value, str) or optional and value is None):
-            raise RecipesetError(f"{path}: {what} must be a string{' or None' if optional else ''}, "
-                                 f"not {shown(value)}")
+def check_separators(path: Path, delimiter: str, sep: str = ",") -> None:
+    """The ingredient ``delimiter`` is not empty (``str.split`` refuses it), the CSV field ``sep`` one character
+    (what the csv module takes). The options' types are load_dataset's to check."""
     if not delimiter:
-        raise RecipesetError(f"{path}: the ingredient delimiter must not be empty (e.g. ';')")
-    if not isinstance(sep, str) or len(sep) != 1:
-        raise RecipesetError(f"{path}: the CSV field separator must be one character (e.g. ','), not {shown(sep)}")
+        raise RecipesetError(f"{path}: option delimiter: must not be empty (e.g. ';')")
+    if len(sep) != 1:
+        raise RecipesetError(f"{path}: option sep: the CSV field separator must be one character (e.g. ','), "
+                             f"not {shown(sep)}")
 
 
 def _record_id(value: object) -> str | None:
@@ -211,7 +206,7 @@ def load_csv(path: str | os.PathLike, ingredients_column: str = "ingredients", d
     recipes ``"<file stem>:<line>"``. ``sep`` is the CSV field separator.
     """
     path = Path(path)
-    check_options(path, ingredients_column, delimiter, cuisine_column, id_column, sep)
+    check_separators(path, delimiter, sep)
     data, sha = read_data(path, "CSV file")
     simple = _is_simple_csv(data, sep, delimiter)
     header_end = data.find(b"\n") + 1 or len(data)
@@ -482,7 +477,7 @@ def load_jsonl(path: str | os.PathLike, ingredients_column: str = "ingredients",
     ``cuisine_column``: None reads ``cuisine`` when an object has it. Blank lines are ignored.
     """
     path = Path(path)
-    check_options(path, ingredients_column, delimiter, cuisine_column, id_column)
+    check_separators(path, delimiter)
     text, sha = read_text(path, "JSON Lines file")
     bad = BadLines(path, lenient)
     rows = _Rows(bad)
@@ -535,7 +530,7 @@ def load_json(path: str | os.PathLike, ingredients_column: str = "ingredients", 
     Errors name the item (0-based) since JSON items have no line of their own.
     """
     path = Path(path)
-    check_options(path, ingredients_column, delimiter, cuisine_column, id_column)
+    check_separators(path, delimiter)
     text, sha = read_text(path, "JSON file")
     try:
         data = parse_json(text)
