@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from recipeset.errors import RecipesetError, shown
-from recipeset.fields import check_fields, check_params, check_value, coerce, fail, spec
+from recipeset.fields import check_fields, check_params, check_plain, check_value, coerce, fail, spec
 from recipeset.io_utils import atomic_write_text, parse_json, parse_toml
 from recipeset.registry import EVAL_TASKS, LOSSES, MODELS, OBJECTIVES, ORDERS, losses_for, suggest
 
@@ -253,6 +253,7 @@ class RunConfig:
             raise fail(source, "train.device", f"unknown device {t.device!r} — valid: auto, cpu, cuda, cuda:N, mps")
         for i, task in enumerate(self.eval.tasks):
             EVAL_TASKS.get(task, f"eval.tasks[{i}]", source)
+        check_plain(d.options, "data.options", source)
         for i, entry in enumerate(d.mix):
             d.mix[i] = _check_mix_entry(entry, f"data.mix[{i}]", source)
         model_cls = MODELS.get(self.model.name)
@@ -482,6 +483,7 @@ def _check_mix_entry(entry: Any, key: str, source: str) -> dict:
     out["weight"] = coerce(out["weight"], float, f"{key}.weight", source)
     if "options" in entry:  # only when given: the entries of configs from before keep their hash
         out["options"] = coerce(entry["options"], dict, f"{key}.options", source)
+        check_plain(out["options"], f"{key}.options", source)
     if out["weight"] <= 0:
         raise fail(source, f"{key}.weight", f"must be > 0, got {out['weight']}")
     return out

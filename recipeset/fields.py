@@ -84,6 +84,25 @@ def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     return value
 
 
+def check_plain(value: Any, key: str, source: str) -> None:
+    """A free-form value (``data.options``) must be what a config file holds and what config.json, the config hash
+    and MLflow params can record: None, bool, str, a 64-bit int, a finite float, lists and string-keyed tables."""
+    if value is None or isinstance(value, bool | str):
+        return
+    if isinstance(value, int | float):
+        coerce(value, type(value) if type(value) in (int, float) else float, key, source)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            check_plain(v, f"{key}[{i}]", source)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise fail(source, key, f"a table's keys are strings, not {shown(k)}")
+            check_plain(v, f"{key}.{k}", source)
+    else:
+        raise fail(source, key, f"expected a number, string, list or table, got {type(value).__name__} {shown(value)}")
+
+
 def check_value(value: Any, meta: Mapping[str, Any], key: str, source: str) -> None:
     """Check one value against its field's metadata (None always passes: "not set")."""
     if value is None:

@@ -383,8 +383,9 @@ def _config_defaults() -> dict[str, Any]:
 
 CONFIG_DEFAULTS = _config_defaults()
 CONFIG_KEYS = sorted(CONFIG_DEFAULTS) + [
-    "data.mix", "objectives.weights", "model.params", "model.params.d_model", "train.lr.x", "nosection.x", "train",
-    "train.", ".lr", "train..lr", "train.nolr", "data.mix.x", "trian.lr", "model.name.x"]
+    "data.mix", "data.options", "data.options.delimiter", "objectives.weights", "model.params",
+    "model.params.d_model", "train.lr.x", "nosection.x", "train", "train.", ".lr", "train..lr", "train.nolr",
+    "data.mix.x", "trian.lr", "model.name.x"]
 NAMES = [*MODELS.names(), *LOSSES.names(), *OBJECTIVES.names(), *ORDERS.names(), *EVAL_TASKS.names(),
          "synthetic", "flavornet", "r.csv", "auto", "cpu", "cuda:0", "cosine", "balanced", "all", "", " "]
 
@@ -493,6 +494,7 @@ def test_config_from_dict_any_structure(sections, flat):
 @example(flat={"data.mix": [{"dataset": "synthetic", "weight": math.inf}]})  # found: config_hash's ValueError
 @example(flat={"train.batch_size": 10**4400})  # found: ValueError from repr() in the message
 @example(flat={"data.split_seed": -1})  # found: numpy's ValueError when the split is drawn
+@example(flat={"data.options": {"delimiter": math.nan}})  # found: config_hash's ValueError (NaN is not JSON)
 def test_config_override_any_values(flat):
     cfg = outcome(lambda: RunConfig().override(flat), "overrides")
     if cfg is not None:
@@ -568,6 +570,7 @@ int_args = st.lists(st.tuples(st.sampled_from(["--epochs", "--max-steps", "--see
 @example(sets=["--set=train.epochs=" + "9" * 5000], objectives=[], ints=[], options=[])  # found: ValueError
 @example(sets=[], objectives=["--objective=clm=inf"], ints=[], options=[])  # found: config_hash's ValueError
 @example(sets=[], objectives=[], ints=["--seed=18446744073709551616"], options=[])  # found: torch's seed overflow
+@example(sets=[], objectives=[], ints=[], options=["--option=delimiter=NaN"])  # found: config_hash's ValueError
 def test_cli_train_options(trains, sets, objectives, ints, options):
     result = invoke("train", "--no-track", "--json", *sets, *objectives, *ints, *options)
     cli_outcome(result)
