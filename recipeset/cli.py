@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from recipeset.errors import RecipesetError
+from recipeset.errors import RecipesetError, one_line
 from recipeset.progress import phase, reporting
 from recipeset.registry import DATASETS, LOSSES, MODELS, OBJECTIVES, ORDERS, Registry
 from recipeset.threads import set_passive_wait_policy
@@ -69,14 +69,31 @@ def quiet_option(command):
     return click.option("--quiet", is_flag=True, help=QUIET_HELP)(command)
 
 
+def _one_line_usage(e: click.UsageError) -> click.UsageError:
+    """Click's usage error as one line that says where help is (click prints the usage block and a hint above
+    the error when the exception carries its context)."""
+    if e.ctx is None or isinstance(e, click.exceptions.NoArgsIsHelpError):  # already one line; a group's help
+        return e
+    return click.UsageError(one_line(f"{e.format_message()} (see '{e.ctx.command_path} -h')"))
+
+
 class RecipesetGroup(click.Group):
-    """Turns RecipesetError (raised anywhere below) into a one-line click error, also under CliRunner."""
+    """Turns RecipesetError (raised anywhere below) into a one-line click error, also under CliRunner; a usage
+    error (a bad option value, a missing argument, an unknown command) is one line too, exit code 2."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:  # the group's own options
+            raise _one_line_usage(e) from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except RecipesetError as e:
             raise UserError(str(e)) from None
+        except click.UsageError as e:  # a subcommand's options and arguments, an unknown subcommand
+            raise _one_line_usage(e) from None
 
 
 @click.group(cls=RecipesetGroup, context_settings=CONTEXT_SETTINGS)
@@ -137,7 +154,7 @@ def data_stats(dataset: str, path: str | None, lenient: bool, loader_options: tu
 
     from recipeset.data.sources import load_dataset
 
-    table = load_dataset(dataset, path=path, lenient=lenient, **_loader_options(loader_options))
+    table = load_dataset(dataset, path=path, lenient=lenient, options=_loader_options(loader_options))
     d = table.describe(top=None if all_ingredients else 20)
     if all_ingredients and not as_json:
         width = max((len(name) for name, _ in d["top_ingredients"]), default=0)
@@ -169,13 +186,15 @@ def _parse_overrides(pairs: tuple[str, ...], what: str) -> dict:
     """``KEY=VALUE`` strings -> dict; values parsed as JSON when they look like JSON, else kept as strings."""
     import json
 
+    from recipeset.io_utils import parse_json
+
     out = {}
     for pair in pairs:
         if "=" not in pair:
             raise RecipesetError(f"{what} {pair!r}: expected KEY=VALUE")
         key, value = pair.split("=", 1)
         try:
-            out[key.strip()] = json.loads(value)
+            out[key.strip()] = parse_json(value)
         except json.JSONDecodeError:
             out[key.strip()] = value
     return out

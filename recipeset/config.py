@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipeset.errors import RecipesetError
-from recipeset.fields import check_fields, check_params, check_value, coerce, fail, spec
-from recipeset.io_utils import atomic_write_text
+from recipeset.errors import RecipesetError, shown
+from recipeset.fields import check_fields, check_params, check_plain, check_value, coerce, fail, spec
+from recipeset.io_utils import atomic_write_text, parse_json, parse_toml
 from recipeset.registry import EVAL_TASKS, LOSSES, MODELS, OBJECTIVES, ORDERS, losses_for, suggest
 
 # The config's own names; models, losses, objectives, orders, datasets and evaluation tasks live in their
@@ -63,7 +63,7 @@ class DataConfig:
     order: str = spec("frequency", choices=ORDERS)  # ingredient order fed to sequence models
     k_perms: int = spec(4, ge=1)      # permutations per recipe for order = "k-perms"
     min_count: int = spec(1, ge=1)    # vocabulary: minimum training count of an ingredient
-    split_seed: int = 0               # the 80/10/10 group split; study seeds never change it
+    split_seed: int = spec(0, ge=0)   # the 80/10/10 group split; study seeds never change it
     max_len: int | None = spec(None, ge=1)     # drop recipes with more ingredients than this
     n_recipes: int | None = spec(None, ge=1)   # synthetic generator size / cap on loaded recipes
     ordered: bool = False             # synthetic: emit ingredients in cooking order (order carries information)
@@ -111,7 +111,7 @@ class TrainConfig:
     warmup_steps: int = spec(100, ge=0)
     schedule: str = spec("cosine", choices=SCHEDULES, kind="schedule")
     clip: float = spec(1.0, ge=0)      # gradient-norm clipping (0: off)
-    seed: int = 0                     # initialisation and data order (not the split)
+    seed: int = spec(0, ge=0)         # initialisation and data order (not the split)
     deterministic: bool = False       # torch deterministic kernels
     eval_every: int | None = spec(None, ge=1)  # validation every N steps (None: every epoch)
     val_max_recipes: int | None = spec(20000, ge=1)  # the validation loss (early stopping, the best model) on a
@@ -141,7 +141,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     tasks: list[str] = spec(factory=lambda: list(EVAL_TASKS.names()))  # evaluation tasks (registry names)
-    seed: int = 0                     # held-out ingredients and queries (same for every model)
+    seed: int = spec(0, ge=0)         # held-out ingredients and queries (same for every model)
     joint: bool = True                # decoders: also report `joint` scoring
     max_queries: int | None = spec(None, ge=1)  # cap on evaluation queries (None: all)
     joint_max_queries: int = spec(500, ge=1)  # decoders' `joint` scoring costs a forward pass per candidate
@@ -194,7 +194,7 @@ class RunConfig:
                 raise fail(source, str(section), f"unknown section{suggest(section, SECTIONS)}"
                             f" — valid: {', '.join(SECTIONS)}")
             if not isinstance(values, Mapping):
-                raise fail(source, section, f"expected a table, got {type(values).__name__} {values!r}")
+                raise fail(source, section, f"expected a table, got {type(values).__name__} {shown(values)}")
             for key, value in values.items():
                 cfg._set(f"{section}.{key}", value, source)
         cfg.validate(source)
@@ -253,6 +253,7 @@ class RunConfig:
             raise fail(source, "train.device", f"unknown device {t.device!r} — valid: auto, cpu, cuda, cuda:N, mps")
         for i, task in enumerate(self.eval.tasks):
             EVAL_TASKS.get(task, f"eval.tasks[{i}]", source)
+        check_plain(d.options, "data.options", source)
         for i, entry in enumerate(d.mix):
             d.mix[i] = _check_mix_entry(entry, f"data.mix[{i}]", source)
         model_cls = MODELS.get(self.model.name)
@@ -469,7 +470,7 @@ def resolve_objectives(cfg: RunConfig, source: str = "") -> dict[str, float]:
 
 def _check_mix_entry(entry: Any, key: str, source: str) -> dict:
     if not isinstance(entry, Mapping):
-        raise fail(source, key, f"expected a table {{dataset, path, weight}}, got {entry!r}")
+        raise fail(source, key, f"expected a table {{dataset, path, weight}}, got {shown(entry)}")
     valid = ("dataset", "path", "weight", "options")
     for k in entry:
         if k not in valid:
@@ -478,10 +479,11 @@ def _check_mix_entry(entry: Any, key: str, source: str) -> dict:
         raise fail(source, f"{key}.dataset", "every mix entry needs a dataset name or path")
     out = {"dataset": entry["dataset"], "path": entry.get("path"), "weight": entry.get("weight", 1.0)}
     if out["path"] is not None and not isinstance(out["path"], str):
-        raise fail(source, f"{key}.path", f"expected str, got {out['path']!r}")
+        raise fail(source, f"{key}.path", f"expected str, got {shown(out['path'])}")
     out["weight"] = coerce(out["weight"], float, f"{key}.weight", source)
     if "options" in entry:  # only when given: the entries of configs from before keep their hash
         out["options"] = coerce(entry["options"], dict, f"{key}.options", source)
+        check_plain(out["options"], f"{key}.options", source)
     if out["weight"] <= 0:
         raise fail(source, f"{key}.weight", f"must be > 0, got {out['weight']}")
     return out
@@ -496,11 +498,8 @@ def read_table_file(path: str | os.PathLike) -> dict[str, Any]:
     if suffix not in (".toml", ".json"):
         raise RecipesetError(f"{path}: unsupported config format '{suffix}' — use .toml or .json")
     try:
-        if suffix == ".toml":
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        else:
-            data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = parse_toml(text) if suffix == ".toml" else parse_json(text)
     except tomllib.TOMLDecodeError as e:
         raise RecipesetError(f"{path}: invalid TOML: {e}") from None
     except json.JSONDecodeError as e:

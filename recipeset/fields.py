@@ -19,7 +19,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from recipeset.errors import RecipesetError
+from recipeset.errors import RecipesetError, shown
 from recipeset.registry import Registry, suggest
 
 
@@ -45,9 +45,12 @@ def _type_name(tp: Any) -> str:
     return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
 
 
+INT_RANGE = (-(2**63), 2**63)  # what numpy and torch hold (int64); a larger int fails deep inside them
+
+
 def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (int, float, bool, str, list, dict, X | None); ints are
-    accepted for floats; NaN is refused."""
+    """Check ``value`` against the annotation ``tp`` (int, float, bool, str, list, dict, tuple[X, ...], X | None);
+    ints are accepted for floats; NaN and ±inf are refused, and ints outside int64."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -61,19 +64,43 @@ def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         float: isinstance(value, int | float) and not isinstance(value, bool),
         str: isinstance(value, str),
         list: isinstance(value, list | tuple),
+        tuple: isinstance(value, list | tuple),
         dict: isinstance(value, Mapping),
     }[base]
     if not ok:
-        raise fail(source, key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        raise fail(source, key, f"expected {_type_name(tp)}, got {type(value).__name__} {shown(value)}")
+    if base is int and not INT_RANGE[0] <= value < INT_RANGE[1]:
+        raise fail(source, key, f"{shown(value)} is out of range (a 64-bit integer, -2**63 to 2**63 - 1)")
     if base is float:
+        if isinstance(value, int) and abs(value) >= 2**1024 or not math.isfinite(value):  # float() would overflow
+            raise fail(source, key, f"expected a finite number, got {shown(value)}")
         value = float(value)
-        if math.isnan(value):
-            raise fail(source, key, "NaN is not a valid value")
     elif base is list:
         value = list(value)
+    elif base is tuple:  # tuple[X, ...]: each element an X
+        value = tuple(coerce(v, typing.get_args(tp)[0], f"{key}[{i}]", source) for i, v in enumerate(value))
     elif base is dict:
         value = dict(value)
     return value
+
+
+def check_plain(value: Any, key: str, source: str) -> None:
+    """A free-form value (``data.options``) must be what a config file holds and what config.json, the config hash
+    and MLflow params can record: None, bool, str, a 64-bit int, a finite float, lists and string-keyed tables."""
+    if value is None or isinstance(value, bool | str):
+        return
+    if isinstance(value, int | float):
+        coerce(value, type(value) if type(value) in (int, float) else float, key, source)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            check_plain(v, f"{key}[{i}]", source)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise fail(source, key, f"a table's keys are strings, not {shown(k)}")
+            check_plain(v, f"{key}.{k}", source)
+    else:
+        raise fail(source, key, f"expected a number, string, list or table, got {type(value).__name__} {shown(value)}")
 
 
 def check_value(value: Any, meta: Mapping[str, Any], key: str, source: str) -> None:
@@ -85,7 +112,7 @@ def check_value(value: Any, meta: Mapping[str, Any], key: str, source: str) -> N
         choices.get(value, key, source)
     elif choices is not None and value not in choices:
         kind = meta.get("kind", "value")
-        raise fail(source, key, f"unknown {kind} {value!r}{suggest(value, choices)} — valid: {', '.join(choices)}")
+        raise fail(source, key, f"unknown {kind} {shown(value)}{suggest(value, choices)} — valid: {', '.join(choices)}")
     lower = [(b, op) for op, b in (("ge", meta.get("ge")), ("gt", meta.get("gt"))) if b is not None]
     upper = [(b, op) for op, b in (("le", meta.get("le")), ("lt", meta.get("lt"))) if b is not None]
     bad = any(value < b if op == "ge" else value <= b for b, op in lower)

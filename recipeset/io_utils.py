@@ -1,14 +1,19 @@
-"""Small file helpers: atomic writes (never leave a half-written file), checksums, an exclusive file lock, and
-the file-system errors a user can fix (a full disk, a read-only or unwritable place) as one line."""
+"""Small file helpers: atomic writes (never leave a half-written file), checksums, an exclusive file lock, the
+file-system errors a user can fix (a full disk, a read-only or unwritable place) as one line, and JSON / TOML
+parsing whose every failure is the parser's own decode error."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import hashlib
+import json
 import os
+import re
 import shutil
+import sys
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -73,6 +78,62 @@ def torch_save(obj: Any, path: str | os.PathLike) -> None:
 
     with open(path, "wb") as f:
         torch.save(obj, f)
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads(text)``, every failure a ``json.JSONDecodeError`` (with its line): also a number longer than
+    Python's int-string limit (4300 digits) and nesting deeper than the recursion limit, which ``json.loads``
+    raises as ValueError and RecursionError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:
+        raise json.JSONDecodeError(_too_long(), text, _long_number(text)) from None
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, _deepest(text)) from None
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """``tomllib.loads(text)``, every failure a ``tomllib.TOMLDecodeError`` ending "(at line N, ...)" as tomllib's
+    own: also a number longer than 4300 digits and nesting deeper than the recursion limit."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        raise
+    except ValueError:
+        pos, what = _long_number(text), _too_long()
+    except RecursionError:
+        pos, what = _deepest(text), "nested too deeply"
+    raise tomllib.TOMLDecodeError(f"{what} (at line {text.count(chr(10), 0, pos) + 1})")
+
+
+def _too_long() -> str:
+    return f"a number longer than {sys.get_int_max_str_digits()} digits"
+
+
+def _long_number(text: str) -> int:
+    """Where the first run of digits longer than the int-string limit starts (0 if none)."""
+    match = re.search(rf"\d{{{sys.get_int_max_str_digits() + 1},}}", text)
+    return match.start() if match else 0
+
+
+def _deepest(text: str) -> int:
+    """Where the bracket nesting of ``text`` (outside double-quoted strings) is deepest."""
+    depth = best = where = 0
+    quoted = escaped = False
+    for i, ch in enumerate(text):
+        if quoted:
+            quoted, escaped = (ch != '"' or escaped), (ch == "\\" and not escaped)
+        elif ch == '"':
+            quoted = True
+        elif ch in "[{":
+            depth += 1
+            if depth > best:
+                best, where = depth, i
+        elif ch in "]}":
+            depth -= 1
+    return where
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -445,6 +445,6 @@ def run_data(model, model_dir: str, split: str = "test", dataset: str | None = N
         if tune:
             tune_rules(model, protocol.val_subset(data.val_eval, cfg), cfg)
     if dataset is not None:
-        return cfg, load_dataset(dataset, path=path, lenient=lenient, **(options or {})).encode(model.vocab,
-                                                                                             unknown="unk")
+        return cfg, load_dataset(dataset, path=path, lenient=lenient, options=options).encode(model.vocab,
+                                                                                           unknown="unk")
     return cfg, data.test_eval if split == "test" else data.val_eval

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from recipeset.errors import RecipesetError
+from recipeset.errors import RecipesetError, shown
 
 T = TypeVar("T")
 
@@ -69,7 +69,9 @@ def load_builtins() -> None:
 
 def suggest(word: Any, valid: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest valid name, or an empty string."""
-    close = difflib.get_close_matches(str(word), [str(v) for v in valid], n=1, cutoff=0.6)
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, [str(v) for v in valid], n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -96,9 +98,9 @@ class Registry(Generic[T]):
     def get(self, name: Any, key: str = "", source: str = "") -> T:
         """The entry called ``name``; else "<source>: <key>: unknown <kind> 'x' (did you mean 'y'?) — valid: ..."."""
         load_builtins()
-        if name not in self._entries:
+        if not isinstance(name, str) or name not in self._entries:
             where = ": ".join(p for p in (source, key) if p)
-            raise RecipesetError(f"{where + ': ' if where else ''}unknown {self.kind} {name!r}"
+            raise RecipesetError(f"{where + ': ' if where else ''}unknown {self.kind} {shown(name)}"
                                  f"{suggest(name, self._entries)} — valid: {', '.join(self._entries)}")
         return self._entries[name]
 

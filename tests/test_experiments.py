@@ -221,10 +221,11 @@ def loaded_once(monkeypatch):
 
     real = prepare.load_dataset
 
-    def load_dataset(name_or_path, path=None, lenient=False, **kw):
+    def load_dataset(name_or_path, path=None, lenient=False, options=None, **kw):
+        kw = {**(options or {}), **kw}
         key = (str(name_or_path), str(path), lenient, tuple(sorted(kw.items())))
         if key not in _TABLES:
-            _TABLES[key] = real(name_or_path, path=path, lenient=lenient, **kw)
+            _TABLES[key] = real(name_or_path, path=path, lenient=lenient, options=kw)
         return _TABLES[key]
 
     monkeypatch.setattr(prepare, "load_dataset", load_dataset)

@@ -51,7 +51,7 @@ def load_table(cfg: DataConfig) -> RecipeTable:
         kw["ordered"] = cfg.ordered
     elif cfg.ordered:
         raise RecipesetError("data.ordered only applies to the synthetic dataset")
-    table = load_dataset(cfg.dataset, path=cfg.path, lenient=cfg.lenient, **kw)
+    table = load_dataset(cfg.dataset, path=cfg.path, lenient=cfg.lenient, options=kw)
     if cfg.dataset != "synthetic" and cfg.n_recipes is not None:
         table = table.subset(np.arange(min(cfg.n_recipes, len(table))))
     return _cap_length(table, cfg.max_len)
@@ -71,7 +71,7 @@ def _cap_length(table: RecipeTable, max_len: int | None) -> RecipeTable:
 def _mixed_table(cfg: DataConfig) -> RecipeTable:
     frames, names = [], []
     for i, entry in enumerate(cfg.mix):  # entries are checked by RunConfig.validate
-        t = load_dataset(entry["dataset"], path=entry.get("path"), lenient=cfg.lenient, **entry.get("options", {}))
+        t = load_dataset(entry["dataset"], path=entry.get("path"), lenient=cfg.lenient, options=entry.get("options"))
         if t.name in names:  # recipe ids and mix_weights tell the datasets apart by name
             raise RecipesetError(f"data.mix[{i}]: a second dataset named {t.name!r}; mixed datasets need distinct "
                                  "names (rename one of the files)")

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from recipeset.data.sources import flavornet, synthetic, tabular, whatscooking
 from recipeset.data.table import RecipeTable
 from recipeset.errors import RecipesetError
+from recipeset.fields import coerce
 from recipeset.registry import DATASETS, DatasetEntry, suggest
 
 FILE_SUFFIXES = (".csv", ".jsonl", ".json")
 
 
 def load_dataset(name_or_path: str | os.PathLike, path: str | os.PathLike | None = None, lenient: bool = False,
-                 **kw) -> RecipeTable:
+                 options: Mapping[str, Any] | None = None, **kw) -> RecipeTable:
     """Load a registered dataset by name (:data:`recipeset.registry.DATASETS`) or a recipe file by path.
 
     - ``"flavornet"``: ``path`` = directory of the files (default: ``$RECIPESET_FLAVORNET_DIR`` or
@@ -30,10 +33,15 @@ def load_dataset(name_or_path: str | os.PathLike, path: str | os.PathLike | None
     - a ``.csv`` / ``.jsonl`` / ``.json`` path: options ``ingredients_column``, ``delimiter``,
       ``cuisine_column``, ``id_column`` (and ``sep`` for CSV).
 
-    ``lenient=True`` skips malformed lines (counted in ``table.report``) instead of raising.
+    ``lenient=True`` skips malformed lines (counted in ``table.report``) instead of raising. ``options``: the
+    loader's options as one mapping (``data.options``, ``--option``), merged with ``**kw``; an option of a plain
+    type (bool, int, str) must have it.
     """
     name = str(name_or_path)
-    lenient = bool(kw.pop("lenient", False)) or lenient  # also as a loader option (data.options.lenient)
+    kw = {**(options or {}), **kw}
+    if "path" in kw:  # the loaders take it as their first argument: it is load_dataset's own
+        raise RecipesetError(f"{name}: path is not a loader option; give it as --path / data.path")
+    lenient = coerce(kw.pop("lenient", False), bool, "option lenient", name) or lenient  # data.options.lenient too
     if name in DATASETS:
         return _call(DATASETS.get(name).load, name, path, lenient=lenient, **kw)
     suffix = Path(name).suffix.lower()
@@ -58,7 +66,19 @@ def _call(loader: Callable[..., RecipeTable], label: str, *args, **kw) -> Recipe
             options = [n for n, q in params.items() if q.kind is not q.VAR_POSITIONAL][len(args):]
             raise RecipesetError(f"{label}: unknown loader option(s) {', '.join(bad)} (--option, data.options); "
                                  f"options: {', '.join(options) or 'none'}")
+        _check_types(loader, label, kw)
     return loader(*args, **kw)
+
+
+def _check_types(loader: Callable[..., RecipeTable], label: str, kw: Mapping[str, Any]) -> None:
+    """Options of a plain type in ``loader``'s signature (bool, int, float, str; None where allowed) must have it:
+    the string "no" is not false, 5 is not a column name."""
+    hints = typing.get_type_hints(loader)
+    for key, value in kw.items():
+        hint = hints.get(key)
+        plain = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
+        if len(plain) == 1 and plain[0] in (bool, int, float, str):
+            coerce(value, hint, f"option {key}", label)
 
 
 # ---- the named datasets ---------------------------------------------------------------------------------------

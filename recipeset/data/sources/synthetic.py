@@ -39,10 +39,12 @@ import torch
 from recipeset.data.sets import EncodedSets
 from recipeset.data.table import RecipeTable
 from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
-from recipeset.errors import RecipesetError
+from recipeset.errors import RecipesetError, shown
+from recipeset.io_utils import parse_toml
 
 DEFAULT_N_RECIPES = 6000
 DEFAULT_SEED = 0
+MAX_RECIPES = 2_000_000  # ~1.5 KB of draws a recipe while sampling, then a Python record each: a few GB at most
 SOURCE = "synthetic"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _EXACT = 1e-9  # a step whose probabilities sum to 1 within this is an exact "one of" (never empty)
@@ -382,7 +384,7 @@ def load_spec(spec: SyntheticSpec | Mapping | str | os.PathLike | None = None) -
         except IsADirectoryError:
             raise RecipesetError(f"{name}: is a directory; give the synthetic spec .toml file") from None
     try:
-        d = tomllib.loads(data.decode("utf-8"))
+        d = parse_toml(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise RecipesetError(f"{name}: not valid TOML ({e})") from None
     return SyntheticSpec.from_dict(d, name, hashlib.sha256(data).hexdigest())
@@ -398,10 +400,13 @@ def generate_records(n_recipes: int = DEFAULT_N_RECIPES, seed: int = DEFAULT_SEE
     ``recipe_id`` is ``syn:000123``; ``ingredients`` is in a random order (normal mode) or the template's
     cooking sequence (``ordered=True``); see the module docstring for what that order carries.
     """
-    if isinstance(n_recipes, bool) or not isinstance(n_recipes, int | np.integer) or n_recipes < 1:
-        raise RecipesetError(f"synthetic: n_recipes must be a positive integer, not {n_recipes!r}")
+    if isinstance(n_recipes, bool) or not isinstance(n_recipes, int | np.integer) or not 1 <= n_recipes <= MAX_RECIPES:
+        raise RecipesetError(f"synthetic: n_recipes must be an integer from 1 to {MAX_RECIPES:,} (the generator "
+                             f"draws them all in memory), not {shown(n_recipes)}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise RecipesetError(f"synthetic: seed must be a non-negative integer, not {seed!r}")
+        raise RecipesetError(f"synthetic: seed must be a non-negative integer, not {shown(seed)}")
+    if not isinstance(ordered, bool | np.bool_):
+        raise RecipesetError(f"synthetic: ordered must be true or false, not {shown(ordered)}")
     sp = load_spec(spec)
     t, chosen = sp.sample(int(n_recipes), int(seed), ordered)
     lengths = (chosen >= 0).sum(1)

@@ -30,7 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from recipeset.data.table import CleaningReport, CodedSets, RecipeTable, combined_sha256, normalize_cuisine
-from recipeset.errors import RecipesetError
+from recipeset.errors import RecipesetError, shown
+from recipeset.io_utils import parse_json
 
 # What str.strip()/str.split() treat as whitespace (str.isspace), as an RE2 character class.
 PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
@@ -149,6 +150,16 @@ class _Rows:
         return _finish(path, name, source, self.ids, coded, self.cuisines, sha, self.bad)
 
 
+def check_separators(path: Path, delimiter: str, sep: str = ",") -> None:
+    """The ingredient ``delimiter`` is not empty (``str.split`` refuses it), the CSV field ``sep`` one character
+    (what the csv module takes). The options' types are load_dataset's to check."""
+    if not delimiter:
+        raise RecipesetError(f"{path}: option delimiter: must not be empty (e.g. ';')")
+    if len(sep) != 1:
+        raise RecipesetError(f"{path}: option sep: the CSV field separator must be one character (e.g. ','), "
+                             f"not {shown(sep)}")
+
+
 def _record_id(value: object) -> str | None:
     if value is None or isinstance(value, (dict, list)):
         return None
@@ -195,6 +206,7 @@ def load_csv(path: str | os.PathLike, ingredients_column: str = "ingredients", d
     recipes ``"<file stem>:<line>"``. ``sep`` is the CSV field separator.
     """
     path = Path(path)
+    check_separators(path, delimiter, sep)
     data, sha = read_data(path, "CSV file")
     simple = _is_simple_csv(data, sep, delimiter)
     header_end = data.find(b"\n") + 1 or len(data)
@@ -465,6 +477,7 @@ def load_jsonl(path: str | os.PathLike, ingredients_column: str = "ingredients",
     ``cuisine_column``: None reads ``cuisine`` when an object has it. Blank lines are ignored.
     """
     path = Path(path)
+    check_separators(path, delimiter)
     text, sha = read_text(path, "JSON Lines file")
     bad = BadLines(path, lenient)
     rows = _Rows(bad)
@@ -474,7 +487,7 @@ def load_jsonl(path: str | os.PathLike, ingredients_column: str = "ingredients",
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            obj = parse_json(raw)
         except json.JSONDecodeError as e:
             bad(line, f"not valid JSON ({e.msg})")
             continue
@@ -517,9 +530,10 @@ def load_json(path: str | os.PathLike, ingredients_column: str = "ingredients", 
     Errors name the item (0-based) since JSON items have no line of their own.
     """
     path = Path(path)
+    check_separators(path, delimiter)
     text, sha = read_text(path, "JSON file")
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except json.JSONDecodeError as e:
         raise RecipesetError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(data, list):
