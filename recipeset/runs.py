@@ -20,8 +20,8 @@ import hashlib
 import json
 import os
 import re
-import urllib.parse
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
