@@ -616,15 +616,24 @@ def replay_metrics(path, tracking_uri) -> None:
 @cli.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, help="Port on 127.0.0.1.")
 @click.option("--tracking-uri", default=None, help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
-def ui(port, tracking_uri) -> None:
-    """Start the MLflow UI on 127.0.0.1 for the store; Ctrl-C or SIGTERM stops the server and all its workers."""
-    from recipeset.processes import port_in_use, run_process_group
+@click.option("--experiment", default=None, help="Show this experiment's runs [default: the one with the latest run].")
+@click.option("--open", "open_browser", is_flag=True, help="Open the runs view in the web browser once it serves.")
+def ui(port, tracking_uri, experiment, open_browser) -> None:
+    """Start the MLflow UI on 127.0.0.1 for the store and print the URL of an experiment's runs view: every run a
+    row, the headline test metrics as columns. Ctrl-C or SIGTERM stops the server and all its workers."""
+    import webbrowser
+
+    from recipeset.processes import port_in_use, run_process_group, when_listening
+    from recipeset.runs import runs_view_url
     from recipeset.tracking import resolve_tracking_uri
 
     if port_in_use(port):
         raise RecipesetError(f"port {port} is in use: pass --port N")
     uri = resolve_tracking_uri(tracking_uri)
-    click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    url = runs_view_url(f"http://127.0.0.1:{port}", experiment, uri)
+    click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port}  (Ctrl-C stops it)\nruns view: {url}")
+    if open_browser:
+        when_listening(port, lambda: webbrowser.open(url))
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(port)]
     raise SystemExit(run_process_group(cmd))

@@ -13,8 +13,9 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -228,6 +229,27 @@ def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float
             break
         log.warning("process group %d still running %.0fs after signal %d", proc.pid, wait_s, s)
     proc.wait()
+
+
+def when_listening(port: int, action: Callable[[], object], seconds: float = 120.0,
+                   host: str = "127.0.0.1") -> threading.Thread:
+    """Call ``action()`` from a daemon thread as soon as a server accepts connections on ``host:port`` (tried every
+    0.2 s; a connection, not a bind, so the probe never takes the port from the starting server); never if none
+    does within ``seconds``. Returns the thread."""
+    def wait() -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+            except OSError:
+                time.sleep(0.2)
+                continue
+            action()
+            return
+
+    thread = threading.Thread(target=wait, name=f"when-listening-{port}", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_process_group(argv: list[str], env: Mapping[str, str] | None = None) -> int:

@@ -7,6 +7,7 @@ Everything the tracker wrote can be queried here without starting a run::
     run_tags(run_ids)                                   # {run id: {tag: value}}
     metric_history(run_id, "train/loss")                # pandas Series: step -> value
     load_model("runs:/<id>/model")                      # downloads, then recipeset.models.io.load_model
+    runs_view_url("http://127.0.0.1:5000", "grid")      # the MLflow UI's runs view of a study, metrics as columns
 
 :func:`load_model` is ``recipeset.load_model``: it resolves ``runs:/…``/``models:/…`` URIs here, above the
 model layer, so ``recipeset.models`` never depends on MLflow. Like :mod:`recipeset.tracking`, this module
@@ -15,9 +16,12 @@ imports mlflow only inside functions (importing it stays cheap; ``recipeset --he
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -38,6 +42,10 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from mlflow import MlflowClient
 
+# The MLflow UI (3.x) applies the view state stored in the experiment tag ``mlflow.sharedViewState.<key>`` when
+# its runs view is opened with ``?viewStateShareKey=<key>`` (what its "Share" button writes): search facets and
+# table columns, which its URL alone cannot select.
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
 _LOWER_IS_BETTER = re.compile(r"loss|nll|rank|perplexity|ppl|error|tv|spread|time|seconds")
 
 
@@ -48,6 +56,50 @@ def _get_experiment(client: MlflowClient, name: str):
         raise RecipesetError(f"no MLflow experiment '{name}' in {client.tracking_uri}{suggest(name, names)}"
                              f" — existing: {', '.join(names) or 'none'}")
     return exp
+
+
+def latest_experiment(client: MlflowClient):
+    """The experiment whose run was started or ended last (a running grid's, else the last finished one), or None
+    when the store has no run."""
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return None
+    newest = [run for key in ("end_time", "start_time")
+              for run in client.search_runs(ids, max_results=1, order_by=[f"attributes.{key} DESC"])]
+    if not newest:
+        return None
+    run = max(newest, key=lambda r: r.info.end_time or r.info.start_time or 0)
+    return client.get_experiment(run.info.experiment_id)
+
+
+def runs_view_state(metric_keys: Iterable[str]) -> dict:
+    """The runs view a study needs: every run a row (sorted by run name, so MLflow does not fold a grid's children
+    under their collapsed parent — it nests them only when the table is sorted by start time), the headline test
+    metrics the runs logged as columns (``test/completion/mrr``, ...) in place of the default Source, Models and
+    Dataset columns."""
+    from recipeset.protocol import HEADLINE_METRICS
+
+    logged = set(metric_keys)
+    metrics = [k for k in (f"test/{metric_key(m)}" for m in HEADLINE_METRICS) if k in logged]
+    return {"orderByKey": "tags.`mlflow.runName`", "orderByAsc": True,
+            "selectedColumns": [f"metrics.`{k}`" for k in metrics]}
+
+
+def runs_view_url(base: str, experiment: str | None = None, uri: str | None = None) -> str:
+    """The URL of ``experiment``'s runs view (default: :func:`latest_experiment`) in the MLflow UI at ``base``:
+    Model-training mode, the view of :func:`runs_view_state` (stored on the experiment as a shared view, see
+    :data:`SHARED_VIEW_TAG`). ``base`` itself when the store has no run and no experiment is named."""
+    client = mlflow_client(uri)
+    exp = _get_experiment(client, experiment) if experiment is not None else latest_experiment(client)
+    if exp is None:
+        return base
+    keys = {k for run in client.search_runs([exp.experiment_id], max_results=1000) for k in run.data.metrics}
+    state = json.dumps(runs_view_state(keys), sort_keys=True)
+    key = hashlib.sha256(state.encode()).hexdigest()[:16]  # the same view keeps its key (and old URLs work)
+    if exp.tags.get(SHARED_VIEW_TAG + key) != state:
+        client.set_experiment_tag(exp.experiment_id, SHARED_VIEW_TAG + key, state)
+    query = urllib.parse.urlencode({"workflowType": "machine_learning", "viewStateShareKey": key})
+    return f"{base}/#/experiments/{exp.experiment_id}/runs?{query}"
 
 
 def find_finished_run(experiment: str, params_hash: str, uri: str | None = None) -> str | None:

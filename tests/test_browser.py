@@ -1,6 +1,7 @@
 """The MLflow UI started by ``recipeset ui`` shows a finished grid's runs (headless Chromium; slow).
 
-``test_ui_runs_view_in_chromium`` needs /usr/bin/chromium and is skipped without it;
+``test_ui_runs_view_in_chromium`` opens the runs-view URL ``recipeset ui`` prints in a fresh Chromium profile; it
+needs /usr/bin/chromium and is skipped without it;
 ``test_ui_server_lists_the_grid_runs`` checks the same server through its REST API.
 """
 
@@ -11,12 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 from helpers import free_port, http_server, tiny_grid
+
+from recipeset.runs import runs_view_url
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +47,7 @@ def ui(mlflow_template_db: Path, tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
     # `recipeset ui` starts `mlflow ui`, which starts server workers: the helper stops the whole group
     with http_server(cli("ui", "--port", str(port)), port, cwd=root, env=env) as base:
-        yield {"base": base, "root": root}
+        yield {"base": base, "root": root, "uri": uri}
 
 
 def _post(url: str, body: dict) -> dict:
@@ -74,19 +76,22 @@ def test_ui_server_lists_the_grid_runs(ui):
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium")
 def test_ui_runs_view_in_chromium(ui, tmp_path):
     exp_id = experiment_id(ui["base"])
-    # The runs view nests a grid's children under their (collapsed) parent run unless the table is filtered
-    # and sorted by something other than the start time: filter on the child runs, sort by name.
-    query = urllib.parse.urlencode({"searchFilter": "tags.run_kind = 'run'", "orderByKey": "attributes.run_name",
-                                    "orderByAsc": "true"}, quote_via=urllib.parse.quote)
-    url = f"{ui['base']}/#/experiments/{exp_id}/runs?{query}"
+    runs = _post(f"{ui['base']}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
+    mrr = {r["info"]["run_name"]: m["value"] for r in runs for m in r["data"].get("metrics", [])
+           if m["key"] == "test/completion/mrr"}
+    assert set(mrr) == set(RUN_NAMES), mrr
+    url = runs_view_url(ui["base"], "browser-grid", ui["uri"])  # the URL `recipeset ui` prints
     cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-           f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=20000", "--dump-dom", url]
+           f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1600,900",
+           "--virtual-time-budget=20000", "--dump-dom", url]
+    # the child runs as rows (not folded under their parent) and the test MRR as a column, with its values
+    wanted = [*RUN_NAMES, 'id="cell-metrics.`test/completion/mrr`', *(repr(v) for v in mrr.values())]
     dom = ""
     for _ in range(3):  # the single-page app renders the runs table after its API calls: allow a slow first load
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         dom = out.stdout
-        if all(name in dom for name in RUN_NAMES):
+        if all(w in dom for w in wanted):
             break
-    missing = [name for name in RUN_NAMES if name not in dom]
-    assert not missing, f"runs not in the rendered runs view: {missing} (DOM: {len(dom)} chars)"
+    missing = [w for w in wanted if w not in dom]
+    assert not missing, f"not in the rendered runs view of {url}: {missing} (DOM: {len(dom)} chars)"

@@ -1,20 +1,27 @@
 """``recipeset ui``: the MLflow server runs in a process group of its own that a SIGTERM stops as a whole (no worker
-left listening), and a taken port is one line before anything starts."""
+left listening), a taken port is one line before anything starts, and it prints (``--open``: opens) the URL of the
+latest or the named experiment's runs view with the headline test metrics as columns."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
-from helpers import invoke
+from helpers import invoke, ok
+
+from recipeset.runs import SHARED_VIEW_TAG, runs_view_url
+from recipeset.tracking import mlflow_client
 
 
 def free_port() -> int:
@@ -100,3 +107,74 @@ def test_sigterm_stops_the_server_and_all_its_workers(mlflow_template_db, tmp_pa
     assert not left, (left, output[-2000:])
     assert not listening(port)
 
+
+
+def add_run(client, experiment: str, start: int, end: int | None = None, **metrics: float) -> str:
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    run = client.create_run(exp_id, start_time=start, run_name=f"{experiment}/run")
+    for key, value in metrics.items():
+        client.log_metric(run.info.run_id, key.replace("__", "/"), value)
+    if end is not None:
+        client.set_terminated(run.info.run_id, end_time=end)
+    return exp_id
+
+
+def view_of(url: str) -> tuple[str, dict[str, str]]:
+    """(experiment id, query) of a runs-view URL."""
+    route, _, query = urllib.parse.urlsplit(url).fragment.partition("?")
+    assert route.startswith("/experiments/") and route.endswith("/runs"), url
+    return route.split("/")[2], dict(urllib.parse.parse_qsl(query))
+
+
+def test_runs_view_url_of_the_latest_or_the_named_experiment(mlflow_uri):
+    client = mlflow_client()
+    old = add_run(client, "old", start=1_000, end=5_000, test__completion__mrr=0.25, train__loss=1.0)
+    add_run(client, "running", start=3_000)  # started after "old" started, before it ended
+    exp_id, query = view_of(runs_view_url("http://127.0.0.1:5000"))
+    assert exp_id == old
+    assert query["workflowType"] == "machine_learning"  # Model-training mode, not the GenAI overview
+    state = json.loads(client.get_experiment(old).tags[SHARED_VIEW_TAG + query["viewStateShareKey"]])
+    # every run a row (sorted by name: MLflow nests children only under a start-time sort), test metrics columns
+    assert state == {"orderByKey": "tags.`mlflow.runName`", "orderByAsc": True,
+                     "selectedColumns": ["metrics.`test/completion/mrr`"]}
+    assert runs_view_url("http://127.0.0.1:5000") == runs_view_url("http://127.0.0.1:5000")  # one tag, one key
+
+    new = add_run(client, "new", start=6_000, test__completion__recall_at_10=0.5)
+    assert view_of(runs_view_url("http://h:1"))[0] == new
+    assert view_of(runs_view_url("http://h:1", "old"))[0] == old
+
+
+def test_runs_view_url_of_an_empty_store_is_the_ui(mlflow_uri):
+    assert runs_view_url("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_ui_of_an_unknown_experiment_is_one_line_listing_the_known_ones(mlflow_uri, monkeypatch):
+    add_run(mlflow_client(), "order_study", start=1_000, end=2_000)
+    monkeypatch.setattr("recipeset.processes.run_process_group", lambda cmd: pytest.fail("the server started"))
+    result = invoke("ui", "--port", str(free_port()), "--experiment", "order-stdy")
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: no MLflow experiment 'order-stdy'"), lines
+    assert "(did you mean 'order_study'?) — existing: order_study, Default" in lines[0]
+
+
+def test_ui_prints_and_opens_the_runs_view_once_the_server_listens(mlflow_uri, monkeypatch):
+    exp_id = add_run(mlflow_client(), "grid", start=1_000, end=2_000, test__completion__mrr=0.25)
+    port = free_port()
+    opened: list[str] = []
+    browsed = threading.Event()
+
+    def fake_server(cmd: list[str]) -> int:
+        assert cmd[2:4] == ["mlflow", "ui"] and not opened  # nothing is opened before the server listens
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+            assert browsed.wait(10), "the browser was not opened"
+        return 0
+
+    monkeypatch.setattr("recipeset.processes.run_process_group", fake_server)
+    monkeypatch.setattr("webbrowser.open", lambda url: (opened.append(url), browsed.set()))
+    result = ok("ui", "--port", str(port), "--open")
+    url = result.output.splitlines()[-1].removeprefix("runs view: ")
+    assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?") and opened == [url]
