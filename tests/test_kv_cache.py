@@ -160,6 +160,45 @@ def test_joint_chunking_and_batching_change_nothing(name):
         torch.testing.assert_close(alone[0], whole[b], **ATOL)
 
 
+@pytest.mark.parametrize("name", ["frequency", "shuffle-3-orders", "given-cuisine-positions"])
+@pytest.mark.parametrize("K", [1, 4, 9])
+def test_reranked_joint_is_exact_on_the_top_candidates_and_next_ordered_below(name, K):
+    """``joint_candidates = K``: each query's K best ``next`` candidates get their exact joint score; every other
+    allowed candidate ranks below all of them, in ``next`` order; the -inf ids are the same."""
+    model = DECODERS[name]
+    tokens, mask = pad_ids(QUERIES)
+    cuisine = _cuisine(model, len(QUERIES))
+    exact = model.completion_scores_ids(tokens, mask, mode="joint", cuisine=cuisine)
+    first = model.completion_scores_ids(tokens, mask, mode="next", cuisine=cuisine)
+    model.config.joint_candidates = K
+    try:
+        got = model.completion_scores_ids(tokens, mask, mode="joint", cuisine=cuisine)
+    finally:
+        model.config.joint_candidates = None
+    assert torch.equal(torch.isfinite(got), torch.isfinite(exact))
+    for b in range(len(QUERIES)):
+        top = first[b].topk(K).indices
+        top = top[torch.isfinite(first[b, top])]
+        torch.testing.assert_close(got[b, top], exact[b, top], **ATOL)
+        rest = torch.isfinite(first[b]).clone()
+        rest[top] = False
+        if rest.any():
+            assert got[b, rest].max() < got[b, top].min()
+            order = first[b, rest].argsort(descending=True)
+            assert torch.all(got[b, rest][order].diff() <= 0)
+
+
+def test_reranking_every_candidate_is_the_exact_joint():
+    model = DECODERS["shuffle-3-orders"]
+    tokens, mask = pad_ids(QUERIES)
+    exact = model.completion_scores_ids(tokens, mask, mode="joint")
+    model.config.joint_candidates = V - NUM_SPECIALS
+    try:
+        torch.testing.assert_close(model.completion_scores_ids(tokens, mask, mode="joint"), exact, **ATOL)
+    finally:
+        model.config.joint_candidates = None
+
+
 def test_joint_on_a_trained_size_vocabulary_matches_with_longer_queries():
     """Longer queries (every slot used by some candidate) in a batch padded to the longest."""
     model = DECODERS["shuffle-cuisine-positions"]
@@ -246,6 +285,21 @@ def test_bench_joint_scoring_runs_both_side_by_side():
     out = bench_joint_scoring(dataset="synthetic", n_queries=6, d_model=16, n_layers=1, n_heads=2, repeats=2)
     assert out["queries"] > 0 and out["reference_s"] > 0 and out["cached_s"] > 0 and out["torch_threads"] == 1
     assert out["max_abs_diff"] < 1e-4 and out["dataset"] == "synthetic" and out["joint_orders"] == 1
+
+
+def test_bench_joint_reranking_reports_exact_and_each_k_on_the_same_queries():
+    from recipeset.bench import bench_data, bench_joint_reranking
+
+    vocab = bench_data("synthetic", None)[0].vocab
+    torch.manual_seed(0)
+    model = CausalDecoder(DecoderConfig(d_model=16, n_layers=1, n_heads=2, train_order="shuffle", joint_orders=2),
+                          vocab).eval()
+    everything = vocab.num_ingredients
+    out = bench_joint_reranking(model, dataset="synthetic", n_queries=8, candidates=(1, everything))
+    assert out["queries"] == 8 and out["joint_orders"] == 2 and model.config.joint_candidates is None
+    assert out[f"K{everything}"]["rank_changed"] == 0.0  # re-ranking every candidate is the exact joint
+    assert out[f"K{everything}"]["mrr"] == pytest.approx(out["exact"]["mrr"])
+    assert 0.0 <= out["K1"]["rank_changed"] <= 1.0 and out["K1"]["seconds"] > 0
 
 
 def test_decoder_stop_threshold_one_pass_gives_every_thresholds_completion():

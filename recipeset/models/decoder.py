@@ -275,6 +275,8 @@ class DecoderConfig:
     train_order: str = spec("frequency", choices=ORDERS)  # the training order; completion feeds queries in it
     joint_orders: int = spec(4, ge=1)  # orders averaged (log-mean-exp) in "joint" scoring for a random order
     next_orders: int = spec(1, ge=1)  # orders averaged in "next" scoring when train_order is random
+    joint_candidates: int | None = spec(None, ge=1)  # "joint" re-ranks each query's top this-many `next`
+    #                                 candidates (exact log-likelihoods); the rest follow in `next` order. None: all
     stop_threshold: float | None = spec(None, ge=0, le=1)  # complete() adds the best ingredient while
     #                                 1 − p([EOS]) ≥ this (tuned on validation); None: stops when [EOS] is chosen
     stop_size: int | None = spec(None, ge=1)  # and at most this many (None: no cap); tuned with the threshold
@@ -512,13 +514,34 @@ class CausalDecoder(RecipeModel):
         if mode == "next":
             n_orders = self.config.next_orders if self.random_order else 1
             scores = torch.stack([self._next_scores(tokens, mask, cuisine, k) for k in range(n_orders)])
-        elif mode == "joint" and self.given_order:
-            scores = self._joint_scores_given(tokens, mask, cuisine)[None]
         elif mode == "joint":
-            scores = torch.stack([self._joint_scores(tokens, mask, cuisine, k) for k in range(self.joint_order_count)])
+            return self._reranked_joint_scores(tokens, mask, cuisine)
         else:
             raise RecipesetError(f"mode must be 'next' or 'joint', got {mode!r}")
         return self.combine_orders(scores, tokens, mask)
+
+    def _reranked_joint_scores(self, tokens, mask, cuisine) -> torch.Tensor:
+        """``joint`` scores ``[B, V]``: exact for every candidate (``joint_candidates`` None), or exact for each
+        query's top ``joint_candidates`` candidates by ``next`` score and, below all of them, the others in
+        ``next`` order (a two-stage ranker: the joint pass costs ~K/V of the exact one)."""
+        K = self.config.joint_candidates
+        cand = None
+        if K is not None and K < self.config.vocab_size - NUM_SPECIALS:
+            first = self.completion_scores_ids(tokens, mask, "next", cuisine)
+            cand = first.topk(K, -1).indices  # [B, K] (-inf ones, when fewer are allowed, stay -inf below)
+        if self.given_order:
+            scores = self._joint_scores_given(tokens, mask, cuisine, cand=cand)[None]
+        else:
+            scores = torch.stack([self._joint_scores(tokens, mask, cuisine, k, cand=cand)
+                                  for k in range(self.joint_order_count)])
+        scores = self.combine_orders(scores, tokens, mask)
+        if cand is None:
+            return scores
+        top = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, cand, True) & torch.isfinite(scores)
+        floor = scores.masked_fill(~top, float("inf")).amin(1, keepdim=True)  # the lowest re-ranked score
+        last = first.masked_fill(top | ~torch.isfinite(first), float("-inf")).amax(1, keepdim=True)
+        rest = floor - 1 + (first - last)  # below every re-ranked candidate, in `next` order
+        return torch.where(top, scores, torch.where(torch.isfinite(first) & ~top, rest, scores))
 
     @property
     def joint_order_count(self) -> int:
@@ -539,7 +562,8 @@ class CausalDecoder(RecipeModel):
         last = logits[torch.arange(inp.shape[0], device=inp.device), m.sum(1) - 1]
         return F.log_softmax(last.float(), dim=-1)
 
-    def _joint_scores(self, tokens, mask, cuisine, k: int, budget: int = 1 << 24) -> torch.Tensor:
+    def _joint_scores(self, tokens, mask, cuisine, k: int, budget: int = 1 << 24,
+                      cand: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, V]`` log p(q ∪ {y}) in order ``k`` (-inf on specials and the query's ids).
 
         In a total order sort(q ∪ {y}) is q sorted with y inserted at slot i = #{x ∈ q : x before y}, so each
@@ -550,9 +574,10 @@ class CausalDecoder(RecipeModel):
         def slots(seq: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
             return (ranks[seq][:, :, None] < ranks[cand][:, None, :]).sum(1, keepdim=True)  # [G, 1, C]
 
-        return self._insertion_scores(self._ordered(tokens, mask, k), mask, cuisine, slots, budget)
+        return self._insertion_scores(self._ordered(tokens, mask, k), mask, cuisine, slots, budget, cand)
 
-    def _joint_scores_given(self, tokens, mask, cuisine, budget: int = 1 << 24) -> torch.Tensor:
+    def _joint_scores_given(self, tokens, mask, cuisine, budget: int = 1 << 24,
+                            cand: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, V]`` log Σ_i (1/(n+1)) p(q[:i] + [y] + q[i:] + [EOS]) for queries in the given order.
 
         A leave-one-out query hides where y was, so every insertion slot i = 0..n (n = |q|) is a hypothesis with
@@ -563,15 +588,16 @@ class CausalDecoder(RecipeModel):
             n = seq.shape[1]
             return torch.arange(n + 1, device=seq.device)[None, :, None].expand(seq.shape[0], n + 1, cand.shape[1])
 
-        return self._insertion_scores(tokens, mask, cuisine, slots, budget)
+        return self._insertion_scores(tokens, mask, cuisine, slots, budget, cand)
 
     def _insertion_scores(self, ordered: torch.Tensor, mask: torch.Tensor, cuisine: torch.Tensor | None,
-                          slots, budget: int) -> torch.Tensor:
+                          slots, budget: int, cand: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, V]`` log-mean-exp over slots i of log p(q[:i] + [y] + q[i:] + [EOS]) for every query q (a row of
-        ``ordered [B, T]``, real ids first) and every ingredient y not in q (-inf elsewhere).
+        ``ordered [B, T]``, real ids first) and every ingredient y not in q — or only the ids of its row of
+        ``cand [B, C]`` — (-inf elsewhere).
 
         ``slots(seq [G, n], cand [G, C]) -> [G, S, C]`` gives the S slots each candidate is inserted at. Queries
-        are grouped by length n, each group in chunks of at most ``min(budget, WORK_CHUNK) // ((n+1)·V)`` queries
+        are grouped by length n, each group in chunks of at most ``min(budget, WORK_CHUNK) // ((n+1)·C)`` queries
         (so that no (query, slot, candidate) index outgrows the logits budget): one cached
         pass over ``[BOS] + q`` scores every prefix, then the suffixes ``[y] + q[i:]`` of all candidates
         inserted at slot i run from that prefix's cache (:meth:`_suffix_log_probs`).
@@ -579,17 +605,21 @@ class CausalDecoder(RecipeModel):
         B = ordered.shape[0]
         V = self.config.vocab_size
         lengths = mask.sum(1)
+        if cand is None:
+            cand = torch.arange(NUM_SPECIALS, V, device=ordered.device).expand(B, -1)
         out = torch.full((B, V), float("-inf"), device=ordered.device)
         for n in lengths.unique().tolist():
             group = torch.nonzero(lengths == n).squeeze(1)
-            per_pass = max(1, min(budget, WORK_CHUNK) // ((n + 1) * V))
+            per_pass = max(1, min(budget, WORK_CHUNK) // ((n + 1) * cand.shape[1]))
             for rows in group.split(per_pass):
                 out[rows] = self._insertion_group(ordered[rows, :n], None if cuisine is None else cuisine[rows],
-                                                  slots, budget)
+                                                  slots, budget, cand[rows])
         return out
 
-    def _insertion_group(self, seq: torch.Tensor, cuisine: torch.Tensor | None, slots, budget: int) -> torch.Tensor:
-        """:meth:`_insertion_scores` of ``G`` queries ``seq [G, n]`` of one length (no padding) → ``[G, V]``."""
+    def _insertion_group(self, seq: torch.Tensor, cuisine: torch.Tensor | None, slots, budget: int,
+                         cand: torch.Tensor) -> torch.Tensor:
+        """:meth:`_insertion_scores` of ``G`` queries ``seq [G, n]`` of one length (no padding) and their
+        candidates ``cand [G, C]`` → ``[G, V]``."""
         G, n = seq.shape
         V = self.config.vocab_size
         cache = KVCache()
@@ -600,12 +630,11 @@ class CausalDecoder(RecipeModel):
         allowed = torch.ones(G, V, dtype=torch.bool, device=seq.device)
         allowed[:, :NUM_SPECIALS] = False
         allowed.scatter_(1, seq, False)
-        cand = torch.arange(NUM_SPECIALS, V, device=seq.device)
-        where = slots(seq, cand.expand(G, -1))  # [G, S, C]
+        where = slots(seq, cand)  # [G, S, C]
         g, s, c = (t.reshape(-1) for t in torch.meshgrid(*(torch.arange(d, device=seq.device)
                                                            for d in where.shape), indexing="ij"))
-        i, y = where.reshape(-1), cand[c]
-        keep = allowed[g, y]  # a query's own ids stay -inf
+        i, y = where.reshape(-1), cand[g, c]
+        keep = allowed[g, y]  # a query's own ids (and specials) stay -inf
         g, s, i, y = g[keep], s[keep], i[keep], y[keep]
         ll = prefix_ll[g, i] + logp[g, i, y]
         for slot in i.unique().tolist():
