@@ -51,7 +51,7 @@ from recipeset.data.sets import EncodedSets
 from recipeset.data.sources import load_dataset
 from recipeset.data.vocab import NULL, NUM_SPECIALS, Vocabulary
 from recipeset.errors import RecipesetError
-from recipeset.evaluation import leave_one_out_queries
+from recipeset.evaluation import leave_one_out_queries, mid_ranks, ranking_metrics
 from recipeset.models.base import RecipeModel
 from recipeset.models.decoder import CausalDecoder, DecoderConfig
 from recipeset.models.decoder_reference import joint_scores_reference
@@ -59,7 +59,7 @@ from recipeset.models.set_transformer import SetTransformer, SetTransformerConfi
 from recipeset.objectives.losses import IGNORE, hungarian_loss, standard_loss
 from recipeset.objectives.matching import HungarianMatcher
 from recipeset.objectives.tasks import Objectives, split_query
-from recipeset.pipeline import build_model, run_training
+from recipeset.pipeline import PRELOAD, build_model, run_training
 from recipeset.protocol import eval_subset
 from recipeset.registry import MODELS, losses_for
 from recipeset.training import Trainer, epoch_batches, make_optimizer, step_generator
@@ -491,6 +491,55 @@ def bench_joint_scoring(dataset: str = "flavornet", path: str | None = None, n_q
     }
 
 
+def bench_joint_reranking(model: CausalDecoder, dataset: str = "flavornet", path: str | None = None,
+                          n_queries: int = 500, candidates: tuple[int, ...] = (16, 32, 64), batch_size: int = 512,
+                          seed: int = 0, threads: int | None = 1) -> dict:
+    """Decoder ``joint`` scoring of every candidate against re-ranking each query's top-K ``next`` candidates
+    (``model.config.joint_candidates = K``), on the same leave-one-out queries of ``n_queries`` seeded test
+    recipes of ``dataset`` (the model's), in this process on ``threads`` torch threads, exact first then each K.
+
+    Returns ``exact`` and ``K<k>`` entries: ``seconds``, ``recall@1``, ``recall@10``, ``mrr`` of the held-out
+    ingredient's mid-rank; each K also ``speedup`` (exact seconds / its seconds) and ``rank_changed`` (fraction of
+    queries whose held-out ingredient's rank differs from the exact one), plus ``queries``, ``order``,
+    ``joint_orders``, ``torch_threads`` and ``load_avg_1min``."""
+    data, _, data_name = bench_data(dataset, path)
+    if model.vocab.ingredients != data.vocab.ingredients:
+        raise RecipesetError(f"bench_joint_reranking: the model's vocabulary is not the one of {data_name!r}")
+    queries, targets, _ = leave_one_out_queries(eval_subset(data.test_eval, n_queries, seed), seed)
+    previous, saved = torch.get_num_threads(), model.config.joint_candidates
+    if threads:
+        torch.set_num_threads(threads)
+    out: dict = {"queries": len(queries), "dataset": data_name, "order": model.config.train_order,
+                 "joint_orders": model.joint_order_count}
+    try:
+        for K in (None, *candidates):
+            model.config.joint_candidates = K
+            t0 = time.perf_counter()
+            ranks = []
+            for start in range(0, len(queries), batch_size):
+                rows = np.arange(start, min(start + batch_size, len(queries)))
+                tokens, mask = (torch.from_numpy(a) for a in queries.padded(rows))
+                scores = model.completion_scores_ids(tokens, mask, mode="joint")
+                ranks.append(mid_ranks(scores, torch.from_numpy(targets[rows])).numpy())
+            entry = {"seconds": round(time.perf_counter() - t0, 3),
+                     **{k: v for k, v in ranking_metrics(np.concatenate(ranks)).items() if k in REPORTED_RANKING}}
+            if K is None:
+                exact_ranks, out["exact"] = np.concatenate(ranks), entry
+            else:
+                entry["speedup"] = round(out["exact"]["seconds"] / entry["seconds"], 2)
+                entry["rank_changed"] = float((np.concatenate(ranks) != exact_ranks).mean())
+                out[f"K{K}"] = entry
+        out["torch_threads"] = torch.get_num_threads()
+    finally:
+        model.config.joint_candidates = saved
+        torch.set_num_threads(previous)
+    out["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+REPORTED_RANKING = ("recall@1", "recall@10", "mrr")
+
+
 # ================================================================================================
 # A million recipes: load + clean + encode + split against pandas.read_csv on the same file
 # ================================================================================================
@@ -556,7 +605,7 @@ def write_million_csv(path: str | os.PathLike, n: int = 1_000_000, n_names: int 
     return path
 
 
-MILLION_PIECES = ("read_csv", "stats", "prepare", "first_step")
+MILLION_PIECES = ("read_csv", "stats", "prepare", "first_step", "first_step_no_preload")
 
 
 class _FirstStepDone(Exception):
@@ -568,9 +617,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _time_to_first_step(path: str, model: str = "decoder", d_model: int = 64) -> float:
+def _time_to_first_step(path: str, model: str = "decoder", d_model: int = 64, preload: bool = True) -> float:
     """Seconds from calling ``run_training`` (what ``recipeset train`` runs; no MLflow) on ``path`` to the end
-    of its first optimizer step: data loading, split, vocabulary, encoding, model and first batch included."""
+    of its first optimizer step: data loading, split, vocabulary, encoding, model and first batch included.
+    ``preload=False``: without the background import of :data:`recipeset.pipeline.PRELOAD` (the comparison)."""
     cfg = RunConfig.from_dict({"data": {"dataset": path}, "model": {"name": model, "d_model": d_model},
                                "train": {"device": "cpu", "max_steps": 10}})
     original = Trainer.train_step
@@ -583,7 +633,8 @@ def _time_to_first_step(path: str, model: str = "decoder", d_model: int = 64) ->
         raise _FirstStepDone
 
     with tempfile.TemporaryDirectory(prefix="recipeset-bench-") as out, \
-            mock.patch.object(Trainer, "train_step", first_step):
+            mock.patch.object(Trainer, "train_step", first_step), \
+            mock.patch("recipeset.pipeline.PRELOAD", PRELOAD if preload else ()):
         try:
             run_training(cfg, out_dir=out, track=False, progress=False, evaluate=False)
         except _FirstStepDone:
@@ -607,7 +658,8 @@ def million_piece(piece: str, path: str) -> dict:
     - ``stats``: what ``recipeset data stats`` does: ``load_dataset`` (read, normalise, clean) + ``describe()``;
     - ``prepare``: ``prepare_data`` (load, clean, group split, training vocabulary, encode train/val/test)
       + ``describe()`` — the data layer's whole job before training;
-    - ``first_step``: ``run_training`` until its first optimizer step has finished (a d_model-64 decoder).
+    - ``first_step``: ``run_training`` until its first optimizer step has finished (a d_model-64 decoder);
+    - ``first_step_no_preload``: the same without importing torch's compiler in the background (the lever).
     """
     if piece not in MILLION_PIECES:
         raise RecipesetError(f"bench: unknown piece {piece!r}; one of {', '.join(MILLION_PIECES)}")
@@ -620,7 +672,10 @@ def million_piece(piece: str, path: str) -> dict:
         load_dataset(path).describe()
     elif piece == "prepare":
         prepare_data(DataConfig(dataset=path)).table.describe()
-    seconds = _time_to_first_step(path) if piece == "first_step" else time.perf_counter() - t0
+    if piece.startswith("first_step"):
+        return {"seconds": round(_time_to_first_step(path, preload=piece == "first_step"), 3),
+                "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_before_mb": round(before, 1)}
+    seconds = time.perf_counter() - t0
     return {"seconds": round(seconds, 3), "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_before_mb": round(before, 1)}
 
 
@@ -664,4 +719,6 @@ def bench_million(n: int = 1_000_000, path: str | os.PathLike | None = None, rep
     out["stats_over_read_csv"] = round(out["stats_s"] / out["read_csv_s"], 2)
     out["prepare_over_read_csv"] = round(out["prepare_s"] / out["read_csv_s"], 2)
     out["first_step_over_prepare"] = round(out["first_step_s"] / out["prepare_s"], 2)
+    out["first_step_over_stats"] = round(out["first_step_s"] / out["stats_s"], 2)
+    out["preload_speedup"] = round(out["first_step_no_preload_s"] / out["first_step_s"], 2)
     return out

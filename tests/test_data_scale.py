@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -413,3 +414,16 @@ def test_pyarrow_csv_reader_equals_the_csv_module(tmp_path, monkeypatch, seed):
     with_arrow = [outcome(lambda o=o: load_dataset(path, **o)) for o in options]
     monkeypatch.setattr(tabular, "_is_simple_csv", lambda *a: False)
     assert [outcome(lambda o=o: load_dataset(path, **o)) for o in options] == with_arrow
+
+
+def test_preload_imports_in_the_background_once(tmp_path, monkeypatch):
+    from recipeset.pipeline import preload_in_background
+
+    (tmp_path / "recipeset_preload_probe.py").write_text("LOADED = True\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "recipeset_preload_probe", raising=False)
+    thread = preload_in_background(("recipeset_preload_probe",))
+    assert thread is not None and thread.daemon
+    thread.join(30)
+    assert sys.modules["recipeset_preload_probe"].LOADED
+    assert preload_in_background(("recipeset_preload_probe", "json")) is None  # nothing left to import
