@@ -4,8 +4,8 @@ measurement in one process, so that machine noise hits both sides alike.
 - :func:`performance_report`: for every model × set loss (:func:`study_variants`), on real flavornet batches
   when the data is there, training recipes/s, counted FLOPs per step, achieved FLOP/s (real positions only)
   against the dense-matmul FLOP/s measured in the same run, the fraction of positions that are real (in packed
-  rows for a run that packs, ``train.pack``; the decoder's default also runs unpacked), the data pipeline's share
-  of a step, evaluation queries/s for each scoring mode, and peak memory.
+  rows for a run that packs, ``train.pack``; the decoder's and the Set Transformer's defaults also run unpacked),
+  the data pipeline's share of a step, evaluation queries/s for each scoring mode, and peak memory.
 - :func:`bench_hungarian_vs_standard`: the Hungarian set loss against the standard loss on the same K slot
   outputs of the same model and batch, interleaved (A, B, A, B, ...), medians reported.
 - :func:`bench_bucketing`: training recipes/s on real batches cut from a plain permutation against
@@ -192,8 +192,8 @@ def bench_data(dataset: str, path: str | None) -> tuple[PreparedData, DataConfig
 def study_variants() -> dict[str, dict]:
     """One benchmark variant per model × set loss the registries allow, plus each model's default objective:
     ``{name: dotted overrides}`` (the models and losses ``order_study`` compares). A default objective that packs
-    several recipes a row (``train.pack``: the decoder's clm) also runs unpacked, ``<name>-unpacked``, so the
-    report shows what packing saves on the same batches."""
+    several recipes a row (``train.pack``: the decoder's clm, the Set Transformer's element mlm) also runs unpacked,
+    ``<name>-unpacked``, so the report shows what packing saves on the same batches."""
     variants: dict[str, dict] = {}
     for model, cls in MODELS.items():
         default = {"model.name": model, "objectives.weights": {cls.default_objective: 1.0}}
@@ -231,7 +231,8 @@ def _step_flops(trainer: Trainer, batch: Batch) -> int:
 
 def _positions(model: RecipeModel, objectives: Objectives, batch: Batch) -> tuple[int, int]:
     """Real positions and all positions of what the model runs on for ``batch``: the batch as fed (a decoder's
-    ``[BOS]`` first), in packed rows when the run packs (:class:`~recipeset.data.packing.Packing`)."""
+    ``[BOS]`` first; not the element MLM's occasional appended ``[MASK]``), in packed rows when the run packs
+    (:class:`~recipeset.data.packing.Packing`)."""
     _, mask, _ = model.feed(batch.tokens, batch.mask)
     rows, width = Packing.of(mask).shape if objectives.pack else mask.shape
     return int(mask.sum()), rows * width

@@ -44,7 +44,7 @@ from typing import Any
 from recipeset.errors import RecipesetError, shown
 from recipeset.fields import check_fields, check_params, check_plain, check_value, coerce, fail, spec
 from recipeset.io_utils import atomic_write_text, parse_json, parse_toml
-from recipeset.registry import EVAL_TASKS, LOSSES, MODELS, OBJECTIVES, ORDERS, losses_for, suggest
+from recipeset.registry import EVAL_TASKS, LOSSES, MODELS, OBJECTIVES, ORDERS, losses_for, runs_packed, suggest
 
 # The config's own names; models, losses, objectives, orders, datasets and evaluation tasks live in their
 # registries (recipeset.registry), which the fields below name as their choices.
@@ -129,7 +129,8 @@ class TrainConfig:
     #                                 bucket_pool_for; grouped position-averaged losses are rescaled per batch)
     pack: bool | None = None          # several recipes per row of a training batch (sequence packing: the same
     #                                 batches and losses, less padding); None: on where the model and every
-    #                                 objective support it (pack_for: decoders with clm or a sequence set loss)
+    #                                 objective support it (pack_for: decoders with clm or a sequence set loss,
+    #                                 the Set Transformer with mlm/rtd)
     threads: int | None = spec(None, ge=1)  # torch threads (None: the available cores ÷ concurrent grid jobs)
     num_workers: int = spec(0, ge=0)  # DataLoader workers
     device: str = "auto"              # auto, cpu, cuda, cuda:N, mps
@@ -387,14 +388,15 @@ def bucket_pool_for(cfg: RunConfig) -> int:
 def packing_refusal(cfg: RunConfig) -> str | None:
     """Why the run of ``cfg`` cannot pack several recipes a row (``train.pack``), in a few words; None when it
     can: its model accepts packed rows (:meth:`~recipeset.models.base.RecipeModel.packing_refusal`) and every
-    objective it computes declares ``packs`` (the ``set`` objective: its loss's)."""
+    objective it computes declares ``packs`` for that model (the ``set`` objective: its loss's;
+    :func:`~recipeset.registry.runs_packed`)."""
     model_cls = MODELS.get(cfg.model.name)
     why = model_cls.packing_refusal(cfg.model.params)
     if why:
         return why
     for name in resolve_objectives(cfg):
         entry = LOSSES.get(cfg.loss.name) if name == "set" else OBJECTIVES.get(name)
-        if not entry.packs:
+        if not runs_packed(entry, model_cls):
             what = f"loss {cfg.loss.name!r}" if name == "set" else f"objective {name!r}"
             return f"{what} does not run on packed rows"
     return None
@@ -402,9 +404,9 @@ def packing_refusal(cfg: RunConfig) -> str | None:
 
 def pack_for(cfg: RunConfig) -> bool:
     """The run's ``train.pack``: as set, or, when None, True where the run can pack (:func:`packing_refusal`:
-    a decoder whose objectives are clm or a sequence set loss — standard, set-ar, min-perm, pooled). Packing keeps
-    each batch's recipes and its loss (tested to 1e-5), so unlike length grouping it changes nothing but the
-    padding (and dropout's draws)."""
+    a decoder whose objectives are clm or a sequence set loss (standard, set-ar, min-perm, pooled), a Set
+    Transformer whose objectives are the element mlm and rtd). Packing keeps each batch's recipes and its loss
+    (tested to 1e-5), so unlike length grouping it changes nothing but the padding (and dropout's draws)."""
     if cfg.train.pack is not None:
         return cfg.train.pack
     return packing_refusal(cfg) is None

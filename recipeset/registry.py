@@ -124,6 +124,9 @@ class Registry(Generic[T]):
 
 
 # ---- entries ---------------------------------------------------------------------------------------------
+Packs = bool | Callable[[type], bool]  # ObjectiveEntry.packs: a declaration, or a test of the model class
+
+
 @dataclass(frozen=True)
 class LossEntry:
     """A loss of the ``set`` objective. ``fn(objectives, model, batch, generator, cache) -> scalar tensor``."""
@@ -136,7 +139,7 @@ class LossEntry:
     help: str = ""
     model_params: tuple[tuple[str, Any], ...] = ()  # model config fields it sets (multilabel: sigmoid outputs)
     positions: Callable[..., Any] | None = None  # terms per recipe, see ObjectiveEntry.positions
-    packs: bool = False  # computed on packed rows when the run packs, see ObjectiveEntry.packs
+    packs: Packs = False  # computed on packed rows when the run packs, see ObjectiveEntry.packs
 
     def defaults(self) -> dict[str, Any]:
         if self.params is None:
@@ -159,9 +162,11 @@ class ObjectiveEntry:
     # ``[B]``) adds to a loss that is the mean over a batch's terms (a [B] tensor), or None when the loss is one
     # term per recipe (:data:`PER_RECIPE`). Undeclared (None): length-grouped batches stay off by default.
     positions: Callable[..., Any] | None = None
-    # True: it runs the model through ``Objectives.run`` only and uses its logits/hidden states only (not pooled
-    # vectors or heads), so a run can pack several recipes a row (``train.pack``) and get the same loss.
-    packs: bool = False
+    # True: it runs the model through ``Objectives.run`` only and uses its per-position outputs only (logits,
+    # hidden states, RTD logits; not pooled vectors or per-set heads), so a run can pack several recipes a row
+    # (``train.pack``) and get the same loss. ``packs(model_cls) -> bool`` when that depends on the model (the
+    # element MLM, not a held-out model's; pooled on a sequence head, not on slots): see :func:`runs_packed`.
+    packs: Packs = False
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,12 @@ def register_model(cls: T) -> T:
     return cls
 
 
+def runs_packed(entry: LossEntry | ObjectiveEntry, model_cls: type) -> bool:
+    """Whether objective or loss ``entry`` computes its loss on packed rows for a model of ``model_cls`` (its
+    ``packs`` declaration)."""
+    return entry.packs(model_cls) if callable(entry.packs) else bool(entry.packs)
+
+
 def PER_RECIPE(n: Any, cfg: Any, model_cls: Any) -> None:
     """``positions`` of a loss that is one term per recipe (the mean over the batch's recipes)."""
     return None
@@ -225,7 +236,7 @@ def PER_RECIPE(n: Any, cfg: Any, model_cls: Any) -> None:
 
 def register_loss(name: str, *, heads: tuple[str, ...], params: type | None = None, perplexity: bool = False,
                   help: str = "", model_params: dict[str, Any] | None = None,
-                  positions: Callable[..., Any] | None = None, packs: bool = False) -> Callable[[Callable], Callable]:
+                  positions: Callable[..., Any] | None = None, packs: Packs = False) -> Callable[[Callable], Callable]:
     """Decorator: register a set loss for the models whose ``set_head`` is in ``heads``; ``model_params`` are
     model config fields a run with this loss sets (under the user's own); ``positions`` and ``packs`` as for
     :class:`ObjectiveEntry`."""
@@ -243,7 +254,7 @@ def register_loss(name: str, *, heads: tuple[str, ...], params: type | None = No
 
 def register_objective(name: str, *, head: str | None = None, task: bool = False, perplexity: bool = False,
                        help: str = "", positions: Callable[..., Any] | None = None,
-                       packs: bool = False) -> Callable[[Callable], Callable]:
+                       packs: Packs = False) -> Callable[[Callable], Callable]:
     """Decorator: register a training objective (``positions``, ``packs``: see :class:`ObjectiveEntry`)."""
 
     def deco(fn: Callable) -> Callable:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -19,9 +20,10 @@ from recipeset.registry import LOSSES, MODELS
 def test_the_variants_are_every_model_with_every_set_loss_it_runs():
     variants = study_variants()
     assert {"decoder-clm", "decoder-clm-unpacked", "decoder-set-ar", "decoder-min-perm", "decoder-pooled",
-            "set-transformer-mlm", "set-transformer-hungarian", "set-transformer-pooled", "deep-sets-mlm",
-            "deep-sets-multilabel"} == set(variants)
-    assert variants["decoder-clm-unpacked"] == {**variants["decoder-clm"], "train.pack": False}
+            "set-transformer-mlm", "set-transformer-mlm-unpacked", "set-transformer-hungarian",
+            "set-transformer-pooled", "deep-sets-mlm", "deep-sets-multilabel"} == set(variants)
+    for packed in ("decoder-clm", "set-transformer-mlm"):  # the default objectives that pack, also unpacked
+        assert variants[f"{packed}-unpacked"] == {**variants[packed], "train.pack": False}
     for over in variants.values():  # every one is a valid run config
         RunConfig().override(over)
     assert {o["model.name"] for o in variants.values()} == set(MODELS.names())
@@ -41,9 +43,10 @@ def test_bench_variant_counts_real_positions_and_flops():
     assert dense_matmul_flops(n=64, repeats=3) > 0
 
 
-def test_bench_reports_the_packed_decoder_beside_the_unpacked_one():
-    cfg = RunConfig().override({"data.n_recipes": 300, "model.d_model": 16, "model.n_layers": 1,
-                                "train.batch_size": 16, "train.device": "cpu"})
+@pytest.mark.parametrize("model", ["decoder", "set-transformer"])
+def test_bench_reports_the_packed_default_beside_the_unpacked_one(model):
+    cfg = RunConfig().override({"model.name": model, "data.n_recipes": 300, "model.d_model": 16,
+                                "model.n_layers": 1, "train.batch_size": 16, "train.device": "cpu"})
     data = prepare_data(cfg.data)
     packed = bench_variant(cfg, data, steps=2, warmup=1, eval_queries=8, joint_queries=1)
     plain = bench_variant(cfg.override({"train.pack": False}), data, steps=2, warmup=1, eval_queries=8,

@@ -158,10 +158,11 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize(("order", "pack"), [("shuffle", None), ("frequency", False)])  # None: a decoder packs
-def test_resume_in_process_gives_identical_weights(tmp_path, data, deterministic, order, pack):
-    over = {"train.max_steps": 13, "train.checkpoint_every": 5, "data.order": order, "train.deterministic": True,
-            "train.eval_every": 4, "model.dropout": 0.1, "train.pack": pack}
+@pytest.mark.parametrize(("model", "order", "pack"), [("decoder", "shuffle", None), ("decoder", "frequency", False),
+                                                     ("set-transformer", "frequency", None)])  # None: both pack
+def test_resume_in_process_gives_identical_weights(tmp_path, data, deterministic, model, order, pack):
+    over = {"model.name": model, "train.max_steps": 13, "train.checkpoint_every": 5, "data.order": order,
+            "train.deterministic": True, "train.eval_every": 4, "model.dropout": 0.1, "train.pack": pack}
     straight = make_trainer(tmp_path / "a", data=data, **over)
     assert straight.objectives.pack == (pack is None)
     straight.fit()

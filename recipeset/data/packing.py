@@ -4,10 +4,12 @@ A batch of sets is padded to its longest: on flavornet ~47% of a decoder's input
 the batch (the same recipes the epoch plan gives it, so nothing about the training distribution changes) and
 lays several of its sequences in each row of a ``[R, W]`` tensor instead: W = the longest sequence (or a larger
 ``width``), sequences placed first-fit-decreasing (95% real positions on flavornet-like batches of 64). A model
-then needs to keep the sequences of a row apart: :func:`block_causal_mask` (a position attends to its own
-sequence's earlier positions only) and :func:`restart_positions` (positions count from 0 in each sequence), both
-from the row's sequence ids (:meth:`Packing.sequence_ids`, -1 on padding). :meth:`Packing.unpack` puts the
-outputs back at each sequence's positions of the ``[B, L]`` batch, so a loss sees the batch as unpacked.
+then needs to keep the sequences of a row apart, from the row's sequence ids (:meth:`Packing.sequence_ids`, -1
+on padding): a decoder with :func:`block_causal_mask` (a position attends to its own sequence's earlier positions
+only) and :func:`restart_positions` (positions count from 0 in each sequence), a set encoder with
+:func:`block_diagonal_mask` (a position attends to its own set only) and :func:`sequence_index` (which of its
+row's sets a position belongs to: an ISAB's inducing points attend to each set apart). :meth:`Packing.unpack`
+puts the outputs back at each sequence's positions of the ``[B, L]`` batch, so a loss sees the batch as unpacked.
 """
 
 from __future__ import annotations
@@ -94,23 +96,40 @@ class Packing:
         return self.pack(ids, fill=-1)
 
 
+def block_diagonal_mask(ids: torch.Tensor) -> torch.Tensor:
+    """``[R, W, W]`` bool from sequence ids ``[R, W]``: position i may attend to every position j of its own
+    sequence (a set: no order). Padding (id -1) attends to the row's padding, so no row is ever fully masked."""
+    return ids[:, :, None] == ids[:, None, :]
+
+
 def block_causal_mask(ids: torch.Tensor) -> torch.Tensor:
-    """``[R, W, W]`` bool from sequence ids ``[R, W]``: position i may attend to j <= i of its own sequence.
-    Padding (id -1) attends to the padding before it, so no row is ever fully masked."""
+    """``[R, W, W]`` bool from sequence ids ``[R, W]``: position i may attend to j <= i of its own sequence
+    (:func:`block_diagonal_mask`, made causal). Padding (id -1) attends to the padding before it, so no row is
+    ever fully masked."""
     W = ids.shape[1]
     causal = torch.ones(W, W, dtype=torch.bool, device=ids.device).tril()
-    return (ids[:, :, None] == ids[:, None, :]) & causal
+    return block_diagonal_mask(ids) & causal
+
+
+def _run_starts(ids: torch.Tensor) -> torch.Tensor:
+    """``[R, W]`` bool: True where a run of one id begins (a sequence, or the row's padding)."""
+    first = torch.ones_like(ids, dtype=torch.bool)
+    first[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    return first
 
 
 def restart_positions(ids: torch.Tensor) -> torch.Tensor:
     """``[R, W]`` position of every packed position within its sequence (0 at each sequence's first position);
     0 on padding (id -1). Sequences are contiguous runs of one id."""
-    W = ids.shape[1]
-    cols = torch.arange(W, device=ids.device).expand_as(ids)
-    first = torch.ones_like(ids, dtype=torch.bool)
-    first[:, 1:] = ids[:, 1:] != ids[:, :-1]
-    start = torch.where(first, cols, 0).cummax(1).values
+    cols = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    start = torch.where(_run_starts(ids), cols, 0).cummax(1).values
     return torch.where(ids >= 0, cols - start, 0)
+
+
+def sequence_index(ids: torch.Tensor) -> torch.Tensor:
+    """``[R, W]`` int64: which run of its row each packed position belongs to, counted from 0 in every row (the
+    row's trailing padding is a run of its own). Sequences are contiguous runs of one id."""
+    return _run_starts(ids).long().cumsum(1) - 1
 
 
 def packed_real_fraction(batches: list[np.ndarray], lengths: np.ndarray) -> float:

@@ -8,7 +8,10 @@ All blocks are pre-LayerNorm residual blocks with an MLP::
     H   = X + Attn(LN(X), LN(Y))
     out = H + MLP(LN(H))
 
-Masks are boolean key-padding masks, ``True`` on real elements (the same convention as ``Batch.mask``).
+Masks are boolean key-padding masks, ``True`` on real elements (the same convention as ``Batch.mask``). SAB and
+ISAB also run packed rows (training, :mod:`recipeset.data.packing`): several sets a row, told apart by their
+sequence ids, each element attending only to its own set (ISAB: each set through its own copy of the inducing
+points), so each set's outputs are those it has alone.
 Two guarantees the tests check:
 
 * a padded position never changes a real position's output (real queries only attend to real keys);
@@ -24,6 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from recipeset.data.packing import block_diagonal_mask, sequence_index
 
 
 class MLP(nn.Module):
@@ -99,8 +104,12 @@ class SAB(nn.Module):
         super().__init__()
         self.mab = MAB(d_model, n_heads, dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x ``[B, N, D]``, mask ``[B, N]`` (True on real elements) → ``[B, N, D]``."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                sequence_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x ``[B, N, D]``, mask ``[B, N]`` (True on real elements) → ``[B, N, D]``; or packed rows: the sets of
+        ``sequence_ids [B, N]`` (-1 on padding; ``mask`` unused), each attending to itself only."""
+        if sequence_ids is not None:
+            return self.mab(x, x, attn_mask=block_diagonal_mask(sequence_ids))
         if mask is None:
             return self.mab(x, x)
         N = x.shape[1]
@@ -118,10 +127,26 @@ class ISAB(nn.Module):
         self.mab_in = MAB(d_model, n_heads, dropout, sink=True)  # inducing points may face an empty set
         self.mab_out = MAB(d_model, n_heads, dropout)  # keys are the m inducing summaries: never padded
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x ``[B, N, D]``, mask ``[B, N]`` (True on real elements) → ``[B, N, D]``."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                sequence_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x ``[B, N, D]``, mask ``[B, N]`` (True on real elements) → ``[B, N, D]``; or packed rows: the sets of
+        ``sequence_ids [B, N]`` (-1 on padding; ``mask`` unused), see :meth:`_forward_packed`."""
+        if sequence_ids is not None:
+            return self._forward_packed(x, sequence_ids)
         h = self.mab_in(self.inducing.expand(x.shape[0], -1, -1), x, key_mask=mask)
         return self.mab_out(x, h)
+
+    def _forward_packed(self, x: torch.Tensor, sequence_ids: torch.Tensor) -> torch.Tensor:
+        """Each of a row's S sets (its padding one more) gets its own m inducing points: the row's S·m queries,
+        query k belonging to set k // m, attend to that set's elements only (and the sink), and each element to
+        its own set's m summaries only."""
+        m = self.inducing.shape[1]
+        own = sequence_index(sequence_ids)  # [B, N]
+        S = int(own.max()) + 1
+        owner = torch.arange(S, device=x.device).repeat_interleave(m)  # [S·m]: the set of each inducing query
+        allowed = owner[None, :, None] == own[:, None, :]  # [B, S·m, N]
+        h = self.mab_in(self.inducing.repeat(1, S, 1).expand(x.shape[0], -1, -1), x, attn_mask=allowed)
+        return self.mab_out(x, h, attn_mask=allowed.transpose(1, 2))
 
 
 class PMA(nn.Module):

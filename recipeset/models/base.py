@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -51,6 +51,12 @@ class ModelOutput:
     rtd_logits: torch.Tensor | None = None
     slot_logits: torch.Tensor | None = None
     set_logits: torch.Tensor | None = None
+
+    def per_position(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ModelOutput:
+        """The per-position outputs (``logits``, ``hidden``, ``rtd_logits``) mapped by ``fn`` (e.g. packed rows put
+        back at each set's positions); the per-set ones are left out."""
+        return ModelOutput(**{name: fn(value) for name in ("logits", "hidden", "rtd_logits")
+                              if (value := getattr(self, name)) is not None})
 
 
 # ---- small shared pieces ------------------------------------------------------------------------------
@@ -335,7 +341,7 @@ class RecipeModel(nn.Module):
     @classmethod
     def packing_refusal(cls, params: Mapping[str, Any]) -> str | None:
         """Why a model of config ``params`` cannot run packed rows (several sets a row, ``forward(...,
-        sequences=ids)``, see :mod:`recipeset.data.packing`), in a few words; None when it can."""
+        sequence_ids=ids)``, see :mod:`recipeset.data.packing`), in a few words; None when it can."""
         return f"model {cls.model_type!r} does not run on packed rows"
 
     @classmethod

@@ -11,6 +11,10 @@ Heads (each optional but the MLM head):
 
 Cuisine conditioning adds a learned cuisine vector to every element of the input and to the slot seeds
 (an extra "unknown" row serves cuisine -1); it is never combined with the cuisine head.
+
+Training may pack several sets a row (``train.pack``, ``forward(..., sequence_ids=...)``, the element MLM and RTD):
+each element then attends to its own set only (:mod:`recipeset.data.packing`) and only the per-element outputs
+are computed.
 """
 
 from __future__ import annotations
@@ -92,6 +96,14 @@ class SetTransformer(RecipeModel):
         return {"set": 1.0} if set_loss or int(params.get("n_slots", 0)) > 0 else {"mlm": 1.0}
 
     @classmethod
+    def packing_refusal(cls, params):
+        # The encoder runs packed rows whatever its config (SAB or ISAB; features; the cuisine vector, which the
+        # element MLM and RTD never set, is then the "unknown" one for every element as unpacked). What pools a set
+        # (PMA: cls, coherence; the slot decoder: set) is not computed on packed rows: those objectives and losses
+        # do not declare ``packs``, so their runs keep one set a row.
+        return None
+
+    @classmethod
     def configure(cls, params, objectives, order, max_set):
         if "set" not in objectives:
             return params
@@ -148,10 +160,12 @@ class SetTransformer(RecipeModel):
         return not self.has_slots  # the slot decoder stops where slots predict ∅
 
     # ---- forward --------------------------------------------------------------------------------------
-    def encode(self, tokens: torch.Tensor, mask: torch.Tensor, cuisine: torch.Tensor | None = None,
-               segments: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode(self, tokens: torch.Tensor, mask: torch.Tensor | None, cuisine: torch.Tensor | None = None,
+               segments: torch.Tensor | None = None, sequence_ids: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encoder: ``[B, T]`` ids → ``hidden [B, T, D]`` (permutation equivariant) and the conditioning
-        vector ``[B, D]`` (None without cuisine conditioning)."""
+        vector ``[B, D]`` (None without cuisine conditioning). ``sequence_ids [B, T]``: packed rows (see
+        :meth:`forward`)."""
         B = tokens.shape[0]
         x = self.embed(tokens)
         cond = None
@@ -164,37 +178,49 @@ class SetTransformer(RecipeModel):
             x = x + self.segment(segments)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, sequence_ids)
         return self.ln_f(x), cond
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, cuisine: torch.Tensor | None = None,
-                segments: torch.Tensor | None = None) -> ModelOutput:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, cuisine: torch.Tensor | None = None,
+                segments: torch.Tensor | None = None, sequence_ids: torch.Tensor | None = None) -> ModelOutput:
         """
         tokens:   ``[B, T]`` ids (any order; [MASK] where the MLM objective hides one), right-padded
-        mask:     ``[B, T]`` True on real elements (padding never changes a real element's output)
+        mask:     ``[B, T]`` True on real elements (padding never changes a real element's output; None = all real)
         cuisine:  ``[B]`` cuisine ids (-1 unknown); used only when ``config.cuisine_condition``
         segments: ``[B, T]`` 0/1 segment ids (coherence pairs); needs ``coherence_head``
+        sequence_ids: ``[B, T]`` int, packed rows (training; :mod:`recipeset.data.packing`): several sets a row,
+                  each a run of positions of one id (-1 on padding; ``mask`` unused). An element attends only to
+                  its own set. No cuisine or segments.
         returns   ModelOutput with ``logits [B, T, V]`` (per-element, specials -inf but NULL), ``hidden``,
                   ``pooled [B, D]`` (PMA(1)), and ``cuisine_logits``/``coherence_logits``/``rtd_logits``/
-                  ``slot_logits [B, K, V]`` for the configured heads
+                  ``slot_logits [B, K, V]`` for the configured heads; packed rows: the per-element ones only
+                  (``logits``, ``hidden``, ``rtd_logits``)
         """
+        if sequence_ids is not None:
+            if cuisine is not None or segments is not None:
+                raise RecipesetError("packed rows hold several sets: a cuisine or segments per row does not apply; "
+                                     "train with train.pack = false")
+            return self._element_outputs(self.encode(tokens, None, sequence_ids=sequence_ids)[0])
         h, cond = self.encode(tokens, mask, cuisine, segments)
-        table = self.embed.tied_weight
-        logits = self._head_logits(h, self.lm_head, table) + self.logit_bias
-        pooled = self.ln_pool(self.pool(h, mask).squeeze(1))
-        slot_logits = None
+        out = self._element_outputs(h)
+        out.pooled = self.ln_pool(self.pool(h, mask).squeeze(1))
+        if self.cuisine_head is not None:
+            out.cuisine_logits = self.cuisine_head(out.pooled)
+        if self.coherence_head is not None:
+            out.coherence_logits = self.coherence_head(out.pooled).squeeze(-1)
         if self.has_slots:
             s = self.slot_pool(h, mask, seed_shift=cond)
             for block in self.slot_blocks:
                 s = block(s)
-            slot_logits = self._head_logits(self.ln_slots(s), self.lm_head, table) + self.logit_bias
-        return ModelOutput(
-            logits=logits, hidden=h, pooled=pooled,
-            cuisine_logits=None if self.cuisine_head is None else self.cuisine_head(pooled),
-            coherence_logits=None if self.coherence_head is None else self.coherence_head(pooled).squeeze(-1),
-            rtd_logits=None if self.rtd_head is None else self.rtd_head(h).squeeze(-1),
-            slot_logits=slot_logits,
-        )
+            slot_logits = self._head_logits(self.ln_slots(s), self.lm_head, self.embed.tied_weight)
+            out.slot_logits = slot_logits + self.logit_bias
+        return out
+
+    def _element_outputs(self, h: torch.Tensor) -> ModelOutput:
+        """The per-element outputs of encoded elements ``h [B, T, D]``: MLM ``logits``, ``hidden``, ``rtd_logits``."""
+        logits = self._head_logits(h, self.lm_head, self.embed.tied_weight) + self.logit_bias
+        return ModelOutput(logits=logits, hidden=h,
+                           rtd_logits=None if self.rtd_head is None else self.rtd_head(h).squeeze(-1))
 
     # ---- scorer protocol ------------------------------------------------------------------------------
     def _candidate_log_probs(self, tokens: torch.Tensor, mask: torch.Tensor,

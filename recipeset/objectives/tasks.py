@@ -145,14 +145,14 @@ class Objectives:
     def run(self, model: RecipeModel, tokens: torch.Tensor, mask: torch.Tensor) -> ModelOutput:
         """The model's output on sets ``tokens/mask [B, T]`` in the training order, fed by ``model.feed``
         (``[B, T']``). When the run packs (``train.pack``) the fed sets are packed several a row
-        (:class:`~recipeset.data.packing.Packing`), and the logits and hidden states put back at each set's
-        positions: ``[B, T', ...]`` as unpacked, equal up to float rounding (pooled and the heads are None)."""
+        (:class:`~recipeset.data.packing.Packing`), and the per-position outputs (logits, hidden states, RTD
+        logits) put back at each set's positions: ``[B, T', ...]`` as unpacked, equal up to float rounding (pooled
+        and the per-set heads are None)."""
         fed, fed_mask, _ = model.feed(tokens, mask)
         if not self.pack:
             return model(fed, fed_mask)
         packing = Packing.of(fed_mask)
-        out = model(packing.pack(fed), sequence_ids=packing.sequence_ids())
-        return ModelOutput(logits=packing.unpack(out.logits), hidden=packing.unpack(out.hidden))
+        return model(packing.pack(fed), sequence_ids=packing.sequence_ids()).per_position(packing.unpack)
 
     def clean(self, model: RecipeModel, batch: Batch, cache: dict) -> ModelOutput:
         """The forward pass on the uncorrupted batch, computed once per step and shared by the objectives."""
@@ -211,8 +211,13 @@ def clm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, c
     return standard_loss(out.logits, next_token_targets(batch.tokens, batch.mask), o.ls)
 
 
+def masks_elements(model_cls: type) -> bool:
+    """``packs`` of the element MLM: its BERT-masked sets run through ``Objectives.run`` (not a held-out model's)."""
+    return model_cls.masked_prediction == "elements"
+
+
 @register_objective("mlm", perplexity=True, help="masked ingredients (BERT 80/10/10), or one held-out ingredient",
-                    positions=masked_positions)
+                    positions=masked_positions, packs=masks_elements)
 def mlm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     if model.masked_prediction == "held-out" and o.obj.held_out == "all":
         loss = _held_out_all(o, model, batch)
@@ -233,8 +238,7 @@ def mlm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, c
         return F.cross_entropy(out.set_logits.float(), target, ignore_index=IGNORE, label_smoothing=o.ls)
     mb = mlm_mask(batch.tokens, batch.mask, len(model.vocab), prob=o.obj.mlm_prob, generator=gen,
                   null_prob=o.obj.null_prob)
-    out = model(mb.tokens, mb.mask)
-    return mlm_set_loss(out.logits, mb.labels, mb.masked_with_token, o.ls)
+    return mlm_set_loss(o.run(model, mb.tokens, mb.mask).logits, mb.labels, mb.masked_with_token, o.ls)
 
 
 def _held_out_all(o: Objectives, model: RecipeModel, batch: Batch) -> torch.Tensor:
@@ -288,11 +292,12 @@ def _bce(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.
     return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
-@register_objective("rtd", head="rtd_head", help="replaced-ingredient detection", positions=every_position)
+@register_objective("rtd", head="rtd_head", help="replaced-ingredient detection", positions=every_position,
+                    packs=True)
 def rtd(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     tokens, labels = rtd_corrupt(batch.tokens, batch.mask, len(model.vocab), prob=o.obj.rtd_prob,
                                  generator=gen, cooccurrence=o.cooccurrence)
-    out = model(tokens, batch.mask)
+    out = o.run(model, tokens, batch.mask)
     return _bce(out.rtd_logits[batch.mask], labels[batch.mask], o.ls)
 
 
@@ -375,9 +380,14 @@ def min_perm(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generat
     return min_perm_loss(nll, batch.tokens, mask, k=o.loss_params.k, generator=gen)
 
 
+def sequence_head(model_cls: type) -> bool:
+    """``packs`` of a loss whose sequence-head path alone runs through ``Objectives.run`` (not its slot path)."""
+    return model_cls.set_head == "sequence"
+
+
 # pooled: one term per recipe, but left undeclared so a run keeps plain batches by default (not measured grouped);
-# packs: its decoder path runs through Objectives.run (its slot path is for models that do not pack)
-@register_loss("pooled", heads=("sequence", "slots"), params=PooledParams, packs=True,
+# packs: its decoder path runs through Objectives.run (its slot path, one query a row, does not pack)
+@register_loss("pooled", heads=("sequence", "slots"), params=PooledParams, packs=sequence_head,
                help="max-pooled probabilities over steps/slots + BCE, a class-balanced stop loss")
 def pooled(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     p = o.loss_params
