@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from recipeset import protocol
-from recipeset.config import RunConfig, load_config, resolve_objectives
+from recipeset.config import RunConfig, load_config, pack_for, resolve_objectives
 from recipeset.data.prepare import PreparedData, prepare_data
 from recipeset.data.sources import load_dataset
 from recipeset.data.sources.flavornet import find_flavornet, flavornet_compound_features
@@ -289,6 +289,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
             open_store(cfg.tracking.tracking_uri)  # is one line now, not a traceback after the data
         weights = resolve_objectives(cfg)
         cfg.objectives.weights = weights
+        cfg.train.pack = pack_for(cfg)  # saved resolved: a resumed run packs as it started, whatever a later
+        #                                 version's default for its model and objectives
         seed_all(cfg.train.seed, cfg.train.deterministic)
         torch.set_num_threads(resolve_threads(cfg.train.threads))
         out_dir.mkdir(parents=True, exist_ok=True)

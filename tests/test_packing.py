@@ -4,6 +4,8 @@ config hashes."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -292,9 +294,12 @@ def test_training_a_set_transformer_from_the_cli_packs_its_batches(tmp_path, mon
         tiny += ["--set", kv]
     ok("train", *tiny, "--out", "packed")
     assert sum(packed) >= 3  # every training step (and the validation loss); evaluation runs a query a row
+    # saved resolved, so that --resume packs as the run started even if a later default differs
+    assert json.loads((tmp_path / "packed" / "config.json").read_text())["train"]["pack"] is True
     packed.clear()
     ok("train", *tiny, "--set", "train.pack=false", "--out", "plain")
     assert packed and not any(packed)
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["train"]["pack"] is False
 
 
 # ---- which runs pack ------------------------------------------------------------------------------------------------
