@@ -163,13 +163,14 @@ def test_joint_chunking_and_batching_change_nothing(name):
 @pytest.mark.parametrize("name", ["frequency", "shuffle-3-orders", "given-cuisine-positions"])
 @pytest.mark.parametrize("K", [1, 4, 9])
 def test_reranked_joint_is_exact_on_the_top_candidates_and_next_ordered_below(name, K):
-    """``joint_candidates = K``: each query's K best ``next`` candidates get their exact joint score; every other
-    allowed candidate ranks below all of them, in ``next`` order; the -inf ids are the same."""
+    """``joint_candidates = K``: each query's K best first-stage candidates get their exact joint score; every
+    other allowed candidate ranks below all of them, in the first stage's order; the -inf ids are the same."""
     model = DECODERS[name]
     tokens, mask = pad_ids(QUERIES)
     cuisine = _cuisine(model, len(QUERIES))
     exact = model.completion_scores_ids(tokens, mask, mode="joint", cuisine=cuisine)
-    first = model.completion_scores_ids(tokens, mask, mode="next", cuisine=cuisine)
+    with torch.inference_mode():
+        first = model._joint_proposals(tokens, mask, cuisine)
     model.config.joint_candidates = K
     try:
         got = model.completion_scores_ids(tokens, mask, mode="joint", cuisine=cuisine)
@@ -186,6 +187,26 @@ def test_reranked_joint_is_exact_on_the_top_candidates_and_next_ordered_below(na
             assert got[b, rest].max() < got[b, top].min()
             order = first[b, rest].argsort(descending=True)
             assert torch.all(got[b, rest][order].diff() <= 0)
+
+
+@pytest.mark.parametrize("name", ["frequency", "given-cuisine-positions"])
+def test_joint_proposal_is_the_query_likelihood_plus_the_candidate_at_its_slot(name):
+    """First stage, by hand: log p([BOS] + q + [EOS]) + log p(y | [BOS] + q[:i]) at y's slot i in the order
+    (``given``: the mean of p(y | [BOS] + q[:i]) over the slots i = 0..n), one plain pass each."""
+    model = DECODERS[name]
+    q, y = [15, 9, 12], 20
+    cuisine = _cuisine(model, 1)
+    seq = q if model.given_order else sorted(q, key=lambda i: int(model.order_ranks[0, i]))
+    with torch.no_grad():
+        logp = F.log_softmax(model(torch.tensor([[BOS, *seq]]), cuisine=cuisine).logits[0].float(), -1)
+        got = model._joint_proposals(*pad_ids([q]), cuisine)[0, y]
+    q_ll = logp[torch.arange(len(seq) + 1), torch.tensor([*seq, EOS])].sum()
+    if model.given_order:
+        expected = q_ll + torch.logsumexp(logp[:, y], 0) - torch.log(torch.tensor(len(seq) + 1.0))
+    else:
+        slot = sum(int(model.order_ranks[0, x]) < int(model.order_ranks[0, y]) for x in seq)
+        expected = q_ll + logp[slot, y]
+    torch.testing.assert_close(got, expected, **ATOL)
 
 
 def test_reranking_every_candidate_is_the_exact_joint():

@@ -522,12 +522,12 @@ class CausalDecoder(RecipeModel):
 
     def _reranked_joint_scores(self, tokens, mask, cuisine) -> torch.Tensor:
         """``joint`` scores ``[B, V]``: exact for every candidate (``joint_candidates`` None), or exact for each
-        query's top ``joint_candidates`` candidates by ``next`` score and, below all of them, the others in
-        ``next`` order (a two-stage ranker: the joint pass costs ~K/V of the exact one)."""
+        query's top ``joint_candidates`` candidates by :meth:`_joint_proposals` and, below all of them, the others
+        in that order (a two-stage ranker: the suffix passes, the bulk of the cost, shrink to ~K/V)."""
         K = self.config.joint_candidates
         cand = None
         if K is not None and K < self.config.vocab_size - NUM_SPECIALS:
-            first = self.completion_scores_ids(tokens, mask, "next", cuisine)
+            first = self._joint_proposals(tokens, mask, cuisine)
             cand = first.topk(K, -1).indices  # [B, K] (-inf ones, when fewer are allowed, stay -inf below)
         if self.given_order:
             scores = self._joint_scores_given(tokens, mask, cuisine, cand=cand)[None]
@@ -540,8 +540,32 @@ class CausalDecoder(RecipeModel):
         top = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, cand, True) & torch.isfinite(scores)
         floor = scores.masked_fill(~top, float("inf")).amin(1, keepdim=True)  # the lowest re-ranked score
         last = first.masked_fill(top | ~torch.isfinite(first), float("-inf")).amax(1, keepdim=True)
-        rest = floor - 1 + (first - last)  # below every re-ranked candidate, in `next` order
+        rest = floor - 1 + (first - last)  # below every re-ranked candidate, in the proposals' order
         return torch.where(top, scores, torch.where(torch.isfinite(first) & ~top, rest, scores))
+
+    def _joint_proposals(self, tokens, mask, cuisine) -> torch.Tensor:
+        """``[B, V]`` the first stage of re-ranked ``joint`` scoring, from one pass over ``[BOS] + q`` per order:
+        log p(q + [EOS]) + log p(y | the part of q before y's slot) — the joint log-likelihood of q ∪ {y} as if
+        y changed nothing after it — log-mean-exp'd over the orders like the joint (``given``: over the slots
+        0..n y may have been taken from). -inf on specials and on the query's ids."""
+        n = mask.sum(1)
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        per_order = []
+        for k in range(1 if self.given_order else self.joint_order_count):
+            ordered = self._ordered(tokens, mask, k)
+            logp = F.log_softmax(self(*self.with_bos(ordered, mask), cuisine).logits.float(), -1)  # [B, T+1, V]
+            seq_ll = logp[:, :-1].gather(-1, ordered[..., None]).squeeze(-1).masked_fill(~mask, 0).sum(1)
+            seq_ll = seq_ll + logp[rows, n, EOS]
+            if self.given_order:
+                slot_ok = torch.arange(logp.shape[1], device=tokens.device)[None, :] <= n[:, None]  # [B, T+1]
+                after = torch.logsumexp(logp.masked_fill(~slot_ok[..., None], float("-inf")), 1)
+                after = after - torch.log(n[:, None].float() + 1)
+            else:
+                ranks = self.order_ranks[k]
+                slot = ((ranks[ordered][:, :, None] < ranks[None, None, :]) & mask[..., None]).sum(1)  # [B, V]
+                after = logp.gather(1, slot[:, None, :]).squeeze(1)
+            per_order.append(seq_ll[:, None] + after)
+        return self.combine_orders(torch.stack(per_order), tokens, mask)
 
     @property
     def joint_order_count(self) -> int:
