@@ -162,7 +162,7 @@ def test_joint_chunking_and_batching_change_nothing(name):
 
 @pytest.mark.parametrize("name", ["frequency", "shuffle-3-orders", "given-cuisine-positions"])
 @pytest.mark.parametrize("K", [1, 4, 9])
-def test_reranked_joint_is_exact_on_the_top_candidates_and_next_ordered_below(name, K):
+def test_reranked_joint_is_exact_on_the_top_candidates_and_first_stage_ordered_below(name, K):
     """``joint_candidates = K``: each query's K best first-stage candidates get their exact joint score; every
     other allowed candidate ranks below all of them, in the first stage's order; the -inf ids are the same."""
     model = DECODERS[name]
@@ -209,9 +209,20 @@ def test_joint_proposal_is_the_query_likelihood_plus_the_candidate_at_its_slot(n
     torch.testing.assert_close(got, expected, **ATOL)
 
 
+def test_random_orders_rerank_by_default_and_canonical_orders_score_every_candidate():
+    from recipeset.models.decoder import JOINT_CANDIDATES
+
+    assert DECODERS["shuffle-3-orders"].joint_candidate_count == JOINT_CANDIDATES
+    assert DECODERS["random-fixed"].joint_candidate_count == JOINT_CANDIDATES
+    assert DECODERS["frequency"].joint_candidate_count == 0 and DECODERS["given"].joint_candidate_count == 0
+    assert _decoder(train_order="shuffle", joint_candidates=0).joint_candidate_count == 0
+    assert _decoder(joint_candidates=5).joint_candidate_count == 5
+
+
 def test_reranking_every_candidate_is_the_exact_joint():
     model = DECODERS["shuffle-3-orders"]
     tokens, mask = pad_ids(QUERIES)
+    model.config.joint_candidates = 0
     exact = model.completion_scores_ids(tokens, mask, mode="joint")
     model.config.joint_candidates = V - NUM_SPECIALS
     try:
@@ -317,7 +328,7 @@ def test_bench_joint_reranking_reports_exact_and_each_k_on_the_same_queries():
                           vocab).eval()
     everything = vocab.num_ingredients
     out = bench_joint_reranking(model, dataset="synthetic", n_queries=8, candidates=(1, everything))
-    assert out["queries"] == 8 and out["joint_orders"] == 2 and model.config.joint_candidates is None
+    assert out["queries"] == 8 and out["joint_orders"] == 2 and model.config.joint_candidates is None  # restored
     assert out[f"K{everything}"]["rank_changed"] == 0.0  # re-ranking every candidate is the exact joint
     assert out[f"K{everything}"]["mrr"] == pytest.approx(out["exact"]["mrr"])
     assert 0.0 <= out["K1"]["rank_changed"] <= 1.0 and out["K1"]["seconds"] > 0

@@ -51,6 +51,8 @@ from recipeset.models.base import (
 from recipeset.registry import ORDERS, register_model
 
 WORK_CHUNK = 1 << 20  # logits (and copied keys/values) per pass of the cached joint scoring
+JOINT_CANDIDATES = 64  # a random-order decoder's default joint re-ranking depth (flavornet, 4 orders, 500 test
+#                        queries: Recall@10 identical to every candidate's, MRR within 3e-5, 4.8x faster)
 SHARED_SUFFIX = 1  # joint suffixes up to this long attend to an un-copied prefix (SharedPrefix); longer ones amortise
 #                    copying it per candidate (KVCache.select + the fused attention kernel), measured faster
 
@@ -275,8 +277,9 @@ class DecoderConfig:
     train_order: str = spec("frequency", choices=ORDERS)  # the training order; completion feeds queries in it
     joint_orders: int = spec(4, ge=1)  # orders averaged (log-mean-exp) in "joint" scoring for a random order
     next_orders: int = spec(1, ge=1)  # orders averaged in "next" scoring when train_order is random
-    joint_candidates: int | None = spec(None, ge=1)  # "joint" re-ranks each query's top this-many `next`
-    #                                 candidates (exact log-likelihoods); the rest follow in `next` order. None: all
+    joint_candidates: int | None = spec(None, ge=0)  # "joint" scores exactly each query's top this-many
+    #                                 first-stage candidates, the rest below them (see _reranked_joint_scores);
+    #                                 0: every candidate; None: JOINT_CANDIDATES for a random order, else 0
     stop_threshold: float | None = spec(None, ge=0, le=1)  # complete() adds the best ingredient while
     #                                 1 − p([EOS]) ≥ this (tuned on validation); None: stops when [EOS] is chosen
     stop_size: int | None = spec(None, ge=1)  # and at most this many (None: no cap); tuned with the threshold
@@ -524,9 +527,9 @@ class CausalDecoder(RecipeModel):
         """``joint`` scores ``[B, V]``: exact for every candidate (``joint_candidates`` None), or exact for each
         query's top ``joint_candidates`` candidates by :meth:`_joint_proposals` and, below all of them, the others
         in that order (a two-stage ranker: the suffix passes, the bulk of the cost, shrink to ~K/V)."""
-        K = self.config.joint_candidates
+        K = self.joint_candidate_count
         cand = None
-        if K is not None and K < self.config.vocab_size - NUM_SPECIALS:
+        if K and K < self.config.vocab_size - NUM_SPECIALS:
             first = self._joint_proposals(tokens, mask, cuisine)
             cand = first.topk(K, -1).indices  # [B, K] (-inf ones, when fewer are allowed, stay -inf below)
         if self.given_order:
@@ -566,6 +569,16 @@ class CausalDecoder(RecipeModel):
                 after = logp.gather(1, slot[:, None, :]).squeeze(1)
             per_order.append(seq_ll[:, None] + after)
         return self.combine_orders(torch.stack(per_order), tokens, mask)
+
+    @property
+    def joint_candidate_count(self) -> int:
+        """How many candidates a query's ``joint`` scoring scores exactly (0: all): ``joint_candidates``, by
+        default :data:`JOINT_CANDIDATES` for a random order (4 orders of suffix passes) and all for a canonical
+        one, where the first stage misses too much (frequency order, K = 64: Recall@10 0.645 against 0.659)."""
+        K = self.config.joint_candidates
+        if K is None:
+            return JOINT_CANDIDATES if self.random_order else 0
+        return K
 
     @property
     def joint_order_count(self) -> int:
