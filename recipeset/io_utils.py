@@ -13,6 +13,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -142,6 +143,21 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_in_background(data: bytes) -> Callable[[], str]:
+    """Start hashing ``data`` on a thread (hashlib lets go of the GIL on large buffers, so a parse can run
+    meanwhile); the returned function waits for the hex digest."""
+    box: list[str] = []
+    thread = threading.Thread(target=lambda: box.append(hashlib.sha256(data).hexdigest()), daemon=True,
+                              name="recipeset-sha256")
+    thread.start()
+
+    def result() -> str:
+        thread.join()
+        return box[0]
+
+    return result
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import io
 import itertools
 import json
@@ -31,7 +30,7 @@ import pyarrow.csv as pacsv
 
 from recipeset.data.table import CleaningReport, CodedSets, RecipeTable, combined_sha256, normalize_cuisine
 from recipeset.errors import RecipesetError, shown
-from recipeset.io_utils import parse_json
+from recipeset.io_utils import parse_json, sha256_in_background
 
 # What str.strip()/str.split() treat as whitespace (str.isspace), as an RE2 character class.
 PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
@@ -66,10 +65,16 @@ def decode_utf8(data: bytes, path: Path) -> str:
 
 def read_data(path: Path, what: str = "file", allow_empty: bool = False) -> tuple[bytes, str]:
     """``(bytes, sha256)`` of a file; an empty (or all-whitespace) file is an error unless ``allow_empty``."""
+    data, sha = read_data_hashing(path, what, allow_empty)
+    return data, sha()
+
+
+def read_data_hashing(path: Path, what: str = "file", allow_empty: bool = False) -> tuple[bytes, Callable[[], str]]:
+    """:func:`read_data` with the hash computed on a thread while the caller parses (a function waits for it)."""
     data = read_bytes(path, what)
     if not allow_empty and (not data or data.isspace()):
         raise RecipesetError(f"{path}: empty file, expected recipes")
-    return data, hashlib.sha256(data).hexdigest()
+    return data, sha256_in_background(data)
 
 
 def read_text(path: Path, what: str = "file", allow_empty: bool = False) -> tuple[str, str]:
@@ -207,7 +212,7 @@ def load_csv(path: str | os.PathLike, ingredients_column: str = "ingredients", d
     """
     path = Path(path)
     check_separators(path, delimiter, sep)
-    data, sha = read_data(path, "CSV file")
+    data, sha = read_data_hashing(path, "CSV file")
     simple = _is_simple_csv(data, sep, delimiter)
     header_end = data.find(b"\n") + 1 or len(data)
     reader = csv.reader(io.StringIO(decode_utf8(data[:header_end] if simple else data, path), newline=""),
@@ -222,12 +227,12 @@ def load_csv(path: str | os.PathLike, ingredients_column: str = "ingredients", d
         parsed = _parse_simple_csv(data, header_end, layout)
         if parsed is not None:
             del data  # the file's bytes are no longer needed while the table is built
-            return _simple_csv_table(parsed, layout, bad, name or path.stem, sha)
+            return _simple_csv_table(parsed, layout, bad, name or path.stem, sha())
         reader = csv.reader(io.StringIO(decode_utf8(data, path), newline=""), delimiter=sep, strict=True)
         next(reader)
     rows = _Rows(bad)
     _read_csv_rows(reader, layout, rows)
-    return rows.finish(path, name or path.stem, path.stem, sha)
+    return rows.finish(path, name or path.stem, path.stem, sha())
 
 
 def _read_csv_rows(reader, layout: _CsvLayout, rows: _Rows) -> None:
