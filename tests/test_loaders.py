@@ -307,8 +307,8 @@ def test_csv_basic_and_options(tmp_path):
     t = load_dataset(p2, ingredients_column="items", delimiter=",", sep="|", id_column="id", cuisine_column="kind")
     assert (t.recipe_ids, t.ingredients, t.cuisines) == (["7"], [["a", "b"]], ["x"])
     # the file's hash (computed on a thread while it is parsed), for the quote-free and the csv-module paths
-    assert t.sha256 == hashlib.sha256(p2.read_bytes()).hexdigest()
-    assert load_dataset(p).sha256 == hashlib.sha256(p.read_bytes()).hexdigest()
+    assert t.sha256 == combined_sha256({p2.name: hashlib.sha256(p2.read_bytes()).hexdigest()})
+    assert load_dataset(p).sha256 == combined_sha256({p.name: hashlib.sha256(p.read_bytes()).hexdigest()})
 
 
 def test_csv_bad_input(tmp_path):
