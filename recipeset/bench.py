@@ -51,7 +51,7 @@ from recipeset.data.sets import EncodedSets
 from recipeset.data.sources import load_dataset
 from recipeset.data.vocab import NULL, NUM_SPECIALS, Vocabulary
 from recipeset.errors import RecipesetError
-from recipeset.evaluation import leave_one_out_queries, mid_ranks, ranking_metrics
+from recipeset.evaluation import completion_ranks, leave_one_out_queries, ranking_metrics
 from recipeset.models.base import RecipeModel
 from recipeset.models.decoder import CausalDecoder, DecoderConfig
 from recipeset.models.decoder_reference import joint_scores_reference
@@ -510,29 +510,23 @@ def bench_joint_reranking(model: CausalDecoder, dataset: str = "flavornet", path
     data, _, data_name = bench_data(dataset, path)
     if model.vocab.ingredients != data.vocab.ingredients:
         raise RecipesetError(f"bench_joint_reranking: the model's vocabulary is not the one of {data_name!r}")
-    queries, targets, _ = leave_one_out_queries(eval_subset(data.test_eval, n_queries, seed), seed)
+    sets = eval_subset(data.test_eval, n_queries, seed)
     previous, saved = torch.get_num_threads(), model.config.joint_candidates
     if threads:
         torch.set_num_threads(threads)
-    out: dict = {"queries": len(queries), "dataset": data_name, "order": model.config.train_order,
-                 "joint_orders": model.joint_order_count}
+    out: dict = {"dataset": data_name, "order": model.config.train_order, "joint_orders": model.joint_order_count}
     try:
         for K in (0, *candidates):
             model.config.joint_candidates = K
             t0 = time.perf_counter()
-            ranks = []
-            for start in range(0, len(queries), batch_size):
-                rows = np.arange(start, min(start + batch_size, len(queries)))
-                tokens, mask = (torch.from_numpy(a) for a in queries.padded(rows))
-                scores = model.completion_scores_ids(tokens, mask, mode="joint")
-                ranks.append(mid_ranks(scores, torch.from_numpy(targets[rows])).numpy())
+            ranks = completion_ranks(model, sets, "joint", seed, batch_size)["rank"].to_numpy()
             entry = {"seconds": round(time.perf_counter() - t0, 3),
-                     **{k: v for k, v in ranking_metrics(np.concatenate(ranks)).items() if k in REPORTED_RANKING}}
+                     **{k: v for k, v in ranking_metrics(ranks).items() if k in REPORTED_RANKING}}
             if K == 0:
-                exact_ranks, out["exact"] = np.concatenate(ranks), entry
+                exact_ranks, out["exact"], out["queries"] = ranks, entry, len(ranks)
             else:
                 entry["speedup"] = round(out["exact"]["seconds"] / entry["seconds"], 2)
-                entry["rank_changed"] = float((np.concatenate(ranks) != exact_ranks).mean())
+                entry["rank_changed"] = float((ranks != exact_ranks).mean())
                 out[f"K{K}"] = entry
         out["torch_threads"] = torch.get_num_threads()
     finally:

@@ -39,14 +39,24 @@ from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import Vocabulary
 from recipeset.distributed import World, world
 from recipeset.errors import RecipesetError
+from recipeset.evaluation import evaluate_completion
 from recipeset.io_utils import atomic_write_dir, torch_save, write_errors
 from recipeset.models.io import WEIGHTS_FILE, read_weights, save_model
+from recipeset.protocol import eval_subset
 from recipeset.registry import ORDERS
 from recipeset.signals import raise_if_terminated
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
+
+
+VAL_COMPLETION = "val/completion/"  # periodic ranking metrics, computed when early stopping watches one
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger ``metric`` is better (ranking metrics: recall, MRR), for early stopping."""
+    return metric.rpartition("/")[2].startswith(("recall", "mrr"))
 
 
 # ---- seeding --------------------------------------------------------------------------------------------
@@ -380,8 +390,19 @@ class Trainer:
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(batch)
             count += len(batch)
+        metrics = {metric_name("val", k): v / max(count, 1) for k, v in sums.items()}
+        if self.t.early_stopping_metric.startswith(VAL_COMPLETION):
+            metrics.update(self._val_completion())
         self.model.train()
-        return {metric_name("val", k): v / max(count, 1) for k, v in sums.items()}
+        return metrics
+
+    def _val_completion(self) -> dict[str, float]:
+        """``val/completion/recall@1|recall@10|mrr|mean_rank``: leave-one-out completion (``next``, one draw) on
+        the same seeded ``eval.val_max_queries`` validation recipes at every validation — what the run is judged
+        by, for early stopping on it (the loss can bottom out while the ranking still improves)."""
+        sub = eval_subset(self.val, self.cfg.eval.val_max_queries, self.cfg.eval.seed)
+        scores = evaluate_completion(self.model, sub, seed=self.cfg.eval.seed)
+        return {f"{VAL_COMPLETION}{k}": v for k, v in scores.items() if k not in ("n", "draws")}
 
     def _evaluate_and_select(self) -> bool:
         """Validate, log, keep the best model (rank 0; the other ranks wait for it); True when early stopping
@@ -397,7 +418,7 @@ class Trainer:
         self.log(metrics, self.state.step)
         for k, v in metrics.items():
             self.state.history.setdefault(k, []).append((self.state.step, v))
-        value = metrics[key]
+        value = -metrics[key] if higher_is_better(key) else metrics[key]  # best_metric: lower is better
         if value < self.state.best_metric - 1e-6:
             self.state.best_metric, self.state.best_step, self.state.bad_evals = value, self.state.step, 0
             with self._writing(f"{self.out_dir / 'best'}: cannot write the best model"):

@@ -201,6 +201,34 @@ def test_early_stopping_stops_after_patience(tmp_path, data):
     assert load_trainer_state(trainer.checkpoint_dir)[2].step == 8  # the stop is checkpointed
 
 
+def test_early_stopping_on_validation_mrr_keeps_the_model_with_the_best_mrr(tmp_path, data):
+    """``val/completion/mrr`` is computed at every validation (the same seeded queries each time), maximised: the
+    best step is the one with the highest MRR, and the saved best model scores exactly that MRR."""
+    from recipeset.evaluation import evaluate_completion
+    from recipeset.protocol import eval_subset
+    from recipeset.runs import load_model
+
+    history = []
+    trainer = make_trainer(tmp_path, data=data, log=lambda m, s: history.append((s, m)) if "val/loss" in m else None,
+                           **{"train.max_steps": 24, "train.lr": 3e-3, "train.eval_every": 4,
+                              "train.early_stopping_metric": "val/completion/mrr", "eval.val_max_queries": 40})
+    state = trainer.fit()
+    mrr = {step: m["val/completion/mrr"] for step, m in history}
+    assert len(mrr) == 6 and all("val/completion/recall@10" in m for _, m in history)
+    best = max(mrr, key=lambda step: (mrr[step], -step))  # the first of equal ones
+    assert state.best_step == best and state.best_metric == -mrr[best]
+    again = evaluate_completion(load_model(tmp_path / "best"), eval_subset(data.val, 40, 0), seed=0)["mrr"]
+    assert again == pytest.approx(mrr[best], abs=1e-9)
+
+
+def test_higher_is_better_for_ranking_metrics_only():
+    from recipeset.training import higher_is_better
+
+    assert higher_is_better("val/completion/mrr") and higher_is_better("val/completion/recall@10")
+    assert not higher_is_better("val/loss") and not higher_is_better("val/completion/mean_rank")
+    assert not higher_is_better("val/loss/mlm")
+
+
 def test_early_stopping_metric_must_exist(tmp_path, data):
     trainer = make_trainer(tmp_path, data=data, **{"train.max_steps": 2, "train.early_stopping_metric": "val/nope"})
     with pytest.raises(RecipesetError, match="val/nope"):
