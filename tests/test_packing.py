@@ -81,6 +81,29 @@ def losses_and_rows(model, objs: Objectives, batch: Batch):
     return out, rows
 
 
+def assert_same_losses(unpacked: dict, packed: dict) -> None:
+    assert packed.keys() == unpacked.keys()
+    for key in unpacked:
+        assert float(packed[key].detach()) == pytest.approx(float(unpacked[key].detach()), abs=1e-5, rel=1e-5), key
+
+
+def assert_same_gradients(make_model, make_objectives) -> None:
+    """A batch of 12 recipes through ``make_model()`` unpacked and packed (``make_objectives(pack)``): the same
+    parameter gradients, and the packed batch in fewer rows."""
+    batch = random_batch([9, 1, 4, 12, 3, 3, 7, 0, 5, 2, 8, 6], seed=3)
+    grads = {}
+    for pack in (False, True):
+        model = make_model().train()  # dropout 0: train mode draws nothing
+        out, rows = losses_and_rows(model, make_objectives(pack), batch)
+        out["loss/total"].backward()
+        grads[pack] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        if pack:
+            assert max(rows) < len(batch)  # 12 recipes in fewer rows
+    assert grads[True].keys() == grads[False].keys() and grads[False]
+    for name, g in grads[False].items():
+        assert torch.allclose(grads[True][name], g, atol=1e-6, rtol=1e-5), name
+
+
 # ---- the layout ----------------------------------------------------------------------------------------------
 @settings(max_examples=80, deadline=None)
 @given(lengths=st.lists(st.integers(0, 30), min_size=1, max_size=70), extra=st.integers(0, 10))
@@ -224,25 +247,12 @@ def test_packed_loss_equals_the_unpacked_batch(lengths, seed, loss, positions, s
     unpacked, plain_rows = losses_and_rows(model, objectives(loss, False, smoothing), batch)
     packed, packed_rows = losses_and_rows(model, objectives(loss, True, smoothing), batch)
     assert set(plain_rows) == {len(lengths)} and max(packed_rows) <= len(lengths)
-    assert packed.keys() == unpacked.keys()
-    for key in unpacked:
-        assert float(packed[key].detach()) == pytest.approx(float(unpacked[key].detach()), abs=1e-5, rel=1e-5), key
+    assert_same_losses(unpacked, packed)
 
 
 @pytest.mark.parametrize("loss", PACKED_LOSSES)
 def test_packed_gradients_equal_the_unpacked_batch(loss):
-    batch = random_batch([9, 1, 4, 12, 3, 3, 7, 0, 5, 2, 8, 6], seed=3)
-    grads = {}
-    for pack in (False, True):
-        model = decoder(positions=True, seed=5).train()  # dropout 0: train mode draws nothing
-        out, rows = losses_and_rows(model, objectives(loss, pack), batch)
-        out["loss/total"].backward()
-        grads[pack] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-        if pack:
-            assert max(rows) < len(batch)  # 12 recipes in fewer rows
-    assert grads[True].keys() == grads[False].keys() and grads[False]
-    for name, g in grads[False].items():
-        assert torch.allclose(grads[True][name], g, atol=1e-6, rtol=1e-5), name
+    assert_same_gradients(lambda: decoder(positions=True, seed=5), lambda pack: objectives(loss, pack))
 
 
 SET_WEIGHTS = [{"mlm": 1.0}, {"mlm": 1.0, "rtd": 0.5}, {"rtd": 1.0}]
@@ -258,25 +268,13 @@ def test_packed_set_transformer_losses_equal_the_unpacked_batch(lengths, seed, b
     unpacked, plain_rows = losses_and_rows(model, set_objectives(weights, False, smoothing), batch)
     packed, packed_rows = losses_and_rows(model, set_objectives(weights, True, smoothing), batch)
     assert set(plain_rows) == {len(lengths)} and max(packed_rows) <= len(lengths)
-    assert packed.keys() == unpacked.keys()
-    for key in unpacked:
-        assert float(packed[key].detach()) == pytest.approx(float(unpacked[key].detach()), abs=1e-5, rel=1e-5), key
+    assert_same_losses(unpacked, packed)
 
 
 @pytest.mark.parametrize("block", ["sab", "isab"])
 def test_packed_set_transformer_gradients_equal_the_unpacked_batch(block):
-    batch = random_batch([9, 1, 4, 12, 3, 3, 7, 0, 5, 2, 8, 6], seed=3)
-    grads = {}
-    for pack in (False, True):
-        model = set_transformer(block, seed=5).train()  # dropout 0: train mode draws nothing
-        out, rows = losses_and_rows(model, set_objectives({"mlm": 1.0, "rtd": 0.5}, pack), batch)
-        out["loss/total"].backward()
-        grads[pack] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-        if pack:
-            assert max(rows) < len(batch)  # 12 recipes in fewer rows
-    assert grads[True].keys() == grads[False].keys() and grads[False]
-    for name, g in grads[False].items():
-        assert torch.allclose(grads[True][name], g, atol=1e-6, rtol=1e-5), name
+    assert_same_gradients(lambda: set_transformer(block, seed=5),
+                          lambda pack: set_objectives({"mlm": 1.0, "rtd": 0.5}, pack))
 
 
 def test_training_a_set_transformer_from_the_cli_packs_its_batches(tmp_path, monkeypatch):
