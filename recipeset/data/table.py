@@ -525,12 +525,14 @@ class RecipeTable:
 
     def _cuisine_ids(self, vocab: Vocabulary, strict: bool) -> np.ndarray:
         cu = self.meta["cuisine"]
-        ids = cu.map(vocab._cuisine_ids)
-        bad = cu.notna() & ids.isna()
+        codes, labels = pd.factorize(cu)  # a lookup per distinct label, not per row (-1: missing)
+        lut = np.array([vocab._cuisine_ids.get(label, -1) for label in labels] + [-1], dtype=np.int64)
+        ids = lut[codes]
+        bad = (codes >= 0) & (ids < 0)
         if bad.any() and strict and vocab.num_cuisines:
-            row = int(np.flatnonzero(bad.to_numpy())[0])
+            row = int(np.flatnonzero(bad)[0])
             try:
                 vocab.cuisine_id(cu.iloc[row])
             except RecipesetError as e:  # re-raise naming the recipe
                 raise RecipesetError(f"{self.name} recipe {self.meta['recipe_id'].iloc[row]}: {e}") from None
-        return ids.fillna(-1).to_numpy(dtype=np.int64)
+        return ids
