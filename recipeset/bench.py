@@ -59,7 +59,7 @@ from recipeset.models.set_transformer import SetTransformer, SetTransformerConfi
 from recipeset.objectives.losses import IGNORE, hungarian_loss, standard_loss
 from recipeset.objectives.matching import HungarianMatcher
 from recipeset.objectives.tasks import Objectives, split_query
-from recipeset.pipeline import PRELOAD, build_model, run_training
+from recipeset.pipeline import build_model, run_training
 from recipeset.protocol import eval_subset
 from recipeset.registry import MODELS, losses_for
 from recipeset.training import Trainer, epoch_batches, make_optimizer, step_generator
@@ -604,7 +604,7 @@ def write_million_csv(path: str | os.PathLike, n: int = 1_000_000, n_names: int 
     return path
 
 
-MILLION_PIECES = ("read_csv", "stats", "prepare", "first_step", "first_step_no_preload")
+MILLION_PIECES = ("read_csv", "stats", "prepare", "first_step")
 
 
 class _FirstStepDone(Exception):
@@ -616,10 +616,9 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _time_to_first_step(path: str, model: str = "decoder", d_model: int = 64, preload: bool = True) -> float:
+def _time_to_first_step(path: str, model: str = "decoder", d_model: int = 64) -> float:
     """Seconds from calling ``run_training`` (what ``recipeset train`` runs; no MLflow) on ``path`` to the end
-    of its first optimizer step: data loading, split, vocabulary, encoding, model and first batch included.
-    ``preload=False``: without the background import of :data:`recipeset.pipeline.PRELOAD` (the comparison)."""
+    of its first optimizer step: data loading, split, vocabulary, encoding, model and first batch included."""
     cfg = RunConfig.from_dict({"data": {"dataset": path}, "model": {"name": model, "d_model": d_model},
                                "train": {"device": "cpu", "max_steps": 10}})
     original = Trainer.train_step
@@ -632,8 +631,7 @@ def _time_to_first_step(path: str, model: str = "decoder", d_model: int = 64, pr
         raise _FirstStepDone
 
     with tempfile.TemporaryDirectory(prefix="recipeset-bench-") as out, \
-            mock.patch.object(Trainer, "train_step", first_step), \
-            mock.patch("recipeset.pipeline.PRELOAD", PRELOAD if preload else ()):
+            mock.patch.object(Trainer, "train_step", first_step):
         try:
             run_training(cfg, out_dir=out, track=False, progress=False, evaluate=False)
         except _FirstStepDone:
@@ -657,8 +655,7 @@ def million_piece(piece: str, path: str) -> dict:
     - ``stats``: what ``recipeset data stats`` does: ``load_dataset`` (read, normalise, clean) + ``describe()``;
     - ``prepare``: ``prepare_data`` (load, clean, group split, training vocabulary, encode train/val/test)
       + ``describe()`` — the data layer's whole job before training;
-    - ``first_step``: ``run_training`` until its first optimizer step has finished (a d_model-64 decoder);
-    - ``first_step_no_preload``: the same without importing torch's compiler in the background (the lever).
+    - ``first_step``: ``run_training`` until its first optimizer step has finished (a d_model-64 decoder).
     """
     if piece not in MILLION_PIECES:
         raise RecipesetError(f"bench: unknown piece {piece!r}; one of {', '.join(MILLION_PIECES)}")
@@ -671,10 +668,7 @@ def million_piece(piece: str, path: str) -> dict:
         load_dataset(path).describe()
     elif piece == "prepare":
         prepare_data(DataConfig(dataset=path)).table.describe()
-    if piece.startswith("first_step"):
-        return {"seconds": round(_time_to_first_step(path, preload=piece == "first_step"), 3),
-                "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_before_mb": round(before, 1)}
-    seconds = time.perf_counter() - t0
+    seconds = _time_to_first_step(path) if piece == "first_step" else time.perf_counter() - t0
     return {"seconds": round(seconds, 3), "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_before_mb": round(before, 1)}
 
 
@@ -719,5 +713,4 @@ def bench_million(n: int = 1_000_000, path: str | os.PathLike | None = None, rep
     out["prepare_over_read_csv"] = round(out["prepare_s"] / out["read_csv_s"], 2)
     out["first_step_over_prepare"] = round(out["first_step_s"] / out["prepare_s"], 2)
     out["first_step_over_stats"] = round(out["first_step_s"] / out["stats_s"], 2)
-    out["preload_speedup"] = round(out["first_step_no_preload_s"] / out["first_step_s"], 2)
     return out

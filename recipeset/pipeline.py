@@ -13,12 +13,9 @@ A run directory (``runs/<run name>/`` by default) holds everything a run needs t
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import math
-import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,23 +47,6 @@ from recipeset.tracking import Tracker, check_model_name, check_tracking_store, 
 from recipeset.training import STATE_FILE, MetricsFn, Trainer, TrainState, recover_checkpoint, seed_all
 
 log = logging.getLogger(__name__)
-
-# Imported on a background thread while the data is prepared: torch's optimizers import the compiler
-# (``torch._dynamo``, 0.5 s on a quiet 2-core machine, 3 s on a loaded one) the first time one is built. The
-# thread is joined as soon as the data is ready, before the main thread touches torch again: two threads
-# importing torch's compiler stack at once break its circular imports.
-PRELOAD: tuple[str, ...] = ("torch._dynamo",)
-
-
-def preload_in_background(modules: Sequence[str] = PRELOAD) -> threading.Thread | None:
-    """Start importing ``modules`` on a daemon thread (None when they are all imported already)."""
-    missing = [m for m in modules if m not in sys.modules]
-    if not missing:
-        return None
-    thread = threading.Thread(target=lambda: [importlib.import_module(m) for m in missing], daemon=True,
-                              name="recipeset-preload")
-    thread.start()
-    return thread
 
 MIN_FREE_MB = 50  # a run directory needs room for two checkpoints (the atomic swap), the best and final models
 
@@ -296,13 +276,8 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
         out_dir.mkdir(parents=True, exist_ok=True)
         init_from = _init_source(cfg, init_from, resume)
         source = load_model(init_from) if init_from is not None else None  # loaded (downloaded) once
-        preload = preload_in_background(PRELOAD)
-        try:  # data preparation imports nothing of torch's
-            data = prepare_data(cfg.data, split_path=out_dir / "split.json" if resume else None,
-                                vocab=None if source is None else source.vocab)
-        finally:
-            if preload is not None:
-                preload.join()
+        data = prepare_data(cfg.data, split_path=out_dir / "split.json" if resume else None,
+                            vocab=None if source is None else source.vocab)
         check_trainable(cfg, data)  # before the run directory holds anything of this run
         if not resume and world.is_main:
             data.split.save(out_dir / "split.json")

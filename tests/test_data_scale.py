@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -415,39 +414,3 @@ def test_pyarrow_csv_reader_equals_the_csv_module(tmp_path, monkeypatch, seed):
     monkeypatch.setattr(tabular, "_is_simple_csv", lambda *a: False)
     assert [outcome(lambda o=o: load_dataset(path, **o)) for o in options] == with_arrow
 
-
-def test_preload_imports_in_the_background_once(tmp_path, monkeypatch):
-    from recipeset.pipeline import preload_in_background
-
-    (tmp_path / "recipeset_preload_probe.py").write_text("LOADED = True\n", encoding="utf-8")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "recipeset_preload_probe", raising=False)
-    thread = preload_in_background(("recipeset_preload_probe",))
-    assert thread is not None and thread.daemon
-    thread.join(30)
-    assert sys.modules["recipeset_preload_probe"].LOADED
-    assert preload_in_background(("recipeset_preload_probe", "json")) is None  # nothing left to import
-
-
-def test_training_waits_for_the_preload_before_building_the_model(tmp_path, monkeypatch):
-    """The background import ends before the main thread goes on to torch (two threads importing torch's
-    compiler at once break its circular imports): build_model sees the preloaded module fully imported."""
-    import recipeset.pipeline as pipeline
-    from recipeset.config import RunConfig
-
-    (tmp_path / "recipeset_slow_probe.py").write_text("import time\ntime.sleep(1.0)\nDONE = True\n", encoding="utf-8")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "recipeset_slow_probe", raising=False)
-    monkeypatch.setattr(pipeline, "PRELOAD", ("recipeset_slow_probe",))
-    seen = []
-    original = pipeline.build_model
-
-    def build(*args, **kwargs):
-        seen.append(getattr(sys.modules.get("recipeset_slow_probe"), "DONE", False))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "build_model", build)
-    cfg = RunConfig().override({"data.n_recipes": 200, "model.d_model": 16, "model.n_layers": 1,
-                                "train.max_steps": 2, "train.device": "cpu"})
-    pipeline.run_training(cfg, out_dir=tmp_path / "run", track=False, progress=False, evaluate=False)
-    assert seen == [True]
