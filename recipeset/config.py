@@ -375,10 +375,11 @@ def position_averaged(cfg: RunConfig) -> list[str]:
 def bucket_pool_for(cfg: RunConfig) -> int:
     """The run's ``train.bucket_pool``: as set, or, when None, :data:`BUCKET_POOL` when every objective it trains
     is one term per recipe (its ``positions`` declaration says so: Deep Sets' held-out MLM, cls, coherence, the
-    multilabel and Hungarian set losses; ``pooled`` is not declared, see its registration), else 0. A loss averaged over positions is rescaled per batch
-    when grouped (each position keeps one weight), but length-grouped batches still cost a 2000-step
-    shuffle-order decoder on flavornet test MRR (seed 0: 0.330 grouped, 0.335 grouped and rescaled, 0.360 plain),
-    so grouping those stays a choice (``train.bucket_pool = 64``)."""
+    multilabel and Hungarian set losses; ``pooled`` is not declared, see its registration), else 0. A loss
+    averaged over positions is rescaled per batch when grouped (each position keeps one weight), but
+    length-grouped batches still cost a 2000-step shuffle-order decoder on flavornet test MRR (seed 0: 0.330
+    grouped, 0.335 grouped and rescaled, 0.360 plain), so grouping those stays a choice (``train.bucket_pool =
+    64``)."""
     if cfg.train.bucket_pool is not None:
         return cfg.train.bucket_pool
     model_cls = MODELS.get(cfg.model.name)

@@ -524,7 +524,7 @@ class CausalDecoder(RecipeModel):
         return self.combine_orders(scores, tokens, mask)
 
     def _reranked_joint_scores(self, tokens, mask, cuisine) -> torch.Tensor:
-        """``joint`` scores ``[B, V]``: exact for every candidate (``joint_candidates`` None), or exact for each
+        """``joint`` scores ``[B, V]``: exact for every candidate (:attr:`joint_candidate_count` 0), or exact for each
         query's top ``joint_candidates`` candidates by :meth:`_joint_proposals` and, below all of them, the others
         in that order (a two-stage ranker: the suffix passes, the bulk of the cost, shrink to ~K/V)."""
         K = self.joint_candidate_count
