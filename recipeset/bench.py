@@ -23,6 +23,7 @@ in one process are what counts, reported with the load average beside them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -418,6 +419,20 @@ def _joint_queries(dataset: str, path: str | None, n_queries: int, seed: int):
     return data.vocab, queries, dataset
 
 
+@contextlib.contextmanager
+def _scoring(model: CausalDecoder, threads: int | None) -> Iterator[None]:
+    """Score with ``model`` on ``threads`` torch threads (None: as set); afterwards the threads and the model's
+    ``joint_candidates`` (which the body may set) are as they were."""
+    previous, saved = torch.get_num_threads(), model.config.joint_candidates
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        model.config.joint_candidates = saved
+        torch.set_num_threads(previous)
+
+
 def bench_joint_scoring(dataset: str = "flavornet", path: str | None = None, n_queries: int = 300,
                         order: str = "frequency", joint_orders: int = 4, d_model: int = 128, n_layers: int = 3,
                         n_heads: int = 4, batch_size: int = 512, repeats: int = 1, seed: int = 0,
@@ -454,13 +469,8 @@ def bench_joint_scoring(dataset: str = "flavornet", path: str | None = None, n_q
 
     impls = {"reference": lambda t, m: joint_scores_reference(model, t, m),
              "cached": lambda t, m: model.completion_scores_ids(t, m, mode="joint")}
-    exact = model.config.joint_candidates
-    model.config.joint_candidates = 0  # every candidate, as the reference
-
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with _scoring(model, threads):
+        model.config.joint_candidates = 0  # every candidate, as the reference
         times: dict[str, list[float]] = {"reference": [], "cached": []}
         scores: dict[str, list[torch.Tensor]] = {}
         for r in range(repeats):
@@ -468,9 +478,6 @@ def bench_joint_scoring(dataset: str = "flavornet", path: str | None = None, n_q
                 seconds, scores[name] = run(impls[name])
                 times[name].append(seconds)
         used_threads = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(previous)
-        model.config.joint_candidates = exact
     ref, new = torch.cat(scores["reference"]), torch.cat(scores["cached"])
     finite = torch.isfinite(ref)
     if not torch.equal(finite, torch.isfinite(new)):
@@ -499,7 +506,7 @@ def bench_joint_scoring(dataset: str = "flavornet", path: str | None = None, n_q
 def bench_joint_reranking(model: CausalDecoder, dataset: str = "flavornet", path: str | None = None,
                           n_queries: int = 500, candidates: tuple[int, ...] = (16, 32, 64), batch_size: int = 512,
                           seed: int = 0, threads: int | None = 1) -> dict:
-    """Decoder ``joint`` scoring of every candidate against re-ranking each query's top-K ``next`` candidates
+    """Decoder ``joint`` scoring of every candidate against re-ranking each query's top-K first-stage candidates
     (``model.config.joint_candidates = K``), on the same leave-one-out queries of ``n_queries`` seeded test
     recipes of ``dataset`` (the model's), in this process on ``threads`` torch threads, exact first then each K.
 
@@ -511,11 +518,8 @@ def bench_joint_reranking(model: CausalDecoder, dataset: str = "flavornet", path
     if model.vocab.ingredients != data.vocab.ingredients:
         raise RecipesetError(f"bench_joint_reranking: the model's vocabulary is not the one of {data_name!r}")
     sets = eval_subset(data.test_eval, n_queries, seed)
-    previous, saved = torch.get_num_threads(), model.config.joint_candidates
-    if threads:
-        torch.set_num_threads(threads)
     out: dict = {"dataset": data_name, "order": model.config.train_order, "joint_orders": model.joint_order_count}
-    try:
+    with _scoring(model, threads):
         for K in (0, *candidates):
             model.config.joint_candidates = K
             t0 = time.perf_counter()
@@ -529,9 +533,6 @@ def bench_joint_reranking(model: CausalDecoder, dataset: str = "flavornet", path
                 entry["rank_changed"] = float((ranks != exact_ranks).mean())
                 out[f"K{K}"] = entry
         out["torch_threads"] = torch.get_num_threads()
-    finally:
-        model.config.joint_candidates = saved
-        torch.set_num_threads(previous)
     out["load_avg_1min"] = round(os.getloadavg()[0], 2)
     return out
 
