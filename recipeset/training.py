@@ -273,6 +273,7 @@ class Trainer:
             objectives.weigh_positions(train.lengths, type(model))
         self.vocab: Vocabulary = model.vocab  # type: ignore[assignment]
         self.val = val
+        self._val_queries: EncodedSets | None = None  # the recipes of val/completion/* (drawn once)
         self.out_dir = Path(out_dir)
         self.log = log or (lambda metrics, step: None)
         self.flush_log = flush_log or (lambda: None)
@@ -400,8 +401,9 @@ class Trainer:
         """``val/completion/recall@1|recall@10|mrr|mean_rank``: leave-one-out completion (``next``, one draw) on
         the same seeded ``eval.val_max_queries`` validation recipes at every validation — what the run is judged
         by, for early stopping on it (the loss can bottom out while the ranking still improves)."""
-        sub = eval_subset(self.val, self.cfg.eval.val_max_queries, self.cfg.eval.seed)
-        scores = evaluate_completion(self.model, sub, seed=self.cfg.eval.seed)
+        if self._val_queries is None:
+            self._val_queries = eval_subset(self.val, self.cfg.eval.val_max_queries, self.cfg.eval.seed)
+        scores = evaluate_completion(self.model, self._val_queries, seed=self.cfg.eval.seed)
         return {f"{VAL_COMPLETION}{k}": v for k, v in scores.items() if k not in ("n", "draws")}
 
     def _evaluate_and_select(self) -> bool:

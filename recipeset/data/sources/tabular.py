@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
 import itertools
 import json
@@ -65,16 +66,22 @@ def decode_utf8(data: bytes, path: Path) -> str:
 
 def read_data(path: Path, what: str = "file", allow_empty: bool = False) -> tuple[bytes, str]:
     """``(bytes, sha256)`` of a file; an empty (or all-whitespace) file is an error unless ``allow_empty``."""
-    data, sha = read_data_hashing(path, what, allow_empty)
-    return data, sha()
+    data = _read_recipes(path, what, allow_empty)
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def read_data_hashing(path: Path, what: str = "file", allow_empty: bool = False) -> tuple[bytes, Callable[[], str]]:
-    """:func:`read_data` with the hash computed on a thread while the caller parses (a function waits for it)."""
+    """:func:`read_data` with the hash computed on a thread while the caller parses (a function waits for it):
+    for the large files the CSV loader parses with pyarrow."""
+    data = _read_recipes(path, what, allow_empty)
+    return data, sha256_in_background(data)
+
+
+def _read_recipes(path: Path, what: str, allow_empty: bool) -> bytes:
     data = read_bytes(path, what)
     if not allow_empty and (not data or data.isspace()):
         raise RecipesetError(f"{path}: empty file, expected recipes")
-    return data, sha256_in_background(data)
+    return data
 
 
 def read_text(path: Path, what: str = "file", allow_empty: bool = False) -> tuple[str, str]:
