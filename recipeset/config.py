@@ -122,6 +122,9 @@ class TrainConfig:
     early_stopping_metric: str = "val/loss"  # or any val/loss/<objective>, or val/completion/mrr|recall@10|...
     #                                 (leave-one-out completion on eval.val_max_queries recipes at every validation;
     #                                 recall and MRR are maximised, the rest minimised)
+    ema_decay: float = spec(0.0, ge=0, lt=1)  # an exponential moving average of the weights (0: off), updated
+    #                                 after every step (decay min(ema_decay, (1 + n) / (10 + n)) at update n);
+    #                                 validation, the best model and the final model use the average
     curriculum: bool = False          # small sets first
     # Length-grouped batches: sort by set size inside random pools of this many batches, then shuffle the batches
     # (recipeset.data.batching; 97% real positions instead of 46% on flavornet). 0: a plain permutation cut into

@@ -17,6 +17,7 @@ On a GPU: bf16 autocast (``precision = auto`` where supported, or ``bf16``) with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -172,12 +173,16 @@ class TrainState:
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, state: TrainState,
-                    extra_files: dict[str, str] | None = None) -> None:
-    """Write ``model/`` (a loadable checkpoint) + the trainer state atomically as one directory."""
+                    extra_files: dict[str, str] | None = None, averaged: dict | None = None) -> None:
+    """Write ``model/`` (a loadable checkpoint) + the trainer state (and the weight average's, when
+    ``train.ema_decay`` keeps one) atomically as one directory."""
     def fill(tmp: Path) -> None:
         save_model(model, tmp / "model", extra_files=extra_files)
-        torch_save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "state": json.dumps(state.to_dict())}, tmp / STATE_FILE)
+        blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "state": json.dumps(state.to_dict())}
+        if averaged is not None:
+            blob["averaged"] = averaged
+        torch_save(blob, tmp / STATE_FILE)
 
     atomic_write_dir(path, fill)
 
@@ -195,7 +200,8 @@ def recover_checkpoint(path: Path) -> bool:
     return True
 
 
-def load_trainer_state(path: Path) -> tuple[dict, dict, TrainState]:
+def load_trainer_state(path: Path) -> tuple[dict, dict, TrainState, dict | None]:
+    """``(optimizer state, scheduler state, TrainState, the weight average's state or None)`` of a checkpoint."""
     try:
         blob = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -208,7 +214,17 @@ def load_trainer_state(path: Path) -> tuple[dict, dict, TrainState]:
     # JSON turned the (step, value) tuples into lists; the resumed run appends tuples to the same lists, and a
     # mixture cannot be sorted (the learning-curve plot at the end of a resumed run failed on it).
     state.history = {k: [tuple(p) for p in v] for k, v in state.history.items()}
-    return blob["optimizer"], blob["scheduler"], state
+    return blob["optimizer"], blob["scheduler"], state, blob.get("averaged")
+
+
+def ema_update(decay: float) -> Callable:
+    """``AveragedModel``'s ``multi_avg_fn`` for an exponential moving average whose decay warms up as
+    ``min(decay, (1 + n) / (10 + n))`` at its ``n``-th update (an early average is not dominated by the
+    initial weights)."""
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = int(n_averaged)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1 + n) / (10 + n)))
+    return update
 
 
 def resolve_device(name: str) -> torch.device:
@@ -286,6 +302,9 @@ class Trainer:
         self.model.to(self.device)
         self.optimizer = make_optimizer(model, self.t.lr, self.t.weight_decay, self.device)
         self.scaler = make_grad_scaler(self.device, self.t.precision)
+        # the weight average (train.ema_decay): validation, the best and the final model use it
+        self.averaged = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_update(self.t.ema_decay))
+                         if self.t.ema_decay > 0 else None)
         self.loss_fn = self.world.wrap(model, objectives)  # objectives(model, ...), through DDP when distributed
         self._base_train = train
         self._fixed_order: EncodedSets | None = None
@@ -349,7 +368,7 @@ class Trainer:
             self.state.scaler = self.scaler.state_dict()
             with self._writing(f"{self.checkpoint_dir}: cannot write the checkpoint"):
                 save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.scheduler, self.state,
-                                self.extra_files)
+                                self.extra_files, None if self.averaged is None else self.averaged.state_dict())
             self._checkpoint_step = self.state.step
 
     def _writing(self, what: str):
@@ -361,8 +380,13 @@ class Trainer:
 
     def restore(self) -> None:
         """Continue from ``out_dir/checkpoint`` (weights, optimizer, schedule, step counter, run id)."""
-        opt, sched, state = load_trainer_state(self.checkpoint_dir)
+        opt, sched, state, averaged = load_trainer_state(self.checkpoint_dir)
         self.model.load_state_dict(read_weights(self.checkpoint_dir / "model" / WEIGHTS_FILE, self.device))
+        if self.averaged is not None:
+            if averaged is None:
+                raise RecipesetError(f"{self.checkpoint_dir}: the checkpoint has no weight average but "
+                                     f"train.ema_decay is {self.t.ema_decay}; resume with the run's own config")
+            self.averaged.load_state_dict(averaged)
         self.optimizer.load_state_dict(opt)
         self.scheduler.load_state_dict(sched)
         if state.scaler:
@@ -411,7 +435,27 @@ class Trainer:
         says stop."""
         return self.world.from_main(self._select() if self.world.is_main else None)
 
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """The weight average in ``self.model`` inside the block (a no-op without ``train.ema_decay``)."""
+        if self.averaged is None:
+            yield
+            return
+        params = list(self.model.parameters())
+        trained = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            torch._foreach_copy_(params, list(self.averaged.module.parameters()))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, trained)
+
     def _select(self) -> bool:
+        with self.averaged_weights():
+            return self._select_model()
+
+    def _select_model(self) -> bool:
         metrics = self.validate()
         key = self.t.early_stopping_metric
         if key not in metrics:
@@ -493,6 +537,8 @@ class Trainer:
         self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
         self.scaler.update()
         self.scheduler.step()
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.model)
         state.step += 1
         state.batch_in_epoch += 1
         elapsed = max(time.perf_counter() - started, 1e-9)

@@ -142,7 +142,7 @@ def test_checkpoint_is_atomic_when_saving_fails(tmp_path, data, monkeypatch):
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []                              # no partial temporary directory left behind
     monkeypatch.setattr(torch, "save", real_save)
-    opt, sched, state = load_trainer_state(ckpt)
+    state = load_trainer_state(ckpt)[2]
     assert state.step == 2
 
 
@@ -158,11 +158,14 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize(("model", "order", "pack"), [("decoder", "shuffle", None), ("decoder", "frequency", False),
-                                                     ("set-transformer", "frequency", None)])  # None: both pack
-def test_resume_in_process_gives_identical_weights(tmp_path, data, deterministic, model, order, pack):
+@pytest.mark.parametrize(("model", "order", "pack", "ema"), [
+    ("decoder", "shuffle", None, 0.0), ("decoder", "frequency", False, 0.0),
+    ("set-transformer", "frequency", None, 0.0),  # None: both pack
+    ("decoder", "shuffle", None, 0.9)])          # the weight average is checkpointed too
+def test_resume_in_process_gives_identical_weights(tmp_path, data, deterministic, model, order, pack, ema):
     over = {"model.name": model, "train.max_steps": 13, "train.checkpoint_every": 5, "data.order": order,
-            "train.deterministic": True, "train.eval_every": 4, "model.dropout": 0.1, "train.pack": pack}
+            "train.deterministic": True, "train.eval_every": 4, "model.dropout": 0.1, "train.pack": pack,
+            "train.ema_decay": ema}
     straight = make_trainer(tmp_path / "a", data=data, **over)
     assert straight.objectives.pack == (pack is None)
     straight.fit()
@@ -184,6 +187,10 @@ def test_resume_in_process_gives_identical_weights(tmp_path, data, deterministic
     assert 0 < checkpointed.train_s < state.train_s
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+    if ema:
+        averaged = zip(straight.averaged.state_dict().items(), resumed.averaged.state_dict().values(), strict=True)
+        for (name, a), b in averaged:
+            assert torch.equal(a, b), name
     assert state.history == straight.state.history  # (step, value) tuples, also for the restored part
     assert state.best_step == straight.state.best_step and state.best_metric == straight.state.best_metric
 
@@ -219,6 +226,39 @@ def test_early_stopping_on_validation_mrr_keeps_the_model_with_the_best_mrr(tmp_
     assert state.best_step == best and state.best_metric == -mrr[best]
     again = evaluate_completion(load_model(tmp_path / "best"), eval_subset(data.val, 40, 0), seed=0)["mrr"]
     assert again == pytest.approx(mrr[best], abs=1e-9)
+
+
+def test_ema_update_is_the_warmed_up_moving_average():
+    from recipeset.training import ema_update
+    averaged, update = [torch.tensor([0.0, 10.0])], ema_update(0.5)
+    update(averaged, [torch.tensor([1.0, 0.0])], torch.tensor(1))  # decay min(0.5, 2/11) = 2/11
+    assert torch.allclose(averaged[0], torch.tensor([9 / 11, 20 / 11]))
+    update(averaged, [torch.tensor([0.0, 0.0])], torch.tensor(100))  # decay 0.5
+    assert torch.allclose(averaged[0], torch.tensor([9 / 22, 10 / 11]))
+
+
+def test_ema_validates_and_keeps_the_average_and_trains_the_raw_weights(tmp_path, data):
+    """With ``train.ema_decay`` the periodic validation and the best model are the weight average's, and
+    training goes on from the optimizer's own weights (validation swaps the average in and back out)."""
+    from recipeset.models.io import read_weights
+
+    over = {"train.max_steps": 6, "train.eval_every": 3, "train.lr": 3e-3}
+    plain = make_trainer(tmp_path / "plain", data=data, **over)
+    plain.fit()
+    averaged = make_trainer(tmp_path / "ema", data=data, **over, **{"train.ema_decay": 0.5})
+    state = averaged.fit()
+    for (name, a), b in zip(plain.model.state_dict().items(), averaged.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # the trained weights are those of a run without the average
+    assert int(averaged.averaged.n_averaged) == 6
+    expected = [p.detach() for p in averaged.averaged.module.parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(expected, averaged.model.parameters(), strict=True))
+    with averaged.averaged_weights():
+        assert averaged.validate() == pytest.approx(
+            {k: v[-1][1] for k, v in state.history.items() if k.startswith("val/")})
+    assert state.best_step == 6  # the loss still falls: the best model is the last validation's average
+    best = read_weights(tmp_path / "ema" / "best" / "weights.pt", "cpu")
+    for (name, _), e in zip(averaged.model.named_parameters(), expected, strict=True):
+        assert torch.equal(best[name], e), name
 
 
 def test_higher_is_better_for_ranking_metrics_only():
