@@ -294,3 +294,25 @@ def test_a_variant_that_cannot_be_built_fails_the_check(tmp_path, monkeypatch, l
     with pytest.raises(RecipesetError, match="model.embedding='features'"):
         train_every_variant(path)
     assert (tmp_path / "runs" / "broken" / "ok" / "seed0" / "model").is_dir()  # the good one ran first
+
+
+# ---- the tuned run configs -----------------------------------------------------------------------------------
+TUNED = sorted((Path(__file__).parent.parent / "experiments" / "tuned").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", TUNED, ids=[p.stem for p in TUNED])
+def test_tuned_configs_load_and_take_the_data_location_from_the_command_line(path, tmp_path):
+    """``experiments/tuned/<family>.toml`` is a valid run config naming its dataset but not where it lives:
+    ``recipeset train --config F --path DIR`` reads DIR (here a missing one: its one-line error names it)."""
+    from click.testing import CliRunner
+
+    from recipeset.cli import cli
+    from recipeset.config import load_config
+
+    cfg = load_config(path)
+    assert path.stem.replace("_", "-") == cfg.model.name and cfg.data.path is None
+    missing = tmp_path / "nowhere"
+    result = CliRunner().invoke(cli, ["train", "--config", str(path), "--path", str(missing), "--no-track",
+                                       "--quiet", "--out", str(tmp_path / "run")])
+    assert result.exit_code != 0 and str(missing) in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
