@@ -423,6 +423,46 @@ def tune_rules(model, val, cfg: RunConfig) -> tuple[protocol.StopRule | None, pr
     return protocol.tune_stop_rule(model, val, seed=cfg.eval.seed), protocol.tune_cuisine_rule(model, val)
 
 
+def run_config_of(model_dir: str) -> RunConfig:
+    """The run config saved with a model (``run_config.json``; the defaults when there is none)."""
+    run_cfg = Path(download_model_dir(str(model_dir))) / "run_config.json"
+    return load_config(run_cfg) if run_cfg.exists() else RunConfig()
+
+
+def run_split_data(model, model_dir: str, cfg: RunConfig, fix: str) -> PreparedData:
+    """The run's own data, rebuilt from the split and vocabulary saved with its model (``fix``: what to do
+    when the model has no saved split)."""
+    local = Path(download_model_dir(str(model_dir)))
+    if not (local / "split.json").exists():
+        raise RecipesetError(f"{model_dir}: no split.json saved with this model; {fix}")
+    return prepare_data(cfg.data, split_path=local / "split.json", vocab=model.vocab)
+
+
+def compare_with_baselines(model, model_dir: str, cfg: RunConfig, names: Sequence[str],
+                           metrics: Sequence[str] = ("recall@10", "mrr")) -> dict[str, dict[str, object]]:
+    """``{baseline: {metric: PairedDifference}}``: the model's completion on its run's test queries against each
+    named classical baseline fit on the same split (tuned on its validation queries as in a run) and scored on
+    exactly those queries; model − baseline with a paired 95% bootstrap interval over recipes
+    (:func:`recipeset.stats.paired_bootstrap`)."""
+    from recipeset.stats import paired_bootstrap, paired_ranks
+
+    data = run_split_data(model, model_dir, cfg, "it is the split the baselines are fit and scored on")
+    if "completion" not in cfg.eval.tasks:
+        cfg.eval.tasks = [*cfg.eval.tasks, "completion"]
+    ranks: list[pd.DataFrame] = []
+    with phase("evaluating test"):
+        protocol.evaluate_model(model, data.test_eval, cfg, joint=False, per_query=ranks)
+    ours = protocol.per_query_table({"test": (ranks, None)})
+    frames: dict[str, pd.DataFrame] = {}
+    with phase("baselines"):
+        protocol.run_baselines_on(cfg, data, names=list(names), per_query=frames)
+    out: dict[str, dict[str, object]] = {}
+    for name in names:
+        a, b = paired_ranks(ours, frames[name])
+        out[name] = {m: paired_bootstrap(a, b, m, seed=cfg.eval.seed) for m in metrics}
+    return out
+
+
 def run_data(model, model_dir: str, split: str = "test", dataset: str | None = None, path: str | None = None,
              tune: bool = False, lenient: bool = False, options: dict | None = None):
     """The run config saved with a model and the sets to evaluate it on: the run's own ``split`` (rebuilt from
@@ -431,19 +471,15 @@ def run_data(model, model_dir: str, split: str = "test", dataset: str | None = N
 
     ``tune``: first tune ``model``'s rules on the run's validation queries as the run did (:func:`tune_rules`) —
     for a scorer the run did not tune, e.g. an :class:`~recipeset.ensemble.Ensemble` of trained models."""
-    local = Path(download_model_dir(str(model_dir)))
-    run_cfg = local / "run_config.json"
-    cfg = load_config(run_cfg) if run_cfg.exists() else RunConfig()
+    cfg = run_config_of(model_dir)
     if dataset is None:  # how to read the run's own dataset
         cfg.data.lenient = cfg.data.lenient or lenient
         cfg.data.options.update(options or {})
     data = None
     if dataset is None or tune:
-        if not (local / "split.json").exists():
-            fix = ("its validation split is what the ensemble is tuned on" if tune
-                   else "pass --dataset to evaluate on another dataset")
-            raise RecipesetError(f"{model_dir}: no split.json saved with this model; {fix}")
-        data = prepare_data(cfg.data, split_path=local / "split.json", vocab=model.vocab)
+        fix = ("its validation split is what the ensemble is tuned on" if tune
+               else "pass --dataset to evaluate on another dataset")
+        data = run_split_data(model, model_dir, cfg, fix)
         if tune:
             tune_rules(model, protocol.val_subset(data.val_eval, cfg), cfg)
     if dataset is not None:

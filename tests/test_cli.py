@@ -610,3 +610,24 @@ class _Evil:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
+
+
+def test_evaluate_against_a_baseline_gives_the_paired_difference(trained):
+    """``--baseline NAME``: the model − baseline difference on the same test queries, inside its interval, equal
+    to the difference of the two runs' own MRRs (the baseline's as the run scored it beside the model)."""
+    metrics = json.loads(ok("evaluate", trained["model"], "--baseline", "popularity", "--json").output)
+    for metric in ("recall@10", "mrr"):
+        d, low, high = (metrics[f"vs/popularity/{metric}{end}"] for end in ("", "/low", "/high"))
+        assert low <= d <= high and low < high
+    from recipeset.pipeline import run_config_of, run_split_data
+    from recipeset.protocol import run_baselines_on
+    from recipeset.runs import load_model
+
+    model = load_model(trained["model"])
+    cfg = run_config_of(trained["model"])
+    baseline = run_baselines_on(cfg, run_split_data(model, trained["model"], cfg, ""), names=["popularity"])
+    for metric in ("recall@10", "mrr"):  # model − baseline, each as scored alone on the run's test queries
+        assert metrics[f"vs/popularity/{metric}"] == pytest.approx(
+            metrics[f"completion/{metric}"] - baseline["popularity"]["test"][f"completion/{metric}"], abs=1e-12)
+    one_line_error(invoke("evaluate", trained["model"], "--baseline", "logistic-cuisine"), "not a completion baseline")
+    one_line_error(invoke("evaluate", trained["model"], "--baseline", "mlp", "--split", "val"), "own test split")
