@@ -564,8 +564,11 @@ def experiment_child(spec) -> None:
 @click.option("--tracking-uri", default=None, help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].")
 @click.option("--out", default=None, help="The study's directory: optuna.db, trial-<n>/, best_config.toml "
               "[default: runs/tune/<study>].")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, help="Trials run at once, each in its own "
+              "process with the cores ÷ N threads.  [default: 1]")
+@click.option("--worker", is_flag=True, hidden=True, help="One of --jobs N's processes (no summary).")
 @quiet_option
-def tune(file, trials, minutes, variant, quick, tracking_uri, out, quiet) -> None:
+def tune(file, trials, minutes, variant, quick, tracking_uri, out, jobs, worker, quiet) -> None:
     """Search FILE's [tune] space on validation with Optuna (TPE, median pruning on the periodic validation):
     one parent MLflow run, a child run per trial. Re-running the same command continues the study."""
     from recipeset.tune import run_tune
@@ -574,7 +577,9 @@ def tune(file, trials, minutes, variant, quick, tracking_uri, out, quiet) -> Non
         raise RecipesetError(f"{file}: experiment file not found (see experiments/)")
     with reporting(not quiet):
         r = run_tune(file, trials=trials, minutes=minutes, uri=tracking_uri, out=out, variant=variant, quick=quick,
-                     echo=click.echo)
+                     echo=click.echo, jobs=jobs, worker=worker)
+    if r is None:  # a worker
+        return
     click.echo(f"study {r.study}: " + ", ".join(f"{v} {k}" for k, v in r.counts.items()) + f"  ({r.storage})")
     click.echo(f"best trial {r.best_trial}: {r.metric} = {r.best_value:.5g} ({r.direction})")
     for key, value in r.best_params.items():

@@ -20,7 +20,6 @@ import math
 import os
 import signal
 import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import Callable
@@ -50,7 +49,7 @@ from recipeset.runs import (
 )
 from recipeset.signals import install_sigterm_handler
 from recipeset.stats import paired_bootstrap, paired_ranks
-from recipeset.threads import default_threads, set_passive_wait_policy
+from recipeset.threads import child_environment
 from recipeset.tracking import Tracker, ensure_experiment, open_store, start_parent_run
 from recipeset.training import STATE_FILE, recover_checkpoint
 
@@ -380,14 +379,7 @@ def _run_children_in_processes(todo: list[PlannedRun], out_root: str, parent_id:
                                echo) -> list[ChildOutcome]:
     """Run ``todo`` in order, each child as ``python -m recipeset.cli experiment child SPEC``, at most ``jobs`` at
     a time. An exception (Ctrl-C, SIGTERM) stops the running children; the queued ones never start."""
-    threads = default_threads(jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    set_passive_wait_policy(env)  # spin-waiting threads of N children on shared cores collapse throughput
-    # The children run the same recipeset as this process: one imported from a source checkout (not found by a
-    # child started in another directory) puts the checkout first (never site-packages: it would shadow stdlib).
-    root = Path(__file__).resolve().parent.parent
-    if root not in {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    threads, env = child_environment(jobs)
     queue = list(todo)
     by_name = {run.name: run for run in todo}
     outcomes: list[ChildOutcome] = []

@@ -10,7 +10,9 @@ removed the collapse.
 from __future__ import annotations
 
 import os
+import sysconfig
 from collections.abc import MutableMapping
+from pathlib import Path
 
 WAIT_POLICY = "OMP_WAIT_POLICY"
 
@@ -43,3 +45,18 @@ def set_passive_wait_policy(env: MutableMapping[str, str] = os.environ) -> None:
     """``OMP_WAIT_POLICY=PASSIVE`` in ``env`` (the process's environment by default, or a child's), unless the
     user set a policy. Effective only before the OpenMP runtime starts (before ``import torch``)."""
     env.setdefault(WAIT_POLICY, "PASSIVE")
+
+
+def child_environment(jobs: int) -> tuple[int, dict[str, str]]:
+    """``(threads, env)`` for one of ``jobs`` concurrent recipeset child processes (grid children, tuning
+    workers): the available cores ÷ ``jobs`` OpenMP/MKL threads, the passive wait policy (spin-waiting threads of
+    N children on shared cores collapse throughput), unbuffered output, and — when this recipeset is imported
+    from a source checkout, which a child started in another directory would not find — the checkout first on
+    ``PYTHONPATH`` (never site-packages: it would shadow the standard library)."""
+    threads = default_threads(jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    set_passive_wait_policy(env)
+    root = Path(__file__).resolve().parent.parent
+    if root not in {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    return threads, env

@@ -11,7 +11,10 @@ Resume: Optuna's storage is the SQLite file ``<out>/optuna.db`` (default ``<out>
 re-running the same command continues the same study: ``trials`` is the study's total of finished (complete or
 pruned) trials, finished trials are never repeated. A trial a kill left RUNNING (its process is gone), or one
 stopped by Ctrl-C / SIGTERM, is marked failed and queued again with the same parameters; the retry continues the
-interrupted run's checkpoint in the same directory when there is one. One ``tune`` process per study at a time.
+interrupted run's checkpoint in the same directory when there is one. One ``tune`` command per study at a time;
+``--jobs N`` runs N worker processes on the study (each trial records its owner's host and pid, so a worker's
+running trial is never taken for an interrupted one); each stops when the finished trials plus those running
+reach the budget (a race between two finishing at once may start up to N − 1 more).
 
 The best trial's configuration is written to ``<out>/best_config.toml`` (``recipeset train --config`` reads it;
 ``--dataset``/``--path`` override its data) and logged to the parent run with the best value and parameters as
@@ -239,11 +242,28 @@ def study_name(exp: Experiment, variant: str | None, quick: bool) -> str:
     return exp.name + (f"-{variant}" if variant else "") + ("-quick" if quick else "")
 
 
+class StopWhenBudgetIsTaken:
+    """An Optuna callback for one of several workers: stop this worker when the study's finished trials plus
+    the ones other workers are running reach ``trials`` (so the workers together run the budget, not each)."""
+
+    def __init__(self, trials: int) -> None:
+        self.trials = trials
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        if sum(s in FINISHED or s == TrialState.RUNNING for s in states) >= self.trials:
+            study.stop()
+
+
 def run_tune(path: str | os.PathLike, trials: int | None = None, minutes: float | None = None,
              uri: str | None = None, out: str | os.PathLike | None = None, variant: str | None = None,
-             quick: bool = False, echo=print) -> TuneResult:
+             quick: bool = False, echo=print, jobs: int = 1, worker: bool = False) -> TuneResult | None:
     """Search the file's ``[tune]`` space (``trials``/``minutes`` replace its budget) until the study has
-    ``trials`` finished trials or ``minutes`` have passed (no trial starts after that); see the module doc."""
+    ``trials`` finished trials or ``minutes`` have passed (no trial starts after that); see the module doc.
+
+    ``jobs`` > 1: that many worker processes (``recipeset tune ... --worker``, each with the cores ÷ ``jobs``
+    threads) take trials from the same study until the budget is taken; this process waits for them and
+    summarises. ``worker``: be one of them (no parent-run handling, no summary; returns None)."""
     exp = load_experiment(path)
     spec = exp.tune
     if spec is None:
@@ -261,6 +281,9 @@ def run_tune(path: str | os.PathLike, trials: int | None = None, minutes: float 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own one line per trial instead
     ensure_experiment(experiment, uri, exp.description)
     study = open_study(spec, out / STORAGE_FILE, name)
+    if worker:
+        _work(study, spec, fixed, out, name, trials, minutes, echo)
+        return None
     with start_parent_run(experiment, f"{name}/tune", uri, tags={"optuna_study": name, "optuna_storage": out /
                           STORAGE_FILE}, description=exp.description, reuse=False,
                           run_id=study.user_attrs.get("mlflow_parent_run_id")) as parent:
@@ -276,12 +299,61 @@ def run_tune(path: str | os.PathLike, trials: int | None = None, minutes: float 
         echo(f"study {name} ({out / STORAGE_FILE}): {done} finished trials"
              + ("" if todo is None else f", {todo} to go") + (f", at most {minutes:g} min" if minutes else ""))
         before = len(study.trials)
-        if todo != 0:
+        if todo != 0 and jobs > 1:
+            _run_workers(path, jobs if todo is None else min(jobs, todo), trials, minutes, uri, out, variant,
+                         quick, echo)
+        elif todo != 0:
             study.optimize(TrialObjective(spec, fixed, out, name, parent.run_id, echo), n_trials=todo,
                            timeout=None if minutes is None else minutes * 60, catch=(TrialFailed,))
         result = _summarise(study, spec, fixed, exp.name, out, parent)
         result.new_trials = [t.number for t in study.trials[before:]]
     return result
+
+
+def _work(study: optuna.Study, spec: TuneSpec, fixed: RunConfig, out: Path, name: str, trials: int | None,
+          minutes: float | None, echo) -> None:
+    """One worker of ``--jobs N``: trials of the shared study until the budget is taken (finished + running)."""
+    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    if parent_id is None:
+        raise RecipesetError(f"{out / STORAGE_FILE}: no parent run yet; start the search without --worker")
+    callbacks = [] if trials is None else [StopWhenBudgetIsTaken(trials)]
+    if trials is not None:  # the budget may already be taken by the time this worker starts
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        if sum(s in FINISHED or s == TrialState.RUNNING for s in states) >= trials:
+            return
+    study.optimize(TrialObjective(spec, fixed, out, name, parent_id, echo), n_trials=None,
+                   timeout=None if minutes is None else minutes * 60, catch=(TrialFailed,), callbacks=callbacks)
+
+
+def _run_workers(path: str | os.PathLike, jobs: int, trials: int | None, minutes: float | None, uri: str,
+                 out: Path, variant: str | None, quick: bool, echo) -> None:
+    """``jobs`` worker processes on the study (each logging to ``<out>/worker-<i>.log``, its trial lines
+    echoed here); an exception here (Ctrl-C, SIGTERM) stops them — their running trials are queued again by the
+    next command, as a killed search's."""
+    import sys
+
+    from recipeset.processes import ChildProcesses
+    from recipeset.threads import child_environment
+
+    _, env = child_environment(jobs)
+    argv = [sys.executable, "-m", "recipeset.cli", "tune", str(Path(path).resolve()), "--worker", "--quiet",
+            "--tracking-uri", uri, "--out", str(out.resolve())]
+    argv += [] if trials is None else ["--trials", str(trials)]
+    argv += [] if minutes is None else ["--minutes", str(minutes)]
+    argv += ([] if variant is None else ["--variant", variant]) + (["--quick"] if quick else [])
+    failed = []
+    with ChildProcesses(jobs) as workers:
+        for i in range(jobs):
+            workers.start(f"worker-{i}", argv, out / f"worker-{i}.log", env=env)
+            time.sleep(1.0)  # staggered: the first trials' storage writes do not contend
+        while workers.running:
+            exited = workers.wait(timeout=1.0)
+            for name, line in workers.new_lines():
+                if line.startswith(("trial ", "  ")):
+                    echo(f"{name}: {line.rstrip()}")
+            failed += [f"{w.name} (exit {w.returncode}, log {w.log_path})" for w in exited if w.returncode != 0]
+    if failed:
+        raise RecipesetError(f"tuning worker failed: {'; '.join(failed)}")
 
 
 def _log_search(parent: Tracker, spec: TuneSpec, fixed: RunConfig) -> None:

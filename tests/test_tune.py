@@ -157,6 +157,27 @@ def test_rerun_resumes_without_repeating_finished_trials(searched):
         assert study.trials[number].datetime_complete == completed
 
 
+def test_two_workers_share_the_budget_without_repeating_a_trial(mlflow_uri, tmp_path, monkeypatch):
+    """``--jobs 2``: two worker processes take trials from one study; together they finish the budget (4), no
+    trial twice, each trial a finished child run of the one parent, and the summary follows."""
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, "jobs-tune", steps=3, tune='pruner = "none"')
+    result = ok("tune", str(path), "--out", "study", "--trials", "4", "--jobs", "2", "--tracking-uri", mlflow_uri)
+    study = optuna.load_study(study_name="jobs-tune", storage=f"sqlite:///{tmp_path / 'study' / 'optuna.db'}")
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == len(study.trials) and 4 <= len(finished) <= 5  # a race may start jobs - 1 more
+    assert len({t.user_attrs["owner"]["pid"] for t in finished}) == 2  # both workers ran trials
+    assert all(f"worker-{i}: trial" in result.output for i in (0, 1)) and "best trial" in result.output
+    c = MlflowClient(mlflow_uri)
+    runs = c.search_runs([c.get_experiment_by_name("jobs-tune-tune").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("run_kind") == "parent")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(int(r.data.tags["trial"]) for r in children) == list(range(len(finished)))
+    assert {r.info.status for r in children + [parent]} == {"FINISHED"}
+
+
 def test_best_config_loads_and_trains(searched, monkeypatch):
     root = searched["root"]
     monkeypatch.chdir(root)
