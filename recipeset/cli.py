@@ -391,10 +391,13 @@ def evaluate(model_dir, ensemble, dataset, path, lenient, loader_options, split,
                              lenient=lenient, options=_loader_options(loader_options))
         if max_queries is not None:
             cfg.eval.max_queries = max_queries
+        if baselines and "completion" not in cfg.eval.tasks:
+            cfg.eval.tasks = [*cfg.eval.tasks, "completion"]
+        ranks: list | None = [] if baselines else None
         with phase(f"evaluating {split if dataset is None else dataset}"):
-            metrics = evaluate_model(m, sets, cfg)
+            metrics = evaluate_model(m, sets, cfg, per_query=ranks)
         if baselines:
-            for name, diffs in compare_with_baselines(m, model_dir, cfg, baselines).items():
+            for name, diffs in compare_with_baselines(m, model_dir, cfg, baselines, ranks).items():
                 for metric, d in diffs.items():
                     metrics.update({f"vs/{name}/{metric}": d.difference, f"vs/{name}/{metric}/low": d.low,
                                     f"vs/{name}/{metric}/high": d.high})

@@ -439,19 +439,20 @@ def run_split_data(model, model_dir: str, cfg: RunConfig, fix: str) -> PreparedD
 
 
 def compare_with_baselines(model, model_dir: str, cfg: RunConfig, names: Sequence[str],
+                           ranks: list[pd.DataFrame] | None = None,
                            metrics: Sequence[str] = ("recall@10", "mrr")) -> dict[str, dict[str, object]]:
     """``{baseline: {metric: PairedDifference}}``: the model's completion on its run's test queries against each
     named classical baseline fit on the same split (tuned on its validation queries as in a run) and scored on
     exactly those queries; model − baseline with a paired 95% bootstrap interval over recipes
-    (:func:`recipeset.stats.paired_bootstrap`)."""
+    (:func:`recipeset.stats.paired_bootstrap`). ``ranks``: the model's per-query frames of
+    :func:`~recipeset.protocol.evaluate_model` on that test split with ``cfg`` (else it is evaluated here)."""
     from recipeset.stats import paired_bootstrap, paired_ranks
 
     data = run_split_data(model, model_dir, cfg, "it is the split the baselines are fit and scored on")
-    if "completion" not in cfg.eval.tasks:
-        cfg.eval.tasks = [*cfg.eval.tasks, "completion"]
-    ranks: list[pd.DataFrame] = []
-    with phase("evaluating test"):
-        protocol.evaluate_model(model, data.test_eval, cfg, joint=False, per_query=ranks)
+    if ranks is None:
+        ranks = []
+        with phase("evaluating test"):
+            protocol.evaluate_model(model, data.test_eval, cfg, joint=False, per_query=ranks)
     ours = protocol.per_query_table({"test": (ranks, None)})
     frames: dict[str, pd.DataFrame] = {}
     with phase("baselines"):
