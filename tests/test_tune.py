@@ -157,6 +157,7 @@ def test_rerun_resumes_without_repeating_finished_trials(searched):
         assert study.trials[number].datetime_complete == completed
 
 
+@pytest.mark.slow  # two worker processes, each importing torch and MLflow (~20-40 s on 2 cores)
 def test_two_workers_share_the_budget_without_repeating_a_trial(mlflow_uri, tmp_path, monkeypatch):
     """``--jobs 2``: two worker processes take trials from one study; together they finish the budget (4), no
     trial twice, each trial a finished child run of the one parent, and the summary follows."""
