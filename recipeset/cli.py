@@ -387,8 +387,8 @@ def evaluate(model_dir, ensemble, dataset, path, lenient, loader_options, split,
             raise RecipesetError(f"--baseline {name!r}: not a completion baseline; choose from {', '.join(ranking)}")
     with reporting(not (quiet or as_json)):
         m = _load_scorer(model_dir, ensemble)
-        cfg, sets = run_data(m, model_dir, split=split, dataset=dataset, path=path, tune=bool(ensemble),
-                             lenient=lenient, options=_loader_options(loader_options))
+        cfg, sets, data = run_data(m, model_dir, split=split, dataset=dataset, path=path, tune=bool(ensemble),
+                                   lenient=lenient, options=_loader_options(loader_options))
         if max_queries is not None:
             cfg.eval.max_queries = max_queries
         if baselines and "completion" not in cfg.eval.tasks:
@@ -397,7 +397,7 @@ def evaluate(model_dir, ensemble, dataset, path, lenient, loader_options, split,
         with phase(f"evaluating {split if dataset is None else dataset}"):
             metrics = evaluate_model(m, sets, cfg, per_query=ranks)
         if baselines:
-            for name, diffs in compare_with_baselines(m, model_dir, cfg, baselines, ranks).items():
+            for name, diffs in compare_with_baselines(cfg, data, ranks, baselines).items():
                 for metric, d in diffs.items():
                     metrics.update({f"vs/{name}/{metric}": d.difference, f"vs/{name}/{metric}/low": d.low,
                                     f"vs/{name}/{metric}/high": d.high})

@@ -423,36 +423,15 @@ def tune_rules(model, val, cfg: RunConfig) -> tuple[protocol.StopRule | None, pr
     return protocol.tune_stop_rule(model, val, seed=cfg.eval.seed), protocol.tune_cuisine_rule(model, val)
 
 
-def run_config_of(model_dir: str) -> RunConfig:
-    """The run config saved with a model (``run_config.json``; the defaults when there is none)."""
-    run_cfg = Path(download_model_dir(str(model_dir))) / "run_config.json"
-    return load_config(run_cfg) if run_cfg.exists() else RunConfig()
-
-
-def run_split_data(model, model_dir: str, cfg: RunConfig, fix: str) -> PreparedData:
-    """The run's own data, rebuilt from the split and vocabulary saved with its model (``fix``: what to do
-    when the model has no saved split)."""
-    local = Path(download_model_dir(str(model_dir)))
-    if not (local / "split.json").exists():
-        raise RecipesetError(f"{model_dir}: no split.json saved with this model; {fix}")
-    return prepare_data(cfg.data, split_path=local / "split.json", vocab=model.vocab)
-
-
-def compare_with_baselines(model, model_dir: str, cfg: RunConfig, names: Sequence[str],
-                           ranks: list[pd.DataFrame] | None = None,
+def compare_with_baselines(cfg: RunConfig, data: PreparedData, ranks: list[pd.DataFrame], names: Sequence[str],
                            metrics: Sequence[str] = ("recall@10", "mrr")) -> dict[str, dict[str, object]]:
-    """``{baseline: {metric: PairedDifference}}``: the model's completion on its run's test queries against each
-    named classical baseline fit on the same split (tuned on its validation queries as in a run) and scored on
-    exactly those queries; model − baseline with a paired 95% bootstrap interval over recipes
-    (:func:`recipeset.stats.paired_bootstrap`). ``ranks``: the model's per-query frames of
-    :func:`~recipeset.protocol.evaluate_model` on that test split with ``cfg`` (else it is evaluated here)."""
+    """``{baseline: {metric: PairedDifference}}``: a model's completion on its run's test queries (``ranks``: its
+    per-query frames of :func:`~recipeset.protocol.evaluate_model` on ``data.test_eval`` with ``cfg``) against
+    each named classical baseline fit on the same split (tuned on its validation queries as in a run) and scored
+    on exactly those queries; model − baseline with a paired 95% bootstrap interval over recipes
+    (:func:`recipeset.stats.paired_bootstrap`)."""
     from recipeset.stats import paired_bootstrap, paired_ranks
 
-    data = run_split_data(model, model_dir, cfg, "it is the split the baselines are fit and scored on")
-    if ranks is None:
-        ranks = []
-        with phase("evaluating test"):
-            protocol.evaluate_model(model, data.test_eval, cfg, joint=False, per_query=ranks)
     ours = protocol.per_query_table({"test": (ranks, None)})
     frames: dict[str, pd.DataFrame] = {}
     with phase("baselines"):
@@ -469,21 +448,27 @@ def run_data(model, model_dir: str, split: str = "test", dataset: str | None = N
     """The run config saved with a model and the sets to evaluate it on: the run's own ``split`` (rebuilt from
     its saved split and vocabulary), or every recipe of ``dataset`` encoded with the model's vocabulary.
     ``lenient`` and the loader ``options`` say how to read the dataset (``data.lenient``, ``data.options``).
+    Returns ``(cfg, sets, data)``: ``data`` is the run's whole :class:`PreparedData` when it was rebuilt (the
+    run's own split, or ``tune``), else None.
 
     ``tune``: first tune ``model``'s rules on the run's validation queries as the run did (:func:`tune_rules`) —
     for a scorer the run did not tune, e.g. an :class:`~recipeset.ensemble.Ensemble` of trained models."""
-    cfg = run_config_of(model_dir)
+    local = Path(download_model_dir(str(model_dir)))
+    run_cfg = local / "run_config.json"
+    cfg = load_config(run_cfg) if run_cfg.exists() else RunConfig()
     if dataset is None:  # how to read the run's own dataset
         cfg.data.lenient = cfg.data.lenient or lenient
         cfg.data.options.update(options or {})
     data = None
     if dataset is None or tune:
-        fix = ("its validation split is what the ensemble is tuned on" if tune
-               else "pass --dataset to evaluate on another dataset")
-        data = run_split_data(model, model_dir, cfg, fix)
+        if not (local / "split.json").exists():
+            fix = ("its validation split is what the ensemble is tuned on" if tune
+                   else "pass --dataset to evaluate on another dataset")
+            raise RecipesetError(f"{model_dir}: no split.json saved with this model; {fix}")
+        data = prepare_data(cfg.data, split_path=local / "split.json", vocab=model.vocab)
         if tune:
             tune_rules(model, protocol.val_subset(data.val_eval, cfg), cfg)
     if dataset is not None:
         return cfg, load_dataset(dataset, path=path, lenient=lenient, options=options).encode(model.vocab,
-                                                                                           unknown="unk")
-    return cfg, data.test_eval if split == "test" else data.val_eval
+                                                                                           unknown="unk"), data
+    return cfg, data.test_eval if split == "test" else data.val_eval, data

@@ -242,16 +242,21 @@ def study_name(exp: Experiment, variant: str | None, quick: bool) -> str:
     return exp.name + (f"-{variant}" if variant else "") + ("-quick" if quick else "")
 
 
+def budget_taken(study: optuna.Study, trials: int) -> bool:
+    """Whether the study's finished trials plus the ones running (in any worker) reach ``trials``."""
+    return sum(t.state in FINISHED or t.state == TrialState.RUNNING
+               for t in study.get_trials(deepcopy=False)) >= trials
+
+
 class StopWhenBudgetIsTaken:
-    """An Optuna callback for one of several workers: stop this worker when the study's finished trials plus
-    the ones other workers are running reach ``trials`` (so the workers together run the budget, not each)."""
+    """An Optuna callback for one of several workers: stop this worker when :func:`budget_taken` (so the workers
+    together run the budget, not each)."""
 
     def __init__(self, trials: int) -> None:
         self.trials = trials
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        if sum(s in FINISHED or s == TrialState.RUNNING for s in states) >= self.trials:
+        if budget_taken(study, self.trials):
             study.stop()
 
 
@@ -316,11 +321,9 @@ def _work(study: optuna.Study, spec: TuneSpec, fixed: RunConfig, out: Path, name
     parent_id = study.user_attrs.get("mlflow_parent_run_id")
     if parent_id is None:
         raise RecipesetError(f"{out / STORAGE_FILE}: no parent run yet; start the search without --worker")
+    if trials is not None and budget_taken(study, trials):  # taken by the others before this worker started
+        return
     callbacks = [] if trials is None else [StopWhenBudgetIsTaken(trials)]
-    if trials is not None:  # the budget may already be taken by the time this worker starts
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        if sum(s in FINISHED or s == TrialState.RUNNING for s in states) >= trials:
-            return
     study.optimize(TrialObjective(spec, fixed, out, name, parent_id, echo), n_trials=None,
                    timeout=None if minutes is None else minutes * 60, catch=(TrialFailed,), callbacks=callbacks)
 

@@ -619,13 +619,12 @@ def test_evaluate_against_a_baseline_gives_the_paired_difference(trained):
     for metric in ("recall@10", "mrr"):
         d, low, high = (metrics[f"vs/popularity/{metric}{end}"] for end in ("", "/low", "/high"))
         assert low <= d <= high and low < high
-    from recipeset.pipeline import run_config_of, run_split_data
+    from recipeset.pipeline import run_data
     from recipeset.protocol import run_baselines_on
     from recipeset.runs import load_model
 
-    model = load_model(trained["model"])
-    cfg = run_config_of(trained["model"])
-    baseline = run_baselines_on(cfg, run_split_data(model, trained["model"], cfg, ""), names=["popularity"])
+    cfg, _, data = run_data(load_model(trained["model"]), trained["model"])
+    baseline = run_baselines_on(cfg, data, names=["popularity"])
     for metric in ("recall@10", "mrr"):  # model − baseline, each as scored alone on the run's test queries
         assert metrics[f"vs/popularity/{metric}"] == pytest.approx(
             metrics[f"completion/{metric}"] - baseline["popularity"]["test"][f"completion/{metric}"], abs=1e-12)

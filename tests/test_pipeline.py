@@ -139,11 +139,11 @@ def test_evaluate_on_the_runs_own_split_reproduces_its_test_metrics(in_store):
     result = in_store["result"]
     for source in (str(result.model_dir), f"runs:/{result.run_id}/model"):
         model = recipeset.load_model(source)
-        cfg, sets = run_data(model, source, split="test")
+        cfg, sets, _ = run_data(model, source, split="test")
         again = evaluate_model(model, sets, cfg)
         expected = {k: v for k, v in result.metrics.items() if not k.startswith("bayes/")}
         assert again == expected, source
-    _, val_sets = run_data(model, str(result.model_dir), split="val")
+    _, val_sets, _ = run_data(model, str(result.model_dir), split="val")
     assert evaluate_model(model, val_sets, cfg, joint=False) == result.val_metrics  # selection: next scoring
 
 
@@ -152,7 +152,7 @@ def test_run_data_on_another_dataset_file(in_store, tmp_path):
     known = model.vocab.ingredients[:6]
     csv = tmp_path / "other.csv"
     csv.write_text("ingredients\n" + f"{known[0]};{known[1]};{known[2]}\n{known[3]};{known[4]};not_an_ingredient\n")
-    cfg, sets = run_data(model, str(in_store["result"].model_dir), dataset=str(csv))
+    cfg, sets, _ = run_data(model, str(in_store["result"].model_dir), dataset=str(csv))
     assert len(sets) == 2 and (sets.values == 6).sum() == 1  # the unknown ingredient is [UNK] (a miss)
     metrics = evaluate_model(model, sets, cfg)
     assert metrics["completion/n"] == 2
