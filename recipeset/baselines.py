@@ -23,6 +23,7 @@ import scipy.sparse as sp
 import torch
 
 from recipeset import progress
+from recipeset.config import CUISINE_MAX_ACCURACY_DROP
 from recipeset.data.sets import EncodedSets
 from recipeset.data.vocab import NUM_SPECIALS, PAD, Vocabulary
 from recipeset.errors import RecipesetError
@@ -524,7 +525,8 @@ BASELINES: dict[str, type[Baseline]] = {cls.name: cls for cls in (
 # ================================================================================================
 def fit_baseline(name: str, train: EncodedSets, vocab: Vocabulary, val: EncodedSets | None = None,
                  seed: int = 0, eval_seed: int = 0, grid: Sequence[Mapping[str, Any]] | None = None,
-                 draws: int = 1) -> tuple[Baseline, dict[str, Any]]:
+                 draws: int = 1, cuisine_max_accuracy_drop: float = CUISINE_MAX_ACCURACY_DROP
+                 ) -> tuple[Baseline, dict[str, Any]]:
     """Fit baseline ``name`` on ``train``; with ``val``, pick its hyper-parameters on validation.
 
     The grid point with the best validation ``cls.select`` metric (completion MRR; cuisine macro-F1 for
@@ -545,7 +547,7 @@ def fit_baseline(name: str, train: EncodedSets, vocab: Vocabulary, val: EncodedS
     for point in progress.track(grid, "grid"):
         b = cls(vocab, **point, seed=seed).fit(train, val=val, eval_seed=eval_seed, draws=draws)
         if cls.select == "cuisine/macro_f1":  # with its decision rule tuned on validation, as for the models
-            rule = tune_cuisine_rule(b, val)
+            rule = tune_cuisine_rule(b, val, max_accuracy_drop=cuisine_max_accuracy_drop)
             score = rule.macro_f1 if rule is not None else evaluate_cuisine(b, val)["macro_f1"]
         else:
             score = evaluate_completion(b, val, seed=eval_seed, draws=draws)["mrr"]
@@ -564,13 +566,17 @@ def fit_baseline(name: str, train: EncodedSets, vocab: Vocabulary, val: EncodedS
 def run_baselines(train: EncodedSets, val: EncodedSets, test: EncodedSets, vocab: Vocabulary,
                   names: Sequence[str] | None = None, seed: int = 0, eval_seed: int = 0,
                   tasks: Sequence[str] | None = None, batch_size: int = 512, draws: int = 1,
-                  per_query: dict[str, dict[str, list[pd.DataFrame]]] | None = None) -> dict[str, dict[str, Any]]:
+                  per_query: dict[str, dict[str, list[pd.DataFrame]]] | None = None,
+                  cuisine_max_accuracy_drop: float = CUISINE_MAX_ACCURACY_DROP,
+                  cuisine_val: EncodedSets | None = None) -> dict[str, dict[str, Any]]:
     """Fit, tune on ``val`` and evaluate every baseline on ``val`` and ``test`` with :func:`evaluate_all`
     (completion: ``draws`` held-out draws per recipe).
 
     Returns ``{name: {"params": chosen hyper-parameters, "val": metrics, "test": metrics, "seconds": wall}}``;
     ``tasks`` restricts each baseline's own tasks (ranking: completion/set/order; classifier: cuisine). With
     ``per_query``, the completion ranks are collected as ``per_query[name][split]`` (evaluate_all's frames).
+    ``cuisine_val`` (default ``val``): the validation recipes of the classifiers (their grid and decision rule),
+    as the models' cuisine rule is tuned on the whole validation split while their completion uses a subset.
     """
     names = list(BASELINES) if names is None else list(names)
     bad = [n for n in names if n not in BASELINES]
@@ -579,12 +585,14 @@ def run_baselines(train: EncodedSets, val: EncodedSets, test: EncodedSets, vocab
     out: dict[str, dict[str, Any]] = {}
     for name in progress.track(names, "baselines", name=str):
         t0 = time.perf_counter()
-        b, params = fit_baseline(name, train, vocab, val, seed=seed, eval_seed=eval_seed, draws=draws)
+        own_val = cuisine_val if cuisine_val is not None and "cuisine" in BASELINES[name].tasks else val
+        b, params = fit_baseline(name, train, vocab, own_val, seed=seed, eval_seed=eval_seed, draws=draws,
+                                 cuisine_max_accuracy_drop=cuisine_max_accuracy_drop)
         own = [t for t in b.tasks if tasks is None or t in tasks]
         if "cuisine" in own and not (test.cuisine >= 0).any():
             own.remove("cuisine")
         res = {"params": params}
-        for split, sets in (("val", val), ("test", test)):
+        for split, sets in (("val", own_val), ("test", test)):
             frames = None if per_query is None else per_query.setdefault(name, {}).setdefault(split, [])
             with progress.phase(f"evaluating {split}"):
                 res[split] = evaluate_all(b, sets, tasks=own, seed=eval_seed, batch_size=batch_size, draws=draws,

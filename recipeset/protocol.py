@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from recipeset.config import RunConfig
+from recipeset.config import CUISINE_MAX_ACCURACY_DROP, RunConfig
 from recipeset.data.prepare import PreparedData
 from recipeset.data.sets import EncodedSets
 from recipeset.data.sources.synthetic import SyntheticOracle
@@ -237,17 +237,22 @@ class CuisineRule(NamedTuple):
     offsets: tuple[float, ...]  # per-cuisine log-offsets added to the log-probabilities before the argmax
     macro_f1: float             # validation macro-F1 with them
     plain_macro_f1: float       # validation macro-F1 of the plain argmax
+    accuracy: float             # validation accuracy with them
+    plain_accuracy: float       # validation accuracy of the plain argmax
 
 
 CUISINE_OFFSETS: tuple[float, ...] = tuple(np.round(np.arange(-4.0, 4.01, 0.25), 2))  # each class's search grid
 
 
-def tune_cuisine_rule(scorer: Any, val: EncodedSets, rounds: int = 3) -> CuisineRule | None:
-    """The cuisine decision rule with the best validation macro-F1, set on ``scorer``: per-class log-offsets
-    ``b`` (predict ``argmax log p + b``; a prior correction), found by coordinate ascent over
-    :data:`CUISINE_OFFSETS` (``rounds`` sweeps over the classes; a class's offset moves only when macro-F1
-    improves, so the plain argmax is kept unless the rule beats it). None for a scorer that cannot classify or
-    a validation split without labels."""
+def tune_cuisine_rule(scorer: Any, val: EncodedSets, rounds: int = 3,
+                      max_accuracy_drop: float = CUISINE_MAX_ACCURACY_DROP) -> CuisineRule | None:
+    """The cuisine decision rule with the best validation macro-F1 among those that keep the validation
+    accuracy within ``max_accuracy_drop`` of the plain argmax's, set on ``scorer``: per-class log-offsets ``b``
+    (predict ``argmax log p + b``; a prior correction), found by coordinate ascent over :data:`CUISINE_OFFSETS`
+    (``rounds`` sweeps over the classes; a class's offset moves only when macro-F1 improves and the accuracy
+    stays within the bound, so the plain argmax is kept unless the rule beats it). Macro-F1 rewards predicting
+    the rare cuisines at the expense of the common one; the bound keeps that trade from costing the accuracy
+    (1 allows any). None for a scorer that cannot classify or a validation split without labels."""
     if not getattr(scorer, "can_classify", False) or not (val.cuisine >= 0).any():
         return None
     scorer.set_cuisine_offsets(())
@@ -255,22 +260,29 @@ def tune_cuisine_rule(scorer: Any, val: EncodedSets, rounds: int = 3) -> Cuisine
         P, labels = cuisine_probs(scorer, val)
     logp = np.log(np.clip(P, 1e-30, None))
     C = P.shape[1]
+
+    def scores(b: np.ndarray) -> tuple[float, float]:
+        pred = (logp + b).argmax(1)
+        return macro_f1(labels, pred, C), float((pred == labels).mean())
+
     b = np.zeros(C)
-    plain = best = macro_f1(labels, logp.argmax(1), C)
+    plain, plain_accuracy = scores(b)
+    best, accuracy = plain, plain_accuracy
+    floor = plain_accuracy - max_accuracy_drop - 1e-12
     for _ in range(rounds):
         moved = False
         for c in range(C):
             for value in CUISINE_OFFSETS:
                 trial = b.copy()
                 trial[c] = value
-                f1 = macro_f1(labels, (logp + trial).argmax(1), C)
-                if f1 > best + 1e-12:
-                    best, b, moved = f1, trial, True
+                f1, acc = scores(trial)
+                if f1 > best + 1e-12 and acc >= floor:
+                    best, accuracy, b, moved = f1, acc, trial, True
         if not moved:
             break
     offsets = tuple(float(x) for x in b) if best > plain else ()
     scorer.set_cuisine_offsets(offsets)
-    return CuisineRule(offsets, best, plain)
+    return CuisineRule(offsets, best, plain, accuracy, plain_accuracy)
 
 
 def prefix_rule_f1s(ids: np.ndarray, probs: np.ndarray, truths: EncodedSets,
@@ -355,7 +367,8 @@ def headline_rows(metrics: dict[str, float], baselines: dict[str, dict[str, floa
 # ---- baselines --------------------------------------------------------------------------------------------------
 def run_baselines_on(cfg: RunConfig, data: PreparedData, names: Sequence[str] | None = None,
                      seed: int = 0, per_query: dict[str, pd.DataFrame] | None = None) -> dict[str, dict[str, Any]]:
-    """The classical baselines fit on ``data.train``, tuned on :func:`val_subset` and evaluated on that and on
+    """The classical baselines fit on ``data.train``, tuned on :func:`val_subset` (the cuisine classifiers on the
+    whole validation split, as the models' cuisine rule) and evaluated on that and on
     :func:`test_subset` with ``eval.tasks``, ``eval.seed`` and ``eval.query_draws`` — exactly the queries the
     models get. ``seed`` drives the baselines' own randomness. Returns :func:`recipeset.baselines.run_baselines`'s
     dict; with ``per_query``, each baseline's completion ranks as ``per_query[name]`` (:func:`per_query_table`)."""
@@ -366,7 +379,9 @@ def run_baselines_on(cfg: RunConfig, data: PreparedData, names: Sequence[str] | 
     test, test_rows = _capped(data.test_eval, test_caps(cfg), cfg.eval.seed)
     frames: dict[str, dict[str, list[pd.DataFrame]]] = {}
     results = run_baselines(data.train, val, test, data.vocab, names=names, seed=seed, eval_seed=cfg.eval.seed,
-                            tasks=cfg.eval.tasks, draws=cfg.eval.query_draws, per_query=frames)
+                            tasks=cfg.eval.tasks, draws=cfg.eval.query_draws, per_query=frames,
+                            cuisine_max_accuracy_drop=cfg.eval.cuisine_max_accuracy_drop,
+                            cuisine_val=data.val_eval)
     if per_query is not None:
         for name, by_split in frames.items():
             per_query[name] = per_query_table({"val": (by_split.get("val", []), val_rows),

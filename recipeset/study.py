@@ -38,7 +38,7 @@ from recipeset.io_utils import atomic_write_text
 from recipeset.pipeline import evaluate_run, log_evaluation, log_rules, run_training, tune_rules
 from recipeset.plots import new_figure
 from recipeset.processes import ChildExit, ChildProcesses
-from recipeset.protocol import PER_QUERY_FILE, load_per_query, run_baselines_on, save_per_query, val_subset
+from recipeset.protocol import PER_QUERY_FILE, load_per_query, run_baselines_on, save_per_query
 from recipeset.runs import (
     find_finished_run,
     load_ensemble,
@@ -206,7 +206,7 @@ def _run_ensemble_child(exp: Experiment, spec: EnsembleSpec, members: list[Plann
         model_dirs = [child_dir(r, out_root) / "model" for r in members]
         ensemble = load_ensemble(model_dirs, combine=spec.combine)
         data = prepare_data(cfg.data, split_path=child_dir(members[0], out_root) / "split.json", vocab=ensemble.vocab)
-        tuned, cuisine_rule = tune_rules(ensemble, val_subset(data.val_eval, cfg), cfg)
+        tuned, cuisine_rule = tune_rules(ensemble, data.val_eval, cfg)
         evaluation = evaluate_run(ensemble, cfg, data, ensemble_dir(spec, members, out_root))
         log_evaluation(tracker, evaluation, 0)
         log_rules(tracker, tuned, cuisine_rule, 0)

@@ -77,3 +77,32 @@ def test_the_plain_argmax_is_kept_when_no_offset_helps():
 def test_a_model_without_a_cuisine_head_has_no_rule():
     model = DeepSets(DeepSetsConfig(d_model=8), VOCAB)
     assert tune_cuisine_rule(model, _sets(np.array([0, 1]))) is None
+
+
+class FixedScorer(SkewedScorer):
+    """Row ``i`` (its first id) gets the fixed logits ``logits[i]``."""
+
+    def __init__(self, logits: list[list[float]]) -> None:
+        super().__init__(np.zeros(len(logits), dtype=np.int64))
+        self.logits = torch.tensor(logits)
+        self.vocab = Vocabulary([f"i{k}" for k in range(len(logits))], ["x", "y", "z"])
+
+    def classify_ids(self, tokens, mask):
+        return offset_probs(torch.softmax(self.logits[tokens[:, 0] - NUM_SPECIALS], 1), self.cuisine_offsets)
+
+
+def test_the_rule_keeps_the_accuracy_within_the_allowed_drop():
+    # six cuisine-0 recipes (three of them ambiguous) and one cuisine-1 recipe, all argmax 0: accuracy 6/7,
+    # macro-F1 0.4615. Moving cuisine 1 up by 0.75 catches its recipe and three ambiguous ones: macro-F1
+    # (2/3 + 0.4) / 2 = 0.533, but accuracy 4/7 — a trade the default bound refuses.
+    logits = [[0.5, 0.0, -9]] * 3 + [[3.0, 0.0, -9]] * 3 + [[0.5, 0.0, -9]]
+    labels = np.array([0, 0, 0, 0, 0, 0, 1])
+    sets = EncodedSets.from_lists([[NUM_SPECIALS + i] for i in range(7)], cuisine=labels)
+    free = tune_cuisine_rule(FixedScorer(logits), sets, max_accuracy_drop=1.0)
+    assert free.plain_accuracy == pytest.approx(6 / 7) and free.plain_macro_f1 == pytest.approx(12 / 26)
+    assert free.macro_f1 == pytest.approx((2 / 3 + 0.4) / 2) and free.accuracy == pytest.approx(4 / 7)
+    scorer = FixedScorer(logits)
+    bounded = tune_cuisine_rule(scorer, sets)  # eval.cuisine_max_accuracy_drop's default, 0.005
+    assert bounded.offsets == () and scorer.cuisine_offsets == ()
+    assert bounded.accuracy == bounded.plain_accuracy == pytest.approx(6 / 7)
+    assert evaluate_cuisine(scorer, sets)["accuracy"] == pytest.approx(6 / 7)

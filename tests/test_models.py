@@ -55,6 +55,7 @@ ST = {
 DECODER = _randomize(_build(CausalDecoder, cuisine_head=True))
 DEEPSETS = _randomize(_build(DeepSets, cuisine_head=True, stop_threshold=0.0))
 DEEPSETS_ML = _randomize(_build(DeepSets, cuisine_head=True, multilabel=True, stop_threshold=0.3), seed=4)
+DEEPSETS_MLP_HEAD = _randomize(_build(DeepSets, cuisine_head=True, cuisine_hidden=12), seed=5)  # MLP on the raw sum
 
 ids_set = st.lists(st.integers(NUM_SPECIALS, V - 1), min_size=1, max_size=7, unique=True)
 
@@ -89,7 +90,7 @@ def test_completion_and_classify_invariant_to_query_order(ids, data):
     perm = data.draw(st.permutations(range(len(ids))))
     t, m = _one(ids)
     tp, mp = _one([ids[i] for i in perm])
-    for model in [*ST.values(), DEEPSETS, DEEPSETS_ML, DECODER]:
+    for model in [*ST.values(), DEEPSETS, DEEPSETS_ML, DEEPSETS_MLP_HEAD, DECODER]:
         a, b = model.completion_scores_ids(t, m), model.completion_scores_ids(tp, mp)
         assert torch.equal(torch.isinf(a), torch.isinf(b))
         torch.testing.assert_close(a, b, **ATOL)
@@ -113,7 +114,7 @@ def test_extra_padding_columns_change_nothing():
 def test_batch_equals_items_alone_and_empty_sets_are_finite():
     sets = [[8, 12, 9], [], [20, 10]]
     t, m = pad_ids(sets)
-    for model in [*ST.values(), DEEPSETS, DEEPSETS_ML, DECODER]:
+    for model in [*ST.values(), DEEPSETS, DEEPSETS_ML, DEEPSETS_MLP_HEAD, DECODER]:
         batch = model.completion_scores_ids(t, m)
         for i, s in enumerate(sets):
             torch.testing.assert_close(batch[i:i + 1], model.completion_scores_ids(*pad_ids([s])), **ATOL)

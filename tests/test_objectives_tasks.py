@@ -148,6 +148,26 @@ def test_detached_cls_only_run_leaves_the_encoder_untouched(data):
         assert has == name.startswith("cuisine_head."), name
 
 
+def test_deep_sets_mlp_cuisine_head_learns_from_the_raw_sum_not_rho(data):
+    cfg = make_cfg("deep-sets", "standard", {"cls": 1.0}, **{"model.cuisine_hidden": 12, "model.phi_layers": 1})
+    model, objectives, _ = build(cfg, data)
+    batch = batch_of(data)
+    out = objectives(model, batch, torch.Generator().manual_seed(0))
+    out["loss/total"].backward()
+    with_grad = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad == {"embed", "phi", "cuisine_head"}  # rho and ln_f serve completion only
+    model.eval()
+    with torch.no_grad():
+        fwd = model(batch.tokens, batch.mask)
+        s = (model.phi(model.embed(batch.tokens)) * batch.mask[..., None]).sum(1)
+        torch.testing.assert_close(fwd.cuisine_features, s)
+        torch.testing.assert_close(fwd.cuisine_logits, model.cuisine_head(s))
+        labelled = batch.cuisine >= 0
+        by_hand = torch.nn.functional.cross_entropy(fwd.cuisine_logits[labelled], batch.cuisine[labelled])
+        got = objectives(model, batch, torch.Generator().manual_seed(0))["loss/cls"]
+    torch.testing.assert_close(got, by_hand)
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
 def test_alpha_combination_matches_hand_combined(data, alpha):
     weights = {"clm": 1.0, "coherence": 0.5, "cls": 2.0}

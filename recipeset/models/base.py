@@ -41,6 +41,7 @@ class ModelOutput:
     rtd_logits:       ``[B, T]`` per-element "replaced" logit
     slot_logits:      ``[B, K, V]`` parallel set prediction; NULL (id 7) is ∅
     set_logits:       ``[B, V]`` deep-sets: missing-ingredient logits
+    cuisine_features: ``[B, D']`` what the cuisine head reads when it is not ``pooled``
     """
 
     logits: torch.Tensor | None = None
@@ -51,6 +52,7 @@ class ModelOutput:
     rtd_logits: torch.Tensor | None = None
     slot_logits: torch.Tensor | None = None
     set_logits: torch.Tensor | None = None
+    cuisine_features: torch.Tensor | None = None
 
     def per_position(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ModelOutput:
         """The per-position outputs (``logits``, ``hidden``, ``rtd_logits``) mapped by ``fn`` (e.g. packed rows put

@@ -58,6 +58,9 @@ class DeepSetsConfig:
     rho_layers: int = spec(2, ge=0)  # residual MLP blocks applied to the pooled sum
     dropout: float = spec(0.0, ge=0, lt=1)
     cuisine_head: bool = False  # cuisine classifier on the pooled representation
+    cuisine_hidden: int = spec(0, ge=0)  # > 0: the cuisine head is an MLP of this width (Linear → GELU → dropout →
+    #                                 Linear) on the raw sum Σφ, not a linear layer on ρ's layer-normed output, which
+    #                                 over-fits the cuisine within 1–3 epochs on flavornet (README, cuisine)
     cuisine_offsets: tuple[float, ...] = ()  # per-cuisine log-offsets of the decision rule, tuned on validation
     cuisine_condition: bool = False  # add a learned cuisine vector to the pooled sum (never with cuisine_head)
     embedding: str = spec("learned", choices=EMBEDDINGS, kind="embedding")  # "learned" table (tied to the
@@ -72,6 +75,14 @@ class DeepSetsConfig:
     #                          stop_threshold, adding the best ingredient
     multilabel: bool = False  # set_logits are independent per-ingredient logits (the `set` objective, BCE);
     #                           complete() then adds at once every ingredient with σ(logit) ≥ stop_threshold
+
+
+def cuisine_head(c: DeepSetsConfig) -> nn.Module:
+    """A linear layer on ρ's output, or with ``cuisine_hidden`` an MLP on the raw sum."""
+    if not c.cuisine_hidden:
+        return nn.Linear(c.d_model, c.n_cuisines)
+    return nn.Sequential(nn.Linear(c.d_model, c.cuisine_hidden), nn.GELU(), nn.Dropout(c.dropout),
+                         nn.Linear(c.cuisine_hidden, c.n_cuisines))
 
 
 @register_model
@@ -109,7 +120,7 @@ class DeepSets(RecipeModel):
         self.rho = nn.Sequential(*(ResidualMLP(c.d_model, c.dropout) for _ in range(c.rho_layers)))
         self.ln_f = nn.LayerNorm(c.d_model)
         self.lm_head = None if c.embedding == "learned" else nn.Linear(c.d_model, c.vocab_size, bias=False)
-        self.cuisine_head = nn.Linear(c.d_model, c.n_cuisines) if c.cuisine_head else None
+        self.cuisine_head = cuisine_head(c) if c.cuisine_head else None
         allow = (NULL,) if c.null_stop else ()  # [NULL]: "nothing is missing"
         self.register_buffer("logit_bias", special_bias(c.vocab_size, allow), persistent=False)
         for m in self.modules():
@@ -129,9 +140,11 @@ class DeepSets(RecipeModel):
         h = self.phi(self.embed(tokens))
         s = (h * mask.to(h.dtype)[..., None]).sum(1)  # sum-pool: padding contributes nothing
         pooled, set_logits = self._readout(s, cuisine)
+        features = s if self.config.cuisine_hidden else None  # what the cuisine head reads (None: pooled)
         return ModelOutput(
-            hidden=h, pooled=pooled, set_logits=mask_ids(set_logits, tokens, mask),
-            cuisine_logits=None if self.cuisine_head is None else self.cuisine_head(pooled),
+            hidden=h, pooled=pooled, set_logits=mask_ids(set_logits, tokens, mask), cuisine_features=features,
+            cuisine_logits=None if self.cuisine_head is None else self.cuisine_head(pooled if features is None
+                                                                                   else features),
         )
 
     def held_out_logits(self, tokens: torch.Tensor, mask: torch.Tensor, cuisine: torch.Tensor | None = None

@@ -277,8 +277,8 @@ def _held_out_part(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.G
 @register_objective("cls", head="cuisine_head", task=True, help="cuisine classification", positions=PER_RECIPE)
 def cls(o: Objectives, model: RecipeModel, batch: Batch, gen: torch.Generator, cache: dict) -> torch.Tensor:
     out = o.clean(model, batch, cache)
-    pooled = out.pooled.detach() if o.obj.detach else out.pooled
-    logits = model.cuisine_head(pooled)  # type: ignore[attr-defined]
+    features = out.pooled if out.cuisine_features is None else out.cuisine_features
+    logits = model.cuisine_head(features.detach() if o.obj.detach else features)  # type: ignore[attr-defined]
     labels = batch.cuisine
     if bool((labels >= 0).sum() == 0):
         return logits.sum() * 0.0  # no labelled recipe in this batch
