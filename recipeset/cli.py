@@ -368,10 +368,13 @@ def _load_scorer(model_dir: str, ensemble: tuple[str, ...]):
 @click.option("--baseline", "baselines", multiple=True, metavar="NAME", help="A classical baseline (repeatable, "
               "e.g. mlp) fit on the run's split and scored on the same test queries: adds model − baseline "
               "Recall@10 and MRR with a paired 95%% bootstrap interval over recipes (vs/NAME/...).")
+@click.option("--set", "set_pairs", multiple=True, metavar="eval.KEY=VALUE",
+              help="An evaluation setting of the run's config (eval.* keys only; repeatable), e.g. --set "
+                   "eval.query_draws=10 or, for an --ensemble's tuned rules, --set eval.cuisine_max_accuracy_drop=0.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 @quiet_option
-def evaluate(model_dir, ensemble, dataset, path, lenient, loader_options, split, max_queries, baselines, as_json,
-             quiet) -> None:
+def evaluate(model_dir, ensemble, dataset, path, lenient, loader_options, split, max_queries, baselines, set_pairs,
+             as_json, quiet) -> None:
     """The evaluation table of a trained model (MODEL_DIR or runs:/<id>/model), or of an --ensemble."""
     import json
 
@@ -385,10 +388,15 @@ def evaluate(model_dir, ensemble, dataset, path, lenient, loader_options, split,
     for name in baselines:
         if name not in ranking:
             raise RecipesetError(f"--baseline {name!r}: not a completion baseline; choose from {', '.join(ranking)}")
+    overrides = _parse_overrides(set_pairs, "--set")
+    for key in overrides:
+        if not key.startswith("eval."):
+            raise RecipesetError(f"--set {key}: evaluate changes eval.* settings only (the model is trained; "
+                                 "`recipeset train --set` for the others)")
     with reporting(not (quiet or as_json)):
         m = _load_scorer(model_dir, ensemble)
         cfg, sets, data = run_data(m, model_dir, split=split, dataset=dataset, path=path, tune=bool(ensemble),
-                                   lenient=lenient, options=_loader_options(loader_options))
+                                   lenient=lenient, options=_loader_options(loader_options), overrides=overrides)
         if max_queries is not None:
             cfg.eval.max_queries = max_queries
         if baselines and "completion" not in cfg.eval.tasks:

@@ -81,7 +81,8 @@ class Ensemble(RecipeModel):
                    if getattr(m, "tunes_stop_threshold", False) and m.config.stop_threshold is not None]
             stop_threshold = sum(own) / len(own) if own else DEFAULT_STOP_THRESHOLD
         vocab = models[0].vocab
-        super().__init__(EnsembleConfig(combine, float(stop_threshold), (), vocab.num_cuisines), vocab)
+        super().__init__(EnsembleConfig(combine, float(stop_threshold), members_rule(models), vocab.num_cuisines),
+                         vocab)
         self.members = nn.ModuleList(models)
         self.names = names
         self.scoring_modes = tuple(m for m in models[0].scoring_modes if all(m in x.scoring_modes for x in models))
@@ -143,14 +144,29 @@ class Ensemble(RecipeModel):
 
     @inference
     def classify_ids(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Cuisine probabilities ``[B, n_cuisines]``: the mean of the members' (each with its own decision rule),
-        re-weighted by the ensemble's ``config.cuisine_offsets``."""
+        """Cuisine probabilities ``[B, n_cuisines]``: the mean of the members' plain probabilities (each member's
+        own decision rule undone), re-weighted by the ensemble's one rule, ``config.cuisine_offsets`` (the mean of
+        the members' rules until :func:`~recipeset.protocol.tune_cuisine_rule` tunes it for the mean)."""
         for name, m in zip(self.names, self.members, strict=True):
             if not m.can_classify:
                 raise RecipesetError(f"ensemble: {name} has no cuisine head; every member must be trained with "
                                      "--objective cls to classify")
-        probs = torch.stack([m.classify_ids(tokens, mask).float() for m in self.members]).mean(0)
+        probs = torch.stack([offset_probs(m.classify_ids(tokens, mask).float(), [-b for b in member_offsets(m)])
+                             for m in self.members]).mean(0)
         return offset_probs(probs, self.config.cuisine_offsets)
+
+
+def member_offsets(model: RecipeModel) -> tuple[float, ...]:
+    """A member's cuisine decision rule (per-cuisine log-offsets; () when it has none)."""
+    return tuple(getattr(model.config, "cuisine_offsets", ()) or ())
+
+
+def members_rule(models: Sequence[RecipeModel]) -> tuple[float, ...]:
+    """The mean of the members' cuisine rules (those that have one): where an ensemble's rule starts."""
+    rules = [member_offsets(m) for m in models if member_offsets(m)]
+    if not rules or len({len(r) for r in rules}) != 1:
+        return ()
+    return tuple(float(sum(column) / len(rules)) for column in zip(*rules, strict=True))
 
 
 def combine_log_probs(logps: torch.Tensor, combine: str = "logprob") -> torch.Tensor:

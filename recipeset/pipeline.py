@@ -448,7 +448,7 @@ def compare_with_baselines(cfg: RunConfig, data: PreparedData, ranks: list[pd.Da
 
 
 def run_data(model, model_dir: str, split: str = "test", dataset: str | None = None, path: str | None = None,
-             tune: bool = False, lenient: bool = False, options: dict | None = None):
+             tune: bool = False, lenient: bool = False, options: dict | None = None, overrides: dict | None = None):
     """The run config saved with a model and the sets to evaluate it on: the run's own ``split`` (rebuilt from
     its saved split and vocabulary), or every recipe of ``dataset`` encoded with the model's vocabulary.
     ``lenient`` and the loader ``options`` say how to read the dataset (``data.lenient``, ``data.options``).
@@ -456,10 +456,13 @@ def run_data(model, model_dir: str, split: str = "test", dataset: str | None = N
     run's own split, or ``tune``), else None.
 
     ``tune``: first tune ``model``'s rules on the run's validation queries as the run did (:func:`tune_rules`) —
-    for a scorer the run did not tune, e.g. an :class:`~recipeset.ensemble.Ensemble` of trained models."""
+    for a scorer the run did not tune, e.g. an :class:`~recipeset.ensemble.Ensemble` of trained models.
+    ``overrides``: dotted keys set on the run's config first (``evaluate --set``)."""
     local = Path(download_model_dir(str(model_dir)))
     run_cfg = local / "run_config.json"
     cfg = load_config(run_cfg) if run_cfg.exists() else RunConfig()
+    if overrides:
+        cfg = cfg.override(overrides, source="--set")
     if dataset is None:  # how to read the run's own dataset
         cfg.data.lenient = cfg.data.lenient or lenient
         cfg.data.options.update(options or {})

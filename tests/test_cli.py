@@ -630,3 +630,14 @@ def test_evaluate_against_a_baseline_gives_the_paired_difference(trained):
             metrics[f"completion/{metric}"] - baseline["popularity"]["test"][f"completion/{metric}"], abs=1e-12)
     one_line_error(invoke("evaluate", trained["model"], "--baseline", "logistic-cuisine"), "not a completion baseline")
     one_line_error(invoke("evaluate", trained["model"], "--baseline", "mlp", "--split", "val"), "own test split")
+
+
+def test_evaluate_set_changes_eval_settings_only(trained):
+    """``evaluate --set eval.KEY=VALUE``: the run's evaluation settings changed for this evaluation (here: one
+    held-out draw per recipe instead of the run's 5), any other section refused in one line."""
+    five = json.loads(ok("evaluate", trained["model"], "--json").output)
+    one = json.loads(ok("evaluate", trained["model"], "--set", "eval.query_draws=1", "--json").output)
+    assert five["completion/draws"] == 5 and one["completion/draws"] == 1
+    assert one["completion/n"] == five["completion/n"]
+    one_line_error(invoke("evaluate", trained["model"], "--set", "train.lr=0.1"), "eval.* settings only")
+    one_line_error(invoke("evaluate", trained["model"], "--set", "eval.query_draws=0"), "eval.query_draws")

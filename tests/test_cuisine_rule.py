@@ -102,7 +102,8 @@ def test_the_rule_keeps_the_accuracy_within_the_allowed_drop():
     assert free.plain_accuracy == pytest.approx(6 / 7) and free.plain_macro_f1 == pytest.approx(12 / 26)
     assert free.macro_f1 == pytest.approx((2 / 3 + 0.4) / 2) and free.accuracy == pytest.approx(4 / 7)
     scorer = FixedScorer(logits)
-    bounded = tune_cuisine_rule(scorer, sets)  # eval.cuisine_max_accuracy_drop's default, 0.005
+    bounded = tune_cuisine_rule(scorer, sets, max_accuracy_drop=0.005)  # 0 by default
     assert bounded.offsets == () and scorer.cuisine_offsets == ()
     assert bounded.accuracy == bounded.plain_accuracy == pytest.approx(6 / 7)
     assert evaluate_cuisine(scorer, sets)["accuracy"] == pytest.approx(6 / 7)
+    assert tune_cuisine_rule(FixedScorer(logits), sets).offsets == ()  # the default bound, 0, refuses it too

@@ -26,7 +26,7 @@ from recipeset.models import (
     SetTransformerConfig,
     save_model,
 )
-from recipeset.models.base import pad_ids
+from recipeset.models.base import offset_probs, pad_ids
 from recipeset.protocol import STOP_THRESHOLDS, tune_cuisine_rule, tune_stop_rule
 
 torch.set_num_threads(1)
@@ -90,10 +90,33 @@ def test_two_members_average_their_log_probs(models, combine):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(got.exp().sum(1), torch.ones(len(QUERIES)))
     assert torch.isinf(got[:, :NUM_SPECIALS]).all()
-    expected_p = (a.classify(QUERIES) + b.classify(QUERIES)) / 2
-    torch.testing.assert_close(ens.classify(QUERIES), expected_p)
+    plain = (_plain_classify(a) + _plain_classify(b)) / 2
+    torch.testing.assert_close(ens.classify(QUERIES), offset_probs(plain, ens.config.cuisine_offsets))
     out = ens.complete(QUERIES, max_new=3)
     assert all(len(r) <= 3 and len(set(r)) == len(r) and not set(r) & set(q) for r, q in zip(out, QUERIES, strict=True))
+
+
+def _plain_classify(model) -> torch.Tensor:
+    """The model's cuisine probabilities without its decision rule."""
+    offsets = model.config.cuisine_offsets
+    model.set_cuisine_offsets(())
+    try:
+        return model.classify(QUERIES)
+    finally:
+        model.set_cuisine_offsets(offsets)
+
+
+def test_members_rules_are_undone_and_the_ensemble_applies_one():
+    a, b = _deep_sets(1), _deep_sets(2)
+    a.set_cuisine_offsets([1.0, -1.0])
+    b.set_cuisine_offsets([0.0, 0.5])
+    ens = Ensemble([a, b])
+    assert ens.config.cuisine_offsets == (0.5, -0.25)  # starts from the mean of the members' rules
+    plain = (_plain_classify(a) + _plain_classify(b)) / 2
+    torch.testing.assert_close(ens.classify(QUERIES), offset_probs(plain, [0.5, -0.25]))
+    ens.set_cuisine_offsets(())  # what tune_cuisine_rule starts from: the mean of the plain probabilities
+    torch.testing.assert_close(ens.classify(QUERIES), plain)
+    assert Ensemble([_deep_sets(3), _deep_sets(4)]).config.cuisine_offsets == ()  # no member has a rule
 
 
 def test_minus_inf_only_where_every_member_has_it():
