@@ -53,6 +53,7 @@ STATE_FILE = "trainer_state.pt"
 
 
 VAL_COMPLETION = "val/completion/"  # periodic ranking metrics, computed when early stopping watches one
+VAL_COMPLETION_METRICS = ("recall@1", "recall@10", "mrr", "mean_rank")  # what _val_completion reports
 
 
 def higher_is_better(metric: str) -> bool:
@@ -316,6 +317,18 @@ class Trainer:
             self.optimizer, lambda s: lr_multiplier(s, self.t.warmup_steps, self.total_steps, self.t.schedule))
         self.state = TrainState()
         self._checkpoint_step: int | None = None  # the step of the checkpoint on disk (None: none yet)
+        self._check_early_stopping_metric()
+
+    def _check_early_stopping_metric(self) -> None:
+        """An unknown ``train.early_stopping_metric`` is refused now, not at the first validation (minutes in);
+        only checked when the objectives can say what they return (``metric_keys``)."""
+        keys = getattr(self.objectives, "metric_keys", None)
+        if keys is None:
+            return
+        known = [metric_name("val", k) for k in keys()] + [f"{VAL_COMPLETION}{m}" for m in VAL_COMPLETION_METRICS]
+        if self.t.early_stopping_metric not in known:
+            raise RecipesetError(f"train.early_stopping_metric {self.t.early_stopping_metric!r} is not computed by "
+                                 f"this run; choose from {', '.join(known)}")
 
     # ---- data order ------------------------------------------------------------------------------------
     def epoch_sets(self, epoch: int) -> EncodedSets:
@@ -428,7 +441,7 @@ class Trainer:
         if self._val_queries is None:
             self._val_queries = eval_subset(self.val, self.cfg.eval.val_max_queries, self.cfg.eval.seed)
         scores = evaluate_completion(self.model, self._val_queries, seed=self.cfg.eval.seed)
-        return {f"{VAL_COMPLETION}{k}": v for k, v in scores.items() if k not in ("n", "draws")}
+        return {f"{VAL_COMPLETION}{k}": scores[k] for k in VAL_COMPLETION_METRICS}
 
     def _evaluate_and_select(self) -> bool:
         """Validate, log, keep the best model (rank 0; the other ranks wait for it); True when early stopping

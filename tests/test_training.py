@@ -269,10 +269,20 @@ def test_higher_is_better_for_ranking_metrics_only():
     assert not higher_is_better("val/loss/mlm")
 
 
-def test_early_stopping_metric_must_exist(tmp_path, data):
-    trainer = make_trainer(tmp_path, data=data, **{"train.max_steps": 2, "train.early_stopping_metric": "val/nope"})
-    with pytest.raises(RecipesetError, match="val/nope"):
-        trainer.fit()
+def test_early_stopping_metric_must_exist_before_any_step(tmp_path, data):
+    with pytest.raises(RecipesetError, match="'val/nope' is not computed by this run; choose from val/loss, "
+                                             "val/loss/clm, val/ppl/clm") as e:
+        make_trainer(tmp_path, data=data, **{"train.max_steps": 2, "train.early_stopping_metric": "val/nope"})
+    assert "val/completion/mrr" in str(e.value) and not (tmp_path / "checkpoint").exists()
+    with pytest.raises(RecipesetError, match="'val/loss/mlm'"):  # a real loss, but not this run's (decoder: clm)
+        make_trainer(tmp_path, data=data, **{"train.early_stopping_metric": "val/loss/mlm"})
+
+
+@pytest.mark.parametrize("metric", ["val/loss", "val/loss/clm", "val/ppl/clm", "val/completion/recall@10"])
+def test_every_offered_early_stopping_metric_is_one_validation_computes(tmp_path, data, metric):
+    trainer = make_trainer(tmp_path, data=data, **{"train.early_stopping_metric": metric,
+                                                   "eval.val_max_queries": 20})
+    assert metric in trainer.validate()
 
 
 # ---- curriculum and batches -------------------------------------------------------------------------------

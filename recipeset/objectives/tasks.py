@@ -178,9 +178,18 @@ class Objectives:
         out = {f"loss/{k}": v for k, v in losses.items()}
         out["loss/total"] = total
         for k, v in losses.items():
-            if self.entries[k].perplexity or (k == "set" and self.loss_entry.perplexity):
+            if self._has_perplexity(k):
                 out[f"ppl/{k}"] = v.detach().exp()
         return out
+
+    def _has_perplexity(self, name: str) -> bool:
+        return self.entries[name].perplexity or (name == "set" and self.loss_entry.perplexity)
+
+    def metric_keys(self) -> list[str]:
+        """The keys every call returns: ``loss/total``, ``loss/<objective>`` and ``ppl/<objective>`` of the LM
+        losses (what the periodic validation logs as ``val/...``)."""
+        return ["loss/total", *(f"loss/{k}" for k in self.entries),
+                *(f"ppl/{k}" for k in self.entries if self._has_perplexity(k))]
 
 
 # ---- objectives --------------------------------------------------------------------------------------------
