@@ -355,6 +355,28 @@ def _load_scorer(model_dir: str, ensemble: tuple[str, ...]):
     return load_ensemble([model_dir, *ensemble]) if ensemble else load_model(model_dir)
 
 
+def _check_evaluate_options(dataset: str | None, split: str, baselines: tuple[str, ...], memory: str | None,
+                            set_pairs: tuple[str, ...]) -> dict:
+    """``evaluate``'s options that cannot go together or name nothing, refused in one line; the ``--set``
+    overrides."""
+    from recipeset.baselines import BASELINES
+
+    if baselines and (dataset is not None or split != "test"):
+        raise RecipesetError("--baseline compares on the run's own test split; drop --dataset and --split")
+    if memory is not None and dataset is not None:
+        raise RecipesetError("--memory is fit on the run's own training split; drop --dataset")
+    ranking = [name for name, cls in BASELINES.items() if "completion" in cls.tasks]
+    for option, name in [*(("--baseline", b) for b in baselines), *([("--memory", memory)] if memory else [])]:
+        if name not in ranking:
+            raise RecipesetError(f"{option} {name!r}: not a completion baseline; choose from {', '.join(ranking)}")
+    overrides = _parse_overrides(set_pairs, "--set")
+    for key in overrides:
+        if not key.startswith("eval."):
+            raise RecipesetError(f"--set {key}: evaluate changes eval.* settings only (the model is trained; "
+                                 "`recipeset train --set` for the others)")
+    return overrides
+
+
 @cli.command()
 @click.argument("model_dir")
 @click.option("--ensemble", "ensemble", multiple=True, metavar="MODEL_DIR", help=ENSEMBLE_HELP + " Its stop "
@@ -368,35 +390,30 @@ def _load_scorer(model_dir: str, ensemble: tuple[str, ...]):
 @click.option("--baseline", "baselines", multiple=True, metavar="NAME", help="A classical baseline (repeatable, "
               "e.g. mlp) fit on the run's split and scored on the same test queries: adds model − baseline "
               "Recall@10 and MRR with a paired 95%% bootstrap interval over recipes (vs/NAME/...).")
+@click.option("--memory", default=None, metavar="NAME", help="Mix the model (or ensemble) with a completion "
+              "baseline fit on the run's training split, e.g. recipe-knn (retrieval-augmented completion): "
+              "(1 − w)·p_model + w·p_memory, the memory scoring the given ingredients; w and the stop rule are "
+              "tuned on the run's validation set completion first.")
 @click.option("--set", "set_pairs", multiple=True, metavar="eval.KEY=VALUE",
               help="An evaluation setting of the run's config (eval.* keys only; repeatable), e.g. --set "
                    "eval.query_draws=10 or, for an --ensemble's tuned rules, --set eval.cuisine_max_accuracy_drop=0.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 @quiet_option
-def evaluate(model_dir, ensemble, dataset, path, lenient, loader_options, split, max_queries, baselines, set_pairs,
-             as_json, quiet) -> None:
+def evaluate(model_dir, ensemble, dataset, path, lenient, loader_options, split, max_queries, baselines, memory,
+             set_pairs, as_json, quiet) -> None:
     """The evaluation table of a trained model (MODEL_DIR or runs:/<id>/model), or of an --ensemble."""
     import json
 
-    from recipeset.baselines import BASELINES
-    from recipeset.pipeline import compare_with_baselines, run_data
+    from recipeset.pipeline import compare_with_baselines, run_data, with_memory
     from recipeset.protocol import evaluate_model
 
-    if baselines and (dataset is not None or split != "test"):
-        raise RecipesetError("--baseline compares on the run's own test split; drop --dataset and --split")
-    ranking = [name for name, cls in BASELINES.items() if "completion" in cls.tasks]
-    for name in baselines:
-        if name not in ranking:
-            raise RecipesetError(f"--baseline {name!r}: not a completion baseline; choose from {', '.join(ranking)}")
-    overrides = _parse_overrides(set_pairs, "--set")
-    for key in overrides:
-        if not key.startswith("eval."):
-            raise RecipesetError(f"--set {key}: evaluate changes eval.* settings only (the model is trained; "
-                                 "`recipeset train --set` for the others)")
+    overrides = _check_evaluate_options(dataset, split, baselines, memory, set_pairs)
     with reporting(not (quiet or as_json)):
         m = _load_scorer(model_dir, ensemble)
         cfg, sets, data = run_data(m, model_dir, split=split, dataset=dataset, path=path, tune=bool(ensemble),
                                    lenient=lenient, options=_loader_options(loader_options), overrides=overrides)
+        if memory is not None:
+            m = with_memory(m, memory, cfg, data)
         if max_queries is not None:
             cfg.eval.max_queries = max_queries
         if baselines and "completion" not in cfg.eval.tasks:

@@ -447,6 +447,22 @@ def compare_with_baselines(cfg: RunConfig, data: PreparedData, ranks: list[pd.Da
     return out
 
 
+def with_memory(model, name: str, cfg: RunConfig, data: PreparedData):
+    """``model`` mixed with completion baseline ``name`` fit on ``data.train`` (its grid tuned on the validation
+    queries as in a run), the memory weight and stop rule tuned on validation set completion
+    (:func:`recipeset.retrieval.tune_memory_mixture`)."""
+    from recipeset.baselines import fit_baseline
+    from recipeset.retrieval import MemoryMixture, tune_memory_mixture
+
+    val = protocol.val_subset(data.val_eval, cfg)
+    with phase(f"fitting the memory ({name})"):
+        memory, _ = fit_baseline(name, data.train, model.vocab, val=val, seed=cfg.eval.seed,
+                                 eval_seed=cfg.eval.seed, draws=cfg.eval.query_draws)
+    mixture = MemoryMixture(model, memory)
+    tune_memory_mixture(mixture, val, seed=cfg.eval.seed)
+    return mixture
+
+
 def run_data(model, model_dir: str, split: str = "test", dataset: str | None = None, path: str | None = None,
              tune: bool = False, lenient: bool = False, options: dict | None = None, overrides: dict | None = None):
     """The run config saved with a model and the sets to evaluate it on: the run's own ``split`` (rebuilt from

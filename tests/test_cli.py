@@ -641,3 +641,15 @@ def test_evaluate_set_changes_eval_settings_only(trained):
     assert one["completion/n"] == five["completion/n"]
     one_line_error(invoke("evaluate", trained["model"], "--set", "train.lr=0.1"), "eval.* settings only")
     one_line_error(invoke("evaluate", trained["model"], "--set", "eval.query_draws=0"), "eval.query_draws")
+
+
+def test_evaluate_with_a_memory_of_the_training_recipes(trained):
+    """``evaluate --memory recipe-knn``: the model mixed with recipe-kNN fit on the run's training split, the weight
+    and stop rule tuned on validation; the same keys as the model's table. Wrong uses are one line."""
+    plain = json.loads(ok("evaluate", trained["model"], "--json").output)
+    mixed = json.loads(ok("evaluate", trained["model"], "--memory", "recipe-knn", "--json").output)
+    assert {"completion/mrr", "set/micro_f1"} <= set(mixed) and mixed["completion/n"] == plain["completion/n"]
+    assert 0 < mixed["completion/mrr"] <= 1 and 0 <= mixed["set/micro_f1"] <= 1
+    one_line_error(invoke("evaluate", trained["model"], "--memory", "logistic-cuisine"), "not a completion baseline")
+    one_line_error(invoke("evaluate", trained["model"], "--memory", "recipe-knn", "--dataset", "synthetic"),
+                   "drop --dataset")
