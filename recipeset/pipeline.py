@@ -459,7 +459,7 @@ def with_memory(model, name: str, cfg: RunConfig, data: PreparedData):
         memory, _ = fit_baseline(name, data.train, model.vocab, val=val, seed=cfg.eval.seed,
                                  eval_seed=cfg.eval.seed, draws=cfg.eval.query_draws)
     mixture = MemoryMixture(model, memory)
-    tune_memory_mixture(mixture, val, seed=cfg.eval.seed)
+    tune_memory_mixture(mixture, val, seed=cfg.eval.seed, draws=cfg.eval.query_draws)
     return mixture
 
 

@@ -7,12 +7,14 @@ by default ``recipe-knn``: the training recipes closest to the query (Jaccard) v
 Completing a set, the model re-scores the grown set at every step while the memory keeps the distribution of the
 *given* ingredients (its neighbours of a set that holds guesses would chase the guesses; re-querying it each
 step gave flavornet set micro-F1 0.375 against 0.389 on validation). The weight ``w`` and the stop rule are
-tuned together on validation set completion (:func:`tune_memory_mixture`)::
+tuned on validation — the scoring weight on completion MRR, the completing weight (with the stop rule) on set
+completion micro-F1 (:func:`tune_memory_mixture`): the memory helps completing a half recipe far more than ranking
+one missing ingredient, and one weight for both cost the ranking what it gave the sets::
 
     model = recipeset.load_model("runs/x/model")            # or an Ensemble
     memory, _ = fit_baseline("recipe-knn", data.train, model.vocab, val=data.val_eval)
     mix = MemoryMixture(model, memory)
-    tune_memory_mixture(mix, val_queries)                   # sets mix.config.weight and its stop rule
+    tune_memory_mixture(mix, val_queries)                   # sets both weights and the stop rule
     mix.complete([["tomato", "garlic"]])
 """
 
@@ -39,7 +41,8 @@ MEMORY_WEIGHTS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)  # the weights tun
 
 @dataclass
 class MixtureConfig:
-    weight: float = 0.5               # w: the memory's share of the mixed distribution
+    weight: float = 0.5               # w: the memory's share of the distribution that ranks candidates
+    complete_weight: float = 0.5      # its share while completing a set (set completion)
     stop_threshold: float = 0.1       # completion adds the best candidate while its probability reaches this
     stop_size: int | None = None      # and at most this many (tuned with the threshold)
 
@@ -64,14 +67,17 @@ class MemoryMixture(RecipeModel):
     model_type = "memory-mixture"
     returns_stop_probs = True
 
-    def __init__(self, model: RecipeModel, memory, weight: float = 0.5) -> None:
+    def __init__(self, model: RecipeModel, memory, weight: float = 0.5, complete_weight: float | None = None) -> None:
         if list(memory.vocab.ingredients) != list(model.vocab.ingredients):
             raise RecipesetError("memory mixture: the memory was fit with another vocabulary than the model's; "
                                  "fit it on the model's run's training split")
         threshold = getattr(model.config, "stop_threshold", None)
-        super().__init__(MixtureConfig(float(weight), 0.1 if threshold is None else float(threshold),
+        complete_weight = weight if complete_weight is None else complete_weight
+        super().__init__(MixtureConfig(float(weight), float(complete_weight),
+                                       0.1 if threshold is None else float(threshold),
                                        getattr(model.config, "stop_size", None)), model.vocab)
-        mix_log_probs(torch.zeros(1, 1), torch.zeros(1, 1), self.config.weight)  # checks the weight
+        for w in (weight, complete_weight):
+            mix_log_probs(torch.zeros(1, 1), torch.zeros(1, 1), w)  # checks the weight
         self.model, self.memory = model, memory
         self.scoring_modes = ("next",)
         self.eval()
@@ -101,8 +107,8 @@ class MemoryMixture(RecipeModel):
     def complete_ids(self, tokens: torch.Tensor, mask: torch.Tensor, max_new: int = 20,
                      cuisine: torch.Tensor | None = None, temperature: float = 0.0, top_k: int | None = None,
                      generator: torch.Generator | None = None, return_probs: bool = False):
-        """Add one ingredient at a time from the mixture — the model on the grown set, the memory on the given
-        one (an added ingredient leaves it) — while the best candidate's probability is ≥
+        """Add one ingredient at a time from the mixture (``config.complete_weight``) — the model on the grown
+        set, the memory on the given one (an added ingredient leaves it) — while the best candidate's probability is ≥
         ``config.stop_threshold``, at most ``max_new`` (and ``config.stop_size``)."""
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         B = tokens.shape[0]
@@ -113,7 +119,8 @@ class MemoryMixture(RecipeModel):
         active = torch.ones(B, dtype=torch.bool, device=tokens.device)
         for _ in range(max_new):
             model = safe_log_softmax(self.model.completion_scores_ids(tokens, mask, cuisine=cuisine).float())
-            logp = mix_log_probs(model, memory.masked_fill(torch.isneginf(model), float("-inf")), self.config.weight)
+            logp = mix_log_probs(model, memory.masked_fill(torch.isneginf(model), float("-inf")),
+                                 self.config.complete_weight)
             choice, best_p, active = threshold_step(logp, active, self.config.stop_threshold, temperature, top_k,
                                                     generator)
             if not bool(active.any()):
@@ -123,20 +130,27 @@ class MemoryMixture(RecipeModel):
         return (generated, probs) if return_probs else generated
 
 
-def tune_memory_mixture(mixture: MemoryMixture, val, seed: int = 0,
-                        weights: Sequence[float] = MEMORY_WEIGHTS):
-    """The memory weight and stop rule with the best set-completion micro-F1 on ``val``'s half queries (each
-    weight's rule tuned by :func:`recipeset.protocol.tune_stop_rule`), set on ``mixture``; returns
-    ``{weight: StopRule}`` (ties keep the smaller weight)."""
+def tune_memory_mixture(mixture: MemoryMixture, val, seed: int = 0, draws: int = 1,
+                        weights: Sequence[float] = MEMORY_WEIGHTS) -> dict[str, dict[float, float]]:
+    """Both weights of ``mixture`` tuned on ``val``: ``weight`` for the leave-one-out completion MRR (``draws``
+    held-out draws per recipe), ``complete_weight`` with the stop rule for the set-completion micro-F1 of its half
+    queries (each weight's rule tuned by :func:`recipeset.protocol.tune_stop_rule`); ties keep the smaller weight.
+    Returns ``{"mrr": {weight: MRR}, "set_f1": {weight: micro-F1}}``."""
+    from recipeset.evaluation import evaluate_completion
     from recipeset.protocol import tune_stop_rule
 
     if not weights:
         raise RecipesetError("tune_memory_mixture: no weights to try")
-    rules = {}
+    mrr, f1 = {}, {}
     for w in weights:
-        mixture.config.weight = float(w)
-        rules[float(w)] = tune_stop_rule(mixture, val, seed=seed)
-    best = max(rules, key=lambda w: (rules[w].micro_f1 if rules[w] is not None else -1.0, -w))
-    mixture.config.weight = best
-    tune_stop_rule(mixture, val, seed=seed)  # that weight's rule, set again
-    return rules
+        mixture.config.weight = mixture.config.complete_weight = float(w)
+        mrr[float(w)] = evaluate_completion(mixture, val, seed=seed, draws=draws)["mrr"]
+        rule = tune_stop_rule(mixture, val, seed=seed)
+        f1[float(w)] = rule.micro_f1 if rule is not None else -1.0
+
+    def best(scores: dict[float, float]) -> float:
+        return max(scores, key=lambda w: (scores[w], -w))
+
+    mixture.config.weight, mixture.config.complete_weight = best(mrr), best(f1)
+    tune_stop_rule(mixture, val, seed=seed)  # the completing weight's rule, set again
+    return {"mrr": mrr, "set_f1": f1}

@@ -61,7 +61,8 @@ def test_scores_are_the_mixture_of_the_two_distributions(setup):
 def test_completion_asks_the_memory_about_the_given_ingredients_only(setup):
     data, model, memory = setup
     tokens, mask = pad_ids([[8, 9], [10, 11, 12]])
-    mix = MemoryMixture(model, memory, weight=1.0)  # the memory alone: its one ranking of the given set
+    mix = MemoryMixture(model, memory, weight=0.0, complete_weight=1.0)  # completing: the memory alone, its one
+    #                                                                       ranking of the given set
     mix.config.stop_threshold, mix.config.stop_size = 0.0, 3
     ranking = torch.as_tensor(memory.completion_scores_ids(tokens, mask)).float()
     assert mix.complete_ids(tokens, mask, max_new=10) == ranking.topk(3, dim=1).indices.tolist()
@@ -72,11 +73,15 @@ def test_completion_asks_the_memory_about_the_given_ingredients_only(setup):
 def test_the_tuned_weight_is_the_best_on_validation(setup):
     data, model, memory = setup
     mix = MemoryMixture(model, memory)
-    rules = tune_memory_mixture(mix, data.val_eval, weights=(0.0, 0.5, 1.0))
-    assert set(rules) == {0.0, 0.5, 1.0}
-    best = max(rules.values(), key=lambda r: r.micro_f1).micro_f1
-    assert rules[mix.config.weight].micro_f1 == best
-    assert mix.config.stop_threshold is not None
+    scores = tune_memory_mixture(mix, data.val_eval, weights=(0.0, 0.5, 1.0))
+    assert set(scores["mrr"]) == set(scores["set_f1"]) == {0.0, 0.5, 1.0}
+    assert scores["mrr"][mix.config.weight] == max(scores["mrr"].values())
+    assert scores["set_f1"][mix.config.complete_weight] == max(scores["set_f1"].values())
+    from recipeset.evaluation import evaluate_completion, evaluate_set_completion
+
+    assert evaluate_completion(mix, data.val_eval)["mrr"] == pytest.approx(scores["mrr"][mix.config.weight])
+    assert evaluate_set_completion(mix, data.val_eval)["micro_f1"] == pytest.approx(
+        scores["set_f1"][mix.config.complete_weight])
 
 
 def test_a_memory_of_another_vocabulary_is_refused(setup):
