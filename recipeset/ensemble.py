@@ -29,12 +29,10 @@ from torch import nn
 from recipeset.errors import RecipesetError
 from recipeset.models.base import (
     RecipeModel,
-    append_at_end,
     inference,
     offset_probs,
-    record_choices,
     safe_log_softmax,
-    threshold_step,
+    threshold_completion,
 )
 
 COMBINES = ("logprob", "prob")
@@ -124,23 +122,12 @@ class Ensemble(RecipeModel):
         ``ids[b][i]`` was added (``returns_stop_probs``). A member that bounds its input (``generation_budget(
         max_new, fed)``: a decoder with positions) caps ``max_new`` so that the grown sets stay scoreable."""
         tokens, mask = tokens.to(self.device), mask.to(self.device)
-        B = tokens.shape[0]
         max_new = self.stop_budget(max_new)
         for m in self.members:
             if callable(getattr(m, "generation_budget", None)):
                 max_new = min(max_new, m.generation_budget(max_new, tokens.shape[1]))
-        generated: list[list[int]] = [[] for _ in range(B)]
-        probs: list[list[float]] = [[] for _ in range(B)]
-        active = torch.ones(B, dtype=torch.bool, device=tokens.device)
-        for _ in range(max_new):
-            logp = self.completion_scores_ids(tokens, mask, cuisine=cuisine)
-            choice, best_p, active = threshold_step(logp, active, self.config.stop_threshold, temperature, top_k,
-                                                    generator)
-            if not bool(active.any()):
-                break
-            record_choices(generated, probs, torch.nonzero(active).squeeze(1), choice, best_p)
-            tokens, mask = append_at_end(tokens, mask, choice, active)
-        return (generated, probs) if return_probs else generated
+        return threshold_completion(lambda t, m: self.completion_scores_ids(t, m, cuisine=cuisine), tokens, mask,
+                                    max_new, self.config.stop_threshold, temperature, top_k, generator, return_probs)
 
     @inference
     def classify_ids(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

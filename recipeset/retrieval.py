@@ -29,11 +29,9 @@ import torch
 from recipeset.errors import RecipesetError
 from recipeset.models.base import (
     RecipeModel,
-    append_at_end,
     inference,
-    record_choices,
     safe_log_softmax,
-    threshold_step,
+    threshold_completion,
 )
 
 MEMORY_WEIGHTS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)  # the weights tune_memory_mixture tries
@@ -111,23 +109,15 @@ class MemoryMixture(RecipeModel):
         set, the memory on the given one (an added ingredient leaves it) — while the best candidate's probability is ≥
         ``config.stop_threshold``, at most ``max_new`` (and ``config.stop_size``)."""
         tokens, mask = tokens.to(self.device), mask.to(self.device)
-        B = tokens.shape[0]
         max_new = self.stop_budget(max_new)
         memory = self._memory_logp(tokens, mask)  # of the given ingredients, once
-        generated: list[list[int]] = [[] for _ in range(B)]
-        probs: list[list[float]] = [[] for _ in range(B)]
-        active = torch.ones(B, dtype=torch.bool, device=tokens.device)
-        for _ in range(max_new):
-            model = safe_log_softmax(self.model.completion_scores_ids(tokens, mask, cuisine=cuisine).float())
-            logp = mix_log_probs(model, memory.masked_fill(torch.isneginf(model), float("-inf")),
+        def next_logp(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            model = safe_log_softmax(self.model.completion_scores_ids(t, m, cuisine=cuisine).float())
+            return mix_log_probs(model, memory.masked_fill(torch.isneginf(model), float("-inf")),
                                  self.config.complete_weight)
-            choice, best_p, active = threshold_step(logp, active, self.config.stop_threshold, temperature, top_k,
-                                                    generator)
-            if not bool(active.any()):
-                break
-            record_choices(generated, probs, torch.nonzero(active).squeeze(1), choice, best_p)
-            tokens, mask = append_at_end(tokens, mask, choice, active)
-        return (generated, probs) if return_probs else generated
+
+        return threshold_completion(next_logp, tokens, mask, max_new, self.config.stop_threshold, temperature, top_k,
+                                    generator, return_probs)
 
 
 def tune_memory_mixture(mixture: MemoryMixture, val, seed: int = 0, draws: int = 1,

@@ -150,6 +150,28 @@ def threshold_step(logp: torch.Tensor, active: torch.Tensor, threshold: float, t
     return sample_from_logits(logp, temperature, top_k, generator), tested, active
 
 
+def threshold_completion(next_logp: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tokens: torch.Tensor,
+                         mask: torch.Tensor, max_new: int, threshold: float, temperature: float = 0.0,
+                         top_k: int | None = None, generator: torch.Generator | None = None,
+                         return_probs: bool = False):
+    """One-at-a-time completion of sets ``tokens/mask [B, T]`` from ``next_logp(tokens, mask) -> [B, V]`` (the
+    distribution over the grown sets): add the best (or a sampled) candidate while the best one's probability is
+    ≥ ``threshold``, at most ``max_new``; the generated ids per set, with ``return_probs`` also the probability
+    each addition's stop rule tested."""
+    B = tokens.shape[0]
+    generated: list[list[int]] = [[] for _ in range(B)]
+    probs: list[list[float]] = [[] for _ in range(B)]
+    active = torch.ones(B, dtype=torch.bool, device=tokens.device)
+    for _ in range(max_new):
+        choice, best_p, active = threshold_step(next_logp(tokens, mask), active, threshold, temperature, top_k,
+                                                generator)
+        if not bool(active.any()):
+            break
+        record_choices(generated, probs, torch.nonzero(active).squeeze(1), choice, best_p)
+        tokens, mask = append_at_end(tokens, mask, choice, active)
+    return (generated, probs) if return_probs else generated
+
+
 def record_choices(generated: list[list[int]], probs: list[list[float]], rows: torch.Tensor, choice: torch.Tensor,
                    best_p: torch.Tensor) -> None:
     """Append each of ``rows``' choice and its stop probability to the per-row lists."""
