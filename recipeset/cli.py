@@ -410,8 +410,10 @@ def evaluate(model_dir, ensemble, dataset, path, lenient, loader_options, split,
     overrides = _check_evaluate_options(dataset, split, baselines, memory, set_pairs)
     with reporting(not (quiet or as_json)):
         m = _load_scorer(model_dir, ensemble)
-        cfg, sets, data = run_data(m, model_dir, split=split, dataset=dataset, path=path, tune=bool(ensemble),
-                                   lenient=lenient, options=_loader_options(loader_options), overrides=overrides)
+        # an ensemble's rules are tuned as a run's; under --memory the mixture tunes its own instead
+        cfg, sets, data = run_data(m, model_dir, split=split, dataset=dataset, path=path,
+                                   tune=bool(ensemble) and memory is None, lenient=lenient,
+                                   options=_loader_options(loader_options), overrides=overrides)
         if memory is not None:
             m = with_memory(m, memory, cfg, data)
         if max_queries is not None:

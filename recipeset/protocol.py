@@ -224,13 +224,19 @@ def tune_stop_rule(scorer: Any, val: EncodedSets, seed: int = 0, sizes: Sequence
     for (rule, value), f1 in zip(rules, f1s, strict=True):
         if f1 > best.micro_f1:
             best = StopRule(rule, value, f1)
-    if baseline:
-        scorer.stop, scorer.stop_value = best.rule, best.value
-    elif best.rule == "size":
-        scorer.config.stop_threshold, scorer.config.stop_size = min(thresholds), int(best.value)
-    else:
-        scorer.config.stop_threshold, scorer.config.stop_size = best.value, None
+    set_stop_rule(scorer, best, thresholds)
     return best
+
+
+def set_stop_rule(scorer: Any, rule: StopRule, thresholds: Sequence[float] = STOP_THRESHOLDS) -> None:
+    """Put a tuned stop rule on ``scorer``: a baseline's ``stop``/``stop_value``; a model's threshold, or for a
+    size rule ``config.stop_size`` with the lowest of ``thresholds`` (the one greedy pass it was scored from)."""
+    if callable(getattr(scorer, "stop_rule_f1s", None)):
+        scorer.stop, scorer.stop_value = rule.rule, rule.value
+    elif rule.rule == "size":
+        scorer.config.stop_threshold, scorer.config.stop_size = min(thresholds), int(rule.value)
+    else:
+        scorer.config.stop_threshold, scorer.config.stop_size = rule.value, None
 
 
 class CuisineRule(NamedTuple):

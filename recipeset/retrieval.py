@@ -127,20 +127,21 @@ def tune_memory_mixture(mixture: MemoryMixture, val, seed: int = 0, draws: int =
     queries (each weight's rule tuned by :func:`recipeset.protocol.tune_stop_rule`); ties keep the smaller weight.
     Returns ``{"mrr": {weight: MRR}, "set_f1": {weight: micro-F1}}``."""
     from recipeset.evaluation import evaluate_completion
-    from recipeset.protocol import tune_stop_rule
+    from recipeset.protocol import set_stop_rule, tune_stop_rule
 
     if not weights:
         raise RecipesetError("tune_memory_mixture: no weights to try")
-    mrr, f1 = {}, {}
+    mrr, f1, rules = {}, {}, {}
     for w in weights:
         mixture.config.weight = mixture.config.complete_weight = float(w)
         mrr[float(w)] = evaluate_completion(mixture, val, seed=seed, draws=draws)["mrr"]
-        rule = tune_stop_rule(mixture, val, seed=seed)
-        f1[float(w)] = rule.micro_f1 if rule is not None else -1.0
+        rules[float(w)] = tune_stop_rule(mixture, val, seed=seed)
+        f1[float(w)] = rules[float(w)].micro_f1 if rules[float(w)] is not None else -1.0
 
     def best(scores: dict[float, float]) -> float:
         return max(scores, key=lambda w: (scores[w], -w))
 
     mixture.config.weight, mixture.config.complete_weight = best(mrr), best(f1)
-    tune_stop_rule(mixture, val, seed=seed)  # the completing weight's rule, set again
+    if rules[mixture.config.complete_weight] is not None:  # the completing weight's rule, put back
+        set_stop_rule(mixture, rules[mixture.config.complete_weight])
     return {"mrr": mrr, "set_f1": f1}
