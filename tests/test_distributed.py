@@ -110,12 +110,33 @@ def test_single_process_world_and_a_torchrun_launch_without_process_group(monkey
 
 
 # ---- GPU precision, as far as it runs on CPU ------------------------------------------------------------------
-def test_fused_adamw_only_with_every_parameter_on_cuda():
+def test_fused_adamw_where_every_parameter_is_on_a_device_with_the_kernel():
     model = torch.nn.Linear(3, 2)
     params = list(model.parameters())
-    assert not use_fused_adamw(params, "cpu") and not use_fused_adamw(params, None)
+    assert use_fused_adamw(params, "cpu") and use_fused_adamw(params, None)
     assert not use_fused_adamw(params, torch.device("cuda"))  # the parameters are still on the CPU
-    assert not make_optimizer(model, 1e-3, 0.0, torch.device("cpu")).defaults["fused"]
+    assert not use_fused_adamw([p.double() for p in params], "cpu") and not use_fused_adamw([], "cpu")
+    assert make_optimizer(model, 1e-3, 0.0, torch.device("cpu")).defaults["fused"]
+
+
+def test_fused_adamw_follows_the_default_implementation():
+    """The fused kernel is a speed-up, not another optimizer: 20 steps of both from the same weights and
+    gradients end at the same weights (to float rounding)."""
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Embedding(7, 5), torch.nn.Linear(5, 3)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    optims = [make_optimizer(models[0], 1e-2, 0.1, "cpu"), make_optimizer(models[1], 1e-2, 0.1, "cpu")]
+    for g in optims[1].param_groups:
+        g["fused"] = None
+    assert optims[0].defaults["fused"] and not optims[1].param_groups[0]["fused"]
+    x = torch.randint(0, 7, (20, 4))
+    for step in range(20):
+        for model, opt in zip(models, optims):
+            opt.zero_grad()
+            model(x[step]).square().sum().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def tiny_trainer(out: Path) -> Trainer:
