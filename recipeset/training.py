@@ -12,7 +12,8 @@ Under ``torchrun`` (:mod:`recipeset.distributed`) every rank plans the same glob
 rows of each; the in-step draws also depend on the rank. Rank 0 alone validates, logs and checkpoints.
 
 On a GPU: bf16 autocast (``precision = auto`` where supported, or ``bf16``) with fused AdamW; ``fp16`` with a
-``GradScaler`` (loss scaled, gradients unscaled before clipping, its state checkpointed). CPU stays fp32 (with fused AdamW too).
+``GradScaler`` (loss scaled, gradients unscaled before clipping, its state checkpointed). CPU stays fp32, with
+fused AdamW too.
 """
 
 from __future__ import annotations

@@ -131,11 +131,11 @@ def test_fused_adamw_follows_the_default_implementation():
     assert optims[0].defaults["fused"] and not optims[1].param_groups[0]["fused"]
     x = torch.randint(0, 7, (20, 4))
     for step in range(20):
-        for model, opt in zip(models, optims):
+        for model, opt in zip(models, optims, strict=True):
             opt.zero_grad()
             model(x[step]).square().sum().backward()
             opt.step()
-    for a, b in zip(models[0].parameters(), models[1].parameters()):
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
