@@ -262,7 +262,11 @@ def train(config_file, dataset, path, lenient, loader_options, model, loss, obje
     from recipeset.protocol import CHEAP_BASELINES
 
     cfg = load_config(config_file) if config_file else RunConfig()
-    over: dict = {} if config_file or model or resume or init_from else dict(MAIN_JOB)
+    sets_over = _parse_overrides(sets, "--set")
+    # the main job's recipe unless the command names a model (--model, --config, --set model.name, a run to resume
+    # or start from): `--set model.name=decoder` is not a decoder with the main job's Deep Sets dropout
+    chosen = config_file or model or resume or init_from or "model.name" in sets_over
+    over: dict = {} if chosen else dict(MAIN_JOB)
     for key, value in (("data.dataset", dataset), ("data.path", path), ("model.name", model),
                        ("loss.name", loss), ("data.order", order), ("train.epochs", epochs),
                        ("train.max_steps", max_steps), ("train.seed", seed),
@@ -275,7 +279,7 @@ def train(config_file, dataset, path, lenient, loader_options, model, loss, obje
         over["train.deterministic"] = True
     if objectives:
         over["objectives.weights"] = _objective_weights(objectives)
-    over.update(_parse_overrides(sets, "--set"))
+    over.update(sets_over)
     if resume:
         _check_resume_options(out, config_file, over)
     cfg = cfg.override(over, source="command line")

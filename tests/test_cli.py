@@ -653,3 +653,32 @@ def test_evaluate_with_a_memory_of_the_training_recipes(trained):
     one_line_error(invoke("evaluate", trained["model"], "--memory", "logistic-cuisine"), "not a completion baseline")
     one_line_error(invoke("evaluate", trained["model"], "--memory", "recipe-knn", "--dataset", "synthetic"),
                    "drop --dataset")
+
+
+def test_the_main_job_recipe_applies_only_when_no_model_is_named(tmp_path, monkeypatch):
+    """`recipeset train` alone trains the main job's Deep Sets (MAIN_JOB: its dropout too); naming a model in any
+    way — --model, --config, --set model.name — trains that model with its own defaults."""
+    import recipeset.pipeline
+    from recipeset.config import MAIN_JOB
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(cfg, **kwargs):
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(recipeset.pipeline, "run_training", capture)
+    config = tmp_path / "decoder.toml"
+    config.write_text('[model]\nname = "decoder"\n')
+    for args in ([], ["--set", "model.d_model=32"], ["--model", "decoder"], ["--set", "model.name=decoder"],
+                 ["--config", str(config)]):
+        assert isinstance(invoke("train", "--no-track", *args).exception, Stop)
+    main, sized, *named = seen
+    assert main.model.name == "deep-sets" and main.model.params["dropout"] == MAIN_JOB["model.dropout"] > 0
+    assert sized.model.params == {"dropout": MAIN_JOB["model.dropout"], "d_model": 32}  # still the main job
+    assert [c.model.name for c in named] == ["decoder"] * 3
+    assert all("dropout" not in c.model.params for c in named)
