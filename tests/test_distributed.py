@@ -166,3 +166,22 @@ def test_grad_scaler_is_enabled_only_for_fp16_on_cuda_and_its_state_is_checkpoin
     resumed.scaler = torch.amp.GradScaler("cpu", growth_interval=1)
     resumed.restore()
     assert resumed.scaler.state_dict() == trainer.scaler.state_dict()
+
+
+def test_a_checkpoint_of_the_default_adamw_resumes_with_the_implementation_it_saved():
+    """Runs checkpointed before AdamW was fused on the CPU resume exactly: the saved param groups (``fused``
+    unset) replace the new optimizer's, so the resumed steps are the default loop's, as the run's first ones were."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(7, 5), torch.nn.Linear(5, 3))
+    old = make_optimizer(model, 1e-2, 0.1, "cpu")
+    for g in old.param_groups:
+        g["fused"] = None  # what make_optimizer built on the CPU before
+    model(torch.tensor([1, 2])).sum().backward()
+    old.step()
+    resumed = make_optimizer(model, 1e-2, 0.1, "cpu")
+    assert resumed.defaults["fused"]
+    resumed.load_state_dict(old.state_dict())
+    assert all(not g["fused"] for g in resumed.param_groups)
+    model(torch.tensor([3, 4])).sum().backward()
+    resumed.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
