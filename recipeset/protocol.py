@@ -193,6 +193,12 @@ class StopRule(NamedTuple):
     micro_f1: float  # its validation set-completion micro-F1
 
 
+def ranks_stop_rules(scorer: Any) -> bool:
+    """A baseline's stop rules (``stop``/``stop_value``), all scored from one ranking by its ``stop_rule_f1s``;
+    else a model's (``config.stop_threshold``/``stop_size``)."""
+    return callable(getattr(scorer, "stop_rule_f1s", None))
+
+
 def tune_stop_rule(scorer: Any, val: EncodedSets, seed: int = 0, sizes: Sequence[int] = STOP_SIZES,
                    thresholds: Sequence[float] = STOP_THRESHOLDS) -> StopRule | None:
     """The stop rule with the best set-completion micro-F1 on the protocol's half queries of ``val`` (the run
@@ -206,7 +212,7 @@ def tune_stop_rule(scorer: Any, val: EncodedSets, seed: int = 0, sizes: Sequence
     every threshold, from one ranking. The same grid for both: a fixed size beat every threshold for Deep Sets on
     flavornet (validation micro-F1 0.373 at 5 against 0.349 at 0.15). Ties keep the earlier rule.
     """
-    baseline = callable(getattr(scorer, "stop_rule_f1s", None))
+    baseline = ranks_stop_rules(scorer)
     if not baseline and not getattr(scorer, "tunes_stop_threshold", False):
         return None
     with_sizes = baseline or getattr(scorer, "returns_stop_probs", False)
@@ -231,7 +237,7 @@ def tune_stop_rule(scorer: Any, val: EncodedSets, seed: int = 0, sizes: Sequence
 def set_stop_rule(scorer: Any, rule: StopRule, thresholds: Sequence[float] = STOP_THRESHOLDS) -> None:
     """Put a tuned stop rule on ``scorer``: a baseline's ``stop``/``stop_value``; a model's threshold, or for a
     size rule ``config.stop_size`` with the lowest of ``thresholds`` (the one greedy pass it was scored from)."""
-    if callable(getattr(scorer, "stop_rule_f1s", None)):
+    if ranks_stop_rules(scorer):
         scorer.stop, scorer.stop_value = rule.rule, rule.value
     elif rule.rule == "size":
         scorer.config.stop_threshold, scorer.config.stop_size = min(thresholds), int(rule.value)
