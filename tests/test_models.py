@@ -56,6 +56,7 @@ DECODER = _randomize(_build(CausalDecoder, cuisine_head=True))
 DEEPSETS = _randomize(_build(DeepSets, cuisine_head=True, stop_threshold=0.0))
 DEEPSETS_ML = _randomize(_build(DeepSets, cuisine_head=True, multilabel=True, stop_threshold=0.3), seed=4)
 DEEPSETS_MLP_HEAD = _randomize(_build(DeepSets, cuisine_head=True, cuisine_hidden=12), seed=5)  # MLP on the raw sum
+DEEPSETS_ATT = _randomize(_build(DeepSets, cuisine_head=True, attention_heads=2, stop_threshold=0.0), seed=6)
 
 ids_set = st.lists(st.integers(NUM_SPECIALS, V - 1), min_size=1, max_size=7, unique=True)
 
@@ -90,7 +91,7 @@ def test_completion_and_classify_invariant_to_query_order(ids, data):
     perm = data.draw(st.permutations(range(len(ids))))
     t, m = _one(ids)
     tp, mp = _one([ids[i] for i in perm])
-    for model in [*ST.values(), DEEPSETS, DEEPSETS_ML, DEEPSETS_MLP_HEAD, DECODER]:
+    for model in [*ST.values(), DEEPSETS, DEEPSETS_ML, DEEPSETS_MLP_HEAD, DEEPSETS_ATT, DECODER]:
         a, b = model.completion_scores_ids(t, m), model.completion_scores_ids(tp, mp)
         assert torch.equal(torch.isinf(a), torch.isinf(b))
         torch.testing.assert_close(a, b, **ATOL)
@@ -114,7 +115,7 @@ def test_extra_padding_columns_change_nothing():
 def test_batch_equals_items_alone_and_empty_sets_are_finite():
     sets = [[8, 12, 9], [], [20, 10]]
     t, m = pad_ids(sets)
-    for model in [*ST.values(), DEEPSETS, DEEPSETS_ML, DEEPSETS_MLP_HEAD, DECODER]:
+    for model in [*ST.values(), DEEPSETS, DEEPSETS_ML, DEEPSETS_MLP_HEAD, DEEPSETS_ATT, DECODER]:
         batch = model.completion_scores_ids(t, m)
         for i, s in enumerate(sets):
             torch.testing.assert_close(batch[i:i + 1], model.completion_scores_ids(*pad_ids([s])), **ATOL)
@@ -291,7 +292,7 @@ def test_cuisine_argument_on_unconditioned_model_is_refused():
 
 # ---- completion rules, all models -----------------------------------------------------------------------
 ALL = {"decoder": DECODER, "st-mlm": _randomize(_build(SetTransformer), seed=3), "st-slots": ST["slots"],
-       "deep-sets": DEEPSETS, "deep-sets-multilabel": DEEPSETS_ML}
+       "deep-sets": DEEPSETS, "deep-sets-multilabel": DEEPSETS_ML, "deep-sets-attention": DEEPSETS_ATT}
 
 
 @pytest.mark.parametrize("name", list(ALL))
@@ -373,6 +374,24 @@ def test_deep_sets_threshold_and_set_logits():
     out = model(t, m)
     assert out.set_logits.shape == (2, V)
     assert torch.isinf(out.set_logits[0, [9, 14]]).all() and torch.isinf(out.set_logits[:, :NUM_SPECIALS]).all()
+
+
+@pytest.mark.parametrize("model", [DEEPSETS, DEEPSETS_ATT], ids=["sum", "attention"])
+def test_deep_sets_greedy_completion_equals_rescoring_the_grown_set(model):
+    """complete_ids grows the pooled sum (and, with attention, the elements it attends over) instead of
+    re-encoding: each step's choice and stop probability are those of scoring the set grown so far afresh."""
+    sets = [[9, 14], [20, 8, 11, 15]]
+    ids, probs = model.complete_ids(*pad_ids(sets), max_new=4, return_probs=True)
+    for q, gen, ps in zip(sets, ids, probs, strict=True):
+        assert len(gen) == 4
+        for step, (i, p) in enumerate(zip(gen, ps, strict=True)):
+            logp = model.completion_scores_ids(*pad_ids([q + gen[:step]]))[0]
+            assert int(logp.argmax()) == i and float(logp.max().exp()) == pytest.approx(p, abs=1e-5)
+
+
+def test_deep_sets_attention_heads_must_divide_d_model():
+    with pytest.raises(RecipesetError, match="divisible by model.attention_heads"):
+        _build(DeepSets, attention_heads=3)
 
 
 def test_multilabel_deep_sets_completes_every_ingredient_over_the_threshold_at_once():

@@ -434,13 +434,20 @@ def test_held_out_all_plus_part_adds_the_hidden_part_predicted_from_the_rest():
     assert torch.allclose(got, all_only + torch.stack(per_set).mean(), atol=1e-5)
 
 
-def test_deep_sets_one_sum_held_out_logits_equal_the_generic_per_query_version():
+@pytest.mark.parametrize("heads", [0, 2])
+def test_deep_sets_one_sum_held_out_logits_equal_the_generic_per_query_version(heads):
+    """Row i of the one-pass leave-one-out logits is the set without element i scored on its own — with
+    attention_heads too (the sum without x_i attends to the elements but x_i)."""
     from recipeset.data.vocab import NUM_SPECIALS, Vocabulary
     from recipeset.models import DeepSets, DeepSetsConfig
     from recipeset.models.base import RecipeModel, pad_ids
 
     torch.manual_seed(1)
-    model = DeepSets(DeepSetsConfig(d_model=8, phi_layers=1), Vocabulary([f"i{k}" for k in range(9)])).eval()
+    model = DeepSets(DeepSetsConfig(d_model=8, phi_layers=1, attention_heads=heads),
+                     Vocabulary([f"i{k}" for k in range(9)])).eval()
+    with torch.no_grad():  # weights far from the 0.02 init, so the attention is far from uniform
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn(p.shape))
     tokens, mask = pad_ids([[NUM_SPECIALS + k for k in s] for s in ([0, 4, 2, 7], [3], [5, 1])])
     fast = model.held_out_logits(tokens, mask)
     generic = RecipeModel.held_out_logits(model, tokens, mask)

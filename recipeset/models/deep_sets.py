@@ -4,6 +4,11 @@
 pooled vector still carries the set's size), ρ is a residual MLP, and one vocabulary head gives the
 missing-ingredient logits ``set_logits [B, V]`` (specials and the set's own ids -inf): a softmax over the one
 missing ingredient (``mlm``), or with ``multilabel`` one sigmoid per ingredient, P(v is missing | set) (``set``).
+
+With ``attention_heads`` the sum also attends over the set's elements before ρ (a Set Transformer MAB whose one
+query is the sum, with a learned sink key): the pooled vector can weigh one element against the others, which a
+sum cannot, and leave-one-out training stays exact — the query for "the set without x_i" is Σφ − φ(x_i) and the
+element x_i is masked out of its keys, so every element is still held out in turn from one forward pass.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import nn
 from recipeset.data.vocab import NULL, PAD, Vocabulary
 from recipeset.errors import RecipesetError
 from recipeset.fields import spec
+from recipeset.models.attention import MAB
 from recipeset.models.base import (
     EMBEDDINGS,
     InputEmbedding,
@@ -57,6 +63,8 @@ class DeepSetsConfig:
     phi_layers: int = spec(1, ge=0)  # residual MLP blocks applied to each element before pooling
     rho_layers: int = spec(2, ge=0)  # residual MLP blocks applied to the pooled sum
     dropout: float = spec(0.0, ge=0, lt=1)
+    attention_heads: int = spec(0, ge=0)  # > 0: the pooled sum attends over the set's elements (this many heads;
+    #                                 d_model divisible by it) before ρ; 0: the plain sum
     cuisine_head: bool = False  # cuisine classifier on the pooled representation
     cuisine_hidden: int = spec(0, ge=0)  # > 0: the cuisine head is an MLP of this width (Linear → GELU → dropout →
     #                                 Linear) on the raw sum Σφ, not a linear layer on ρ's layer-normed output, which
@@ -98,7 +106,8 @@ class DeepSets(RecipeModel):
     returns_stop_probs = True
     about = {"what": "Deep Sets (Zaheer et al. 2017): sum-pool → MLP → one `[B, V]` vector of candidate logits; "
                      "`mlm` = every ingredient held out in turn from one sum (softmax; `objectives.held_out`), "
-                     "`set` = binary relevance (one sigmoid each)",
+                     "`set` = binary relevance (one sigmoid each); `attention_heads`: the sum attends over the "
+                     "elements before ρ (still held out from one pass)",
              "stops": "a probability threshold tuned on validation (`mlm`: greedy, one at a time; `set`: every "
                       "ingredient over it at once)"}
 
@@ -117,6 +126,10 @@ class DeepSets(RecipeModel):
         self.embed = InputEmbedding(c.vocab_size, c.d_model, c.embedding, input_features, c.feature_bias)
         self.phi = nn.Sequential(*(ResidualMLP(c.d_model, c.dropout) for _ in range(c.phi_layers)))
         self.cuisine_embed = nn.Embedding(c.n_cuisines + 1, c.d_model) if c.cuisine_condition else None  # +unknown
+        if c.attention_heads and c.d_model % c.attention_heads:
+            raise RecipesetError(f"deep-sets: model.d_model ({c.d_model}) must be divisible by "
+                                 f"model.attention_heads ({c.attention_heads})")
+        self.attend = MAB(c.d_model, c.attention_heads, c.dropout, sink=True) if c.attention_heads else None
         self.rho = nn.Sequential(*(ResidualMLP(c.d_model, c.dropout) for _ in range(c.rho_layers)))
         self.ln_f = nn.LayerNorm(c.d_model)
         self.lm_head = None if c.embedding == "learned" else nn.Linear(c.d_model, c.vocab_size, bias=False)
@@ -139,7 +152,7 @@ class DeepSets(RecipeModel):
             raise RecipesetError("deep-sets has no segment embeddings (no coherence objective)")
         h = self.phi(self.embed(tokens))
         s = (h * mask.to(h.dtype)[..., None]).sum(1)  # sum-pool: padding contributes nothing
-        pooled, set_logits = self._readout(s, cuisine)
+        pooled, set_logits = self._readout(self._pool(s[:, None], h, mask[:, None, :])[:, 0], cuisine)
         features = s if self.config.cuisine_hidden else None  # what the cuisine head reads (None: pooled)
         return ModelOutput(
             hidden=h, pooled=pooled, set_logits=mask_ids(set_logits, tokens, mask), cuisine_features=features,
@@ -156,6 +169,9 @@ class DeepSets(RecipeModel):
         h = self.phi(self.embed(tokens))
         m = mask.to(h.dtype)[..., None]
         rest = (h * m).sum(1, keepdim=True) - h  # [B, T, D]: the sum without each element
+        if self.attend is not None:  # query i attends to the elements but i
+            eye = torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
+            rest = self._pool(rest, h, mask[:, None, :] & ~eye)
         b = torch.nonzero(mask)[:, 0]
         cond = None if cuisine is None else cuisine[b]
         _, logits = self._readout(rest[mask], cond)  # [N, V]
@@ -164,6 +180,11 @@ class DeepSets(RecipeModel):
         others = present[b]
         others[torch.arange(len(b), device=tokens.device), tokens[mask]] = False
         return logits.masked_fill(others, float("-inf"))
+
+    def _pool(self, s: torch.Tensor, h: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """The pooled vectors ρ reads: the sums ``s [B, Q, D]`` themselves, or with ``attention_heads`` each sum
+        after attending over the elements ``h [B, T, D]`` that ``allowed [B, Q, T]`` lets it see."""
+        return s if self.attend is None else self.attend(s, h, attn_mask=allowed.expand(-1, s.shape[1], -1))
 
     def _readout(self, s: torch.Tensor, cuisine: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The sum ``s [B, D]`` of φ over a set → ``pooled [B, D]`` (ρ, with the cuisine vector when conditioned)
@@ -199,7 +220,8 @@ class DeepSets(RecipeModel):
         among the ``top_k`` most probable when given).
 
         One at a time, the query is encoded once: the pooled sum Σ φ(x) ``[B, D]`` grows by φ of each chosen
-        ingredient, and a ``[B, V]`` -inf table of the ids in the set grows with it (nothing is re-encoded).
+        ingredient, and a ``[B, V]`` -inf table of the ids in the set grows with it (nothing is re-encoded; with
+        ``attention_heads`` φ of each chosen ingredient also joins the elements the sum attends over).
 
         ``return_probs``: ``(ids, probs)``, ``probs[b][i]`` the probability the stop rule tested when
         ``ids[b][i]`` was added (the best one's; multilabel: its σ) — see ``returns_stop_probs``."""
@@ -213,10 +235,12 @@ class DeepSets(RecipeModel):
         generated: list[list[int]] = [[] for _ in range(B)]
         probs: list[list[float]] = [[] for _ in range(B)]
         active = torch.ones(B, dtype=torch.bool, device=tokens.device)
-        s = (self.phi(self.embed(tokens)) * mask[..., None]).sum(1)  # [B, D]
+        h = self.phi(self.embed(tokens))
+        s = (h * mask[..., None]).sum(1)  # [B, D]
         in_set = mask_ids(torch.zeros(B, self.config.vocab_size, device=tokens.device), tokens, mask)  # 0 / -inf
         for _ in range(max_new):
-            logits = (self._readout(s, cuisine)[1] + in_set).float()
+            pooled = s if self.attend is None else self._pool(s[:, None], h, mask[:, None, :])[:, 0]
+            logits = (self._readout(pooled, cuisine)[1] + in_set).float()
             go_on = None
             if self.config.null_stop:  # 1 − p([NULL]) decides; the best ingredient other than [NULL] is added
                 go_on = 1.0 - safe_log_softmax(logits)[:, NULL].exp()
@@ -227,8 +251,11 @@ class DeepSets(RecipeModel):
                 break
             rows = torch.nonzero(active).squeeze(1)
             record_choices(generated, probs, rows, choice, best_p)
-            s[rows] += self.phi(self.embed(choice[rows]))
+            added = self.phi(self.embed(choice))  # [B, D]
+            s[rows] += added[rows]
             in_set[rows, choice[rows]] = float("-inf")
+            if self.attend is not None:  # the chosen ingredients join the keys of the rows that added one
+                h, mask = torch.cat([h, added[:, None]], 1), torch.cat([mask, active[:, None]], 1)
         return (generated, probs) if return_probs else generated
 
     def _complete_multilabel(self, tokens: torch.Tensor, mask: torch.Tensor, max_new: int,
