@@ -580,6 +580,18 @@ def test_resume_refuses_changed_options_but_accepts_the_same_ones(tmp_path, monk
     ok("train", "--out", "r", "--resume", "--no-track", "--quiet")  # no options: the saved config
 
 
+def test_resume_with_the_same_config_file_continues(tmp_path, monkeypatch):
+    """A run config leaves train.pack unset (the run saves it resolved): re-running its command with --resume is
+    the same options, not a changed train.pack."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.toml").write_text('[model]\nname = "deep-sets"\nd_model = 16\n[train]\nmax_steps = 2\n'
+                                       'batch_size = 8\n[eval]\ntasks = ["completion"]\nmax_queries = 20\n')
+    args = ["--config", "run.toml", "--no-track", "--quiet", "--no-baselines", "--out", "r"]
+    ok("train", *args)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["pack"] is False  # saved resolved
+    ok("train", *args, "--resume")
+
+
 @pytest.mark.parametrize("args", [("complete", "--top", "0"), ("complete", "--generate", "--max-new", "-1"),
                                   ("classify", "--top", "0"), ("evaluate", "--max-queries", "0")])
 def test_counts_must_be_positive(trained, args):
