@@ -327,15 +327,13 @@ def _echo_headline(metrics: dict, baselines: dict) -> None:
 def _check_resume_options(out: str | None, config_file: str | None, over: dict) -> None:
     """``--resume`` continues a run with its saved config.json: options that would change it are an error
     (they used to be ignored silently, e.g. a larger --max-steps); repeating the original options is fine."""
-    from recipeset.config import load_config, pack_for, resolve_objectives
+    from recipeset.config import load_config, resolve_run
 
     saved_file = Path(out) / "config.json" if out is not None else None
     if saved_file is None or not saved_file.exists():
         return  # run_training reports the missing run/checkpoint
     saved = load_config(saved_file)
-    asked = (load_config(config_file) if config_file else saved).override(over, source="command line")
-    asked.objectives.weights = resolve_objectives(asked)
-    asked.train.pack = pack_for(asked)  # resolved as the run saved it (run_training)
+    asked = resolve_run((load_config(config_file) if config_file else saved).override(over, source="command line"))
     a, s = asked.flatten(), saved.flatten()
     changed = sorted(k for k in a.keys() | s.keys() if not k.startswith("tracking.") and a.get(k) != s.get(k))
     if changed:

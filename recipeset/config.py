@@ -414,6 +414,15 @@ def packing_refusal(cfg: RunConfig) -> str | None:
     return None
 
 
+def resolve_run(cfg: RunConfig) -> RunConfig:
+    """``cfg`` as a run saves it (``run_training``), in place: the objectives its model trains
+    (:func:`resolve_objectives`) and ``train.pack`` decided (:func:`pack_for`). What a ``--resume`` and a grid's
+    finished child are compared with; returns ``cfg``."""
+    cfg.objectives.weights = resolve_objectives(cfg)
+    cfg.train.pack = pack_for(cfg)  # a resumed run packs as it started, whatever a later version's default
+    return cfg
+
+
 def pack_for(cfg: RunConfig) -> bool:
     """The run's ``train.pack``: as set, or, when None, True where the run can pack (:func:`packing_refusal`:
     a decoder whose objectives are clm or a sequence set loss (standard, set-ar, min-perm, pooled), a Set

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from recipeset import protocol
-from recipeset.config import RunConfig, load_config, pack_for, resolve_objectives
+from recipeset.config import RunConfig, load_config, resolve_objectives, resolve_run
 from recipeset.data.prepare import PreparedData, prepare_data
 from recipeset.data.sources import load_dataset
 from recipeset.data.sources.flavornet import find_flavornet, flavornet_compound_features
@@ -267,10 +267,7 @@ def run_training(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool
         if track and world.is_main:  # before any data is read, like the run directory: a store that cannot be
             check_tracking_store(resolve_tracking_uri(cfg.tracking.tracking_uri))  # written or does not answer
             open_store(cfg.tracking.tracking_uri)  # is one line now, not a traceback after the data
-        weights = resolve_objectives(cfg)
-        cfg.objectives.weights = weights
-        cfg.train.pack = pack_for(cfg)  # saved resolved: a resumed run packs as it started, whatever a later
-        #                                 version's default for its model and objectives
+        weights = resolve_run(cfg).objectives.weights  # saved resolved
         seed_all(cfg.train.seed, cfg.train.deterministic)
         torch.set_num_threads(resolve_threads(cfg.train.threads))
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from recipeset import progress
-from recipeset.config import RunConfig, resolve_objectives
+from recipeset.config import RunConfig, resolve_run
 from recipeset.data.prepare import prepare_data
 from recipeset.errors import RecipesetError
 from recipeset.experiments import EnsembleSpec, Experiment, PlannedRun, load_experiment
@@ -85,11 +85,10 @@ class ChildOutcome:
 
 def run_hash(run: PlannedRun) -> str:
     """The config hash the child's MLflow run is tagged with: ``run_training`` resolves the objectives (a
-    set-transformer left at the default ``{clm: 1}`` trains ``{mlm: 1}``) before it starts the run, so the
-    planned config's own hash would never match a finished child of such a variant."""
-    cfg = copy.deepcopy(run.config)
-    cfg.objectives.weights = resolve_objectives(cfg)
-    return cfg.config_hash()
+    set-transformer left at the default ``{clm: 1}`` trains ``{mlm: 1}``) before it starts the run
+    (:func:`~recipeset.config.resolve_run`), so the planned config's own hash would never match a finished child
+    of such a variant."""
+    return resolve_run(copy.deepcopy(run.config)).config_hash()
 
 
 def child_dir(run: PlannedRun, out_root: str | os.PathLike) -> Path:
