@@ -239,8 +239,7 @@ class DeepSets(RecipeModel):
         s = (h * mask[..., None]).sum(1)  # [B, D]
         in_set = mask_ids(torch.zeros(B, self.config.vocab_size, device=tokens.device), tokens, mask)  # 0 / -inf
         for _ in range(max_new):
-            pooled = s if self.attend is None else self._pool(s[:, None], h, mask[:, None, :])[:, 0]
-            logits = (self._readout(pooled, cuisine)[1] + in_set).float()
+            logits = (self._readout(self._pool(s[:, None], h, mask[:, None, :])[:, 0], cuisine)[1] + in_set).float()
             go_on = None
             if self.config.null_stop:  # 1 − p([NULL]) decides; the best ingredient other than [NULL] is added
                 go_on = 1.0 - safe_log_softmax(logits)[:, NULL].exp()
@@ -251,11 +250,12 @@ class DeepSets(RecipeModel):
                 break
             rows = torch.nonzero(active).squeeze(1)
             record_choices(generated, probs, rows, choice, best_p)
-            added = self.phi(self.embed(choice))  # [B, D]
-            s[rows] += added[rows]
+            added = self.phi(self.embed(choice[rows]))  # [R, D]
+            s[rows] += added
             in_set[rows, choice[rows]] = float("-inf")
             if self.attend is not None:  # the chosen ingredients join the keys of the rows that added one
-                h, mask = torch.cat([h, added[:, None]], 1), torch.cat([mask, active[:, None]], 1)
+                h = torch.cat([h, h.new_zeros(B, 1, h.shape[2]).index_copy(0, rows, added[:, None])], 1)
+                mask = torch.cat([mask, active[:, None]], 1)
         return (generated, probs) if return_probs else generated
 
     def _complete_multilabel(self, tokens: torch.Tensor, mask: torch.Tensor, max_new: int,
